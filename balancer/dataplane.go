@@ -1,0 +1,38 @@
+package balancer
+
+import (
+	"context"
+	"net/netip"
+
+	"github.com/handoff-lb/handoff/dataplane"
+)
+
+// Dataplane records client→backend pins and forwards pinned clients. Two
+// implementations exist: kernel.Dataplane (ipset + iptables DNAT, Linux) and
+// fallback.Dataplane (an in-process affinity table; every connection is
+// proxied by the balancer).
+//
+// Sync is declarative and idempotent; the rest act on single clients. All
+// methods are safe for concurrent use.
+type Dataplane interface {
+	// Sync makes the data plane match s: sets, chains and rules of services
+	// and backends are created, changed or removed; pins of backends that
+	// remain are kept.
+	Sync(ctx context.Context, s dataplane.State) error
+	// Pin adds or replaces the pin of p.Client in p.Backend. It returns only
+	// once the pin is in force.
+	Pin(ctx context.Context, p dataplane.Pin) error
+	// Unpin removes client from backend's pins; absent is not an error.
+	Unpin(ctx context.Context, service, backend string, client netip.Addr) error
+	// Lookup returns the live pin of client in service, if any.
+	Lookup(ctx context.Context, service string, client netip.Addr) (dataplane.Pin, bool, error)
+	// Pins calls fn for every live pin of backend (every backend of the
+	// service when backend is ""), stopping at the first error fn returns.
+	Pins(ctx context.Context, service, backend string, fn func(dataplane.Pin) error) error
+	// Forget drops the forwarding state of flows from the service's clients
+	// to backend (conntrack entries in the kernel) and returns how many.
+	Forget(ctx context.Context, service, backend string) (int, error)
+	// Close releases the data plane's handles. The kernel state stays in
+	// place, so a restarted daemon adopts it; the userspace table is saved.
+	Close() error
+}

@@ -1,0 +1,207 @@
+// Package config parses and validates handoff's YAML configuration into an
+// immutable *Config. It never touches the network or the kernel.
+//
+// Every field of DESIGN.md section 4 is here. Parse reports every problem it
+// finds, each with the file, line and column of the offending YAML node.
+package config
+
+import (
+	"net/netip"
+	"regexp"
+	"time"
+)
+
+// Mode selects the data plane.
+type Mode string
+
+// Modes.
+const (
+	ModeAuto      Mode = "auto"      // kernel when usable, else userspace
+	ModeKernel    Mode = "kernel"    // ipset + iptables; fail at start when unusable
+	ModeUserspace Mode = "userspace" // proxy every connection; never touch the kernel's tables
+)
+
+// FirstConnection says what happens to a new client's first connection.
+type FirstConnection string
+
+// First-connection handling.
+const (
+	FirstReset FirstConnection = "reset" // RST; the retry is DNATed in-kernel
+	FirstProxy FirstConnection = "proxy" // splice the first connection to the backend
+)
+
+// Classify names how a client's classification key is extracted.
+type Classify string
+
+// Key extractors.
+const (
+	ClassifySource   Classify = "source"    // the client IP
+	ClassifyPayload  Classify = "payload"   // a regexp over the first bytes
+	ClassifySNI      Classify = "sni"       // TLS ClientHello server name
+	ClassifyHTTPHost Classify = "http-host" // Host header of the first HTTP/1.x request
+)
+
+// Balance names a pool's backend selection policy.
+type Balance string
+
+// Policies.
+const (
+	BalanceMaglev     Balance = "maglev"
+	BalanceSourceHash Balance = "source-hash"
+	BalanceRoundRobin Balance = "round-robin"
+	BalanceRandom     Balance = "random"
+	BalanceHotStandby Balance = "hot-standby"
+	BalanceLeastConn  Balance = "least-conn"
+)
+
+// Check names a health checker.
+type Check string
+
+// Health checkers.
+const (
+	CheckTCP        Check = "tcp"
+	CheckHTTP       Check = "http"
+	CheckSendExpect Check = "send-expect"
+	CheckNone       Check = "none"
+)
+
+// Defaults applied by Parse where a field is absent.
+const (
+	DefaultAdminListen     = "127.0.0.1:9900"
+	DefaultStateDir        = "/var/lib/handoff"
+	DefaultClientTTL       = 30 * time.Minute
+	DefaultMaxClients      = 1 << 20
+	DefaultPayloadMaxBytes = 512   // classify: payload
+	DefaultPeekMaxBytes    = 16384 // classify: sni and http-host
+	DefaultPayloadTimeout  = 2 * time.Second
+	DefaultConnectTimeout  = 3 * time.Second
+	DefaultIdleTimeout     = 10 * time.Minute
+	DefaultMaxConnections  = 10000
+	DefaultSummaryInterval = 5 * time.Second
+	DefaultHealthInterval  = 2 * time.Second
+	DefaultHealthTimeout   = time.Second
+	DefaultRise            = 2
+	DefaultFall            = 3
+	DefaultWeight          = 1
+	HashRangeModulus       = 1000 // hash_range buckets: hash(key) mod 1000
+)
+
+// Config is one parsed, validated configuration. Treat it as immutable: a
+// reload parses a new one.
+type Config struct {
+	Path     string // the file it was loaded from ("" when parsed from bytes)
+	Mode     Mode
+	Log      Log
+	Admin    Admin
+	StateDir string
+	Services []Service
+}
+
+// Log configures logging.
+type Log struct {
+	Level           string        // logrus level name: debug, info, warn, error
+	Format          string        // text | json
+	SummaryInterval time.Duration // periodic info summary; 0 disables it
+}
+
+// Admin configures the admin HTTP server.
+type Admin struct {
+	Listen    string // host:port; non-loopback requires TokenFile
+	TokenFile string
+	Pprof     bool
+}
+
+// Service is one balanced TCP service (one VIP:port).
+type Service struct {
+	Name            string
+	Listen          netip.AddrPort // IPv4 or IPv6; an unspecified address means every local address
+	FirstConnection FirstConnection
+	ClientTTL       time.Duration // pin lifetime since the client's last new connection; 0 = forever
+	SNAT            bool
+	MaxClients      int // ipset maxelem per backend set, affinity table bound
+	Classify        Classify
+	Payload         Payload
+	OnUnclassified  string // "default" | "reject"
+	OnBackendDown   string // "rehash" | "reclassify"
+	Timeouts        Timeouts
+	MaxConnections  int    // userspace-proxied connections at once
+	ProxyProtocol   string // "off" | "v1" | "v2"
+	Health          Health
+	Routes          []Route
+	Pools           []Pool // never empty; the shorthand form becomes one pool named "default"
+}
+
+// Payload bounds how the first bytes are read for every classifier but source.
+type Payload struct {
+	Pattern  *regexp.Regexp // classify: payload only; nil otherwise
+	MaxBytes int
+	Timeout  time.Duration
+}
+
+// Timeouts apply to userspace-proxied connections.
+type Timeouts struct {
+	Connect time.Duration
+	Idle    time.Duration // 0 = no idle timeout
+}
+
+// Health configures a service's backend health checks.
+type Health struct {
+	Check        Check
+	Interval     time.Duration
+	Timeout      time.Duration
+	Rise         int
+	Fall         int
+	HTTPPath     string
+	ExpectStatus int
+	Send         string
+	Expect       string
+}
+
+// Route sends clients that match to a pool. Exactly one Match field is set.
+type Route struct {
+	Match Match
+	Pool  string
+}
+
+// Match is one route condition.
+type Match struct {
+	CIDR      netip.Prefix   // valid when set
+	Key       string         // exact key; "" when unset
+	KeyRegex  *regexp.Regexp // nil when unset
+	HashRange *[2]int        // inclusive [lo, hi] of hash(key) mod HashRangeModulus; nil when unset
+}
+
+// Pool is a named group of backends with one policy.
+type Pool struct {
+	Name     string
+	Balance  Balance
+	Failback bool // default true for hot-standby, false otherwise
+	Backends []Backend
+}
+
+// Backend is one real server. Names are unique within a service.
+type Backend struct {
+	Name    string
+	Address netip.AddrPort
+	Weight  int // ≥ 1
+}
+
+// Pool returns the pool with the given name, or nil.
+func (s *Service) Pool(name string) *Pool {
+	for i := range s.Pools {
+		if s.Pools[i].Name == name {
+			return &s.Pools[i]
+		}
+	}
+	return nil
+}
+
+// Service returns the service with the given name, or nil.
+func (c *Config) Service(name string) *Service {
+	for i := range c.Services {
+		if c.Services[i].Name == name {
+			return &c.Services[i]
+		}
+	}
+	return nil
+}

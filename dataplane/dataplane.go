@@ -1,0 +1,79 @@
+// Package dataplane is the vocabulary the balancer speaks to its two data
+// planes, kernel (ipset + iptables) and fallback (userspace proxy): the desired
+// state handed to Sync, and the pins that Pin, Lookup and Pins exchange.
+//
+// It holds types and naming rules only, no I/O, so that kernel and fallback
+// share them without importing each other or the balancer.
+package dataplane
+
+import (
+	"errors"
+	"net/netip"
+	"time"
+)
+
+// ErrUnsupported is returned by a data plane that cannot run on this
+// platform (the kernel data plane off Linux).
+var ErrUnsupported = errors.New("kernel data plane not supported on this platform")
+
+// ErrUnknown is wrapped by errors about a service or backend that the last
+// Sync did not declare.
+var ErrUnknown = errors.New("unknown service or backend")
+
+// ErrFull is wrapped by Pin errors when a backend's set or the affinity table
+// already holds MaxClients entries.
+var ErrFull = errors.New("client table full")
+
+// State is the whole desired state of a data plane. Sync(State) may be called
+// any number of times with the same or a changed State; the data plane works
+// out the difference.
+type State struct {
+	Services []Service
+}
+
+// Service is one balanced service as the data plane sees it.
+type Service struct {
+	Name       string
+	Listen     netip.AddrPort // the VIP; an unspecified address matches every local address
+	ClientTTL  time.Duration  // pin lifetime since the last new connection; 0 = forever
+	SNAT       bool           // masquerade forwarded traffic toward backends
+	MaxClients int            // per-backend pin limit (ipset maxelem)
+	Backends   []Backend      // every backend of every pool, healthy or not
+}
+
+// Backend is one real server of a service.
+type Backend struct {
+	Name    string
+	Address netip.AddrPort
+}
+
+// Pin records that a client of a service belongs to a backend.
+type Pin struct {
+	Service string
+	Backend string
+	Client  netip.Addr // always unmapped (an IPv4 client is 4-byte, never ::ffff:a.b.c.d)
+	Key     string     // the classification key, e.g. "src=198.18.0.5" or "sni=a.example"
+	// TTL is the pin's lifetime. In a Pin call, 0 means the service's
+	// ClientTTL. In results, it is the remaining lifetime, and 0 means the
+	// pin never expires.
+	TTL time.Duration
+}
+
+// SetName returns the ipset name of a service's backend: ho-<svc>-<backend>
+// for IPv4 services and ho6-<svc>-<backend> for IPv6 ones. ipset allows 31
+// characters; config validation keeps names within that.
+func SetName(service, backend string, ipv6 bool) string {
+	if ipv6 {
+		return "ho6-" + service + "-" + backend
+	}
+	return "ho-" + service + "-" + backend
+}
+
+// MaxSetNameLen is the longest ipset name the kernel accepts.
+const MaxSetNameLen = 31
+
+// ServiceChain returns the nat chain of a service: HO-SVC-<svc>.
+func ServiceChain(service string) string { return "HO-SVC-" + service }
+
+// MaxChainNameLen is the longest iptables chain name.
+const MaxChainNameLen = 28
