@@ -1,0 +1,796 @@
+package config
+
+import (
+	"fmt"
+	"math"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/handoff-lb/handoff/dataplane"
+)
+
+// Limits checked by Parse.
+const (
+	MaxWeight       = 1000
+	MaxClientTTL    = 2147483 * time.Second // ipset's largest timeout
+	MaxPayloadBytes = 1 << 20               // payload.max_bytes
+)
+
+var (
+	serviceNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,11}$`)
+	objectNameRE  = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]*$`) // pools and backends
+)
+
+var (
+	modes         = []string{string(ModeAuto), string(ModeKernel), string(ModeUserspace)}
+	logLevels     = []string{"trace", "debug", "info", "warn", "error"}
+	logFormats    = []string{"text", "json"}
+	firstConns    = []string{string(FirstReset), string(FirstProxy)}
+	unclassified  = []string{"default", "reject"}
+	backendDown   = []string{"rehash", "reclassify"}
+	proxyProtocol = []string{"off", "v1", "v2"}
+	balances      = []string{string(BalanceMaglev), string(BalanceSourceHash), string(BalanceRoundRobin), string(BalanceRandom), string(BalanceHotStandby), string(BalanceLeastConn)}
+	checks        = []string{string(CheckTCP), string(CheckHTTP), string(CheckSendExpect), string(CheckNone)}
+)
+
+var (
+	topKeys      = []string{"mode", "log", "admin", "state_dir", "services"}
+	logKeys      = []string{"level", "format", "summary_interval"}
+	adminKeys    = []string{"listen", "token_file", "pprof"}
+	serviceKeys  = []string{"name", "listen", "first_connection", "client_ttl", "snat", "max_clients", "classify", "payload", "on_unclassified", "on_backend_down", "timeouts", "max_connections", "proxy_protocol", "health", "routes", "pools", "balance", "backends", "failback"}
+	shorthand    = []string{"balance", "backends", "failback"}
+	payloadKeys  = []string{"pattern", "max_bytes", "timeout"}
+	timeoutsKeys = []string{"connect", "idle"}
+	healthKeys   = []string{"check", "interval", "timeout", "rise", "fall", "http", "send", "expect"}
+	httpKeys     = []string{"path", "expect_status"}
+	routeKeys    = []string{"match", "pool"}
+	matchKeys    = []string{"cidr", "key", "key_regex", "hash_range"}
+	poolKeys     = []string{"name", "balance", "failback", "backends"}
+	backendKeys  = []string{"name", "address", "weight"}
+
+	// Keys written one level too high, and where they belong.
+	topHints     = map[string]string{"name": "services[].name", "listen": "services[].listen", "pools": "services[].pools", "backends": "services[].backends", "routes": "services[].routes", "level": "log.level", "format": "log.format", "token_file": "admin.token_file", "pprof": "admin.pprof"}
+	serviceHints = map[string]string{"check": "health.check", "interval": "health.interval", "rise": "health.rise", "fall": "health.fall", "pattern": "payload.pattern", "max_bytes": "payload.max_bytes", "connect": "timeouts.connect", "idle": "timeouts.idle", "match": "routes[].match", "address": "backends[].address", "weight": "backends[].weight"}
+	poolHints    = map[string]string{"address": "backends[].address", "weight": "backends[].weight"}
+)
+
+// Load reads and parses the config file at path. An unreadable file is one
+// error naming the path; otherwise the error is Parse's.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	return Parse(path, data)
+}
+
+// Parse parses and validates a config, applying defaults. file names the
+// config in errors and becomes Config.Path. On failure the error is an
+// Errors holding every problem found, sorted by position, and the config
+// is nil.
+//
+// Beyond DESIGN.md section 4: YAML anchors, aliases and merge keys (<<)
+// work, top-level keys starting with "x-" are ignored (a place to define
+// anchors), and failback may be written on the service with the balance
+// and backends shorthand.
+func Parse(file string, data []byte) (*Config, error) {
+	p := &parser{file: file}
+	var c *Config
+	if root := p.decode(data); root != nil {
+		c = p.config(root)
+	}
+	if len(p.errs) > 0 {
+		return nil, p.errs.sorted()
+	}
+	c.Path = file
+	return c, nil
+}
+
+// svcPos is where a parsed service's parts are written, for the checks
+// across services.
+type svcPos struct {
+	name, listen *yaml.Node
+	backends     []*yaml.Node // name nodes of backends with valid names, in order
+}
+
+func (p *parser) config(root *yaml.Node) *Config {
+	f := p.mapping(root, "", "", topKeys, topHints)
+	if f.bad {
+		return nil
+	}
+	c := &Config{}
+	mode, _ := f.enum("mode", string(ModeAuto), modes)
+	c.Mode = Mode(mode)
+
+	lf := f.sub("log", logKeys)
+	c.Log.Level, _ = lf.enum("level", "info", logLevels)
+	c.Log.Format, _ = lf.enum("format", "text", logFormats)
+	c.Log.SummaryInterval, _ = lf.duration("summary_interval", DefaultSummaryInterval)
+
+	af := f.sub("admin", adminKeys)
+	c.Admin.TokenFile, _ = af.str("token_file", "")
+	c.Admin.Pprof = af.boolean("pprof", false)
+	var adminAddrs []netip.AddrPort
+	c.Admin.Listen, adminAddrs = p.adminListen(af, c.Admin.TokenFile)
+
+	var sn *yaml.Node
+	c.StateDir, sn = f.str("state_dir", DefaultStateDir)
+	if sn != nil && !filepath.IsAbs(c.StateDir) {
+		f.errorf(sn, "state_dir", "%q is not an absolute path", c.StateDir)
+	}
+
+	items, list := f.list("services")
+	switch {
+	case !f.has("services"):
+		f.errorf(f.pos("services"), "services", "required; a config needs at least one service")
+	case list != nil && len(items) == 0:
+		f.errorf(list, "services", "empty; a config needs at least one service")
+	}
+	var pos []*svcPos
+	for i, it := range items {
+		s, sp := p.service(c, i, it)
+		if s != nil {
+			c.Services = append(c.Services, *s)
+			pos = append(pos, sp)
+		}
+	}
+	p.crossServices(c, pos, adminAddrs)
+	return c
+}
+
+// adminListen checks admin.listen and returns it with the addresses it
+// binds, when they are IP addresses.
+func (p *parser) adminListen(af *fields, tokenFile string) (string, []netip.AddrPort) {
+	listen, ln := af.str("listen", DefaultAdminListen)
+	if ln == nil {
+		return listen, []netip.AddrPort{netip.MustParseAddrPort(DefaultAdminListen)}
+	}
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		af.errorf(ln, "listen", "%q is not host:port (IPv6 as [addr]:port)", listen)
+		return listen, nil
+	}
+	pn, err := strconv.ParseUint(port, 10, 16)
+	if err != nil || pn == 0 {
+		af.errorf(ln, "listen", "%q: port %q is not a number 1..65535", listen, port)
+		return listen, nil
+	}
+	var addrs []netip.Addr
+	loopback := false
+	switch a, err := netip.ParseAddr(host); {
+	case host == "localhost":
+		loopback = true
+		addrs = []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.IPv6Loopback()}
+	case host == "":
+		addrs = []netip.Addr{netip.IPv4Unspecified(), netip.IPv6Unspecified()}
+	case err == nil:
+		a = a.Unmap().WithZone("")
+		loopback = a.IsLoopback()
+		addrs = []netip.Addr{a}
+	}
+	if !loopback && tokenFile == "" {
+		af.errorf(ln, "listen", "%q is not a loopback address, so admin.token_file is required", listen)
+	}
+	aps := make([]netip.AddrPort, len(addrs))
+	for i, a := range addrs {
+		aps[i] = netip.AddrPortFrom(a, uint16(pn))
+	}
+	return listen, aps
+}
+
+func (p *parser) service(c *Config, i int, n *yaml.Node) (*Service, *svcPos) {
+	where := fmt.Sprintf("services[%d]", i)
+	if name := peekName(n); name != "" {
+		where = fmt.Sprintf("service %q", name)
+	}
+	f := p.mapping(n, where, "", serviceKeys, serviceHints)
+	if f.bad {
+		return nil, nil
+	}
+	if f.node == nil {
+		p.at(n, where, "", "expected a service, found nothing")
+		return nil, nil
+	}
+	s := &Service{}
+	pos := &svcPos{}
+
+	var nameOK bool
+	if f.required("name") {
+		var nn *yaml.Node
+		if s.Name, nn = f.str("name", ""); nn != nil {
+			if nameOK = serviceNameRE.MatchString(s.Name); nameOK {
+				pos.name = nn
+			} else {
+				f.errorf(nn, "name", "%q is not a valid service name: 1 to 12 lower-case letters, digits and '-', not starting with '-' (it goes into ipset and chain names)", s.Name)
+			}
+		}
+	}
+	if nameOK {
+		if chain := dataplane.ServiceChain(s.Name); len(chain) > dataplane.MaxChainNameLen {
+			f.errorf(pos.name, "name", "chain name %q is %d characters, the limit is %d", chain, len(chain), dataplane.MaxChainNameLen)
+		}
+	}
+	if f.required("listen") {
+		if v, ln := f.str("listen", ""); ln != nil {
+			if ap, err := parseAddrPort(v, true); err != nil {
+				f.errorf(ln, "listen", "%v", err)
+			} else {
+				s.Listen, pos.listen = ap, ln
+			}
+		}
+	}
+
+	fc, _ := f.enum("first_connection", string(FirstReset), firstConns)
+	s.FirstConnection = FirstConnection(fc)
+	if ttl, tn := f.duration("client_ttl", DefaultClientTTL); tn != nil {
+		switch {
+		case ttl%time.Second != 0:
+			f.errorf(tn, "client_ttl", "%s is not whole seconds (ipset timeouts are in seconds)", tn.Value)
+		case ttl > MaxClientTTL:
+			f.errorf(tn, "client_ttl", "%s is more than %s (%ds, ipset's largest timeout); use 0 for no expiry", tn.Value, MaxClientTTL, int(MaxClientTTL/time.Second))
+		default:
+			s.ClientTTL = ttl
+		}
+	} else {
+		s.ClientTTL = ttl
+	}
+	s.SNAT = f.boolean("snat", false)
+	s.MaxClients, _ = f.integer("max_clients", DefaultMaxClients, 1, math.MaxInt32)
+
+	cl, cn := f.enum("classify", string(ClassifySource), classifiers())
+	s.Classify = Classify(cl)
+	p.payload(f, s, cn)
+
+	s.OnUnclassified, _ = f.enum("on_unclassified", "default", unclassified)
+	s.OnBackendDown, _ = f.enum("on_backend_down", "rehash", backendDown)
+
+	tf := f.sub("timeouts", timeoutsKeys)
+	s.Timeouts.Connect, _ = tf.positive("connect", DefaultConnectTimeout)
+	s.Timeouts.Idle, _ = tf.duration("idle", DefaultIdleTimeout)
+	s.MaxConnections, _ = f.integer("max_connections", DefaultMaxConnections, 1, math.MaxInt32)
+
+	var ppn *yaml.Node
+	s.ProxyProtocol, ppn = f.enum("proxy_protocol", "off", proxyProtocol)
+	if ppn != nil && s.ProxyProtocol != "off" && c.Mode != ModeUserspace && c.Mode != "" {
+		f.errorf(ppn, "proxy_protocol", "%s needs mode: userspace; connections forwarded in the kernel carry no PROXY header (mode is %s)", s.ProxyProtocol, c.Mode)
+	}
+
+	p.health(f, s)
+	p.pools(f, s, pos, nameOK)
+	p.routes(f, s)
+
+	if s.OnUnclassified == "default" && s.Pool("default") == nil && len(s.Pools) > 0 {
+		n := f.pos("pools")
+		if on := f.vals["on_unclassified"]; on != nil {
+			n = on
+		}
+		f.errorf(n, "on_unclassified", "default sends clients no route matches to the pool named \"default\", and there is none; add that pool or set on_unclassified: reject")
+	}
+	return s, pos
+}
+
+// payload reads the payload section, which every classifier but source
+// uses. Its limits and pattern are read (and checked) for every classify,
+// so that a config can switch classify without losing them; only classify:
+// payload uses the pattern.
+func (p *parser) payload(f *fields, s *Service, classifyNode *yaml.Node) {
+	pf := f.sub("payload", payloadKeys)
+	pattern, pn := pf.str("pattern", "")
+	switch {
+	case s.Classify == "":
+		// invalid, reported
+	case s.Classify == ClassifyPayload && !pf.present("pattern"):
+		n := f.pos("payload")
+		if n == f.node && classifyNode != nil {
+			n = classifyNode
+		}
+		if !pf.bad {
+			pf.errorf(n, "pattern", "required when classify is payload")
+		}
+	case s.Classify == ClassifyPayload && pn == nil:
+		if isNull(pf.vals["pattern"]) {
+			pf.errorf(pf.keys["pattern"], "pattern", "must not be empty")
+		} // else of the wrong kind, reported
+	case s.Classify == ClassifyPayload:
+		if pattern == "" {
+			pf.errorf(pn, "pattern", "must not be empty")
+		} else if re, err := regexp.Compile(pattern); err != nil {
+			pf.errorf(pn, "pattern", "invalid regexp: %v", reErr(err))
+		} else {
+			s.Payload.Pattern = re
+		}
+	case pn != nil:
+		// Accepted so that a config can switch classify without losing its
+		// pattern (the DESIGN.md example does this), but unused: it must
+		// still compile.
+		if _, err := regexp.Compile(pattern); err != nil {
+			pf.errorf(pn, "pattern", "invalid regexp: %v", reErr(err))
+		}
+	}
+	def := DefaultPeekMaxBytes
+	if s.Classify == ClassifyPayload {
+		def = DefaultPayloadMaxBytes
+	}
+	s.Payload.MaxBytes, _ = pf.integer("max_bytes", def, 1, MaxPayloadBytes)
+	s.Payload.Timeout, _ = pf.positive("timeout", DefaultPayloadTimeout)
+}
+
+// reErr drops the "error parsing regexp: " prefix that Compile adds.
+func reErr(err error) string {
+	return strings.TrimPrefix(err.Error(), "error parsing regexp: ")
+}
+
+func (p *parser) health(f *fields, s *Service) {
+	hf := f.sub("health", healthKeys)
+	h := &s.Health
+	check, _ := hf.enum("check", string(CheckTCP), checks)
+	h.Check = Check(check)
+	var in, tn *yaml.Node
+	h.Interval, in = hf.positive("interval", DefaultHealthInterval)
+	h.Timeout, tn = hf.positive("timeout", DefaultHealthTimeout)
+	if h.Timeout > h.Interval {
+		switch {
+		case tn != nil:
+			hf.errorf(tn, "timeout", "%s is longer than health.interval %s", h.Timeout, h.Interval)
+		default:
+			hf.errorf(in, "interval", "%s is shorter than health.timeout %s (default); the timeout must not exceed the interval", h.Interval, h.Timeout)
+		}
+	}
+	h.Rise, _ = hf.integer("rise", DefaultRise, 1, math.MaxInt32)
+	h.Fall, _ = hf.integer("fall", DefaultFall, 1, math.MaxInt32)
+
+	xf := hf.sub("http", httpKeys)
+	var pn *yaml.Node
+	h.HTTPPath, pn = xf.str("path", "/healthz")
+	if pn != nil && !strings.HasPrefix(h.HTTPPath, "/") {
+		xf.errorf(pn, "path", "%q does not start with /", h.HTTPPath)
+	}
+	h.ExpectStatus, _ = xf.integer("expect_status", 200, 100, 599)
+	h.Send, _ = hf.str("send", "")
+	h.Expect, _ = hf.str("expect", "")
+	if h.Check == CheckSendExpect && h.Expect == "" {
+		n := hf.pos("expect")
+		if n == nil {
+			n = f.pos("health")
+		}
+		hf.errorf(n, "expect", "required when check is send-expect")
+	}
+}
+
+// pools reads the pools of a service, or the shorthand balance/backends
+// (one pool named default), and checks pool and backend names.
+func (p *parser) pools(f *fields, s *Service, pos *svcPos, nameOK bool) {
+	poolNames := map[string]*yaml.Node{}
+	backendNames := map[string]*yaml.Node{}
+	addPool := func(pf *fields, name string, nameNode *yaml.Node) {
+		pool := Pool{Name: name}
+		bal, _ := pf.enum("balance", string(BalanceMaglev), balances)
+		pool.Balance = Balance(bal)
+		pool.Failback = pf.boolean("failback", pool.Balance == BalanceHotStandby)
+		items, _ := pf.list("backends")
+		for j, it := range items {
+			b, bn := p.backend(s, f.where, pf.where, j, it)
+			if b == nil {
+				continue
+			}
+			if bn != nil {
+				if first := backendNames[b.Name]; first != nil {
+					p.at(bn, fmt.Sprintf("%s: backend %q", f.where, b.Name), "name", "duplicate; backend names are unique within a service (first at line %d)", first.Line)
+				} else {
+					backendNames[b.Name] = bn
+					if nameOK {
+						pos.backends = append(pos.backends, bn)
+						p.setNameLength(s, b.Name, bn)
+					}
+				}
+			}
+			pool.Backends = append(pool.Backends, *b)
+		}
+		if nameNode != nil {
+			if first := poolNames[name]; first != nil {
+				p.at(nameNode, pf.where, "name", "duplicate; pool names are unique within a service (first at line %d)", first.Line)
+			}
+			poolNames[name] = nameNode
+		}
+		s.Pools = append(s.Pools, pool)
+	}
+
+	if !f.present("pools") {
+		addPool(f, "default", nil)
+		return
+	}
+	for _, k := range shorthand {
+		if f.present(k) {
+			f.errorf(f.keys[k], k, "the shorthand balance/backends/failback cannot be combined with pools; move it into a pool")
+		}
+	}
+	items, list := f.list("pools")
+	if len(items) == 0 {
+		if list != nil || isNull(f.vals["pools"]) {
+			f.errorf(f.pos("pools"), "pools", "at least one pool is required (or write balance and backends on the service for one pool named default)")
+		}
+		return
+	}
+	for j, it := range items {
+		where := fmt.Sprintf("%s: pools[%d]", f.where, j)
+		if name := peekName(it); name != "" {
+			where = fmt.Sprintf("%s: pool %q", f.where, name)
+		}
+		pf := p.mapping(it, where, "", poolKeys, poolHints)
+		if pf.bad {
+			continue
+		}
+		if pf.node == nil {
+			p.at(it, where, "", "expected a pool, found nothing")
+			continue
+		}
+		var name string
+		var nn *yaml.Node
+		if pf.required("name") {
+			if name, nn = pf.str("name", ""); nn != nil && !objectNameRE.MatchString(name) {
+				pf.errorf(nn, "name", "%q is not a valid pool name: lower-case letters, digits, '-' and '_', starting with a letter or digit", name)
+			}
+		}
+		addPool(pf, name, nn)
+	}
+}
+
+// backend reads one backend; the name node is nil when the name is missing
+// or invalid.
+func (p *parser) backend(s *Service, svcWhere, poolWhere string, j int, n *yaml.Node) (*Backend, *yaml.Node) {
+	where := fmt.Sprintf("%s: backends[%d]", poolWhere, j)
+	if name := peekName(n); name != "" {
+		where = fmt.Sprintf("%s: backend %q", svcWhere, name)
+	}
+	bf := p.mapping(n, where, "", backendKeys, nil)
+	if bf.bad {
+		return nil, nil
+	}
+	if bf.node == nil {
+		p.at(n, where, "", "expected a backend, found nothing")
+		return nil, nil
+	}
+	b := &Backend{}
+	var nameNode *yaml.Node
+	if bf.required("name") {
+		var nn *yaml.Node
+		if b.Name, nn = bf.str("name", ""); nn != nil {
+			if objectNameRE.MatchString(b.Name) {
+				nameNode = nn
+			} else {
+				bf.errorf(nn, "name", "%q is not a valid backend name: lower-case letters, digits, '-' and '_', starting with a letter or digit", b.Name)
+			}
+		}
+	}
+	if bf.required("address") {
+		if v, an := bf.str("address", ""); an != nil {
+			ap, err := parseAddrPort(v, false)
+			switch {
+			case err != nil:
+				bf.errorf(an, "address", "%v", err)
+			case s.Listen.IsValid() && ap.Addr().Is4() != s.Listen.Addr().Is4():
+				bf.errorf(an, "address", "%s is %s but the service listens on %s; a service has one address family", v, family(ap.Addr()), family(s.Listen.Addr()))
+			case ap == s.Listen:
+				bf.errorf(an, "address", "%s is the service's own listen address", v)
+			default:
+				b.Address = ap
+			}
+		}
+	}
+	b.Weight, _ = bf.integer("weight", DefaultWeight, 1, MaxWeight)
+	return b, nameNode
+}
+
+// setNameLength checks that the ipset name of a backend fits the kernel.
+func (p *parser) setNameLength(s *Service, backend string, n *yaml.Node) {
+	if !s.Listen.IsValid() {
+		return // family unknown; listen is reported
+	}
+	set := dataplane.SetName(s.Name, backend, s.Listen.Addr().Is6())
+	if len(set) > dataplane.MaxSetNameLen {
+		p.at(n, fmt.Sprintf("service %q: backend %q", s.Name, backend), "name",
+			"ipset name %q is %d characters, the limit is %d; shorten the service or backend name", set, len(set), dataplane.MaxSetNameLen)
+	}
+}
+
+func (p *parser) routes(f *fields, s *Service) {
+	items, _ := f.list("routes")
+	if len(items) == 0 {
+		return
+	}
+	pools := make(map[string]bool, len(s.Pools))
+	names := make([]string, 0, len(s.Pools))
+	for _, pl := range s.Pools {
+		if !pools[pl.Name] {
+			pools[pl.Name] = true
+			names = append(names, pl.Name)
+		}
+	}
+	known := strings.Join(names, ", ")
+	if len(names) > 20 {
+		known = strings.Join(names[:20], ", ") + ", …"
+		names = nil // too many to suggest from
+	}
+	for k, it := range items {
+		where := fmt.Sprintf("%s: routes[%d]", f.where, k)
+		rf := p.mapping(it, where, "", routeKeys, map[string]string{"cidr": "match.cidr", "key": "match.key", "key_regex": "match.key_regex", "hash_range": "match.hash_range"})
+		if rf.bad {
+			continue
+		}
+		if rf.node == nil {
+			p.at(it, where, "", "expected a route, found nothing")
+			continue
+		}
+		var r Route
+		if rf.required("match") {
+			p.match(rf, s, &r.Match)
+		}
+		if rf.required("pool") {
+			if name, pn := rf.str("pool", ""); pn != nil {
+				r.Pool = name
+				if !pools[name] && len(pools) > 0 {
+					hint := ""
+					if c := closest(name, names); c != "" {
+						hint = fmt.Sprintf("; did you mean %q?", c)
+					}
+					rf.errorf(pn, "pool", "no pool named %q in this service (pools: %s)%s", name, known, hint)
+				}
+			}
+		}
+		s.Routes = append(s.Routes, r)
+	}
+}
+
+func (p *parser) match(rf *fields, s *Service, m *Match) {
+	mf := rf.sub("match", matchKeys)
+	if mf.bad {
+		return
+	}
+	var set []string
+	for _, k := range matchKeys {
+		if mf.present(k) {
+			set = append(set, k)
+		}
+	}
+	if len(set) != 1 {
+		found := "none"
+		if len(set) > 0 {
+			found = strings.Join(set, ", ")
+		}
+		n := mf.node
+		if n == nil {
+			n = rf.pos("match")
+		}
+		rf.errorf(n, "match", "needs exactly one of cidr, key, key_regex, hash_range (found %s)", found)
+	}
+	if v, n := mf.str("cidr", ""); n != nil {
+		if pfx, err := parsePrefix(v); err != nil {
+			mf.errorf(n, "cidr", "%v", err)
+		} else if s.Listen.IsValid() && pfx.Addr().Is4() != s.Listen.Addr().Is4() {
+			mf.errorf(n, "cidr", "%s is %s but the service listens on %s", v, family(pfx.Addr()), family(s.Listen.Addr()))
+		} else {
+			m.CIDR = pfx
+		}
+	} else if mf.present("cidr") && mf.vals["cidr"] != nil && isNull(mf.vals["cidr"]) {
+		mf.errorf(mf.keys["cidr"], "cidr", "empty")
+	}
+	if mf.present("key") {
+		if v, n := mf.str("key", ""); n == nil || v == "" {
+			if n == nil && !isNull(mf.vals["key"]) {
+				// wrong kind, reported
+			} else {
+				if n == nil {
+					n = mf.keys["key"]
+				}
+				mf.errorf(n, "key", "must not be empty")
+			}
+		} else {
+			m.Key = v
+		}
+	}
+	if v, n := mf.str("key_regex", ""); n != nil {
+		if re, err := regexp.Compile(v); err != nil {
+			mf.errorf(n, "key_regex", "invalid regexp: %v", reErr(err))
+		} else {
+			m.KeyRegex = re
+		}
+	} else if mf.present("key_regex") && isNull(mf.vals["key_regex"]) {
+		mf.errorf(mf.keys["key_regex"], "key_regex", "empty")
+	}
+	if mf.present("hash_range") {
+		m.HashRange = p.hashRange(mf)
+	}
+}
+
+func (p *parser) hashRange(mf *fields) *[2]int {
+	v := mf.vals["hash_range"]
+	label := mf.label("hash_range")
+	if v == nil || v.Kind != yaml.SequenceNode || len(v.Content) != 2 {
+		n := v
+		if isNull(v) {
+			n = mf.keys["hash_range"]
+		}
+		mf.errorf(n, "hash_range", "expected [lo, hi] with 0 <= lo <= hi <= %d", HashRangeModulus-1)
+		return nil
+	}
+	var r [2]int
+	for i, it := range v.Content {
+		it = resolve(it)
+		n, ok := p.integer(it, mf.where, label, 0, HashRangeModulus-1)
+		if !ok {
+			return nil
+		}
+		r[i] = n
+	}
+	if r[0] > r[1] {
+		mf.errorf(v, "hash_range", "[%d, %d]: lo is above hi", r[0], r[1])
+		return nil
+	}
+	return &r
+}
+
+// crossServices checks what spans services: names, listen addresses,
+// ipset names.
+func (p *parser) crossServices(c *Config, pos []*svcPos, admin []netip.AddrPort) {
+	names := map[string]*yaml.Node{}
+	type owner struct {
+		svc, be string
+		n       *yaml.Node
+	}
+	sets := map[string]owner{}
+	listens := listenIndex{exact: map[netip.AddrPort]int{}, any: map[famPort]int{}, some: map[famPort]int{}}
+	for i := range c.Services {
+		s, sp := &c.Services[i], pos[i]
+		where := fmt.Sprintf("service %q", s.Name)
+		if sp.name != nil {
+			if first := names[s.Name]; first != nil {
+				p.at(sp.name, where, "name", "duplicate; service names are unique (first at line %d)", first.Line)
+			} else {
+				names[s.Name] = sp.name
+			}
+		}
+		if sp.listen != nil {
+			if j := listens.add(i, s.Listen); j >= 0 {
+				o := &c.Services[j]
+				p.at(sp.listen, where, "listen", "%s conflicts with the listen address %s of service %q (line %d)", s.Listen, o.Listen, o.Name, pos[j].listen.Line)
+			}
+			for _, a := range admin {
+				if overlaps(s.Listen, a) {
+					p.at(sp.listen, where, "listen", "%s conflicts with admin.listen %s", s.Listen, c.Admin.Listen)
+					break
+				}
+			}
+		}
+		if sp.name == nil || sp.listen == nil {
+			continue
+		}
+		for _, bn := range sp.backends {
+			set := dataplane.SetName(s.Name, bn.Value, s.Listen.Addr().Is6())
+			if first, dup := sets[set]; dup && first.svc != s.Name {
+				p.at(bn, fmt.Sprintf("service %q: backend %q", s.Name, bn.Value), "name",
+					"ipset name %q is also the set of service %q backend %q (line %d); rename one", set, first.svc, first.be, first.n.Line)
+			} else if !dup {
+				sets[set] = owner{s.Name, bn.Value, bn}
+			}
+		}
+	}
+}
+
+// listenIndex finds listen addresses that overlap earlier ones in linear
+// time (see overlaps).
+type listenIndex struct {
+	exact map[netip.AddrPort]int // first service on each address
+	any   map[famPort]int        // first service on the unspecified address of a family and port
+	some  map[famPort]int        // first service on a family and port
+}
+
+type famPort struct {
+	v6   bool
+	port uint16
+}
+
+// add records service i on ap and returns the index of an earlier service
+// whose address overlaps, or -1.
+func (x listenIndex) add(i int, ap netip.AddrPort) int {
+	fp := famPort{ap.Addr().Is6(), ap.Port()}
+	conflict := -1
+	if j, ok := x.exact[ap]; ok {
+		conflict = j
+	} else if j, ok := x.any[fp]; ok {
+		conflict = j
+	} else if j, ok := x.some[fp]; ok && ap.Addr().IsUnspecified() {
+		conflict = j
+	}
+	if _, ok := x.exact[ap]; !ok {
+		x.exact[ap] = i
+	}
+	if _, ok := x.some[fp]; !ok {
+		x.some[fp] = i
+	}
+	if _, ok := x.any[fp]; !ok && ap.Addr().IsUnspecified() {
+		x.any[fp] = i
+	}
+	return conflict
+}
+
+// overlaps reports whether two listen addresses cannot both be bound: the
+// same port and family, and the same address or one unspecified. (IPv6
+// listeners are IPv6-only: a service has one family.)
+func overlaps(a, b netip.AddrPort) bool {
+	if a.Port() != b.Port() || a.Addr().Is4() != b.Addr().Is4() {
+		return false
+	}
+	return a.Addr() == b.Addr() || a.Addr().IsUnspecified() || b.Addr().IsUnspecified()
+}
+
+func family(a netip.Addr) string {
+	if a.Is4() {
+		return "IPv4"
+	}
+	return "IPv6"
+}
+
+// parseAddrPort parses a service's listen address (unspecified allowed) or
+// a backend address: ip:port with a non-zero port, IPv6 as [addr]:port, no
+// zone, no IPv4-mapped IPv6.
+func parseAddrPort(s string, listen bool) (netip.AddrPort, error) {
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil {
+		if a, err := netip.ParseAddr(strings.Trim(s, "[]")); err == nil {
+			if a.Is4() {
+				return ap, fmt.Errorf("%q has no port; write %s:PORT", s, a)
+			}
+			return ap, fmt.Errorf("%q has no port; write IPv6 as [%s]:PORT", s, a)
+		}
+		host, port, err := net.SplitHostPort(s)
+		if err != nil {
+			return ap, fmt.Errorf("%q is not ip:port (IPv6 as [addr]:port)", s)
+		}
+		if host == "" {
+			return ap, fmt.Errorf("%q has no IP address; write 0.0.0.0:%s or [::]:%s for every local address", s, port, port)
+		}
+		if _, err := netip.ParseAddr(host); err != nil {
+			return ap, fmt.Errorf("%q: %q is not an IP address (host names are not resolved)", s, host)
+		}
+		return ap, fmt.Errorf("%q: port %q is not a number 1..65535", s, port)
+	}
+	a := ap.Addr()
+	switch {
+	case a.Zone() != "":
+		return netip.AddrPort{}, fmt.Errorf("%q: IPv6 zones are not supported", s)
+	case a.Is4In6():
+		return netip.AddrPort{}, fmt.Errorf("%q is an IPv4-mapped IPv6 address; write %s", s, netip.AddrPortFrom(a.Unmap(), ap.Port()))
+	case ap.Port() == 0:
+		return netip.AddrPort{}, fmt.Errorf("%q: port 0; a port 1..65535 is required", s)
+	case !listen && a.IsUnspecified():
+		return netip.AddrPort{}, fmt.Errorf("%q: a backend needs a specific address, not %s", s, a)
+	}
+	return ap, nil
+}
+
+// parsePrefix parses a route cidr: canonical (no host bits), no IPv4-mapped
+// IPv6.
+func parsePrefix(s string) (netip.Prefix, error) {
+	pfx, err := netip.ParsePrefix(s)
+	if err != nil {
+		if a, err := netip.ParseAddr(s); err == nil {
+			return pfx, fmt.Errorf("%q has no prefix length; write %s/%d for one address", s, a, a.BitLen())
+		}
+		return pfx, fmt.Errorf("%q is not a CIDR prefix like 198.18.0.0/15 or 2001:2::/48", s)
+	}
+	if pfx.Addr().Is4In6() {
+		return netip.Prefix{}, fmt.Errorf("%q is an IPv4-mapped IPv6 prefix; write it as IPv4", s)
+	}
+	if m := pfx.Masked(); m != pfx {
+		return netip.Prefix{}, fmt.Errorf("%q has host bits set; did you mean %s?", s, m)
+	}
+	return pfx, nil
+}
