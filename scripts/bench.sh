@@ -1,0 +1,176 @@
+#!/usr/bin/env bash
+# bench.sh: side-by-side performance in the namespace lab, in one run.
+#
+# Targets, all in front of the same backend (ho-be1: nginx on :80, iperf3 on :5201):
+#   direct          client -> backend, routed through ho-lb (no balancer)
+#   kernel          handoff kernel mode (client pinned; ipset + DNAT)
+#   userspace       handoff userspace mode (splice proxy)
+#   haproxy         HAProxy mode tcp
+#   haproxy-splice  HAProxy mode tcp + option splice-request/splice-response
+#   nginx           nginx stream
+# Metrics: iperf3 throughput with 1 and 8 streams, and wrk new-connection rate
+# (HTTP with Connection: close). Targets alternate inside each round; each
+# figure is the median of ROUNDS rounds; ratios are vs direct and vs HAProxy.
+# TIME_WAIT sockets are killed between runs (PAWS would skew connection rates).
+#
+# Usage: sudo scripts/bench.sh [ROUNDS=3] [SECONDS=5]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/local/go/bin:/usr/sbin:/sbin"
+ROUNDS=${1:-3}
+DUR=${2:-5}
+TARGETS=${TARGETS:-"direct kernel userspace haproxy haproxy-splice nginx"}
+[ "$(id -u)" -eq 0 ] || { echo "bench.sh: run as root" >&2; exit 1; }
+need=()
+for c in wrk iperf3 haproxy nginx jq; do command -v $c >/dev/null || need+=($c); done
+[ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || need+=(libnginx-mod-stream)
+if [ ${#need[@]} -gt 0 ]; then
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+ulimit -n 1048576 2>/dev/null || ulimit -n 262144 # HAProxy sizes its FD needs from maxconn
+work=$(mktemp -d)
+pids=()
+cleanup() {
+	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+	[ -s "$work/iperf.pid" ] && kill "$(cat "$work/iperf.pid")" 2>/dev/null
+	wait 2>/dev/null || true
+	LAB_BACKENDS=1 scripts/lab.sh down >/dev/null
+	rm -rf "$work"
+}
+trap cleanup EXIT
+bg() { "$@" & pids+=($!); }
+lb() { ip netns exec ho-lb "$@"; }
+cl() { ip netns exec ho-client "$@"; }
+
+go build -o "$work/handoff" ./cmd/handoff
+LAB_BACKENDS=1 LAB_CLIENTS=2 scripts/lab.sh up >/dev/null
+BE=198.19.1.11 VIP=198.18.0.1
+
+# backend: nginx answering a tiny HTTP response, and iperf3
+mkdir -p "$work/ngx-be"
+cat >"$work/ngx-be/nginx.conf" <<NGX
+worker_processes 1; daemon off; pid $work/ngx-be/pid; error_log $work/ngx-be/err.log;
+events { worker_connections 4096; }
+http { access_log off; server { listen 80 reuseport backlog=4096; location / { return 200 "ok\n"; } } }
+NGX
+bg ip netns exec ho-be1 nginx -c "$work/ngx-be/nginx.conf" -e "$work/ngx-be/err.log"
+
+# ports per target: http iperf
+declare -A HP=([direct]=80 [kernel]=80 [userspace]=81 [haproxy]=82 [haproxy-splice]=83 [nginx]=84)
+declare -A IP=([direct]=5201 [kernel]=5201 [userspace]=5202 [haproxy]=5203 [haproxy-splice]=5204 [nginx]=5205)
+addr() { [ "$1" = direct ] && echo $BE || echo $VIP; }
+
+cat >"$work/kernel.yaml" <<YAML
+mode: kernel
+log: {level: warn}
+admin: {listen: 127.0.0.1:9901}
+state_dir: $work/state-k
+services:
+  - {name: http, listen: $VIP:80, client_ttl: 1h, health: {check: none}, backends: [{name: be1, address: $BE:80}]}
+  - {name: iperf, listen: $VIP:5201, client_ttl: 1h, health: {check: none}, backends: [{name: be1, address: $BE:5201}]}
+YAML
+cat >"$work/userspace.yaml" <<YAML
+mode: userspace
+log: {level: warn}
+admin: {listen: 127.0.0.1:9902}
+state_dir: $work/state-u
+services:
+  - {name: http, listen: $VIP:81, max_connections: 100000, health: {check: none}, backends: [{name: be1, address: $BE:80}]}
+  - {name: iperf, listen: $VIP:5202, health: {check: none}, backends: [{name: be1, address: $BE:5201}]}
+YAML
+bg lb "$work/handoff" run -c "$work/kernel.yaml" --mode kernel
+bg lb "$work/handoff" run -c "$work/userspace.yaml" --mode userspace
+
+hap() { # name splice? http-port iperf-port
+	local extra=""
+	[ "$2" = 1 ] && extra="option splice-request
+    option splice-response"
+	cat >"$work/$1.cfg" <<HAP
+global
+    maxconn 100000
+    nbthread 1
+defaults
+    mode tcp
+    timeout connect 3s
+    timeout client 10m
+    timeout server 10m
+    $extra
+listen http
+    bind $VIP:$3
+    server be1 $BE:80
+listen iperf
+    bind $VIP:$4
+    server be1 $BE:5201
+HAP
+	bg lb haproxy -f "$work/$1.cfg" -db
+}
+hap haproxy 0 82 5203
+hap haproxy-splice 1 83 5204
+mkdir -p "$work/ngx-lb"
+cat >"$work/ngx-lb/nginx.conf" <<NGX
+load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+worker_processes 1; daemon off; pid $work/ngx-lb/pid; error_log $work/ngx-lb/err.log;
+events { worker_connections 100000; }
+stream {
+  server { listen $VIP:84 reuseport; proxy_pass $BE:80; }
+  server { listen $VIP:5205; proxy_pass $BE:5201; }
+}
+NGX
+bg lb nginx -c "$work/ngx-lb/nginx.conf" -e "$work/ngx-lb/err.log"
+sleep 1.5
+
+# Pin the client in kernel mode: its first connection is reset, later ones are DNATed.
+cl curl -s -m 2 -o /dev/null "http://$VIP/" || true
+cl curl -s -m 2 -o /dev/null "http://$VIP:5201/" || true
+sleep 0.2
+
+clear_tw() { for n in ho-client ho-lb ho-be1; do ip netns exec $n ss -K state time-wait >/dev/null 2>&1 || true; done; }
+
+# a fresh iperf3 server per run (a server wedged by a failed run would skew the next)
+iperf_server() {
+	[ -s "$work/iperf.pid" ] && kill "$(cat "$work/iperf.pid")" 2>/dev/null && sleep 0.2
+	ip netns exec ho-be1 iperf3 -s -p 5201 -D --pidfile "$work/iperf.pid" >/dev/null 2>&1
+	sleep 0.3
+}
+
+measure() { # target metric -> number
+	local t=$1 m=$2 a
+	a=$(addr "$t")
+	clear_tw
+	case $m in
+	tput1 | tput8)
+		iperf_server
+		local p=1; [ $m = tput8 ] && p=8
+		cl iperf3 -c "$a" -p "${IP[$t]}" -t "$DUR" -P $p -J 2>/dev/null |
+			jq -r '(.end.sum_received.bits_per_second // 0) / 1e9' ;;
+	connrate)
+		cl wrk -t2 -c64 -d"${DUR}s" -H 'Connection: close' "http://$a:${HP[$t]}/" 2>/dev/null |
+			awk '/Requests\/sec/ {print $2}' ;;
+	esac
+}
+
+declare -A R
+for r in $(seq 1 "$ROUNDS"); do
+	for m in tput1 tput8 connrate; do
+		for t in $TARGETS; do
+			v=$(measure "$t" "$m"); v=${v:-0}
+			R[$t,$m]+="$v "
+			printf 'round %d  %-9s %-15s %s\n' "$r" "$m" "$t" "$v" >&2
+		done
+	done
+done
+
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR==0) print 0; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+printf '\n%-15s %14s %14s %16s   %s\n' target "tput 1 (Gb/s)" "tput 8 (Gb/s)" "conn/s (close)" "ratios vs direct | vs haproxy-best"
+declare -A M
+for t in $TARGETS; do for m in tput1 tput8 connrate; do M[$t,$m]=$(echo "${R[$t,$m]}" | median); done; done
+best() { awk -v a="${M[haproxy,$1]:-0}" -v b="${M[haproxy-splice,$1]:-0}" 'BEGIN{print (a>b)?a:b}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b>0) printf "%.2f", a/b; else printf "-" }'; }
+for t in $TARGETS; do
+	printf '%-15s %14.2f %14.2f %16.0f   %s %s %s | %s %s %s\n' "$t" "${M[$t,tput1]}" "${M[$t,tput8]}" "${M[$t,connrate]}" \
+		"$(ratio "${M[$t,tput1]}" "${M[direct,tput1]}")" "$(ratio "${M[$t,tput8]}" "${M[direct,tput8]}")" "$(ratio "${M[$t,connrate]}" "${M[direct,connrate]}")" \
+		"$(ratio "${M[$t,tput1]}" "$(best tput1)")" "$(ratio "${M[$t,tput8]}" "$(best tput8)")" "$(ratio "${M[$t,connrate]}" "${M[haproxy,connrate]}")"
+done
+echo "(median of $ROUNDS rounds, ${DUR}s each; ratios: tput1 tput8 connrate)"
