@@ -1,0 +1,42 @@
+package balancer
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/handoff-lb/handoff/classifier"
+)
+
+// decision is where a new client goes.
+type decision struct {
+	backend *backend
+	key     string // the classification key
+	label   string // the pin's comment
+	peeked  []byte // client bytes already read, replayed when proxying
+}
+
+// classify reads the client's key and decides its backend. A key that cannot
+// be read follows on_unclassified: the default pool, or an error (reject).
+func (s *service) classify(ctx context.Context, snap *snapshot, c net.Conn, client netip.Addr) (decision, error) {
+	key, peeked, err := snap.router.Classify(ctx, c)
+	var d classifier.Decision
+	if err != nil {
+		s.e.countUnclassified(s.name, classifier.Reason(err))
+		if snap.cfg.OnUnclassified == "reject" {
+			return decision{}, fmt.Errorf("unclassified (%s): %w", classifier.Reason(err), err)
+		}
+		d, err = snap.router.Unclassified(client, s.e.view)
+	} else {
+		d, err = snap.router.Decide(client, key, s.e.view)
+	}
+	if err != nil {
+		return decision{}, err
+	}
+	b := s.backend(d.Backend)
+	if b == nil {
+		return decision{}, fmt.Errorf("backend %q vanished during a reload", d.Backend)
+	}
+	return decision{backend: b, key: d.Key, label: d.Label, peeked: peeked}, nil
+}

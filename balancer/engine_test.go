@@ -1,0 +1,249 @@
+package balancer_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/handoff-lb/handoff/balancer"
+	"github.com/handoff-lb/handoff/config"
+	"github.com/handoff-lb/handoff/fallback"
+)
+
+// namedEcho is a loopback backend that greets each connection with its name
+// and the client address it sees, then echoes until the client half-closes.
+type namedEcho struct {
+	name string
+	ln   net.Listener
+	wg   sync.WaitGroup
+}
+
+func startEcho(t *testing.T, name string) *namedEcho {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &namedEcho{name: name, ln: ln}
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			e.wg.Add(1)
+			go func() {
+				defer e.wg.Done()
+				defer c.Close()
+				fmt.Fprintf(c, "%s %s\n", name, c.RemoteAddr().(*net.TCPAddr).IP)
+				io.Copy(c, c)
+				c.(*net.TCPConn).CloseWrite()
+			}()
+		}
+	}()
+	t.Cleanup(e.stop)
+	return e
+}
+
+func (e *namedEcho) stop() { e.ln.Close(); e.wg.Wait() }
+
+func (e *namedEcho) addr() netip.AddrPort {
+	return e.ln.Addr().(*net.TCPAddr).AddrPort()
+}
+
+func testService(name string, health config.Check, backends ...*namedEcho) config.Service {
+	sc := config.Service{
+		Name:            name,
+		Listen:          netip.MustParseAddrPort("127.0.0.1:0"),
+		FirstConnection: config.FirstReset,
+		ClientTTL:       time.Hour,
+		MaxClients:      1000,
+		Classify:        config.ClassifySource,
+		Payload:         config.Payload{MaxBytes: 512, Timeout: time.Second},
+		OnUnclassified:  "default",
+		OnBackendDown:   "rehash",
+		Timeouts:        config.Timeouts{Connect: time.Second, Idle: time.Minute},
+		MaxConnections:  1000,
+		ProxyProtocol:   "off",
+		Health:          config.Health{Check: health, Interval: 50 * time.Millisecond, Timeout: 200 * time.Millisecond, Rise: 1, Fall: 1},
+		Pools:           []config.Pool{{Name: "default", Balance: config.BalanceMaglev}},
+	}
+	for _, b := range backends {
+		sc.Pools[0].Backends = append(sc.Pools[0].Backends, config.Backend{Name: b.name, Address: b.addr(), Weight: 1})
+	}
+	return sc
+}
+
+type running struct {
+	eng    *balancer.Engine
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// startEngine runs a userspace-mode engine over the real affinity table.
+func startEngine(t *testing.T, cfg *config.Config) *running {
+	t.Helper()
+	log := logrus.New()
+	log.SetLevel(logrus.WarnLevel)
+	dp, err := fallback.New(fallback.Options{StateDir: t.TempDir(), Logger: logrus.NewEntry(log)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eng, err := balancer.New(balancer.Options{Config: cfg, Dataplane: dp, Logger: logrus.NewEntry(log)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &running{eng: eng, cancel: cancel, done: make(chan error, 1)}
+	go func() { r.done <- eng.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-r.done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+		dp.Close()
+	})
+	deadline := time.Now().Add(5 * time.Second)
+	for _, s := range cfg.Services {
+		for eng.Addr(s.Name) == nil {
+			if time.Now().After(deadline) {
+				t.Fatalf("service %s never listened", s.Name)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	return r
+}
+
+// ask connects from source address src and returns the backend's greeting.
+func ask(t *testing.T, addr net.Addr, src string) string {
+	t.Helper()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 2 * time.Second}
+	c, err := d.Dial("tcp", addr.String())
+	if err != nil {
+		t.Fatalf("dial from %s: %v", src, err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(3 * time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		t.Fatalf("read from %s: %v", src, err)
+	}
+	return strings.TrimSpace(line)
+}
+
+func TestUserspaceClientsStick(t *testing.T) {
+	be1, be2 := startEcho(t, "be1"), startEcho(t, "be2")
+	cfg := &config.Config{Services: []config.Service{testService("web", config.CheckNone, be1, be2)}}
+	r := startEngine(t, cfg)
+	addr := r.eng.Addr("web")
+
+	used := map[string]int{}
+	for i := 2; i < 22; i++ {
+		src := fmt.Sprintf("127.0.0.%d", i)
+		first := ask(t, addr, src) // userspace: the backend sees the proxy's address
+		name, _, _ := strings.Cut(first, " ")
+		for j := 0; j < 3; j++ {
+			if got := ask(t, addr, src); got != first {
+				t.Fatalf("client %s moved: %q then %q", src, first, got)
+			}
+		}
+		used[name]++
+	}
+	if len(used) != 2 {
+		t.Errorf("20 clients used backends %v, want both", used)
+	}
+}
+
+func TestUserspaceHalfCloseEcho(t *testing.T) {
+	be1 := startEcho(t, "be1")
+	r := startEngine(t, &config.Config{Services: []config.Service{testService("web", config.CheckNone, be1)}})
+	c, err := net.Dial("tcp", r.eng.Addr("web").String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	msg := strings.Repeat("half-close ", 1000)
+	if _, err := io.WriteString(c, msg); err != nil {
+		t.Fatal(err)
+	}
+	c.(*net.TCPConn).CloseWrite()
+	got, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "be1 127.0.0.1\n" + msg
+	if string(got) != want {
+		t.Fatalf("echo after half-close: got %d bytes, want %d", len(got), len(want))
+	}
+}
+
+func TestUserspaceBackendDownMovesClients(t *testing.T) {
+	be1, be2 := startEcho(t, "be1"), startEcho(t, "be2")
+	r := startEngine(t, &config.Config{Services: []config.Service{testService("web", config.CheckTCP, be1, be2)}})
+	addr := r.eng.Addr("web")
+	home := map[string]string{}
+	for i := 2; i < 12; i++ {
+		src := fmt.Sprintf("127.0.0.%d", i)
+		name, _, _ := strings.Cut(ask(t, addr, src), " ")
+		home[src] = name
+	}
+	be1.stop()
+	// fall 1 at a 50 ms interval: down within a few intervals
+	deadline := time.Now().Add(3 * time.Second)
+	for src, name := range home {
+		for {
+			got, _, _ := strings.Cut(ask(t, addr, src), " ")
+			if got == "be2" {
+				break
+			}
+			if name == "be2" || time.Now().After(deadline) {
+				t.Fatalf("client %s (was on %s) answered by %s", src, name, got)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+}
+
+func TestReloadKeepsListenerAndAddsBackend(t *testing.T) {
+	be1, be2 := startEcho(t, "be1"), startEcho(t, "be2")
+	sc := testService("web", config.CheckNone, be1)
+	r := startEngine(t, &config.Config{Services: []config.Service{sc}})
+	addr := r.eng.Addr("web")
+	if got := ask(t, addr, "127.0.0.2"); !strings.HasPrefix(got, "be1 ") {
+		t.Fatalf("before reload: %q", got)
+	}
+
+	sc2 := sc // same configured listen address (127.0.0.1:0): the listener is kept
+	sc2.Pools = []config.Pool{{Name: "default", Balance: config.BalanceMaglev, Backends: []config.Backend{
+		{Name: "be1", Address: be1.addr(), Weight: 1}, {Name: "be2", Address: be2.addr(), Weight: 1}}}}
+	if err := r.eng.Reload(context.Background(), &config.Config{Services: []config.Service{sc2}}); err != nil {
+		t.Fatal(err)
+	}
+	if r.eng.Addr("web").String() != addr.String() {
+		t.Fatalf("listener changed: %v -> %v", addr, r.eng.Addr("web"))
+	}
+	if got := ask(t, addr, "127.0.0.2"); !strings.HasPrefix(got, "be1 ") {
+		t.Errorf("pinned client moved on reload: %q", got)
+	}
+	used := map[string]bool{}
+	for i := 3; i < 23; i++ {
+		name, _, _ := strings.Cut(ask(t, addr, fmt.Sprintf("127.0.0.%d", i)), " ")
+		used[name] = true
+	}
+	if !used["be2"] {
+		t.Errorf("new clients after reload never reached the added backend: %v", used)
+	}
+}

@@ -1,0 +1,131 @@
+package balancer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/handoff-lb/handoff/config"
+	"github.com/handoff-lb/handoff/dataplane"
+)
+
+// Reload applies cfg to a running engine. Services whose listen address is
+// unchanged keep their listener, pins and live connections; new services
+// open their listener; removed ones close theirs. The data plane is synced
+// twice: first to the union of old and new state (new sets and rules exist
+// before anyone pins into them), then, once no handler can pick a removed
+// backend, to the new state alone.
+//
+// A new listener that cannot be opened, or a first sync that fails, rejects
+// the reload whole: the running config stays.
+func (e *Engine) Reload(ctx context.Context, cfg *config.Config) error {
+	e.reloadMu.Lock()
+	defer e.reloadMu.Unlock()
+
+	e.mu.Lock()
+	runCtx, old, oldCfg := e.runCtx, e.services, e.cfg
+	e.mu.Unlock()
+	if runCtx == nil {
+		return errors.New("engine is not running")
+	}
+
+	type kept struct {
+		s    *service
+		snap *snapshot
+	}
+	var keep []kept
+	var opened []*service
+	fail := func(err error) error {
+		closeAll(opened)
+		return err
+	}
+	for i := range cfg.Services {
+		sc := &cfg.Services[i]
+		snap, err := newSnapshot(sc)
+		if err != nil {
+			return fail(err)
+		}
+		if s := old[sc.Name]; s != nil && s.snap.Load().cfg.Listen == sc.Listen {
+			keep = append(keep, kept{s, snap})
+			continue
+		}
+		s := &service{e: e, name: sc.Name, log: e.log.WithField("service", sc.Name)}
+		s.snap.Store(snap)
+		if err := s.open(ctx); err != nil {
+			return fail(err)
+		}
+		opened = append(opened, s)
+	}
+
+	if err := e.dp.Sync(ctx, union(e.desired(oldCfg), e.desired(cfg))); err != nil {
+		return fail(fmt.Errorf("data plane sync: %w", err))
+	}
+
+	next := make(map[string]*service, len(cfg.Services))
+	for _, k := range keep {
+		k.s.install(k.snap)
+		next[k.s.name] = k.s
+	}
+	var gone []*service
+	for name, s := range old {
+		if next[name] == nil {
+			gone = append(gone, s)
+		}
+	}
+	closeAll(gone)
+	for _, s := range gone {
+		if cfg.Service(s.name) == nil {
+			e.view.remove(s.name)
+		}
+	}
+	for _, s := range opened {
+		s.install(s.snap.Load())
+		next[s.name] = s
+		s.serve(runCtx)
+	}
+	e.mu.Lock()
+	e.services = next
+	e.cfg = cfg
+	e.mu.Unlock()
+
+	if err := e.health.Set(healthTargets(cfg)); err != nil {
+		e.log.WithError(err).Error("health checks")
+	}
+	if err := e.dp.Sync(ctx, e.desired(cfg)); err != nil {
+		return fmt.Errorf("new config is running, but removing old data plane state failed: %w", err)
+	}
+	e.log.WithFields(map[string]any{"kept": len(keep), "opened": len(opened), "closed": len(gone)}).Info("reload applied")
+	return nil
+}
+
+// union merges two states: every service of either, and for a service in
+// both, b's settings with the backends of both (b's address wins).
+func union(a, b dataplane.State) dataplane.State {
+	out := dataplane.State{}
+	idx := map[string]int{}
+	for _, s := range b.Services {
+		idx[s.Name] = len(out.Services)
+		s.Backends = append([]dataplane.Backend(nil), s.Backends...)
+		out.Services = append(out.Services, s)
+	}
+	for _, s := range a.Services {
+		i, ok := idx[s.Name]
+		if !ok {
+			out.Services = append(out.Services, s)
+			continue
+		}
+		if out.Services[i].Listen.Addr().Is4() != s.Listen.Addr().Is4() {
+			continue // family changed: the old sets are of the other family; they go in the second sync
+		}
+		have := map[string]bool{}
+		for _, be := range out.Services[i].Backends {
+			have[be.Name] = true
+		}
+		for _, be := range s.Backends {
+			if !have[be.Name] {
+				out.Services[i].Backends = append(out.Services[i].Backends, be)
+			}
+		}
+	}
+	return out
+}

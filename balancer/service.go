@@ -1,0 +1,333 @@
+package balancer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/handoff-lb/handoff/classifier"
+	"github.com/handoff-lb/handoff/config"
+	"github.com/handoff-lb/handoff/dataplane"
+	"github.com/handoff-lb/handoff/fallback"
+)
+
+// service is one running service: its listener and the current snapshot of
+// its config, router and backends. A reload that keeps the listen address
+// swaps the snapshot; handlers keep the one they started with.
+type service struct {
+	e    *Engine
+	name string
+	log  *logrus.Entry
+	snap atomic.Pointer[snapshot]
+
+	noBackend atomic.Bool // the last new client found no usable backend
+
+	mu       sync.Mutex
+	backends map[string]*backend
+	ln       net.Listener
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup // accept loop and handlers
+}
+
+// snapshot is what a handler needs of a service's config; immutable.
+type snapshot struct {
+	cfg    *config.Service
+	router *classifier.Router
+	limit  *fallback.Limiter
+}
+
+func newSnapshot(sc *config.Service) (*snapshot, error) {
+	r, err := classifier.New(sc)
+	if err != nil {
+		return nil, fmt.Errorf("service %s: %w", sc.Name, err)
+	}
+	return &snapshot{cfg: sc, router: r, limit: fallback.NewLimiter(sc.MaxConnections)}, nil
+}
+
+func (e *Engine) newService(sc *config.Service) (*service, error) {
+	snap, err := newSnapshot(sc)
+	if err != nil {
+		return nil, err
+	}
+	s := &service{e: e, name: sc.Name, log: e.log.WithField("service", sc.Name)}
+	s.install(snap)
+	return s, nil
+}
+
+// install makes snap current and updates the backend table, keeping the
+// state of backends that remain.
+func (s *service) install(snap *snapshot) {
+	var bs []*backend
+	for _, pool := range snap.cfg.Pools {
+		for _, b := range pool.Backends {
+			bs = append(bs, &backend{name: b.Name, addr: b.Address, pool: pool.Name})
+		}
+	}
+	m := s.e.view.set(s.name, bs)
+	s.mu.Lock()
+	s.backends = m
+	s.mu.Unlock()
+	s.snap.Store(snap)
+}
+
+// open binds the listener; it does not accept yet.
+func (s *service) open(ctx context.Context) error {
+	addr := s.snap.Load().cfg.Listen
+	// One family per listener: "[::]:80" is then IPv6-only and can coexist
+	// with "0.0.0.0:80", as the config allows.
+	network := "tcp4"
+	if addr.Addr().Is6() {
+		network = "tcp6"
+	}
+	ln, err := s.e.listen(ctx, network, addr.String())
+	if err != nil {
+		var oe *net.OpError
+		if errors.As(err, &oe) {
+			err = oe.Err
+		}
+		return fmt.Errorf("service %s: listen %s: %w", s.name, addr, err)
+	}
+	s.mu.Lock()
+	s.ln = ln
+	s.mu.Unlock()
+	return nil
+}
+
+func (s *service) addr() net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ln == nil {
+		return nil
+	}
+	return s.ln.Addr()
+}
+
+// serve starts the accept loop; close stops it and waits for every handler.
+func (s *service) serve(ctx context.Context) {
+	ctx, cancel := context.WithCancel(ctx)
+	s.mu.Lock()
+	s.cancel = cancel
+	ln := s.ln
+	s.mu.Unlock()
+	s.wg.Add(1)
+	go s.acceptLoop(ctx, ln)
+}
+
+func (s *service) close() {
+	s.mu.Lock()
+	if s.cancel != nil {
+		s.cancel()
+	}
+	if s.ln != nil {
+		s.ln.Close()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+}
+
+// acceptLoop accepts until the listener closes. Temporary errors (such as
+// running out of file descriptors) back off instead of spinning.
+func (s *service) acceptLoop(ctx context.Context, ln net.Listener) {
+	defer s.wg.Done()
+	var delay time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			s.log.WithError(err).WithField("retry_in", delay).Warn("accept failed")
+			select {
+			case <-time.After(delay):
+			case <-ctx.Done():
+				return
+			}
+			continue
+		}
+		delay = 0
+		tc, ok := c.(*net.TCPConn)
+		if !ok {
+			c.Close()
+			continue
+		}
+		snap := s.snap.Load()
+		if !snap.limit.TryAcquire() {
+			reset(tc)
+			s.log.WithField("client", tc.RemoteAddr()).Debug("refused: max_connections reached")
+			continue
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			defer snap.limit.Release()
+			s.handle(ctx, snap, tc)
+		}()
+	}
+}
+
+// reset closes c with an RST (SO_LINGER 0).
+func reset(c *net.TCPConn) {
+	c.SetLinger(0)
+	c.Close()
+}
+
+// clientAddr is the unmapped source address of c.
+func clientAddr(c net.Conn) netip.Addr {
+	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		return a.AddrPort().Addr().Unmap()
+	}
+	return netip.Addr{}
+}
+
+// handle runs one connection: in userspace mode a pinned client goes
+// straight to its backend; otherwise the client is classified, pinned, and
+// its first connection is reset (kernel mode, reset) or proxied.
+func (s *service) handle(ctx context.Context, snap *snapshot, c *net.TCPConn) {
+	accepted := time.Now()
+	client := clientAddr(c)
+	log := s.log.WithField("client", client)
+
+	if !s.e.kernel {
+		if pin, ok, err := s.e.dp.Lookup(ctx, s.name, client); err != nil {
+			log.WithError(err).Warn("affinity lookup failed")
+		} else if ok {
+			if b := s.backend(pin.Backend); b != nil && !b.down.Load() {
+				s.proxy(ctx, snap, c, b, keyOf(pin), pin.Key, nil, log)
+				return
+			}
+		}
+	}
+
+	d, err := s.classify(ctx, snap, c, client)
+	if errors.Is(err, classifier.ErrNoBackend) {
+		s.e.stats.noBackend(s.name)
+		if s.noBackend.CompareAndSwap(false, true) {
+			log.WithError(err).Error("no usable backend: new clients are reset and not pinned")
+		}
+		reset(c)
+		return
+	}
+	if err != nil {
+		log.WithError(err).Debug("unclassified: reset")
+		reset(c)
+		return
+	}
+	if s.noBackend.CompareAndSwap(true, false) {
+		log.WithField("backend", d.backend.name).Info("a usable backend is back: new clients are pinned again")
+	}
+	if err := s.e.dp.Pin(ctx, dataplane.Pin{Service: s.name, Backend: d.backend.name, Client: client, Key: d.label}); err != nil {
+		l := log.WithError(err).WithField("backend", d.backend.name)
+		if errors.Is(err, dataplane.ErrFull) {
+			l.Debug("pin refused, backend's client table full: reset") // the data plane logs this, rate-limited
+		} else {
+			l.Warn("pin failed: reset")
+		}
+		reset(c)
+		return
+	}
+	d.backend.pins.Add(1)
+	if s.e.onPin != nil {
+		s.e.onPin(s.name, time.Since(accepted))
+	}
+	log.WithFields(logrus.Fields{"backend": d.backend.name, "key": d.label}).Debug("pinned")
+	if s.e.kernel && snap.cfg.FirstConnection == config.FirstReset {
+		reset(c)
+		return
+	}
+	s.proxy(ctx, snap, c, d.backend, d.key, d.label, d.peeked, log)
+}
+
+func (s *service) backend(name string) *backend {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.backends[name]
+}
+
+// proxy dials b and splices c to it, replaying peeked bytes first. When the
+// dial fails it reports the failure to the health monitor and tries the next
+// backends in the pool policy's order for key; a client that lands elsewhere
+// is re-pinned there (label is its pin's comment), so it sees one successful
+// connection.
+func (s *service) proxy(ctx context.Context, snap *snapshot, c *net.TCPConn, b *backend, key, label string, peeked []byte, log *logrus.Entry) {
+	bc, b := s.dialBackend(ctx, snap, b, key, label, clientAddr(c), log)
+	if bc == nil {
+		reset(c)
+		return
+	}
+	if snap.cfg.ProxyProtocol != "off" && snap.cfg.ProxyProtocol != "" && !s.e.kernel {
+		if err := fallback.WriteProxyHeader(bc, snap.cfg.ProxyProtocol, c.RemoteAddr(), c.LocalAddr()); err != nil {
+			log.WithError(err).WithField("backend", b.name).Warn("writing PROXY header")
+			reset(c)
+			bc.Close()
+			return
+		}
+	}
+	b.active.Add(1)
+	defer b.active.Add(-1)
+	st, err := fallback.Splice(ctx, c, bc, fallback.SpliceOptions{Idle: snap.cfg.Timeouts.Idle, Replay: peeked})
+	b.bytesIn.Add(uint64(st.ClientToBackend))
+	b.bytesOut.Add(uint64(st.BackendToClient))
+	b.conns.Add(1)
+	if err != nil {
+		log.WithError(err).WithField("backend", b.name).Debug("proxied connection ended")
+	}
+}
+
+// maxDialAttempts bounds how many backends one connection tries.
+const maxDialAttempts = 3
+
+// dialBackend connects to b, or to the next candidates of b's pool when b
+// refuses. It returns nil when every attempt failed.
+func (s *service) dialBackend(ctx context.Context, snap *snapshot, b *backend, key, label string, client netip.Addr, log *logrus.Entry) (*net.TCPConn, *backend) {
+	first := b
+	tried := map[string]bool{}
+	for attempt := 0; b != nil && attempt < maxDialAttempts; attempt++ {
+		tried[b.name] = true
+		bc, err := fallback.Dial(ctx, b.addr, snap.cfg.Timeouts.Connect)
+		if err == nil {
+			if b != first {
+				s.repin(ctx, client, first, b, label, log)
+			}
+			return bc, b
+		}
+		log.WithError(err).WithField("backend", b.name).Warn("backend dial failed")
+		if s.e.health != nil {
+			s.e.health.ReportFailure(s.name, b.name, err)
+		}
+		b = s.nextCandidate(snap, b.pool, key, tried)
+	}
+	return nil, nil
+}
+
+func (s *service) nextCandidate(snap *snapshot, pool, key string, tried map[string]bool) *backend {
+	p := snap.router.Pool(pool)
+	if p == nil {
+		return nil
+	}
+	for _, cb := range p.Candidates(key, s.e.view, maxDialAttempts+len(tried)) {
+		if !tried[cb.Name] {
+			return s.backend(cb.Name)
+		}
+	}
+	return nil
+}
+
+// repin moves a client whose dial fell over from one backend to another.
+func (s *service) repin(ctx context.Context, client netip.Addr, from, to *backend, label string, log *logrus.Entry) {
+	if err := s.e.dp.Pin(ctx, dataplane.Pin{Service: s.name, Backend: to.name, Client: client, Key: label}); err != nil {
+		log.WithError(err).WithField("backend", to.name).Warn("re-pin after failed dial")
+		return
+	}
+	to.pins.Add(1)
+	if err := s.e.dp.Unpin(ctx, s.name, from.name, client); err == nil {
+		from.pins.Add(-1)
+	}
+}

@@ -1,0 +1,100 @@
+package balancer
+
+import (
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// backend is the runtime state of one backend of one service. The fields
+// behind atomics are read on the accept path without locks.
+type backend struct {
+	name string
+	addr netip.AddrPort
+	pool string
+
+	down     atomic.Bool // health says down
+	draining atomic.Bool // no new clients
+	active   atomic.Int64
+	pins     atomic.Int64 // pins made by this process since the last recount (kernel mode)
+	bytesIn  atomic.Uint64
+	bytesOut atomic.Uint64
+	conns    atomic.Uint64 // proxied connections served
+
+	mu        sync.Mutex
+	changedAt time.Time // last health transition
+	reason    string    // last health reason
+}
+
+func (b *backend) usable() bool { return !b.down.Load() && !b.draining.Load() }
+
+// view implements classifier.View over the engine's backends. Generation
+// changes whenever a backend's usability changes, so policies can cache
+// tables per generation.
+type view struct {
+	gen      atomic.Uint64
+	mu       sync.RWMutex
+	services map[string]map[string]*backend
+	kernel   bool // Load counts pins (kernel mode) rather than live connections
+}
+
+func newView(kernel bool) *view {
+	return &view{services: map[string]map[string]*backend{}, kernel: kernel}
+}
+
+func (v *view) lookup(service, name string) *backend {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	return v.services[service][name]
+}
+
+// Usable reports whether a backend may receive new clients.
+func (v *view) Usable(service, name string) bool {
+	b := v.lookup(service, name)
+	return b != nil && b.usable()
+}
+
+// Load is the least-conn measure: live proxied connections in userspace
+// mode, pins in kernel mode.
+func (v *view) Load(service, name string) int {
+	b := v.lookup(service, name)
+	if b == nil {
+		return 0
+	}
+	if v.kernel {
+		return int(b.pins.Load())
+	}
+	return int(b.active.Load())
+}
+
+// Generation changes whenever usability of any backend changes.
+func (v *view) Generation() uint64 { return v.gen.Load() }
+
+func (v *view) bump() { v.gen.Add(1) }
+
+// set replaces the backends of a service, keeping the state of backends
+// that remain (same name and address).
+func (v *view) set(service string, bs []*backend) map[string]*backend {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	old := v.services[service]
+	m := make(map[string]*backend, len(bs))
+	for _, b := range bs {
+		if o := old[b.name]; o != nil && o.addr == b.addr {
+			o.pool = b.pool
+			b = o
+		}
+		m[b.name] = b
+	}
+	v.services[service] = m
+	v.gen.Add(1)
+	return m
+}
+
+func (v *view) remove(service string) {
+	v.mu.Lock()
+	delete(v.services, service)
+	v.mu.Unlock()
+	v.gen.Add(1)
+}

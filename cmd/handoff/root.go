@@ -1,0 +1,56 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+// exitError ends the process with code after printing msg (if any) to stderr.
+type exitError struct {
+	code int
+	msg  string
+}
+
+func (e exitError) Error() string { return e.msg }
+
+func asExit(err error, target *exitError) bool { return errors.As(err, target) }
+
+func newRoot() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "handoff",
+		Short:         "Kernel-offload hybrid TCP load balancer",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.AddCommand(newRunCmd(), newValidateCmd(), newCleanupCmd(), newVersionCmd())
+	return root
+}
+
+// configPath resolves -c: the flag, then $HANDOFF_CONFIG, then the default.
+func configPath(flag string) string {
+	if flag != "" {
+		return flag
+	}
+	if p := os.Getenv("HANDOFF_CONFIG"); p != "" {
+		return p
+	}
+	return "/etc/handoff/handoff.yaml"
+}
+
+func newVersionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the version",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			fmt.Fprintln(cmd.OutOrStdout(), "handoff", version)
+			return nil
+		},
+	}
+}

@@ -1,0 +1,29 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/spf13/cobra"
+
+	"github.com/handoff-lb/handoff/config"
+)
+
+func newValidateCmd() *cobra.Command {
+	var path string
+	cmd := &cobra.Command{
+		Use:   "validate [-c FILE]",
+		Short: "Check a config; exit 1 listing every error as FILE:LINE:COL: message",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			p := configPath(path)
+			cfg, err := config.Load(p)
+			if err != nil {
+				return exitError{code: 1, msg: err.Error()}
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s: ok (%d services)\n", p, len(cfg.Services))
+			return nil
+		},
+	}
+	cmd.Flags().StringVarP(&path, "config", "c", "", "config file (default $HANDOFF_CONFIG, then /etc/handoff/handoff.yaml)")
+	return cmd
+}

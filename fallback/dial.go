@@ -1,0 +1,71 @@
+package fallback
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/pires/go-proxyproto"
+)
+
+// Dial connects to a backend. timeout bounds the connect (0: only ctx does).
+// The caller owns the returned connection.
+func Dial(ctx context.Context, addr netip.AddrPort, timeout time.Duration) (*net.TCPConn, error) {
+	d := net.Dialer{Timeout: timeout}
+	c, err := d.DialContext(ctx, "tcp", addr.String())
+	if err != nil {
+		return nil, err
+	}
+	return c.(*net.TCPConn), nil
+}
+
+// WriteProxyHeader writes a PROXY protocol header announcing a connection
+// from client to local (the address the client connected to) to backend,
+// which must not have carried any byte yet. version is "v1" or "v2"; "off"
+// and "" write nothing. client and local must be *net.TCPAddr; IPv4-mapped
+// IPv6 addresses are sent as IPv4, and a pair of mixed families as IPv6.
+// The header goes out in one Write on backend itself, so the caller can hand
+// the raw connection to Splice afterwards.
+func WriteProxyHeader(backend net.Conn, version string, client, local net.Addr) error {
+	var v byte
+	switch version {
+	case "", "off":
+		return nil
+	case "v1":
+		v = 1
+	case "v2":
+		v = 2
+	default:
+		return fmt.Errorf("proxy protocol %q: want off, v1 or v2", version)
+	}
+	src, ok1 := tcpAddrPort(client)
+	dst, ok2 := tcpAddrPort(local)
+	if !ok1 || !ok2 {
+		return fmt.Errorf("proxy protocol %s: need TCP addresses, got %v and %v", version, client, local)
+	}
+	if src.Addr().Is4() != dst.Addr().Is4() {
+		src = netip.AddrPortFrom(netip.AddrFrom16(src.Addr().As16()), src.Port())
+		dst = netip.AddrPortFrom(netip.AddrFrom16(dst.Addr().As16()), dst.Port())
+	}
+	h := proxyproto.HeaderProxyFromAddrs(v, net.TCPAddrFromAddrPort(src), net.TCPAddrFromAddrPort(dst))
+	if _, err := h.WriteTo(backend); err != nil {
+		return fmt.Errorf("proxy protocol %s header to %v: %w", version, backend.RemoteAddr(), err)
+	}
+	return nil
+}
+
+// tcpAddrPort returns a's address with IPv4-mapped addresses unmapped and
+// any zone dropped.
+func tcpAddrPort(a net.Addr) (netip.AddrPort, bool) {
+	ta, ok := a.(*net.TCPAddr)
+	if !ok || ta == nil {
+		return netip.AddrPort{}, false
+	}
+	ap := ta.AddrPort()
+	if !ap.Addr().IsValid() {
+		return netip.AddrPort{}, false
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap().WithZone(""), ap.Port()), true
+}

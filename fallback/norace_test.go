@@ -1,0 +1,5 @@
+//go:build linux && !race
+
+package fallback_test
+
+const raceEnabled = false

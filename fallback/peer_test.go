@@ -1,0 +1,180 @@
+package fallback_test
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+)
+
+// peerEnv makes the test binary run as a peer: the far ends (clients and a
+// backend) of proxied connections, in their own process, so that the test
+// process holds only the proxy's sockets and its memory, file descriptors
+// and CPU time measure the proxy alone.
+//
+// The peer prints "backend ADDR", then obeys lines on stdin:
+//
+//	idle PROXY N            open N connections through PROXY, move one byte each way; "ready"
+//	stream PROXY BYTES DIR  send BYTES through one connection, DIR up|down|both; "done"
+//	release                 close the idle connections; "released"
+//
+// and exits at EOF.
+const peerEnv = "HANDOFF_FALLBACK_TEST_PEER"
+
+func runPeer() int {
+	ln, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "peer:", err)
+		return 1
+	}
+	fmt.Printf("backend %s\n", ln.Addr())
+	var held []*net.TCPConn
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		f := strings.Fields(in.Text())
+		var reply string
+		switch {
+		case len(f) == 3 && f[0] == "idle":
+			n, _ := strconv.Atoi(f[2])
+			held, err = peerIdle(ln, f[1], n)
+			reply = "ready"
+		case len(f) == 4 && f[0] == "stream":
+			n, _ := strconv.ParseInt(f[2], 10, 64)
+			err = peerStream(ln, f[1], n, f[3])
+			reply = "done"
+		case len(f) == 1 && f[0] == "release":
+			for _, c := range held {
+				c.Close()
+			}
+			held = nil
+			reply = "released"
+		default:
+			err = fmt.Errorf("bad command %q", in.Text())
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "peer:", err)
+			return 1
+		}
+		fmt.Println(reply)
+	}
+	return 0
+}
+
+func peerIdle(ln *net.TCPListener, proxy string, n int) ([]*net.TCPConn, error) {
+	clients := make([]*net.TCPConn, 0, n)
+	backends := make([]*net.TCPConn, 0, n)
+	accepted := make(chan error, 1)
+	go func() {
+		for range n {
+			c, err := ln.AcceptTCP()
+			if err != nil {
+				accepted <- err
+				return
+			}
+			backends = append(backends, c)
+		}
+		accepted <- nil
+	}()
+	addr, _ := net.ResolveTCPAddr("tcp", proxy)
+	for range n {
+		c, err := net.DialTCP("tcp", nil, addr)
+		if err != nil {
+			return nil, err
+		}
+		clients = append(clients, c)
+	}
+	if err := <-accepted; err != nil {
+		return nil, err
+	}
+	one, buf := []byte{1}, make([]byte, 1)
+	for _, c := range clients {
+		c.Write(one)
+	}
+	for _, c := range backends {
+		if _, err := io.ReadFull(c, buf); err != nil {
+			return nil, err
+		}
+		c.Write(one)
+	}
+	for _, c := range clients {
+		if _, err := io.ReadFull(c, buf); err != nil {
+			return nil, err
+		}
+	}
+	return append(clients, backends...), nil
+}
+
+func peerStream(ln *net.TCPListener, proxy string, n int64, dir string) error {
+	addr, _ := net.ResolveTCPAddr("tcp", proxy)
+	client, err := net.DialTCP("tcp", nil, addr)
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+	backend, err := ln.AcceptTCP()
+	if err != nil {
+		return err
+	}
+	defer backend.Close()
+	var wg sync.WaitGroup
+	errs := make(chan error, 4)
+	pump := func(from, to *net.TCPConn, send bool) {
+		wg.Go(func() {
+			if send {
+				errs <- sendN(from, n)
+			} else {
+				from.CloseWrite()
+			}
+		})
+		wg.Go(func() {
+			got, err := sinkAll(to)
+			if err == nil && send && got != n {
+				err = fmt.Errorf("received %d of %d bytes", got, n)
+			}
+			errs <- err
+		})
+	}
+	pump(client, backend, dir == "up" || dir == "both")
+	pump(backend, client, dir == "down" || dir == "both")
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+var peerBuf = make([]byte, 1<<20)
+
+func sendN(c *net.TCPConn, n int64) error {
+	for n > 0 {
+		w, err := c.Write(peerBuf[:min(n, int64(len(peerBuf)))])
+		if err != nil {
+			return err
+		}
+		n -= int64(w)
+	}
+	return c.CloseWrite()
+}
+
+func sinkAll(c *net.TCPConn) (int64, error) {
+	buf := make([]byte, 1<<20)
+	var total int64
+	for {
+		n, err := c.Read(buf)
+		total += int64(n)
+		if errors.Is(err, io.EOF) {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+	}
+}

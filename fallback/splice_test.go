@@ -1,0 +1,636 @@
+package fallback_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pires/go-proxyproto"
+
+	"github.com/handoff-lb/handoff/fallback"
+)
+
+// result is what one Splice call of a test proxy returned.
+type result struct {
+	st  fallback.Stats
+	err error
+}
+
+// proxyConfig tunes a test proxy.
+type proxyConfig struct {
+	ctx           context.Context // parent of every Splice; nil = background
+	opts          fallback.SpliceOptions
+	proxyProtocol string
+	limiter       *fallback.Limiter
+	network       string // "tcp4" (default) or "tcp6"
+}
+
+// proxy is a minimal balancer: accept, Dial the backend, PROXY header,
+// Splice — the way balancer uses the package.
+type proxy struct {
+	ln      *net.TCPListener
+	addr    netip.AddrPort
+	results chan result
+}
+
+func startProxy(t testing.TB, backend netip.AddrPort, cfg proxyConfig) *proxy {
+	t.Helper()
+	ln := listen(t, cfg.network)
+	parent := cfg.ctx
+	if parent == nil {
+		parent = context.Background()
+	}
+	ctx, cancel := context.WithCancel(parent)
+	p := &proxy{ln: ln, addr: ln.Addr().(*net.TCPAddr).AddrPort(), results: make(chan result, 20000)}
+	var wg sync.WaitGroup
+	wg.Go(func() { p.serve(ctx, &wg, backend, cfg) })
+	t.Cleanup(func() {
+		ln.Close()
+		cancel()
+		wg.Wait()
+	})
+	return p
+}
+
+func (p *proxy) serve(ctx context.Context, wg *sync.WaitGroup, backend netip.AddrPort, cfg proxyConfig) {
+	for {
+		c, err := p.ln.AcceptTCP()
+		if err != nil {
+			return
+		}
+		if cfg.limiter != nil && !cfg.limiter.TryAcquire() {
+			c.Close()
+			continue
+		}
+		wg.Go(func() {
+			if cfg.limiter != nil {
+				defer cfg.limiter.Release()
+			}
+			b, err := fallback.Dial(ctx, backend, 10*time.Second)
+			if err != nil {
+				c.Close()
+				p.results <- result{err: err}
+				return
+			}
+			if err := fallback.WriteProxyHeader(b, cfg.proxyProtocol, c.RemoteAddr(), c.LocalAddr()); err != nil {
+				c.Close()
+				b.Close()
+				p.results <- result{err: err}
+				return
+			}
+			st, err := fallback.Splice(ctx, c, b, cfg.opts)
+			p.results <- result{st, err}
+		})
+	}
+}
+
+// result waits for the next finished Splice.
+func (p *proxy) result(t testing.TB) result {
+	t.Helper()
+	select {
+	case r := <-p.results:
+		return r
+	case <-time.After(20 * time.Second):
+		t.Fatal("no Splice returned")
+		return result{}
+	}
+}
+
+func listen(t testing.TB, network string) *net.TCPListener {
+	t.Helper()
+	addr := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)}
+	if network == "tcp6" {
+		addr = &net.TCPAddr{IP: net.IPv6loopback}
+	} else {
+		network = "tcp4"
+	}
+	ln, err := net.ListenTCP(network, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ln
+}
+
+// startBackend serves each connection with handle (which need not close it)
+// until the test ends.
+func startBackend(t testing.TB, network string, handle func(c *net.TCPConn)) netip.AddrPort {
+	t.Helper()
+	ln := listen(t, network)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var conns []*net.TCPConn
+	wg.Go(func() {
+		for {
+			c, err := ln.AcceptTCP()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			wg.Go(func() {
+				defer c.Close()
+				handle(c)
+			})
+		}
+	})
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	return ln.Addr().(*net.TCPAddr).AddrPort()
+}
+
+// echo copies everything back, then half-closes.
+func echo(c *net.TCPConn) {
+	io.Copy(c, c)
+	c.CloseWrite()
+}
+
+func dial(t testing.TB, addr netip.AddrPort) *net.TCPConn {
+	t.Helper()
+	c, err := net.DialTCP("tcp", nil, net.TCPAddrFromAddrPort(addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func TestSpliceEcho(t *testing.T) {
+	p := startProxy(t, startBackend(t, "", echo), proxyConfig{})
+	c := dial(t, p.addr)
+	for _, msg := range []string{"hello", "world, again"} {
+		if _, err := c.Write([]byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, len(msg))
+		if _, err := io.ReadFull(c, buf); err != nil || string(buf) != msg {
+			t.Fatalf("echo = %q, %v; want %q", buf, err, msg)
+		}
+	}
+	c.CloseWrite()
+	if n, err := c.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		t.Fatalf("after CloseWrite: %d, %v; want EOF", n, err)
+	}
+	r := p.result(t)
+	if r.err != nil || r.st.ClientToBackend != 17 || r.st.BackendToClient != 17 {
+		t.Fatalf("Splice = %+v, %v; want 17 bytes each way, nil", r.st, r.err)
+	}
+}
+
+func TestSpliceReplay(t *testing.T) {
+	got := make(chan string, 1)
+	backend := startBackend(t, "", func(c *net.TCPConn) {
+		b, _ := io.ReadAll(c)
+		got <- string(b)
+	})
+	p := startProxy(t, backend, proxyConfig{opts: fallback.SpliceOptions{Replay: []byte("GET / HTTP/1.1\r\n")}})
+	c := dial(t, p.addr)
+	c.Write([]byte("Host: x\r\n\r\n"))
+	c.CloseWrite()
+	if s := <-got; s != "GET / HTTP/1.1\r\nHost: x\r\n\r\n" {
+		t.Fatalf("backend got %q", s)
+	}
+	if r := p.result(t); r.st.ClientToBackend != 27 {
+		t.Fatalf("ClientToBackend = %d, want 27 (replay included)", r.st.ClientToBackend)
+	}
+}
+
+// TestSpliceHalfClose: the side that finishes sending first still receives
+// everything the other side sends afterwards, in both directions.
+func TestSpliceHalfClose(t *testing.T) {
+	reply := bytes.Repeat([]byte("r"), 3<<20)
+	t.Run("client finishes first", func(t *testing.T) {
+		backend := startBackend(t, "", func(c *net.TCPConn) {
+			n, _ := io.Copy(io.Discard, c) // until the client's EOF arrives
+			fmt.Fprintf(c, "got %d\n", n)
+			c.Write(reply)
+		})
+		p := startProxy(t, backend, proxyConfig{})
+		c := dial(t, p.addr)
+		c.Write(bytes.Repeat([]byte("q"), 1<<20))
+		c.CloseWrite()
+		b, err := io.ReadAll(c)
+		want := append([]byte("got 1048576\n"), reply...)
+		if err != nil || !bytes.Equal(b, want) {
+			t.Fatalf("client read %d bytes (%v), want %d", len(b), err, len(want))
+		}
+		if r := p.result(t); r.err != nil {
+			t.Fatal(r.err)
+		}
+	})
+	t.Run("backend finishes first", func(t *testing.T) {
+		got := make(chan int64, 1)
+		backend := startBackend(t, "", func(c *net.TCPConn) {
+			c.Write(reply)
+			c.CloseWrite()
+			n, _ := io.Copy(io.Discard, c)
+			got <- n
+		})
+		p := startProxy(t, backend, proxyConfig{})
+		c := dial(t, p.addr)
+		b, err := io.ReadAll(c) // the backend's EOF reaches the client
+		if err != nil || len(b) != len(reply) {
+			t.Fatalf("client read %d bytes (%v), want %d", len(b), err, len(reply))
+		}
+		c.Write(bytes.Repeat([]byte("q"), 1<<20)) // and the client can still send
+		c.CloseWrite()
+		if n := <-got; n != 1<<20 {
+			t.Fatalf("backend got %d bytes, want %d", n, 1<<20)
+		}
+		if r := p.result(t); r.err != nil || r.st.ClientToBackend != 1<<20 || r.st.BackendToClient != int64(len(reply)) {
+			t.Fatalf("Splice = %+v, %v", r.st, r.err)
+		}
+	})
+}
+
+// stream writes n pseudo-random bytes from seed to w and returns their sha256.
+func stream(w io.Writer, seed uint64, n int64) ([32]byte, error) {
+	h := sha256.New()
+	r := rand.NewChaCha8([32]byte{byte(seed)})
+	buf := make([]byte, 256<<10)
+	for n > 0 {
+		b := buf[:min(int64(len(buf)), n)]
+		r.Read(b)
+		h.Write(b)
+		if _, err := w.Write(b); err != nil {
+			return [32]byte{}, err
+		}
+		n -= int64(len(b))
+	}
+	return [32]byte(h.Sum(nil)), nil
+}
+
+// drain reads r to EOF and returns the count and sha256.
+func drain(r io.Reader) (int64, [32]byte, error) {
+	h := sha256.New()
+	n, err := io.CopyBuffer(h, r, make([]byte, 256<<10))
+	return n, [32]byte(h.Sum(nil)), err
+}
+
+type digest struct {
+	n   int64
+	sum [32]byte
+	err error
+}
+
+func TestSplice100MB(t *testing.T) {
+	const size = 100 << 20
+	backendGot := make(chan digest, 1)
+	backendSent := make(chan digest, 1)
+	backend := startBackend(t, "", func(c *net.TCPConn) {
+		sent := make(chan digest, 1)
+		go func() {
+			sum, err := stream(c, 2, size)
+			c.CloseWrite()
+			sent <- digest{size, sum, err}
+		}()
+		n, sum, err := drain(c)
+		backendGot <- digest{n, sum, err}
+		backendSent <- <-sent // before the handler closes c
+	})
+	p := startProxy(t, backend, proxyConfig{opts: fallback.SpliceOptions{Idle: 10 * time.Second}})
+	c := dial(t, p.addr)
+	clientSent := make(chan digest, 1)
+	go func() {
+		sum, err := stream(c, 1, size)
+		c.CloseWrite()
+		clientSent <- digest{size, sum, err}
+	}()
+	n, sum, err := drain(c)
+	clientGot := digest{n, sum, err}
+
+	up, down := <-clientSent, <-backendSent
+	if got := <-backendGot; got != up || up.err != nil {
+		t.Errorf("client → backend: sent %d %x (%v), got %d %x (%v)", up.n, up.sum, up.err, got.n, got.sum, got.err)
+	}
+	if clientGot != down || down.err != nil {
+		t.Errorf("backend → client: sent %d %x (%v), got %d %x (%v)", down.n, down.sum, down.err, clientGot.n, clientGot.sum, clientGot.err)
+	}
+	if r := p.result(t); r.err != nil || r.st.ClientToBackend != size || r.st.BackendToClient != size {
+		t.Errorf("Splice = %+v, %v", r.st, r.err)
+	}
+}
+
+func TestSpliceIdle(t *testing.T) {
+	const idle = 300 * time.Millisecond
+	opts := fallback.SpliceOptions{Idle: idle}
+
+	t.Run("idle pair is closed", func(t *testing.T) {
+		p := startProxy(t, startBackend(t, "", echo), proxyConfig{opts: opts})
+		c := dial(t, p.addr)
+		c.Write([]byte("x"))
+		io.ReadFull(c, make([]byte, 1))
+		start := time.Now()
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if n, err := c.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+			t.Fatalf("read = %d, %v; want EOF", n, err)
+		}
+		if d := time.Since(start); d < idle-50*time.Millisecond || d > 3*idle+500*time.Millisecond {
+			t.Errorf("closed after %v, want about %v", d, idle)
+		}
+		if r := p.result(t); !errors.Is(r.err, fallback.ErrIdle) {
+			t.Fatalf("Splice error %v, want ErrIdle", r.err)
+		}
+	})
+
+	// A stream flowing one way keeps the pair open though the other way is
+	// silent; it is idle once it stops.
+	for _, dir := range []string{"backend to client", "client to backend"} {
+		t.Run("busy one way: "+dir, func(t *testing.T) {
+			const busy = 5 * idle
+			trickle := func(w io.Writer) error {
+				for end := time.Now().Add(busy); time.Now().Before(end); {
+					if _, err := w.Write([]byte("tick")); err != nil {
+						return err
+					}
+					time.Sleep(idle / 6)
+				}
+				return nil
+			}
+			backend := startBackend(t, "", func(c *net.TCPConn) {
+				if dir == "backend to client" {
+					if err := trickle(c); err != nil {
+						t.Errorf("closed while busy: %v", err)
+					}
+				}
+				io.Copy(io.Discard, c)
+			})
+			p := startProxy(t, backend, proxyConfig{opts: opts})
+			c := dial(t, p.addr)
+			start := time.Now()
+			if dir == "client to backend" {
+				if err := trickle(c); err != nil {
+					t.Fatalf("closed while busy: %v", err)
+				}
+			}
+			io.Copy(io.Discard, c)
+			if d := time.Since(start); d < busy {
+				t.Fatalf("closed after %v, while still busy", d)
+			}
+			if r := p.result(t); !errors.Is(r.err, fallback.ErrIdle) {
+				t.Fatalf("Splice error %v, want ErrIdle", r.err)
+			}
+		})
+	}
+
+	t.Run("stalled receiver", func(t *testing.T) {
+		backend := startBackend(t, "", func(c *net.TCPConn) {
+			c.Write(make([]byte, 64<<20)) // the client never reads
+		})
+		p := startProxy(t, backend, proxyConfig{opts: opts})
+		dial(t, p.addr)
+		if r := p.result(t); !errors.Is(r.err, fallback.ErrIdle) {
+			t.Fatalf("Splice error %v, want ErrIdle", r.err)
+		}
+	})
+}
+
+func TestSpliceCancel(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	p := startProxy(t, startBackend(t, "", echo), proxyConfig{ctx: ctx})
+	c := dial(t, p.addr)
+	c.Write([]byte("x"))
+	io.ReadFull(c, make([]byte, 1))
+	cancel()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil || os.IsTimeout(err) {
+		t.Fatalf("read after cancel: %v, want the proxy's close", err)
+	}
+	if r := p.result(t); !errors.Is(r.err, context.Canceled) {
+		t.Fatalf("Splice error %v, want context.Canceled", r.err)
+	}
+}
+
+func TestSpliceCancelledBeforeStart(t *testing.T) {
+	a, b := pair(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := fallback.Splice(ctx, a, b, fallback.SpliceOptions{}); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Splice = %v", err)
+	}
+	if _, err := a.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("Splice did not close its connections: %v", err)
+	}
+}
+
+// pair returns two connected loopback TCP connections.
+func pair(t testing.TB) (*net.TCPConn, *net.TCPConn) {
+	ln := listen(t, "")
+	defer ln.Close()
+	a := dial(t, ln.Addr().(*net.TCPAddr).AddrPort())
+	b, err := ln.AcceptTCP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return a, b
+}
+
+func TestSpliceProxyProtocol(t *testing.T) {
+	for _, network := range []string{"tcp4", "tcp6"} {
+		for _, version := range []string{"v1", "v2"} {
+			t.Run(network+"/"+version, func(t *testing.T) {
+				if network == "tcp6" {
+					if ln, err := net.Listen("tcp6", "[::1]:0"); err != nil {
+						t.Skip("no IPv6 loopback:", err)
+					} else {
+						ln.Close()
+					}
+				}
+				headers := make(chan *proxyproto.Header, 1)
+				backend := startBackend(t, network, func(c *net.TCPConn) {
+					br := bufio.NewReader(c)
+					h, err := proxyproto.Read(br)
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					headers <- h
+					io.Copy(c, br) // then echo what follows
+				})
+				p := startProxy(t, backend, proxyConfig{proxyProtocol: version, network: network})
+				c := dial(t, p.addr)
+				c.Write([]byte("ping"))
+				buf := make([]byte, 4)
+				if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "ping" {
+					t.Fatalf("echo after the header = %q, %v", buf, err)
+				}
+				h := <-headers
+				src, dst, ok := h.TCPAddrs()
+				if !ok || h.Version != version[1]-'0' || h.Command != proxyproto.PROXY {
+					t.Fatalf("header %+v", h)
+				}
+				if src.AddrPort() != c.LocalAddr().(*net.TCPAddr).AddrPort() || dst.AddrPort() != p.addr {
+					t.Fatalf("header says %v → %v, want %v → %v", src, dst, c.LocalAddr(), p.addr)
+				}
+			})
+		}
+	}
+}
+
+func TestWriteProxyHeader(t *testing.T) {
+	v4 := &net.TCPAddr{IP: net.ParseIP("198.18.0.5"), Port: 4000}
+	mapped := &net.TCPAddr{IP: net.ParseIP("::ffff:198.18.1.1"), Port: 80}
+	v6 := &net.TCPAddr{IP: net.ParseIP("2001:db8::1"), Port: 80}
+	tests := []struct {
+		version     string
+		client, loc net.Addr
+		want        string // v1 text, "" for nothing written
+		wantErr     bool
+	}{
+		{"off", v4, mapped, "", false},
+		{"", v4, mapped, "", false},
+		{"v1", v4, mapped, "PROXY TCP4 198.18.0.5 198.18.1.1 4000 80\r\n", false},
+		{"v1", v4, v6, "PROXY TCP6 ::ffff:198.18.0.5 2001:db8::1 4000 80\r\n", false},
+		{"v3", v4, v6, "", true},
+		{"v1", &net.UDPAddr{}, v6, "", true},
+	}
+	for _, tt := range tests {
+		t.Run(fmt.Sprintf("%s %v %v", tt.version, tt.client, tt.loc), func(t *testing.T) {
+			var w bytes.Buffer
+			err := fallback.WriteProxyHeader(&bufConn{w: &w}, tt.version, tt.client, tt.loc)
+			if (err != nil) != tt.wantErr || w.String() != tt.want {
+				t.Fatalf("wrote %q, %v; want %q (error %v)", w.String(), err, tt.want, tt.wantErr)
+			}
+		})
+	}
+}
+
+// bufConn is a net.Conn that records writes.
+type bufConn struct {
+	net.Conn
+	w *bytes.Buffer
+}
+
+func (c *bufConn) Write(b []byte) (int, error) { return c.w.Write(b) }
+func (c *bufConn) RemoteAddr() net.Addr        { return &net.TCPAddr{} }
+
+func TestLimiter(t *testing.T) {
+	tests := []struct {
+		max, acquire, wantOK int
+	}{
+		{max: 2, acquire: 5, wantOK: 2},
+		{max: 0, acquire: 5, wantOK: 5}, // no limit
+		{max: -1, acquire: 3, wantOK: 3},
+	}
+	for _, tt := range tests {
+		t.Run(fmt.Sprint(tt.max), func(t *testing.T) {
+			l := fallback.NewLimiter(tt.max)
+			ok := 0
+			for range tt.acquire {
+				if l.TryAcquire() {
+					ok++
+				}
+			}
+			if ok != tt.wantOK || l.Active() != int64(ok) || l.Refused() != uint64(tt.acquire-ok) {
+				t.Fatalf("admitted %d (active %d, refused %d), want %d", ok, l.Active(), l.Refused(), tt.wantOK)
+			}
+			l.Release()
+			if tt.max > 0 && !l.TryAcquire() {
+				t.Fatal("Release did not free a slot")
+			}
+		})
+	}
+}
+
+// TestLimiterRefusesAtOnce: past max_connections a new client is closed at
+// once while the admitted ones keep working.
+func TestLimiterRefusesAtOnce(t *testing.T) {
+	l := fallback.NewLimiter(2)
+	p := startProxy(t, startBackend(t, "", echo), proxyConfig{limiter: l})
+	held := []*net.TCPConn{dial(t, p.addr), dial(t, p.addr)}
+	for _, c := range held {
+		c.Write([]byte("x"))
+		io.ReadFull(c, make([]byte, 1))
+	}
+	start := time.Now()
+	c := dial(t, p.addr)
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil {
+		t.Fatal("third connection was served")
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("refusal took %v", d)
+	}
+	if l.Refused() != 1 || l.Active() != 2 {
+		t.Fatalf("refused %d, active %d", l.Refused(), l.Active())
+	}
+	held[0].Write([]byte("y"))
+	if _, err := io.ReadFull(held[0], make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestSpliceManyConcurrent(t *testing.T) {
+	const n = 1000
+	p := startProxy(t, startBackend(t, "", echo), proxyConfig{opts: fallback.SpliceOptions{Idle: 30 * time.Second}})
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		wg.Go(func() {
+			c, err := net.DialTCP("tcp", nil, net.TCPAddrFromAddrPort(p.addr))
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Close()
+			msg := bytes.Repeat([]byte{byte(i)}, 4096+i)
+			go func() {
+				c.Write(msg)
+				c.CloseWrite()
+			}()
+			got, err := io.ReadAll(c)
+			if err != nil || !bytes.Equal(got, msg) {
+				errs <- fmt.Errorf("conn %d: got %d bytes, %v", i, len(got), err)
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	for range n {
+		if r := p.result(t); r.err != nil {
+			t.Error(r.err)
+		}
+	}
+}
+
+func TestDial(t *testing.T) {
+	ln := listen(t, "")
+	addr := ln.Addr().(*net.TCPAddr).AddrPort()
+	c, err := fallback.Dial(context.Background(), addr, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	ln.Close()
+	if _, err := fallback.Dial(context.Background(), addr, time.Second); err == nil {
+		t.Fatal("Dial to a closed port succeeded")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := fallback.Dial(ctx, addr, time.Second); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Dial with a cancelled context: %v", err)
+	}
+}

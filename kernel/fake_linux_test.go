@@ -1,0 +1,531 @@
+package kernel
+
+// A fake kernel for unit tests: ipsets and iptables tables that reject what
+// the real ones reject (a jump to a missing chain, a rule using a missing
+// set, flushing an undeclared chain, deleting a referenced chain or set),
+// and a small packet walker to check where a SYN lands.
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/handoff-lb/handoff/dataplane"
+)
+
+// builtinChains are the kernel's chains of each table.
+var builtinChains = map[table][]string{
+	natTable:    {"PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"},
+	filterTable: {"INPUT", "FORWARD", "OUTPUT"},
+}
+
+// standardTargets are targets that are not chains.
+var standardTargets = map[string]bool{
+	"ACCEPT": true, "DROP": true, "RETURN": true, "REJECT": true, "DNAT": true, "SNAT": true,
+	"MASQUERADE": true, "SET": true, "LOG": true, "MARK": true,
+}
+
+type fakeSet struct {
+	spec    setSpec
+	members map[netip.Addr]member
+}
+
+// fakeTable is one table: chains in creation order and their rules.
+type fakeTable struct {
+	order []string
+	rules map[string][]string
+}
+
+func newFakeTable(t table) *fakeTable {
+	ft := &fakeTable{rules: map[string][]string{}}
+	for _, c := range builtinChains[t] {
+		ft.order = append(ft.order, c)
+		ft.rules[c] = nil
+	}
+	return ft
+}
+
+func (ft *fakeTable) clone() *fakeTable {
+	c := &fakeTable{order: slices.Clone(ft.order), rules: map[string][]string{}}
+	for k, v := range ft.rules {
+		c.rules[k] = slices.Clone(v)
+	}
+	return c
+}
+
+type fakeKernel struct {
+	mu      sync.Mutex
+	sets    map[string]*fakeSet
+	tables  [2]map[table]*fakeTable
+	local   map[netip.Addr]bool // addresses of the host, for addrtype LOCAL
+	log     []string            // operations that changed something, in order
+	failOn  string              // restore input containing this fails at that line
+	onList  func()              // called (unlocked) before a list returns
+	flows   []*netlink.ConntrackFlow
+	restore int // restore calls
+}
+
+func newFakeKernel() *fakeKernel {
+	k := &fakeKernel{sets: map[string]*fakeSet{}, local: map[netip.Addr]bool{}}
+	for f := range k.tables {
+		k.tables[f] = map[table]*fakeTable{natTable: newFakeTable(natTable), filterTable: newFakeTable(filterTable)}
+	}
+	return k
+}
+
+// newFakeDataplane is a Dataplane on a fresh fake kernel, without canary.
+func newFakeDataplane(o Options) (*Dataplane, *fakeKernel) {
+	k := newFakeKernel()
+	if o.Logger == nil {
+		o.Logger = quietLogger()
+	}
+	d := newDataplane(o, fakeSets{k}, fakeFlows{k}, [2]iptables{fakeTables{k, ipv4}, fakeTables{k, ipv6}})
+	return d, k
+}
+
+func (k *fakeKernel) logf(format string, args ...any) {
+	k.log = append(k.log, fmt.Sprintf(format, args...))
+}
+
+// referenced reports whether any rule of any table uses set.
+func (k *fakeKernel) setReferenced(set string) bool {
+	for _, ts := range k.tables {
+		for _, ft := range ts {
+			for _, rules := range ft.rules {
+				for _, r := range rules {
+					if slices.Contains(ruleSets(r), set) {
+						return true
+					}
+				}
+			}
+		}
+	}
+	return false
+}
+
+// ruleSets returns the sets a rule uses.
+func ruleSets(rule string) []string {
+	var out []string
+	args := splitArgs(rule)
+	for i := 0; i+1 < len(args); i++ {
+		if args[i] == "--match-set" || args[i] == "--add-set" || args[i] == "--del-set" {
+			out = append(out, args[i+1])
+		}
+	}
+	return out
+}
+
+// fakeSets is the ipsets seam on a fakeKernel.
+type fakeSets struct{ k *fakeKernel }
+
+func (f fakeSets) create(name string, s setSpec) error {
+	f.k.mu.Lock()
+	defer f.k.mu.Unlock()
+	if cur, ok := f.k.sets[name]; ok {
+		if cur.spec != s {
+			return errSetDiffers
+		}
+		return nil
+	}
+	f.k.sets[name] = &fakeSet{spec: s, members: map[netip.Addr]member{}}
+	f.k.logf("create %s", name)
+	return nil
+}
+
+func (f fakeSets) destroy(name string) error {
+	f.k.mu.Lock()
+	defer f.k.mu.Unlock()
+	if _, ok := f.k.sets[name]; !ok {
+		return nil
+	}
+	if f.k.setReferenced(name) {
+		return errSetInUse
+	}
+	delete(f.k.sets, name)
+	f.k.logf("destroy %s", name)
+	return nil
+}
+
+func (f fakeSets) swap(a, b string) error {
+	f.k.mu.Lock()
+	defer f.k.mu.Unlock()
+	sa, sb := f.k.sets[a], f.k.sets[b]
+	if sa == nil || sb == nil {
+		return errNoSet
+	}
+	if sa.spec.family != sb.spec.family {
+		return fmt.Errorf("type mismatch")
+	}
+	f.k.sets[a], f.k.sets[b] = sb, sa
+	f.k.logf("swap %s %s", a, b)
+	return nil
+}
+
+func (f fakeSets) names() ([]string, error) {
+	f.k.mu.Lock()
+	defer f.k.mu.Unlock()
+	return slices.Sorted(maps.Keys(f.k.sets)), nil
+}
+
+func (f fakeSets) add(name string, ip netip.Addr, timeout uint32, comment string, replace bool) error {
+	f.k.mu.Lock()
+	defer f.k.mu.Unlock()
+	s := f.k.sets[name]
+	if s == nil {
+		return errNoSet
+	}
+	if (ip.Is4() != (s.spec.family == ipv4)) || ip.Is4In6() {
+		return fmt.Errorf("invalid family")
+	}
+	if len(comment) > maxComment || strings.ContainsAny(comment, "\"\n") {
+		return fmt.Errorf("invalid comment")
+	}
+	if s.spec.timeout == 0 && timeout > 0 {
+		return fmt.Errorf("timeout extension missing")
+	}
+	_, present := s.members[ip]
+	if present && !replace {
+		return errExists
+	}
+	maxelem := s.spec.maxelem
+	if maxelem == 0 {
+		maxelem = 65536
+	}
+	if !present && len(s.members) >= int(maxelem) {
+		return fmt.Errorf("%w (fake)", dataplane.ErrFull)
+	}
+	if timeout == 0 {
+		timeout = s.spec.timeout
+	}
+	s.members[ip] = member{ip: ip, timeout: timeout, comment: comment}
+	return nil
+}
+
+func (f fakeSets) del(name string, ip netip.Addr) error {
+	f.k.mu.Lock()
+	defer f.k.mu.Unlock()
+	s := f.k.sets[name]
+	if s == nil {
+		return errNoSet
+	}
+	delete(s.members, ip)
+	return nil
+}
+
+func (f fakeSets) test(name string, ip netip.Addr) (bool, error) {
+	f.k.mu.Lock()
+	defer f.k.mu.Unlock()
+	s := f.k.sets[name]
+	if s == nil {
+		return false, errNoSet
+	}
+	_, ok := s.members[ip]
+	return ok, nil
+}
+
+func (f fakeSets) list(name string, fn func(member) error) error {
+	f.k.mu.Lock()
+	s := f.k.sets[name]
+	if s == nil {
+		f.k.mu.Unlock()
+		return errNoSet
+	}
+	ms := slices.Collect(maps.Values(s.members))
+	hook := f.k.onList
+	f.k.mu.Unlock()
+	slices.SortFunc(ms, func(a, b member) int { return a.ip.Compare(b.ip) })
+	if hook != nil {
+		hook()
+	}
+	for _, m := range ms {
+		if err := fn(m); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// fakeFlows is the conntrack seam on a fakeKernel.
+type fakeFlows struct{ k *fakeKernel }
+
+func (f fakeFlows) deleteFlows(fam family, match func(*netlink.ConntrackFlow) bool) (int, error) {
+	f.k.mu.Lock()
+	defer f.k.mu.Unlock()
+	n := 0
+	f.k.flows = slices.DeleteFunc(f.k.flows, func(fl *netlink.ConntrackFlow) bool {
+		if (fl.FamilyType == 10) != (fam == ipv6) || !match(fl) {
+			return false
+		}
+		n++
+		return true
+	})
+	return n, nil
+}
+
+// fakeTables is the iptables seam of one family on a fakeKernel.
+type fakeTables struct {
+	k   *fakeKernel
+	fam family
+}
+
+func (f fakeTables) save(_ context.Context, t table, counters bool) ([]byte, error) {
+	f.k.mu.Lock()
+	defer f.k.mu.Unlock()
+	ft := f.k.tables[f.fam][t]
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "# Generated by fake\n*%s\n", t)
+	for _, c := range ft.order {
+		policy := "-"
+		if slices.Contains(builtinChains[t], c) {
+			policy = "ACCEPT"
+		}
+		fmt.Fprintf(&b, ":%s %s [0:0]\n", c, policy)
+	}
+	for _, c := range ft.order {
+		for _, r := range ft.rules[c] {
+			if counters {
+				b.WriteString("[0:0] ")
+			}
+			b.WriteString(r + "\n")
+		}
+	}
+	b.WriteString("COMMIT\n")
+	return b.Bytes(), nil
+}
+
+func (f fakeTables) restore(_ context.Context, data []byte) error {
+	f.k.mu.Lock()
+	defer f.k.mu.Unlock()
+	f.k.restore++
+	var (
+		t    table
+		work *fakeTable
+	)
+	fail := func(n int, format string, args ...any) error {
+		return &restoreError{bin: "fake-restore", line: n, msg: fmt.Sprintf(format, args...)}
+	}
+	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	for i, l := range lines {
+		n := i + 1
+		if f.k.failOn != "" && strings.Contains(l, f.k.failOn) {
+			return fail(n, "injected failure")
+		}
+		switch {
+		case l == "" || strings.HasPrefix(l, "#"):
+		case strings.HasPrefix(l, "*"):
+			if work != nil {
+				return fail(n, "table %s not committed", t)
+			}
+			t = table(l[1:])
+			if f.k.tables[f.fam][t] == nil {
+				return fail(n, "no table %s", t)
+			}
+			work = f.k.tables[f.fam][t].clone()
+		case l == "COMMIT":
+			if work == nil {
+				return fail(n, "COMMIT outside a table")
+			}
+			f.k.tables[f.fam][t] = work
+			f.k.logf("restore %s %s", f.fam, t)
+			work = nil
+		case work == nil:
+			return fail(n, "line outside a table")
+		case strings.HasPrefix(l, ":"):
+			name, _, _ := strings.Cut(l[1:], " ")
+			if slices.Contains(builtinChains[t], name) {
+				continue // policy only; --noflush keeps the rules
+			}
+			if _, ok := work.rules[name]; !ok {
+				work.order = append(work.order, name)
+			}
+			work.rules[name] = nil
+		default:
+			args := splitArgs(l)
+			if len(args) < 2 {
+				return fail(n, "bad line %q", l)
+			}
+			op, name := args[0], args[1]
+			rules, exists := work.rules[name]
+			if !exists {
+				return fail(n, "chain %s does not exist", name)
+			}
+			switch op {
+			case "-A", "-I":
+				rest := strings.TrimSpace(strings.TrimPrefix(l, op+" "+name))
+				spec := args[2:]
+				pos := 0
+				if op == "-I" && len(spec) > 0 {
+					if p, err := strconv.Atoi(spec[0]); err == nil {
+						pos, spec = p-1, spec[1:]
+						_, rest, _ = strings.Cut(rest, " ")
+					}
+				}
+				if err := f.checkRule(work, t, spec); err != nil {
+					return fail(n, "%v", err)
+				}
+				rule := "-A " + name + " " + rest
+				if op == "-A" {
+					work.rules[name] = append(rules, rule)
+				} else {
+					work.rules[name] = slices.Insert(rules, min(max(pos, 0), len(rules)), rule)
+				}
+			case "-D":
+				want := "-A " + strings.TrimPrefix(l, "-D ")
+				i := slices.IndexFunc(rules, func(r string) bool { return slices.Equal(splitArgs(r), splitArgs(want)) })
+				if i < 0 {
+					return fail(n, "no such rule in %s", name)
+				}
+				work.rules[name] = slices.Delete(rules, i, i+1)
+			case "-F":
+				work.rules[name] = nil
+			case "-X":
+				if slices.Contains(builtinChains[t], name) {
+					return fail(n, "cannot delete built-in chain %s", name)
+				}
+				if len(rules) > 0 {
+					return fail(n, "chain %s not empty", name)
+				}
+				for c, rs := range work.rules {
+					for _, r := range rs {
+						if ruleTarget(r) == name {
+							return fail(n, "chain %s is referenced by %s", name, c)
+						}
+					}
+				}
+				delete(work.rules, name)
+				work.order = slices.DeleteFunc(work.order, func(c string) bool { return c == name })
+			default:
+				return fail(n, "unknown command %s", op)
+			}
+		}
+	}
+	if work != nil {
+		return fail(len(lines), "missing COMMIT")
+	}
+	return nil
+}
+
+// checkRule rejects a rule jumping to a missing chain or using a missing
+// set, as the kernel does.
+func (f fakeTables) checkRule(work *fakeTable, t table, spec []string) error {
+	for i := 0; i+1 < len(spec); i++ {
+		switch spec[i] {
+		case "-j", "-g":
+			target := spec[i+1]
+			if !standardTargets[target] {
+				if _, ok := work.rules[target]; !ok {
+					return fmt.Errorf("chain '%s' does not exist", target)
+				}
+			}
+			if (target == "DNAT" || target == "MASQUERADE") && t != natTable {
+				return fmt.Errorf("%s only in the nat table", target)
+			}
+		case "--match-set", "--add-set":
+			if _, ok := f.k.sets[spec[i+1]]; !ok {
+				return fmt.Errorf("set %s doesn't exist", spec[i+1])
+			}
+		}
+	}
+	return nil
+}
+
+// synLands walks a TCP SYN from src to dst:dport through nat PREROUTING
+// and returns its DNAT destination, if any. It interprets the options
+// handoff renders; any other option fails the walk.
+func (k *fakeKernel) synLands(src netip.Addr, dst netip.AddrPort) (netip.AddrPort, bool, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	fam := familyOf(dst.Addr())
+	ft := k.tables[fam][natTable]
+	var walk func(chain string, depth int) (netip.AddrPort, bool, error)
+	walk = func(chain string, depth int) (netip.AddrPort, bool, error) {
+		if depth > 10 {
+			return netip.AddrPort{}, false, fmt.Errorf("loop at %s", chain)
+		}
+	rules:
+		for _, r := range ft.rules[chain] {
+			args := splitArgs(r)[2:]
+			for i := 0; i < len(args); i++ {
+				a := args[i]
+				next := func() string { i++; return args[i] }
+				switch a {
+				case "-p":
+					if next() != "tcp" {
+						continue rules
+					}
+				case "-m":
+					next()
+				case "--comment":
+					next()
+				case "-d":
+					if p := netip.MustParsePrefix(next()); !p.Contains(dst.Addr()) {
+						continue rules
+					}
+				case "--dport":
+					if next() != strconv.Itoa(int(dst.Port())) {
+						continue rules
+					}
+				case "--dst-type":
+					if next() != "LOCAL" || !k.local[dst.Addr()] {
+						continue rules
+					}
+				case "--match-set":
+					s := k.sets[next()]
+					if next() != "src" || s == nil {
+						return netip.AddrPort{}, false, fmt.Errorf("bad match-set in %q", r)
+					}
+					if _, ok := s.members[src]; !ok {
+						continue rules
+					}
+				case "-j":
+					target := next()
+					switch target {
+					case "DNAT":
+						if next() != "--to-destination" {
+							return netip.AddrPort{}, false, fmt.Errorf("bad DNAT in %q", r)
+						}
+						return netip.MustParseAddrPort(next()), true, nil
+					case "SET":
+						opts := args[i+1:]
+						if len(opts) != 6 || opts[0] != "--add-set" || opts[2] != "src" || opts[3] != "--exist" || opts[4] != "--timeout" {
+							return netip.AddrPort{}, false, fmt.Errorf("bad SET in %q", r)
+						}
+						t, _ := strconv.Atoi(opts[5])
+						s := k.sets[opts[1]]
+						m := s.members[src]
+						m.timeout = uint32(t)
+						s.members[src] = m
+						continue rules
+					case "RETURN":
+						return netip.AddrPort{}, false, nil
+					case "ACCEPT":
+						return netip.AddrPort{}, false, nil
+					default:
+						if to, ok, err := walk(target, depth+1); ok || err != nil {
+							return to, ok, err
+						}
+						continue rules
+					}
+				default:
+					return netip.AddrPort{}, false, fmt.Errorf("fake cannot interpret %q in %q", a, r)
+				}
+			}
+		}
+		return netip.AddrPort{}, false, nil
+	}
+	return walk("PREROUTING", 0)
+}
+
+// tableText is the rules of a table as save shows them, for assertions.
+func (k *fakeKernel) tableText(fam family, t table) string {
+	b, _ := fakeTables{k, fam}.save(context.Background(), t, false)
+	return string(b)
+}

@@ -1,0 +1,366 @@
+package kernel
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"runtime"
+	"syscall"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/handoff-lb/handoff/dataplane"
+)
+
+// family is an address family of sets and of iptables.
+type family int
+
+const (
+	ipv4 family = iota
+	ipv6
+)
+
+func (f family) String() string {
+	if f == ipv6 {
+		return "ipv6"
+	}
+	return "ipv4"
+}
+
+func familyOf(a netip.Addr) family {
+	if a.Unmap().Is4() {
+		return ipv4
+	}
+	return ipv6
+}
+
+// setSpec is what a set is created with.
+type setSpec struct {
+	family  family
+	timeout uint32 // default timeout in seconds; 0 = the set has no timeouts
+	maxelem uint32 // 0 = the kernel's default
+}
+
+// member is one entry of a set, as listed.
+type member struct {
+	ip      netip.Addr
+	timeout uint32 // remaining seconds; 0 = permanent
+	comment string
+}
+
+var (
+	// errSetDiffers says that a set exists with another type, family,
+	// timeout or maxelem than asked for.
+	errSetDiffers = errors.New("set exists with different parameters")
+	// errNoSet says that a set does not exist.
+	errNoSet = errors.New("set does not exist")
+	// errSetInUse says that a set is still referenced by a rule.
+	errSetInUse = errors.New("set is referenced by a rule")
+	// errExists says that an entry is already in the set.
+	errExists = errors.New("entry already in the set")
+)
+
+// ipsets is the data plane's view of the kernel's ipsets. Implementations
+// are safe for concurrent use. Errors wrap errSetDiffers, errNoSet,
+// errSetInUse or dataplane.ErrFull where they apply.
+type ipsets interface {
+	// create makes a hash:ip set with comments. A set of that name with
+	// the same spec is left alone (nil); one with another spec is
+	// reported with errSetDiffers.
+	create(name string, s setSpec) error
+	// destroy removes a set; an absent set is not an error.
+	destroy(name string) error
+	// swap exchanges the contents and parameters of two sets.
+	swap(a, b string) error
+	// names lists every set of the namespace, handoff's or not.
+	names() ([]string, error)
+	// add adds ip with the given timeout (0: the set's default, or none in
+	// a set without timeouts) and comment. An entry already there is
+	// replaced when replace is set, else reported with errExists.
+	add(name string, ip netip.Addr, timeout uint32, comment string, replace bool) error
+	// del removes ip; absent is not an error.
+	del(name string, ip netip.Addr) error
+	// test reports whether ip is in the set.
+	test(name string, ip netip.Addr) (bool, error)
+	// list calls fn for each member, stopping at fn's first error.
+	list(name string, fn func(member) error) error
+}
+
+// ipset command-level flags of IPSET_CMD_LIST (linux/netfilter/ipset/ip_set.h).
+const (
+	ipsetFlagListSetname = 1 << 1
+	ipsetErrHashFull     = nl.IPSET_ERR_TYPE_SPECIFIC // IPSET_ERR_HASH_FULL
+)
+
+// nlSets is ipsets over netlink. Commands go through a netlink.Handle bound
+// to the namespace (one NETLINK_NETFILTER socket); adds, the hot path, go
+// through a small pool of lean sockets (pinSocket); listings go through a
+// socket of their own, parsed here without the per-attribute goroutines of
+// the netlink package's decoder.
+type nlSets struct {
+	h    *netlink.Handle
+	pins pinSockets
+	dump map[int]*nl.SocketHandle
+}
+
+// newNLSets opens the netlink sockets in ns (the caller's namespace when ns
+// is not open).
+func newNLSets(ns netns.NsHandle) (*nlSets, error) {
+	h, err := netlink.NewHandleAt(ns, unix.NETLINK_NETFILTER)
+	if err != nil {
+		return nil, fmt.Errorf("netlink socket: %w", err)
+	}
+	if err := h.SetSocketTimeout(30 * time.Second); err != nil {
+		h.Close()
+		return nil, fmt.Errorf("netlink socket: %w", err)
+	}
+	s, err := nl.GetNetlinkSocketAt(ns, netns.None(), unix.NETLINK_NETFILTER)
+	if err != nil {
+		h.Close()
+		return nil, fmt.Errorf("netlink socket: %w", err)
+	}
+	tv := unix.NsecToTimeval((30 * time.Second).Nanoseconds())
+	_ = s.SetSendTimeout(&tv)
+	_ = s.SetReceiveTimeout(&tv)
+	pins, err := newPinSockets(ns, min(runtime.GOMAXPROCS(0), 4))
+	if err != nil {
+		h.Close()
+		s.Close()
+		return nil, err
+	}
+	return &nlSets{h: h, pins: pins, dump: map[int]*nl.SocketHandle{unix.NETLINK_NETFILTER: {Socket: s}}}, nil
+}
+
+// close releases the sockets; no call may be in flight.
+func (s *nlSets) close() {
+	s.h.Close()
+	s.pins.close()
+	for _, sh := range s.dump {
+		sh.Close()
+	}
+}
+
+func (s *nlSets) create(name string, spec setSpec) (err error) {
+	defer recoverNetlink(&err)
+	o := netlink.IpsetCreateOptions{
+		Comments:    true,
+		Family:      unix.AF_INET,
+		MaxElements: spec.maxelem,
+	}
+	if spec.family == ipv6 {
+		o.Family = unix.AF_INET6
+	}
+	if spec.timeout > 0 {
+		t := spec.timeout
+		o.Timeout = &t
+	}
+	// Replace clears NLM_F_EXCL: the kernel then accepts an existing set
+	// with identical parameters and returns EEXIST for a different one.
+	o.Replace = true
+	err = s.h.IpsetCreate(name, "hash:ip", o)
+	if errors.Is(err, syscall.EEXIST) {
+		return errSetDiffers
+	}
+	return mapIpsetErr(err)
+}
+
+func (s *nlSets) destroy(name string) (err error) {
+	defer recoverNetlink(&err)
+	err = mapIpsetErr(s.h.IpsetDestroy(name))
+	if errors.Is(err, errNoSet) {
+		return nil
+	}
+	return err
+}
+
+func (s *nlSets) swap(a, b string) (err error) {
+	defer recoverNetlink(&err)
+	return mapIpsetErr(s.h.IpsetSwap(a, b))
+}
+
+func (s *nlSets) add(name string, ip netip.Addr, timeout uint32, comment string, replace bool) error {
+	return s.pins.add(name, ip, timeout, comment, replace)
+}
+
+func (s *nlSets) del(name string, ip netip.Addr) (err error) {
+	defer recoverNetlink(&err)
+	// Replace clears NLM_F_EXCL, so deleting an absent entry succeeds.
+	err = s.h.IpsetDel(name, &netlink.IPSetEntry{IP: ipSlice(ip), Replace: true})
+	if err == nl.IPSetError(nl.IPSET_ERR_EXIST) {
+		return nil
+	}
+	return mapIpsetErr(err)
+}
+
+func (s *nlSets) test(name string, ip netip.Addr) (ok bool, err error) {
+	defer recoverNetlink(&err)
+	ok, err = s.h.IpsetTest(name, &netlink.IPSetEntry{IP: ipSlice(ip)})
+	return ok, mapIpsetErr(err)
+}
+
+// ipSlice returns ip in the 4- or 16-byte form the kernel expects.
+func ipSlice(ip netip.Addr) net.IP {
+	if ip.Is4() {
+		a := ip.As4()
+		return a[:]
+	}
+	a := ip.As16()
+	return a[:]
+}
+
+func (s *nlSets) names() ([]string, error) {
+	var out []string
+	err := s.dumpSets("", ipsetFlagListSetname, func(attrs []byte) {
+		for typ, val := range attributes(attrs) {
+			if typ == nl.IPSET_ATTR_SETNAME {
+				out = append(out, cString(val))
+			}
+		}
+	})
+	return out, err
+}
+
+func (s *nlSets) list(name string, fn func(member) error) error {
+	var ferr error
+	err := s.dumpSets(name, 0, func(attrs []byte) {
+		if ferr != nil {
+			return
+		}
+		for typ, val := range attributes(attrs) {
+			if typ != nl.IPSET_ATTR_ADT {
+				continue
+			}
+			for typ, data := range attributes(val) {
+				if typ != nl.IPSET_ATTR_DATA {
+					continue
+				}
+				if ferr = fn(parseMember(data)); ferr != nil {
+					return
+				}
+			}
+		}
+	})
+	if ferr != nil {
+		return ferr
+	}
+	return err
+}
+
+// dumpSets runs IPSET_CMD_LIST (of one set, or of all when name is "")
+// and calls fn with the attributes of each reply message.
+func (s *nlSets) dumpSets(name string, flags uint32, fn func(attrs []byte)) (err error) {
+	defer recoverNetlink(&err)
+	req := nl.NewNetlinkRequest(nl.IPSET_CMD_LIST|(unix.NFNL_SUBSYS_IPSET<<8), nl.GetIpsetFlags(nl.IPSET_CMD_LIST))
+	req.Sockets = s.dump
+	req.AddData(&nl.Nfgenmsg{NfgenFamily: unix.AF_NETLINK, Version: nl.NFNETLINK_V0})
+	req.AddData(nl.NewRtAttr(nl.IPSET_ATTR_PROTOCOL, nl.Uint8Attr(nl.IPSET_PROTOCOL)))
+	if name != "" {
+		req.AddData(nl.NewRtAttr(nl.IPSET_ATTR_SETNAME, nl.ZeroTerminated(name)))
+	}
+	if flags != 0 {
+		req.AddData(&nl.Uint32Attribute{Type: nl.IPSET_ATTR_FLAGS | nl.NLA_F_NET_BYTEORDER, Value: flags})
+	}
+	err = req.ExecuteIter(unix.NETLINK_NETFILTER, 0, func(msg []byte) bool {
+		if len(msg) > nl.SizeofNfgenmsg {
+			fn(msg[nl.SizeofNfgenmsg:])
+		}
+		return true
+	})
+	return mapIpsetErr(err)
+}
+
+// parseMember decodes one IPSET_ATTR_DATA of a hash:ip listing.
+func parseMember(data []byte) member {
+	var m member
+	for typ, val := range attributes(data) {
+		switch typ {
+		case nl.IPSET_ATTR_IP:
+			for _, a := range attributes(val) {
+				if ip, ok := netip.AddrFromSlice(a); ok {
+					m.ip = ip
+				}
+			}
+		case nl.IPSET_ATTR_TIMEOUT:
+			if len(val) == 4 {
+				m.timeout = binary.BigEndian.Uint32(val)
+			}
+		case nl.IPSET_ATTR_COMMENT:
+			m.comment = cString(val)
+		}
+	}
+	return m
+}
+
+// attributes iterates over the netlink attributes in b, yielding each
+// type (flags masked off) and value.
+func attributes(b []byte) func(yield func(uint16, []byte) bool) {
+	return func(yield func(uint16, []byte) bool) {
+		for len(b) >= unix.SizeofRtAttr {
+			l := int(binary.NativeEndian.Uint16(b[0:2]))
+			typ := binary.NativeEndian.Uint16(b[2:4]) & 0x3fff // drop NLA_F_NESTED, NLA_F_NET_BYTEORDER
+			if l < unix.SizeofRtAttr || l > len(b) {
+				return
+			}
+			if !yield(typ, b[unix.SizeofRtAttr:l]) {
+				return
+			}
+			l = (l + unix.NLA_ALIGNTO - 1) &^ (unix.NLA_ALIGNTO - 1)
+			if l > len(b) {
+				return
+			}
+			b = b[l:]
+		}
+	}
+}
+
+// cString returns b up to its first NUL.
+func cString(b []byte) string {
+	for i, c := range b {
+		if c == 0 {
+			return string(b[:i])
+		}
+	}
+	return string(b)
+}
+
+// mapIpsetErr turns kernel errors into the sentinels of ipsets.
+func mapIpsetErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	var ie nl.IPSetError
+	if errors.As(err, &ie) {
+		switch int(ie) {
+		case ipsetErrHashFull:
+			return fmt.Errorf("%w (maxelem reached)", dataplane.ErrFull)
+		case nl.IPSET_ERR_REFERENCED, nl.IPSET_ERR_BUSY:
+			return errSetInUse
+		case nl.IPSET_ERR_EXIST:
+			return errExists
+		case nl.IPSET_ERR_EXIST_SETNAME2:
+			return fmt.Errorf("%w: the other set", errNoSet)
+		}
+		return err
+	}
+	if errors.Is(err, syscall.ENOENT) {
+		return errNoSet
+	}
+	if errors.Is(err, syscall.EBUSY) {
+		return errSetInUse
+	}
+	return err
+}
+
+// recoverNetlink turns a panic of the netlink package (it asserts that
+// every kernel error is a syscall.Errno) into an error.
+func recoverNetlink(err *error) {
+	if r := recover(); r != nil {
+		*err = fmt.Errorf("netlink: %v", r)
+	}
+}

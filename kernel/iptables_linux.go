@@ -1,0 +1,159 @@
+package kernel
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os/exec"
+	"regexp"
+	"runtime"
+	"strconv"
+	"strings"
+
+	"github.com/vishvananda/netns"
+)
+
+// table is an iptables table.
+type table string
+
+const (
+	natTable    table = "nat"
+	filterTable table = "filter"
+)
+
+// iptables runs iptables-save and iptables-restore for one address family.
+// Implementations are safe for concurrent use.
+type iptables interface {
+	// save returns the iptables-save text of t (empty when the table does
+	// not exist), with [packets:bytes] counters when counters is set.
+	save(ctx context.Context, t table, counters bool) ([]byte, error)
+	// restore applies data with iptables-restore --noflush: all of it or,
+	// on error, none of it. A failing line is reported as *restoreError.
+	restore(ctx context.Context, data []byte) error
+}
+
+// restoreError is a failed iptables-restore.
+type restoreError struct {
+	bin  string
+	line int    // the failing input line, 1-based; 0 when unknown
+	msg  string // the tool's complaint, on one line
+	err  error
+}
+
+func (e *restoreError) Error() string {
+	if e.line > 0 {
+		return fmt.Sprintf("%s: line %d: %s", e.bin, e.line, e.msg)
+	}
+	return fmt.Sprintf("%s: %s", e.bin, e.msg)
+}
+
+func (e *restoreError) Unwrap() error { return e.err }
+
+// restoreLineRE finds the failing line in the complaints of the legacy
+// ("line 3 failed") and nf_tables ("Error occurred at line: 3", "line 3:
+// CHAIN_DEL failed") variants of iptables-restore.
+var restoreLineRE = regexp.MustCompile(`line:? (\d+)`)
+
+// execTables is iptables run as commands in a network namespace.
+type execTables struct {
+	fam family
+	ns  netns.NsHandle // not open: the caller's namespace
+}
+
+func (e execTables) bin(tool string) string {
+	if e.fam == ipv6 {
+		return "ip6tables-" + tool
+	}
+	return "iptables-" + tool
+}
+
+func (e execTables) save(ctx context.Context, t table, counters bool) ([]byte, error) {
+	args := []string{"-t", string(t)}
+	if counters {
+		args = append(args, "-c")
+	}
+	out, stderr, err := runIn(ctx, e.ns, nil, e.bin("save"), args...)
+	if err != nil {
+		return nil, fmt.Errorf("%s -t %s: %w: %s", e.bin("save"), t, err, oneLine(stderr))
+	}
+	return out, nil
+}
+
+func (e execTables) restore(ctx context.Context, data []byte) error {
+	// -w waits for the xtables lock (legacy iptables); --noflush keeps
+	// every chain the input does not declare.
+	_, stderr, err := runIn(ctx, e.ns, data, e.bin("restore"), "--noflush", "-w", "5")
+	if err == nil {
+		return nil
+	}
+	re := &restoreError{bin: e.bin("restore"), msg: oneLine(stderr), err: err}
+	if m := restoreLineRE.FindSubmatch(stderr); m != nil {
+		re.line, _ = strconv.Atoi(string(m[1]))
+	}
+	if re.msg == "" {
+		re.msg = err.Error()
+	}
+	return re
+}
+
+// runIn runs a command in ns (the caller's namespace when ns is not open)
+// and returns its stdout and stderr.
+func runIn(ctx context.Context, ns netns.NsHandle, stdin []byte, name string, args ...string) (stdout, stderr []byte, err error) {
+	var out, errb bytes.Buffer
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if stdin != nil {
+		cmd.Stdin = bytes.NewReader(stdin)
+	}
+	// The child inherits the namespace of the thread that forks it.
+	if err := inNetNS(ns, cmd.Start); err != nil {
+		return nil, nil, err
+	}
+	err = cmd.Wait()
+	return out.Bytes(), errb.Bytes(), err
+}
+
+// inNetNS runs fn on an OS thread switched into ns, or directly when ns is
+// not open. A thread that cannot switch back is retired.
+func inNetNS(ns netns.NsHandle, fn func() error) error {
+	if !ns.IsOpen() {
+		return fn()
+	}
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("current netns: %w", err)
+			return
+		}
+		defer orig.Close()
+		if err := netns.Set(ns); err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("entering netns: %w", err)
+			return
+		}
+		ferr := fn()
+		if err := netns.Set(orig); err != nil {
+			// Leave the thread locked: it ends with this goroutine.
+			errc <- errors.Join(ferr, fmt.Errorf("leaving netns: %w", err))
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- ferr
+	}()
+	return <-errc
+}
+
+// oneLine joins the non-empty lines of a tool's output with "; ".
+func oneLine(b []byte) string {
+	var parts []string
+	for l := range strings.SplitSeq(string(b), "\n") {
+		if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, "Try `") {
+			parts = append(parts, l)
+		}
+	}
+	return strings.Join(parts, "; ")
+}

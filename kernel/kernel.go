@@ -1,0 +1,54 @@
+// Package kernel is handoff's Linux data plane: pinned clients live in
+// ipsets (one hash:ip set per service and backend, managed over netlink),
+// and iptables DNAT rules forward every later connection of a pinned client
+// to its backend without leaving the kernel.
+//
+// The objects are those of DESIGN.md section 5: sets ho-<svc>-<be> (ho6-…
+// for IPv6 services), nat chains HANDOFF-PREROUTING, HANDOFF-OUTPUT,
+// HANDOFF-POSTROUTING and HO-SVC-<svc>, the filter chain HANDOFF-FORWARD,
+// and a canary chain HANDOFF-CANARY in both tables. Rule changes go through
+// one iptables-restore --noflush per table and family, so they apply
+// atomically, and only chains handoff owns are ever flushed.
+//
+// On platforms other than Linux, New, Probe and Cleanup return
+// dataplane.ErrUnsupported.
+package kernel
+
+import (
+	"time"
+
+	"github.com/sirupsen/logrus"
+)
+
+// DefaultCanaryInterval is how often a Dataplane checks, by default, that
+// its chains and rules are still in place.
+const DefaultCanaryInterval = 10 * time.Second
+
+// Options configures New, Probe, Cleanup and Counters.
+type Options struct {
+	// NetNS is the path of the network namespace to operate in (for
+	// example /run/netns/lab). Empty means the caller's namespace.
+	NetNS string
+	// Logger receives the data plane's logs. Nil means logrus's standard
+	// logger.
+	Logger *logrus.Entry
+	// IPv6 makes the data plane manage ip6tables even while no service is
+	// IPv6. ip6tables is always managed once any synced service is IPv6, so
+	// false is the right value unless the ip6tables chains should exist
+	// ahead of the first IPv6 service. Probe checks ip6tables only when set.
+	IPv6 bool
+	// CanaryInterval is how often the Dataplane checks that its sets,
+	// chains, rules and jumps are intact (the canary chain HANDOFF-CANARY
+	// among them) and re-applies the last State when they are not, or when
+	// the last Sync failed. Zero means DefaultCanaryInterval; negative
+	// disables the check.
+	CanaryInterval time.Duration
+}
+
+// Counter is the traffic a backend's DNAT rule has forwarded: in practice
+// the new connections of pinned clients (the nat table sees only the first
+// packet of each flow).
+type Counter struct {
+	Packets uint64
+	Bytes   uint64
+}

@@ -1,0 +1,462 @@
+package kernel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/handoff-lb/handoff/dataplane"
+)
+
+// errClosed is returned by every method of a closed Dataplane.
+var errClosed = errors.New("kernel: data plane closed")
+
+// maxComment is the longest ipset comment, in bytes.
+const maxComment = 255
+
+// flowDeleter deletes conntrack entries.
+type flowDeleter interface {
+	// deleteFlows deletes the conntrack entries of family fam for which
+	// match returns true and returns how many went.
+	deleteFlows(fam family, match func(*netlink.ConntrackFlow) bool) (int, error)
+}
+
+// Dataplane is the kernel data plane of one network namespace. It
+// implements balancer.Dataplane; all methods are safe for concurrent use.
+//
+// Sync declares the services; Pin, Unpin, Lookup, Pins and Forget act on
+// the services and backends of the last Sync and fail with an error
+// wrapping dataplane.ErrUnknown for others. A goroutine owned by the
+// Dataplane re-applies the last State when its rules go missing; Close
+// stops it. Close leaves every kernel object in place for the next run to
+// adopt; Cleanup removes them.
+type Dataplane struct {
+	o     Options
+	log   *logrus.Entry
+	ns    netns.NsHandle // not open: the caller's namespace
+	sets  ipsets
+	flows flowDeleter
+	ipt   [2]iptables // by family
+	close func()      // releases sets and flows
+
+	// mu guards the fields below it. Pins hold it for reading while they
+	// talk to the kernel; Sync and Close take it briefly for writing.
+	mu     sync.RWMutex
+	closed bool
+	svcs   map[string]*service // by name, as of the last Sync
+	shadow map[string]*rebuild // sets being rebuilt
+
+	// syncMu serializes Sync and the canary; it guards the fields below.
+	syncMu sync.Mutex
+	last   []*service // the desired state; nil before the first Sync
+	dirty  bool       // the last attempt to apply last failed
+	errMsg string     // the last sync error logged, to log each once
+	cache  [2]map[table]map[string]string
+	v6     bool // ip6tables is managed
+	v6seen bool // whether ip6tables was checked for leftovers
+	// staleWarned holds stale sets whose destruction failed and was
+	// logged at warning level.
+	staleWarned map[string]bool
+
+	stop context.CancelFunc
+	done chan struct{}
+}
+
+// New opens the kernel data plane in o.NetNS and starts its canary. It
+// touches no rule or set until the first Sync, which adopts the sets and
+// chains a previous run left.
+func New(ctx context.Context, o Options) (*Dataplane, error) {
+	ns := netns.None()
+	if o.NetNS != "" {
+		var err error
+		if ns, err = netns.GetFromPath(o.NetNS); err != nil {
+			return nil, fmt.Errorf("kernel: netns %s: %w", o.NetNS, err)
+		}
+	}
+	s, err := newNLSets(ns)
+	if err != nil {
+		closeNS(ns)
+		return nil, fmt.Errorf("kernel: %w", err)
+	}
+	if _, err := s.names(); err != nil {
+		s.close()
+		closeNS(ns)
+		return nil, fmt.Errorf("kernel: listing ipsets: %w", err)
+	}
+	d := newDataplane(o, s, s, [2]iptables{execTables{ipv4, ns}, execTables{ipv6, ns}})
+	d.ns = ns
+	d.close = s.close
+	d.start(ctx)
+	return d, nil
+}
+
+func closeNS(ns netns.NsHandle) {
+	if ns.IsOpen() {
+		ns.Close()
+	}
+}
+
+// newDataplane wires a Dataplane to its seams without starting the canary.
+func newDataplane(o Options, sets ipsets, flows flowDeleter, ipt [2]iptables) *Dataplane {
+	d := &Dataplane{
+		o:     o,
+		log:   o.logger(),
+		ns:    netns.None(),
+		sets:  sets,
+		flows: flows,
+		ipt:   ipt,
+		svcs:  map[string]*service{},
+	}
+	for f := range d.cache {
+		d.cache[f] = map[table]map[string]string{}
+	}
+	return d
+}
+
+// start runs the canary goroutine unless it is disabled.
+func (d *Dataplane) start(ctx context.Context) {
+	every := d.o.CanaryInterval
+	if every == 0 {
+		every = DefaultCanaryInterval
+	}
+	if every < 0 {
+		return
+	}
+	ctx, d.stop = context.WithCancel(context.WithoutCancel(ctx))
+	d.done = make(chan struct{})
+	go d.canaryLoop(ctx, every)
+}
+
+// Close stops the canary and releases the netlink sockets and the
+// namespace handle. Kernel objects stay. Close is idempotent.
+func (d *Dataplane) Close() error {
+	if d.stop != nil {
+		d.stop()
+		<-d.done
+	}
+	d.syncMu.Lock() // wait for a Sync in flight
+	defer d.syncMu.Unlock()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil
+	}
+	d.closed = true
+	if d.close != nil {
+		d.close()
+	}
+	closeNS(d.ns)
+	return nil
+}
+
+// Pin adds p.Client to the set of p.Backend, or refreshes its timeout and
+// comment when it is there. The kernel has acknowledged the pin when Pin
+// returns.
+//
+// The timeout is p.TTL, or the service's ClientTTL when p.TTL is 0, in
+// whole seconds (at least 1, at most 2147483). In a service whose
+// ClientTTL is 0 pins never expire and p.TTL is ignored. The comment is
+// p.Key cut to 255 bytes, with anything but printable ASCII and '"'
+// replaced by '_'.
+//
+// Pin does not remove the client from the service's other backends: a
+// client pinned to two backends is forwarded to the one synced first. To
+// move a client, Unpin it from the old backend.
+func (d *Dataplane) Pin(ctx context.Context, p dataplane.Pin) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	s, b, err := d.lookupLocked(p.Service, p.Backend)
+	if err != nil {
+		return err
+	}
+	ip, err := s.client(p.Client)
+	if err != nil {
+		return err
+	}
+	var timeout uint32
+	if s.ttl > 0 {
+		timeout = s.ttl
+		if p.TTL > 0 {
+			timeout = seconds(p.TTL)
+		}
+	}
+	c := sanitizeComment(p.Key)
+	if err := d.sets.add(b.set, ip, timeout, c, true); err != nil {
+		return fmt.Errorf("ipset %q: add %s: %w", b.set, ip, err)
+	}
+	if len(d.shadow) > 0 {
+		// The set is being rebuilt: the copy must get the pin too, unless
+		// the copy's smaller maxelem has no room for it.
+		if r, ok := d.shadow[b.set]; ok {
+			r.pinned(ip)
+			if err := d.sets.add(r.tmp, ip, timeout, c, true); err != nil && !errors.Is(err, dataplane.ErrFull) {
+				return fmt.Errorf("ipset %q: add %s: %w", r.tmp, ip, err)
+			}
+		}
+	}
+	return nil
+}
+
+// Unpin removes client from backend's set; absent is not an error.
+func (d *Dataplane) Unpin(ctx context.Context, service, backend string, client netip.Addr) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	s, b, err := d.lookupLocked(service, backend)
+	if err != nil {
+		return err
+	}
+	ip, err := s.client(client)
+	if err != nil {
+		return err
+	}
+	if err := d.sets.del(b.set, ip); err != nil {
+		return fmt.Errorf("ipset %q: del %s: %w", b.set, ip, err)
+	}
+	if r, ok := d.shadow[b.set]; ok {
+		r.unpin(ip)
+		if err := d.sets.del(r.tmp, ip); err != nil {
+			return fmt.Errorf("ipset %q: del %s: %w", r.tmp, ip, err)
+		}
+	}
+	return nil
+}
+
+// Lookup returns the pin of client in service: the first backend, in Sync
+// order, whose set holds it. Only Service, Backend and Client are filled;
+// the kernel's test command reports neither the key nor the remaining
+// time (use Pins for those).
+func (d *Dataplane) Lookup(ctx context.Context, service string, client netip.Addr) (dataplane.Pin, bool, error) {
+	if err := ctx.Err(); err != nil {
+		return dataplane.Pin{}, false, err
+	}
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	s, _, err := d.lookupLocked(service, "")
+	if err != nil {
+		return dataplane.Pin{}, false, err
+	}
+	ip, err := s.client(client)
+	if err != nil {
+		return dataplane.Pin{}, false, err
+	}
+	for _, b := range s.backends {
+		ok, err := d.sets.test(b.set, ip)
+		if err != nil {
+			return dataplane.Pin{}, false, fmt.Errorf("ipset %q: test %s: %w", b.set, ip, err)
+		}
+		if ok {
+			return dataplane.Pin{Service: service, Backend: b.name, Client: ip}, true, nil
+		}
+	}
+	return dataplane.Pin{}, false, nil
+}
+
+// Pins calls fn for each live pin of backend beName (of every backend of
+// service when beName is ""), with Key from the entry's comment and TTL the time
+// left (0: never expires). Each backend's set is read whole before fn sees
+// its pins, so fn may call the Dataplane.
+func (d *Dataplane) Pins(ctx context.Context, service, beName string, fn func(dataplane.Pin) error) error {
+	d.mu.RLock()
+	s, b, err := d.lookupLocked(service, beName)
+	d.mu.RUnlock()
+	if err != nil {
+		return err
+	}
+	bes := s.backends
+	if b != nil {
+		bes = []backend{*b}
+	}
+	var ms []member
+	for _, b := range bes {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		ms = ms[:0]
+		if err := d.sets.list(b.set, func(m member) error {
+			ms = append(ms, m)
+			return nil
+		}); err != nil {
+			return fmt.Errorf("ipset %q: list: %w", b.set, err)
+		}
+		for _, m := range ms {
+			p := dataplane.Pin{Service: service, Backend: b.name, Client: m.ip, Key: m.comment}
+			if s.ttl > 0 {
+				p.TTL = time.Duration(m.timeout) * time.Second
+			}
+			if err := fn(p); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// Forget deletes the conntrack entries of TCP flows that were DNATed from
+// the service's VIP (any local address when the VIP is unspecified) to
+// backend, and returns how many went. The clients' next packets on those
+// flows find no state and are reset or re-classified.
+func (d *Dataplane) Forget(ctx context.Context, service, backend string) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	d.mu.RLock()
+	s, b, err := d.lookupLocked(service, backend)
+	closed := d.closed
+	d.mu.RUnlock()
+	if err != nil {
+		return 0, err
+	}
+	if closed {
+		return 0, errClosed
+	}
+	vip, be := s.vip, b.addr
+	n, err := d.flows.deleteFlows(s.fam, func(f *netlink.ConntrackFlow) bool { return flowMatches(vip, be, f) })
+	if err != nil {
+		return n, fmt.Errorf("conntrack: forget flows of service %q to backend %q (%s): %w", service, backend, be, err)
+	}
+	return n, nil
+}
+
+// flowMatches reports whether f is a TCP flow to vip that was DNATed to be.
+func flowMatches(vip, be netip.AddrPort, f *netlink.ConntrackFlow) bool {
+	if f.Forward.Protocol != unix.IPPROTO_TCP || f.Forward.DstPort != vip.Port() {
+		return false
+	}
+	if f.Reverse.SrcPort != be.Port() || !ipEqual(f.Reverse.SrcIP, be.Addr()) {
+		return false
+	}
+	if ipEqual(f.Forward.DstIP, be.Addr()) && f.Forward.DstPort == be.Port() {
+		return false // not DNATed: a direct connection to the backend
+	}
+	return vip.Addr().IsUnspecified() || ipEqual(f.Forward.DstIP, vip.Addr())
+}
+
+func ipEqual(ip []byte, a netip.Addr) bool {
+	b, ok := netip.AddrFromSlice(ip)
+	return ok && b.Unmap() == a
+}
+
+// lookupLocked finds a service and, unless backend is "", its backend.
+// The caller holds d.mu.
+func (d *Dataplane) lookupLocked(svcName, beName string) (*service, *backend, error) {
+	if d.closed {
+		return nil, nil, errClosed
+	}
+	s := d.svcs[svcName]
+	if s == nil {
+		return nil, nil, fmt.Errorf("kernel: service %q: %w", svcName, dataplane.ErrUnknown)
+	}
+	if beName == "" {
+		return s, nil, nil
+	}
+	b := s.byName[beName]
+	if b == nil {
+		return nil, nil, fmt.Errorf("kernel: service %q: backend %q: %w", svcName, beName, dataplane.ErrUnknown)
+	}
+	return s, b, nil
+}
+
+// client returns ip unmapped, checking that it suits the service's family.
+func (s *service) client(ip netip.Addr) (netip.Addr, error) {
+	ip = ip.Unmap()
+	if !ip.IsValid() {
+		return ip, fmt.Errorf("kernel: service %q: invalid client address", s.name)
+	}
+	if familyOf(ip) != s.fam {
+		return ip, fmt.Errorf("kernel: service %q: client %s is not %s", s.name, ip, s.fam)
+	}
+	return ip, nil
+}
+
+// sanitizeComment makes key a valid ipset comment: at most 255 bytes of
+// printable ASCII without '"'. Valid keys are returned without copying.
+func sanitizeComment(key string) string {
+	if len(key) > maxComment {
+		key = key[:maxComment]
+	}
+	i := 0
+	for i < len(key) && okCommentByte(key[i]) {
+		i++
+	}
+	if i == len(key) {
+		return key
+	}
+	b := []byte(key)
+	for ; i < len(b); i++ {
+		if !okCommentByte(b[i]) {
+			b[i] = '_'
+		}
+	}
+	return string(b)
+}
+
+func okCommentByte(c byte) bool { return c >= 0x20 && c < 0x7f && c != '"' }
+
+// isHandoffSet reports whether an ipset name is handoff's.
+func isHandoffSet(name string) bool {
+	return strings.HasPrefix(name, "ho-") || strings.HasPrefix(name, "ho6-")
+}
+
+// Scratch names start with "_" after the prefix, which no service name can.
+const (
+	probeTag = "_probe-"
+	tempTag  = "_t-"
+)
+
+// isProbeSet reports whether name is a (possibly concurrent) Probe's.
+func isProbeSet(name string) bool {
+	return strings.HasPrefix(name, "ho-"+probeTag) || strings.HasPrefix(name, "ho6-"+probeTag)
+}
+
+// probeSetName is Probe's scratch set of a family.
+func probeSetName(fam family, pid int) string {
+	p := "ho-"
+	if fam == ipv6 {
+		p = "ho6-"
+	}
+	return p + probeTag + strconv.Itoa(pid)
+}
+
+// tempSetName is the scratch set used while rebuilding set name.
+func tempSetName(name string) string {
+	h := fnv.New64a()
+	h.Write([]byte(name))
+	p := "ho-"
+	if strings.HasPrefix(name, "ho6-") {
+		p = "ho6-"
+	}
+	return p + tempTag + strconv.FormatUint(h.Sum64(), 16)
+}
+
+// deleteFlows implements flowDeleter with the netlink conntrack API.
+func (s *nlSets) deleteFlows(fam family, match func(*netlink.ConntrackFlow) bool) (n int, err error) {
+	defer recoverNetlink(&err)
+	f := netlink.InetFamily(unix.AF_INET)
+	if fam == ipv6 {
+		f = unix.AF_INET6
+	}
+	c, err := s.h.ConntrackDeleteFilters(netlink.ConntrackTable, f, flowFilter(match))
+	return int(c), err
+}
+
+// flowFilter adapts a func to netlink.CustomConntrackFilter.
+type flowFilter func(*netlink.ConntrackFlow) bool
+
+func (f flowFilter) MatchConntrackFlow(flow *netlink.ConntrackFlow) bool { return f(flow) }

@@ -1,0 +1,68 @@
+//go:build !linux
+
+package kernel
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+
+	"github.com/handoff-lb/handoff/dataplane"
+)
+
+// Dataplane is the kernel data plane; off Linux it cannot be created and
+// every method returns dataplane.ErrUnsupported.
+type Dataplane struct{}
+
+// New returns dataplane.ErrUnsupported off Linux.
+func New(ctx context.Context, o Options) (*Dataplane, error) { return nil, dataplane.ErrUnsupported }
+
+// Probe returns a one-line error wrapping dataplane.ErrUnsupported off
+// Linux.
+func Probe(ctx context.Context, o Options) error {
+	return fmt.Errorf("kernel mode unavailable: %w", dataplane.ErrUnsupported)
+}
+
+// Cleanup returns dataplane.ErrUnsupported off Linux.
+func Cleanup(ctx context.Context, o Options) error { return dataplane.ErrUnsupported }
+
+// Counters returns dataplane.ErrUnsupported off Linux.
+func Counters(ctx context.Context, o Options) (map[[2]string]Counter, error) {
+	return nil, dataplane.ErrUnsupported
+}
+
+// Sync returns dataplane.ErrUnsupported.
+func (d *Dataplane) Sync(ctx context.Context, s dataplane.State) error {
+	return dataplane.ErrUnsupported
+}
+
+// Pin returns dataplane.ErrUnsupported.
+func (d *Dataplane) Pin(ctx context.Context, p dataplane.Pin) error { return dataplane.ErrUnsupported }
+
+// Unpin returns dataplane.ErrUnsupported.
+func (d *Dataplane) Unpin(ctx context.Context, service, backend string, client netip.Addr) error {
+	return dataplane.ErrUnsupported
+}
+
+// Lookup returns dataplane.ErrUnsupported.
+func (d *Dataplane) Lookup(ctx context.Context, service string, client netip.Addr) (dataplane.Pin, bool, error) {
+	return dataplane.Pin{}, false, dataplane.ErrUnsupported
+}
+
+// Pins returns dataplane.ErrUnsupported.
+func (d *Dataplane) Pins(ctx context.Context, service, backend string, fn func(dataplane.Pin) error) error {
+	return dataplane.ErrUnsupported
+}
+
+// Forget returns dataplane.ErrUnsupported.
+func (d *Dataplane) Forget(ctx context.Context, service, backend string) (int, error) {
+	return 0, dataplane.ErrUnsupported
+}
+
+// Counters returns dataplane.ErrUnsupported.
+func (d *Dataplane) Counters(ctx context.Context) (map[[2]string]Counter, error) {
+	return nil, dataplane.ErrUnsupported
+}
+
+// Close does nothing.
+func (d *Dataplane) Close() error { return nil }

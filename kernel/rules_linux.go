@@ -1,0 +1,497 @@
+package kernel
+
+import (
+	"bytes"
+	"fmt"
+	"net/netip"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/handoff-lb/handoff/dataplane"
+)
+
+// Chains handoff owns. Every chain whose name starts with ownedPrefix or
+// svcPrefix is handoff's; no other chain is ever flushed or deleted.
+const (
+	ownedPrefix      = "HANDOFF-"
+	svcPrefix        = "HO-SVC-"
+	chainPrerouting  = "HANDOFF-PREROUTING"
+	chainOutput      = "HANDOFF-OUTPUT"
+	chainPostrouting = "HANDOFF-POSTROUTING"
+	chainForward     = "HANDOFF-FORWARD"
+	chainCanary      = "HANDOFF-CANARY"
+	chainProbe       = "HANDOFF-PROBE" // Probe's scratch chain
+	commentPrefix    = "handoff"
+)
+
+// maxTimeout is the longest ipset timeout, in seconds.
+const maxTimeout = 2147483
+
+// baseJump is a jump from a built-in chain into one of handoff's.
+type baseJump struct {
+	table   table
+	builtin string
+	target  string
+}
+
+// baseJumps are the jumps that hook handoff's chains into the kernel's.
+var baseJumps = []baseJump{
+	{natTable, "PREROUTING", chainPrerouting},
+	{natTable, "OUTPUT", chainOutput},
+	{natTable, "POSTROUTING", chainPostrouting},
+	{filterTable, "FORWARD", chainForward},
+}
+
+// jumpLine is the restore line that inserts j at the top of its chain.
+func (j baseJump) line() string {
+	return "-I " + j.builtin + " 1 " + comment(commentPrefix+" jump") + " -j " + j.target
+}
+
+// owned reports whether chain belongs to handoff.
+func owned(chain string) bool {
+	return strings.HasPrefix(chain, ownedPrefix) || strings.HasPrefix(chain, svcPrefix)
+}
+
+// service is a dataplane.Service checked and reduced to what the kernel
+// needs.
+type service struct {
+	name     string
+	fam      family
+	vip      netip.AddrPort // address unmapped
+	ttl      uint32         // seconds; 0: pins never expire
+	snat     bool
+	maxelem  uint32
+	backends []backend
+	byName   map[string]*backend
+}
+
+type backend struct {
+	name string
+	set  string
+	addr netip.AddrPort // address unmapped
+}
+
+func (s *service) spec() setSpec { return setSpec{family: s.fam, timeout: s.ttl, maxelem: s.maxelem} }
+
+// validName matches the service and backend names the kernel objects can
+// carry (config validation is stricter).
+var validName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)
+
+// compile checks st and converts it. Services come out sorted by name.
+func compile(st dataplane.State) ([]*service, error) {
+	var out []*service
+	seen := map[string]bool{}
+	for _, ds := range st.Services {
+		if !validName.MatchString(ds.Name) {
+			return nil, fmt.Errorf("service %q: invalid name", ds.Name)
+		}
+		if seen[ds.Name] {
+			return nil, fmt.Errorf("service %q: declared twice", ds.Name)
+		}
+		seen[ds.Name] = true
+		if c := dataplane.ServiceChain(ds.Name); len(c) > dataplane.MaxChainNameLen {
+			return nil, fmt.Errorf("service %q: chain name %q longer than %d", ds.Name, c, dataplane.MaxChainNameLen)
+		}
+		vip := netip.AddrPortFrom(ds.Listen.Addr().Unmap(), ds.Listen.Port())
+		if !vip.Addr().IsValid() || vip.Port() == 0 {
+			return nil, fmt.Errorf("service %q: listen address %s: want an address and a port", ds.Name, ds.Listen)
+		}
+		if ds.ClientTTL < 0 {
+			return nil, fmt.Errorf("service %q: negative client TTL %s", ds.Name, ds.ClientTTL)
+		}
+		if ds.MaxClients < 0 || int64(ds.MaxClients) > int64(^uint32(0)) {
+			return nil, fmt.Errorf("service %q: max clients %d out of range", ds.Name, ds.MaxClients)
+		}
+		s := &service{
+			name:    ds.Name,
+			fam:     familyOf(vip.Addr()),
+			vip:     vip,
+			ttl:     seconds(ds.ClientTTL),
+			snat:    ds.SNAT,
+			maxelem: uint32(ds.MaxClients),
+			byName:  map[string]*backend{},
+		}
+		for _, db := range ds.Backends {
+			set := dataplane.SetName(ds.Name, db.Name, s.fam == ipv6)
+			switch {
+			case !validName.MatchString(db.Name):
+				return nil, fmt.Errorf("service %q: backend %q: invalid name", ds.Name, db.Name)
+			case slices.ContainsFunc(s.backends, func(b backend) bool { return b.name == db.Name }):
+				return nil, fmt.Errorf("service %q: backend %q: declared twice", ds.Name, db.Name)
+			case len(set) > dataplane.MaxSetNameLen:
+				return nil, fmt.Errorf("service %q: backend %q: set name %q longer than %d", ds.Name, db.Name, set, dataplane.MaxSetNameLen)
+			}
+			addr := netip.AddrPortFrom(db.Address.Addr().Unmap(), db.Address.Port())
+			if !addr.Addr().IsValid() || addr.Addr().IsUnspecified() || addr.Port() == 0 {
+				return nil, fmt.Errorf("service %q: backend %q: address %s: want an address and a port", ds.Name, db.Name, db.Address)
+			}
+			if familyOf(addr.Addr()) != s.fam {
+				return nil, fmt.Errorf("service %q: backend %q: address %s is not %s like the service's %s", ds.Name, db.Name, addr, s.fam, vip)
+			}
+			s.backends = append(s.backends, backend{name: db.Name, set: set, addr: addr})
+		}
+		for i := range s.backends {
+			s.byName[s.backends[i].name] = &s.backends[i]
+		}
+		out = append(out, s)
+	}
+	slices.SortFunc(out, func(a, b *service) int { return strings.Compare(a.name, b.name) })
+	return out, nil
+}
+
+// seconds converts a TTL to whole ipset seconds, rounding up: 0 stays 0
+// (no timeout), anything else is clamped to 1..maxTimeout.
+func seconds(d time.Duration) uint32 {
+	if d <= 0 {
+		return 0
+	}
+	s := (d + time.Second - 1) / time.Second
+	return uint32(min(s, maxTimeout))
+}
+
+// chain is the desired content of one chain handoff owns.
+type chain struct {
+	name  string
+	rules []string // restore lines, each "-A <name> ..."
+}
+
+// text is what the chain cache remembers of c.
+func (c chain) text() string { return strings.Join(c.rules, "\n") }
+
+// rendered is handoff's desired rules for one family.
+type rendered map[table][]chain
+
+// render returns the chains of fam for the services of that family.
+// Chains come in a fixed order: base chains, canary, then service chains.
+func render(fam family, svcs []*service) rendered {
+	pre := chain{name: chainPrerouting}
+	out := chain{name: chainOutput}
+	post := chain{name: chainPostrouting}
+	fwd := chain{name: chainForward}
+	var svcChains []chain
+	for _, s := range svcs {
+		if s.fam != fam {
+			continue
+		}
+		sc := dataplane.ServiceChain(s.name)
+		match := "-p tcp -m tcp --dport " + strconv.Itoa(int(s.vip.Port()))
+		if s.vip.Addr().IsUnspecified() {
+			match += " -m addrtype --dst-type LOCAL"
+		} else {
+			match = "-d " + hostCIDR(s.vip.Addr()) + " " + match
+		}
+		jump := match + " " + comment(commentPrefix+" "+s.name+" service") + " -j " + sc
+		pre.add(jump)
+		out.add(jump)
+
+		c := chain{name: sc}
+		for _, b := range s.backends {
+			tag := commentPrefix + " " + s.name + "/" + b.name
+			in := "-p tcp -m set --match-set " + b.set + " src "
+			if s.ttl > 0 {
+				c.add(in + comment(tag+" refresh") + " -j SET --add-set " + b.set + " src --exist --timeout " + strconv.FormatUint(uint64(s.ttl), 10))
+			}
+			c.add(in + comment(tag+" dnat") + " -j DNAT --to-destination " + b.addr.String())
+		}
+		svcChains = append(svcChains, c)
+
+		// Forwarded flows of this service: by VIP when it is one address,
+		// else by the backend the flow was DNATed to.
+		dnated := "-p tcp -m conntrack --ctstate DNAT --ctproto tcp"
+		if !s.vip.Addr().IsUnspecified() {
+			m := dnated + " --ctorigdst " + hostCIDR(s.vip.Addr()) + " --ctorigdstport " + strconv.Itoa(int(s.vip.Port()))
+			fwd.add(m + " " + comment(commentPrefix+" "+s.name+" forward") + " -j ACCEPT")
+			if s.snat {
+				post.add(m + " " + comment(commentPrefix+" "+s.name+" snat") + " -j MASQUERADE")
+			}
+			continue
+		}
+		for _, b := range s.backends {
+			m := dnated + " --ctorigdstport " + strconv.Itoa(int(s.vip.Port())) +
+				" --ctreplsrc " + hostCIDR(b.addr.Addr()) + " --ctreplsrcport " + strconv.Itoa(int(b.addr.Port()))
+			tag := commentPrefix + " " + s.name + "/" + b.name
+			fwd.add(m + " " + comment(tag+" forward") + " -j ACCEPT")
+			if s.snat {
+				post.add(m + " " + comment(tag+" snat") + " -j MASQUERADE")
+			}
+		}
+	}
+	canary := chain{name: chainCanary}
+	return rendered{
+		natTable:    append([]chain{pre, out, post, canary}, svcChains...),
+		filterTable: {fwd, canary},
+	}
+}
+
+func (c *chain) add(rule string) { c.rules = append(c.rules, "-A "+c.name+" "+rule) }
+
+func comment(s string) string { return `-m comment --comment "` + s + `"` }
+
+func hostCIDR(a netip.Addr) string {
+	return netip.PrefixFrom(a, a.BitLen()).String()
+}
+
+// saved is one table as iptables-save showed it.
+type saved struct {
+	exists bool                // the table was in the output
+	chains map[string][]string // chain → its rules, as "-A chain ..." lines
+}
+
+// parseSave reads iptables-save output (with or without counters) of one
+// table.
+func parseSave(b []byte) saved {
+	s := saved{chains: map[string][]string{}}
+	for line := range bytes.Lines(b) {
+		l := strings.TrimSpace(string(line))
+		switch {
+		case strings.HasPrefix(l, "*"):
+			s.exists = true
+		case strings.HasPrefix(l, ":"):
+			name, _, _ := strings.Cut(l[1:], " ")
+			if _, ok := s.chains[name]; !ok {
+				s.chains[name] = nil
+			}
+		default:
+			if strings.HasPrefix(l, "[") {
+				if _, rest, ok := strings.Cut(l, "] "); ok {
+					l = rest
+				}
+			}
+			if !strings.HasPrefix(l, "-A ") {
+				continue
+			}
+			name, _, _ := strings.Cut(l[3:], " ")
+			s.chains[name] = append(s.chains[name], l)
+		}
+	}
+	return s
+}
+
+// jumpsTo reports whether any rule of chain jumps (or goes) to target.
+func (s saved) jumpsTo(chain, target string) bool {
+	for _, r := range s.chains[chain] {
+		if ruleTarget(r) == target {
+			return true
+		}
+	}
+	return false
+}
+
+// ruleTarget returns the -j or -g target of a rule line.
+func ruleTarget(rule string) string {
+	args := splitArgs(rule)
+	for i := 0; i+1 < len(args); i++ {
+		if args[i] == "-j" || args[i] == "-g" || args[i] == "--jump" || args[i] == "--goto" {
+			return args[i+1]
+		}
+	}
+	return ""
+}
+
+// splitArgs splits a rule line like a shell would for iptables-restore:
+// on blanks, with double quotes grouping and backslash escaping.
+func splitArgs(s string) []string {
+	var out []string
+	var cur strings.Builder
+	inQuote, have := false, false
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '\\' && i+1 < len(s):
+			i++
+			cur.WriteByte(s[i])
+			have = true
+		case c == '"':
+			inQuote = !inQuote
+			have = true
+		case (c == ' ' || c == '\t') && !inQuote:
+			if have {
+				out = append(out, cur.String())
+				cur.Reset()
+				have = false
+			}
+		default:
+			cur.WriteByte(c)
+			have = true
+		}
+	}
+	if have {
+		out = append(out, cur.String())
+	}
+	return out
+}
+
+// restorePlan is one table's part of one iptables-restore run.
+type restorePlan struct {
+	table   table
+	write   []chain  // declared (created or flushed), then filled
+	flush   []string // chains declared only: stale chains about to go
+	unlink  []string // "-D" lines for rules of other chains jumping to stale ones
+	jumps   []string // "-I" lines of missing base jumps
+	remove  []string // chains deleted at the end
+	reasons []string // why each chain is written, for logs
+}
+
+func (p *restorePlan) empty() bool {
+	return len(p.write) == 0 && len(p.flush) == 0 && len(p.unlink) == 0 && len(p.jumps) == 0 && len(p.remove) == 0
+}
+
+// text renders the plan as iptables-restore --noflush input. Order
+// matters: chains exist before rules jump to them, and chains are deleted
+// only after every rule that referenced them is gone.
+func (p *restorePlan) text() []byte {
+	var b bytes.Buffer
+	b.WriteString("*" + string(p.table) + "\n")
+	for _, c := range p.write {
+		b.WriteString(":" + c.name + " - [0:0]\n")
+	}
+	for _, c := range p.flush {
+		b.WriteString(":" + c + " - [0:0]\n")
+	}
+	for _, l := range p.unlink {
+		b.WriteString(l + "\n")
+	}
+	for _, c := range p.write {
+		for _, r := range c.rules {
+			b.WriteString(r + "\n")
+		}
+	}
+	for _, l := range p.jumps {
+		b.WriteString(l + "\n")
+	}
+	for _, c := range p.remove {
+		b.WriteString("-X " + c + "\n")
+	}
+	b.WriteString("COMMIT\n")
+	return b.Bytes()
+}
+
+// planTable works out what must change in table t: chains whose rendered
+// text differs from the cache or whose rule count differs from the kernel's
+// are rewritten, owned chains not wanted are removed (keep says which
+// unwanted owned chains to leave alone), and missing base jumps are
+// inserted.
+func planTable(t table, want []chain, cache map[string]string, cur saved, keep func(string) bool) *restorePlan {
+	p := &restorePlan{table: t}
+	wanted := map[string]bool{}
+	for _, c := range want {
+		wanted[c.name] = true
+		rules, exists := cur.chains[c.name]
+		switch {
+		case !exists:
+			p.reasons = append(p.reasons, c.name+" missing")
+		case len(rules) != len(c.rules):
+			p.reasons = append(p.reasons, fmt.Sprintf("%s has %d rules, want %d", c.name, len(rules), len(c.rules)))
+		case cache[c.name] != c.text():
+			p.reasons = append(p.reasons, c.name+" changed")
+		default:
+			continue
+		}
+		p.write = append(p.write, c)
+	}
+	var stale []string
+	for name := range cur.chains {
+		if owned(name) && !wanted[name] && (keep == nil || !keep(name)) {
+			stale = append(stale, name)
+		}
+	}
+	slices.Sort(stale)
+	p.flush, p.remove = stale, stale
+	p.unlink = unlinkLines(cur, stale)
+	for _, j := range baseJumps {
+		if j.table == t && !cur.jumpsTo(j.builtin, j.target) {
+			p.jumps = append(p.jumps, j.line())
+		}
+	}
+	return p
+}
+
+// unlinkLines returns "-D" lines deleting every rule outside handoff's
+// chains that jumps to one of the chains in gone. Rules inside handoff's
+// chains go when those chains are flushed or rewritten.
+func unlinkLines(cur saved, gone []string) []string {
+	if len(gone) == 0 {
+		return nil
+	}
+	var out []string
+	names := make([]string, 0, len(cur.chains))
+	for name := range cur.chains {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		if owned(name) {
+			continue
+		}
+		for _, r := range cur.chains[name] {
+			if slices.Contains(gone, ruleTarget(r)) {
+				out = append(out, "-D"+strings.TrimPrefix(r, "-A"))
+			}
+		}
+	}
+	return out
+}
+
+// linesAround returns the lines of data around line n (1-based), each
+// prefixed with its number, for logging a failed restore.
+func linesAround(data []byte, n, context int) string {
+	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	lo, hi := max(n-1-context, 0), min(n+context, len(lines))
+	if n <= 0 || lo >= hi {
+		lo, hi = 0, min(len(lines), 2*context+1)
+	}
+	var b strings.Builder
+	for i := lo; i < hi; i++ {
+		mark := "  "
+		if i == n-1 {
+			mark = "> "
+		}
+		fmt.Fprintf(&b, "%s%d: %s\n", mark, i+1, lines[i])
+	}
+	return b.String()
+}
+
+// parseCounters reads iptables-save -c output and adds each DNAT rule's
+// counters to out under {service, backend}.
+func parseCounters(b []byte, out map[[2]string]Counter) {
+	for line := range bytes.Lines(b) {
+		l := strings.TrimSpace(string(line))
+		if !strings.HasPrefix(l, "[") {
+			continue
+		}
+		cnt, rest, ok := strings.Cut(l[1:], "] ")
+		if !ok {
+			continue
+		}
+		ps, bs, ok := strings.Cut(cnt, ":")
+		if !ok {
+			continue
+		}
+		args := splitArgs(rest)
+		i := slices.Index(args, "--comment")
+		if i < 0 || i+1 >= len(args) {
+			continue
+		}
+		f := strings.Fields(args[i+1])
+		if len(f) != 3 || f[0] != commentPrefix || f[2] != "dnat" {
+			continue
+		}
+		svc, be, ok := strings.Cut(f[1], "/")
+		if !ok {
+			continue
+		}
+		p, err1 := strconv.ParseUint(ps, 10, 64)
+		n, err2 := strconv.ParseUint(bs, 10, 64)
+		if err1 != nil || err2 != nil {
+			continue
+		}
+		k := [2]string{svc, be}
+		c := out[k]
+		c.Packets += p
+		c.Bytes += n
+		out[k] = c
+	}
+}

@@ -1,0 +1,361 @@
+package kernel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/handoff-lb/handoff/dataplane"
+)
+
+// Sync makes the kernel match st, in this order: (1) create missing sets,
+// and rebuild sets whose timeout or maxelem changed without losing a pin;
+// (2) rewrite, in one iptables-restore per table and family, only the
+// chains whose content changed or went missing, deleting chains of removed
+// services once nothing jumps to them; (3) insert missing jumps from the
+// built-in chains; (4) destroy the ho-/ho6- sets st no longer declares.
+//
+// A no-op Sync writes nothing, so rule counters survive. The first Sync of
+// a new Dataplane adopts existing sets and their members. When Sync fails,
+// the canary retries st until it succeeds or another Sync replaces it.
+func (d *Dataplane) Sync(ctx context.Context, st dataplane.State) error {
+	svcs, err := compile(st)
+	if err != nil {
+		return fmt.Errorf("kernel: sync: %w", err)
+	}
+	d.syncMu.Lock()
+	defer d.syncMu.Unlock()
+	_, err = d.syncLocked(ctx, svcs)
+	return err
+}
+
+// syncLocked applies svcs and returns what it had to repair or change in
+// the tables. The caller holds d.syncMu.
+func (d *Dataplane) syncLocked(ctx context.Context, svcs []*service) (changes []string, err error) {
+	d.mu.RLock()
+	closed := d.closed
+	d.mu.RUnlock()
+	if closed {
+		return nil, errClosed
+	}
+	d.last, d.dirty = svcs, true
+	defer func() {
+		if err == nil {
+			d.dirty, d.errMsg = false, ""
+		}
+	}()
+
+	// (1) Sets, before any rule refers to them.
+	existing, err := d.sets.names()
+	if err != nil {
+		return nil, fmt.Errorf("kernel: listing ipsets: %w", err)
+	}
+	wanted := map[string]bool{}
+	for _, s := range svcs {
+		for _, b := range s.backends {
+			wanted[b.set] = true
+			if err := d.ensureSet(ctx, b.set, s.spec()); err != nil {
+				return nil, err
+			}
+		}
+	}
+	byName := make(map[string]*service, len(svcs))
+	for _, s := range svcs {
+		byName[s.name] = s
+	}
+	d.mu.Lock()
+	d.svcs = byName
+	d.mu.Unlock()
+
+	// (2) and (3) Rules and jumps, family by family.
+	for _, fam := range d.families(ctx, svcs) {
+		c, err := d.syncRules(ctx, fam, svcs)
+		changes = append(changes, c...)
+		if err != nil {
+			return changes, err
+		}
+	}
+
+	// (4) Sets nobody refers to any more.
+	for _, name := range existing {
+		if !isHandoffSet(name) || wanted[name] || isProbeSet(name) {
+			continue
+		}
+		if err := d.sets.destroy(name); err != nil {
+			// Perhaps a foreign rule uses it; say so once, retry quietly.
+			l := d.log.WithFields(logrus.Fields{"set": name, "err": err})
+			if !d.staleWarned[name] {
+				l.Warn("cannot destroy the ipset of a removed backend; will retry")
+			} else {
+				l.Debug("cannot destroy the ipset of a removed backend")
+			}
+			if d.staleWarned == nil {
+				d.staleWarned = map[string]bool{}
+			}
+			d.staleWarned[name] = true
+			continue
+		}
+		delete(d.staleWarned, name)
+		d.log.WithField("set", name).Info("destroyed the ipset of a removed backend")
+	}
+	return changes, nil
+}
+
+// ensureSet creates set name, or rebuilds it when it exists with another
+// spec.
+func (d *Dataplane) ensureSet(ctx context.Context, name string, spec setSpec) error {
+	err := d.sets.create(name, spec)
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, errSetDiffers) {
+		return fmt.Errorf("ipset %q: create: %w", name, err)
+	}
+	return d.rebuildSet(ctx, name, spec)
+}
+
+// rebuildSet gives set name a new spec without losing a pin: it fills a
+// temporary set with the members (remaining timeouts and comments kept,
+// timeouts cut to the new default), swaps the two and destroys the
+// temporary one. Pins and unpins made meanwhile go to both sets.
+func (d *Dataplane) rebuildSet(ctx context.Context, name string, spec setSpec) error {
+	start := time.Now()
+	tmp := tempSetName(name)
+	if err := d.sets.destroy(tmp); err != nil {
+		return fmt.Errorf("ipset %q: destroy leftover %q: %w", name, tmp, err)
+	}
+	if err := d.sets.create(tmp, spec); err != nil {
+		return fmt.Errorf("ipset %q: create %q for rebuild: %w", name, tmp, err)
+	}
+	d.setShadow(name, tmp)
+	done := false
+	defer func() {
+		if !done {
+			d.setShadow(name, "")
+			_ = d.sets.destroy(tmp)
+		}
+	}()
+
+	var ms []member
+	if err := d.sets.list(name, func(m member) error {
+		ms = append(ms, m)
+		return nil
+	}); err != nil {
+		return fmt.Errorf("ipset %q: list for rebuild: %w", name, err)
+	}
+	copied, dropped := 0, 0
+	for _, m := range ms {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		t := m.timeout
+		if spec.timeout == 0 {
+			t = 0
+		} else if t > spec.timeout {
+			t = spec.timeout
+		}
+		// Not replace: a pin made during the copy is newer than the list.
+		err := d.sets.add(tmp, m.ip, t, m.comment, false)
+		switch {
+		case err == nil:
+			copied++
+		case errors.Is(err, errExists):
+		case errors.Is(err, dataplane.ErrFull):
+			dropped++
+		default:
+			return fmt.Errorf("ipset %q: copy %s to %q: %w", name, m.ip, tmp, err)
+		}
+	}
+
+	// Swap and end the shadowing under the write lock, so no pin is in
+	// flight and none goes to the old contents afterwards.
+	d.mu.Lock()
+	var err error
+	for ip := range d.shadow[name].unpinned {
+		if err = d.sets.del(tmp, ip); err != nil {
+			break
+		}
+	}
+	if err == nil {
+		err = d.sets.swap(name, tmp)
+	}
+	if err == nil {
+		delete(d.shadow, name)
+		done = true
+	}
+	d.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("ipset %q: swap with %q: %w", name, tmp, err)
+	}
+	if err := d.sets.destroy(tmp); err != nil {
+		d.log.WithFields(logrus.Fields{"set": tmp, "err": err}).Warn("cannot destroy the old copy of a rebuilt ipset")
+	}
+	f := logrus.Fields{"set": name, "members": copied, "timeout": spec.timeout, "maxelem": spec.maxelem, "took": time.Since(start).Round(time.Millisecond)}
+	if dropped > 0 {
+		f["dropped"] = dropped
+		d.log.WithFields(f).Warn("rebuilt ipset; the new maxelem dropped some pins")
+	} else {
+		d.log.WithFields(f).Info("rebuilt ipset with new parameters")
+	}
+	return nil
+}
+
+// rebuild is a set being rebuilt: pins and unpins also go to tmp, and
+// clients unpinned meanwhile are removed from tmp again just before the
+// swap, in case the copy re-added them from its (older) listing.
+type rebuild struct {
+	tmp string
+
+	mu       sync.Mutex
+	unpinned map[netip.Addr]bool
+}
+
+// pinned notes that ip was pinned (again) during the rebuild.
+func (r *rebuild) pinned(ip netip.Addr) {
+	r.mu.Lock()
+	delete(r.unpinned, ip)
+	r.mu.Unlock()
+}
+
+// unpin notes that ip was unpinned during the rebuild.
+func (r *rebuild) unpin(ip netip.Addr) {
+	r.mu.Lock()
+	r.unpinned[ip] = true
+	r.mu.Unlock()
+}
+
+// setShadow makes pins to set also go to tmp ("" ends it).
+func (d *Dataplane) setShadow(set, tmp string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if tmp == "" {
+		delete(d.shadow, set)
+		return
+	}
+	if d.shadow == nil {
+		d.shadow = map[string]*rebuild{}
+	}
+	d.shadow[set] = &rebuild{tmp: tmp, unpinned: map[netip.Addr]bool{}}
+}
+
+// families returns the families whose tables handoff manages: IPv4
+// always; IPv6 when asked for, when a service is IPv6, once it was managed,
+// or when a previous run left chains there.
+func (d *Dataplane) families(ctx context.Context, svcs []*service) []family {
+	if !d.v6 && (d.o.IPv6 || slices.ContainsFunc(svcs, func(s *service) bool { return s.fam == ipv6 })) {
+		d.v6 = true
+	}
+	if !d.v6 && !d.v6seen {
+		d.v6seen = true
+		if out, err := d.ipt[ipv6].save(ctx, natTable, false); err == nil {
+			for name := range parseSave(out).chains {
+				if owned(name) && name != chainProbe {
+					d.v6 = true
+					break
+				}
+			}
+		}
+	}
+	if d.v6 {
+		return []family{ipv4, ipv6}
+	}
+	return []family{ipv4}
+}
+
+// syncRules brings the tables of one family to the rendering of svcs and
+// returns the changes it made.
+func (d *Dataplane) syncRules(ctx context.Context, fam family, svcs []*service) ([]string, error) {
+	want := render(fam, svcs)
+	var changes []string
+	for _, t := range []table{natTable, filterTable} {
+		out, err := d.ipt[fam].save(ctx, t, false)
+		if err != nil {
+			return changes, fmt.Errorf("kernel: %s %s table: %w", fam, t, err)
+		}
+		p := planTable(t, want[t], d.cache[fam][t], parseSave(out), func(c string) bool { return c == chainProbe })
+		if p.empty() {
+			continue
+		}
+		c := p.reasons
+		for _, j := range p.jumps {
+			c = append(c, "jump missing: "+j)
+		}
+		for _, r := range p.remove {
+			c = append(c, r+" removed")
+		}
+		data := p.text()
+		if err := d.ipt[fam].restore(ctx, data); err != nil {
+			d.cache[fam][t] = nil
+			f := logrus.Fields{"family": fam.String(), "table": string(t), "err": err}
+			var re *restoreError
+			if errors.As(err, &re) {
+				f["input"] = "\n" + linesAround(data, re.line, 2)
+			}
+			werr := fmt.Errorf("kernel: %s %s table: %w", fam, t, err)
+			if msg := werr.Error(); msg != d.errMsg {
+				d.errMsg = msg // log the restore input once per distinct failure
+				d.log.WithFields(f).Error("applying rules failed")
+			}
+			return changes, werr
+		}
+		cache := make(map[string]string, len(want[t]))
+		for _, ch := range want[t] {
+			cache[ch.name] = ch.text()
+		}
+		d.cache[fam][t] = cache
+		for _, ch := range c {
+			changes = append(changes, fmt.Sprintf("%s %s: %s", fam, t, ch))
+		}
+		d.log.WithFields(logrus.Fields{"family": fam.String(), "table": string(t), "changes": strings.Join(c, "; ")}).Debug("applied rules")
+	}
+	return changes, nil
+}
+
+// canaryLoop re-applies the last State every interval when the kernel
+// drifted from it (chains flushed or deleted, the canary chain gone, jumps
+// removed) or when the last attempt failed.
+func (d *Dataplane) canaryLoop(ctx context.Context, every time.Duration) {
+	defer close(d.done)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			d.checkCanary(ctx)
+		}
+	}
+}
+
+// checkCanary runs one canary check.
+func (d *Dataplane) checkCanary(ctx context.Context) {
+	d.syncMu.Lock()
+	defer d.syncMu.Unlock()
+	if d.last == nil {
+		return
+	}
+	wasDirty := d.dirty
+	changes, err := d.syncLocked(ctx, d.last)
+	if err != nil {
+		if ctx.Err() == nil && err.Error() != d.errMsg {
+			d.errMsg = err.Error()
+			d.log.WithField("err", err).Error("re-applying the last state failed; will retry")
+		}
+		return
+	}
+	switch {
+	case len(changes) > 0:
+		d.log.WithFields(logrus.Fields{"changes": strings.Join(changes, "; ")}).
+			Warn("handoff's iptables rules were changed outside handoff; re-applied them")
+	case wasDirty:
+		d.log.Info("applied the last state after earlier failures")
+	}
+}
