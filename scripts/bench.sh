@@ -3,6 +3,7 @@
 #
 # Targets, all in front of the same backend (ho-be1: nginx on :80, iperf3 on :5201):
 #   direct          client -> backend, routed through ho-lb (no balancer)
+#   dnat            one plain iptables DNAT rule (the kernel path's floor)
 #   kernel          handoff kernel mode (client pinned; ipset + DNAT)
 #   userspace       handoff userspace mode (splice proxy)
 #   haproxy         HAProxy mode tcp
@@ -19,7 +20,7 @@ cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin:/usr/sbin:/sbin"
 ROUNDS=${1:-3}
 DUR=${2:-5}
-TARGETS=${TARGETS:-"direct kernel userspace haproxy haproxy-splice nginx"}
+TARGETS=${TARGETS:-"direct dnat kernel userspace haproxy haproxy-splice nginx"}
 [ "$(id -u)" -eq 0 ] || { echo "bench.sh: run as root" >&2; exit 1; }
 need=()
 for c in wrk iperf3 haproxy nginx jq; do command -v $c >/dev/null || need+=($c); done
@@ -29,7 +30,10 @@ if [ ${#need[@]} -gt 0 ]; then
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
-ulimit -n 1048576 2>/dev/null || ulimit -n 262144 # HAProxy sizes its FD needs from maxconn
+# HAProxy sizes its FD needs from maxconn: raise the limit where allowed and
+# keep maxconn within it
+ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+MAXCONN=$(( $(ulimit -n) / 3 ))
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -58,8 +62,8 @@ NGX
 bg ip netns exec ho-be1 nginx -c "$work/ngx-be/nginx.conf" -e "$work/ngx-be/err.log"
 
 # ports per target: http iperf
-declare -A HP=([direct]=80 [kernel]=80 [userspace]=81 [haproxy]=82 [haproxy-splice]=83 [nginx]=84)
-declare -A IP=([direct]=5201 [kernel]=5201 [userspace]=5202 [haproxy]=5203 [haproxy-splice]=5204 [nginx]=5205)
+declare -A HP=([direct]=80 [dnat]=85 [kernel]=80 [userspace]=81 [haproxy]=82 [haproxy-splice]=83 [nginx]=84)
+declare -A IP=([direct]=5201 [dnat]=5206 [kernel]=5201 [userspace]=5202 [haproxy]=5203 [haproxy-splice]=5204 [nginx]=5205)
 addr() { [ "$1" = direct ] && echo $BE || echo $VIP; }
 
 cat >"$work/kernel.yaml" <<YAML
@@ -83,13 +87,18 @@ YAML
 bg lb "$work/handoff" run -c "$work/kernel.yaml" --mode kernel
 bg lb "$work/handoff" run -c "$work/userspace.yaml" --mode userspace
 
+# raw DNAT reference, in the lab's balancer namespace only
+for p in 85:80 5206:5201; do
+	lb iptables -t nat -A PREROUTING -d $VIP -p tcp --dport ${p%:*} -j DNAT --to-destination $BE:${p#*:}
+done
+
 hap() { # name splice? http-port iperf-port
 	local extra=""
 	[ "$2" = 1 ] && extra="option splice-request
     option splice-response"
 	cat >"$work/$1.cfg" <<HAP
 global
-    maxconn 100000
+    maxconn $MAXCONN
     nbthread 1
 defaults
     mode tcp
