@@ -32,6 +32,11 @@ func newRoot() *cobra.Command {
 	return root
 }
 
+// addConfigFlag adds -c/--config, resolved later by configPath.
+func addConfigFlag(cmd *cobra.Command, path *string) {
+	cmd.Flags().StringVarP(path, "config", "c", "", "config file (default $HANDOFF_CONFIG, then /etc/handoff/handoff.yaml)")
+}
+
 // configPath resolves -c: the flag, then $HANDOFF_CONFIG, then the default.
 func configPath(flag string) string {
 	if flag != "" {

@@ -44,7 +44,7 @@ func newRunCmd() *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().StringVarP(&path, "config", "c", "", "config file (default $HANDOFF_CONFIG, then /etc/handoff/handoff.yaml)")
+	addConfigFlag(cmd, &path)
 	cmd.Flags().StringVar(&mode, "mode", "", "data plane: auto, kernel or userspace (default: the config's mode)")
 	return cmd
 }

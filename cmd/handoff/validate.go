@@ -24,6 +24,6 @@ func newValidateCmd() *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().StringVarP(&path, "config", "c", "", "config file (default $HANDOFF_CONFIG, then /etc/handoff/handoff.yaml)")
+	addConfigFlag(cmd, &path)
 	return cmd
 }
