@@ -23,8 +23,9 @@ func (s *service) classify(ctx context.Context, snap *snapshot, c net.Conn, clie
 	key, peeked, err := snap.router.Classify(ctx, c)
 	var d classifier.Decision
 	if err != nil {
-		s.e.countUnclassified(s.name, classifier.Reason(err))
-		if snap.cfg.OnUnclassified == "reject" {
+		reject := snap.cfg.OnUnclassified == "reject"
+		s.e.stats.unclassified(s.name, classifier.Reason(err), reject)
+		if reject {
 			return decision{}, fmt.Errorf("unclassified (%s): %w", classifier.Reason(err), err)
 		}
 		d, err = snap.router.Unclassified(client, s.e.view)

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -40,6 +41,24 @@ type Options struct {
 	// the time from accept to the data plane's acknowledgement (the
 	// classification included). It must be fast and safe for concurrent use.
 	ObservePin func(service string, took time.Duration)
+
+	// Version is reported by Status.
+	Version string
+	// StateDir holds RuntimeFile, the changes made through the control
+	// methods. "" keeps them in memory only.
+	StateDir string
+	// LoadConfig re-reads the config file for ReloadConfig; nil disables
+	// ReloadConfig.
+	LoadConfig func() (*config.Config, error)
+	// Forwarded, when set, reads the kernel's DNAT rule counters keyed by
+	// (service, backend) for Status.
+	Forwarded func(ctx context.Context) (map[[2]string]Forwarded, error)
+}
+
+// Forwarded is the traffic the kernel forwarded to one backend: the packets
+// and bytes its DNAT rule matched (new connections' first packets).
+type Forwarded struct {
+	Packets, Bytes uint64
 }
 
 // Engine runs the services of one config. Create it with New, start it with
@@ -52,15 +71,24 @@ type Engine struct {
 	onPin  func(string, time.Duration)
 	view   *view
 	stats  stats
-	start  time.Time
-	health *healthcheck.Monitor // created by Run
+	health atomic.Pointer[healthcheck.Monitor] // created by Run
 
-	reloadMu sync.Mutex // serializes Reload
+	version   string
+	stateDir  string
+	load      func() (*config.Config, error)
+	forwarded func(ctx context.Context) (map[[2]string]Forwarded, error)
+
+	// reloadMu serializes config changes (Reload, the control methods) and
+	// guards fileCfg and rt.
+	reloadMu sync.Mutex
+	fileCfg  *config.Config // as loaded from the file; cfg adds registrations
+	rt       runtimeState
 
 	mu       sync.Mutex
 	cfg      *config.Config
 	services map[string]*service
 	runCtx   context.Context // set by Run; handlers derive from it
+	start    time.Time       // set by Run
 }
 
 // New checks the options and builds an engine; it opens nothing.
@@ -69,17 +97,31 @@ func New(o Options) (*Engine, error) {
 		return nil, errors.New("balancer: Config and Dataplane are required")
 	}
 	e := &Engine{
-		dp:       o.Dataplane,
-		kernel:   o.Kernel,
-		log:      o.Logger,
-		listen:   o.Listen,
-		onPin:    o.ObservePin,
-		view:     newView(o.Kernel),
-		cfg:      o.Config,
-		services: map[string]*service{},
+		dp:        o.Dataplane,
+		kernel:    o.Kernel,
+		log:       o.Logger,
+		listen:    o.Listen,
+		onPin:     o.ObservePin,
+		view:      newView(o.Kernel),
+		version:   o.Version,
+		stateDir:  o.StateDir,
+		load:      o.LoadConfig,
+		forwarded: o.Forwarded,
+		fileCfg:   o.Config,
+		services:  map[string]*service{},
 	}
 	if e.log == nil {
 		e.log = logrus.NewEntry(logrus.StandardLogger())
+	}
+	rt, err := loadRuntime(o.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	e.rt = rt
+	var skipped []string
+	e.cfg, skipped = effective(o.Config, &e.rt)
+	for _, s := range skipped {
+		e.log.WithField("registration", s).Warn("registered backend not applied")
 	}
 	if e.listen == nil {
 		var lc net.ListenConfig
@@ -94,8 +136,8 @@ func New(o Options) (*Engine, error) {
 // proxied connection is closed; the data plane is left in place, so kernel-
 // forwarded flows and pins survive a restart.
 func (e *Engine) Run(ctx context.Context) error {
-	e.start = time.Now()
 	e.mu.Lock()
+	e.start = time.Now()
 	e.runCtx = ctx
 	cfg := e.cfg
 	e.mu.Unlock()
@@ -107,31 +149,40 @@ func (e *Engine) Run(ctx context.Context) error {
 			closeAll(svcs)
 			return err
 		}
+		svcs = append(svcs, s)
+		if e.rt.closed(s.name) {
+			s.log.Warn("listener closed through the API; POST /api/v1/services/" + s.name + "/open opens it")
+			continue
+		}
 		if err := s.open(ctx); err != nil {
 			closeAll(svcs)
 			return err
 		}
-		svcs = append(svcs, s)
 	}
 	if err := e.dp.Sync(ctx, e.desired(cfg)); err != nil {
 		closeAll(svcs)
 		return fmt.Errorf("data plane sync: %w", err)
 	}
-	e.health = healthcheck.New(healthcheck.Options{OnChange: e.onHealth, Logger: e.log.WithField("component", "health")})
-	defer e.health.Close()
+	health := healthcheck.New(healthcheck.Options{OnChange: e.onHealth, Logger: e.log.WithField("component", "health")})
+	defer health.Close()
+	e.health.Store(health)
 	e.mu.Lock()
 	for _, s := range svcs {
 		e.services[s.name] = s
 		s.serve(ctx)
 	}
 	e.mu.Unlock()
-	if err := e.health.Set(healthTargets(cfg)); err != nil {
+	if err := health.Set(healthTargets(cfg)); err != nil {
 		e.log.WithError(err).Error("health checks")
 	}
+	e.applyRuntime()
 	e.log.WithField("services", len(svcs)).Info("serving")
 
+	if every := cfg.Log.SummaryInterval; every > 0 {
+		go e.summaryLoop(ctx, every)
+	}
 	<-ctx.Done()
-	e.health.Close() // no migration runs while the services close
+	health.Close() // no migration runs while the services close
 
 	e.mu.Lock()
 	svcs = svcs[:0]
@@ -181,9 +232,4 @@ func (e *Engine) Addr(service string) net.Addr {
 		return nil
 	}
 	return s.addr()
-}
-
-// countUnclassified counts a client whose key could not be read.
-func (e *Engine) countUnclassified(service, reason string) {
-	e.stats.unclassified(service, reason)
 }

@@ -89,6 +89,7 @@ type running struct {
 	eng    *balancer.Engine
 	cancel context.CancelFunc
 	done   chan error
+	stop   func() // startStateful only: stops the engine now
 }
 
 // startEngine runs a userspace-mode engine over the real affinity table.

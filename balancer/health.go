@@ -48,8 +48,9 @@ func (e *Engine) onHealth(ev healthcheck.Event) {
 	e.view.bump()
 	log := s.log.WithFields(logrus.Fields{"backend": b.name, "reason": ev.Reason, "after": ev.Since.Round(time.Millisecond)})
 	if !ev.Up {
-		moved, kept, flows, took, err := s.evacuate(ctx, b)
-		log = log.WithFields(logrus.Fields{"moved": moved, "kept": kept, "flows_cut": flows, "took": took.Round(time.Microsecond)})
+		res, err := s.migrate(ctx, b, true)
+		e.stats.migration(s.name, res.moved, res.took)
+		log = log.WithFields(logrus.Fields{"moved": res.moved, "kept": res.kept, "flows_cut": res.flows, "took": res.took.Round(time.Microsecond)})
 		if err != nil {
 			log.WithError(err).Error("backend down; migration incomplete")
 			return
@@ -58,6 +59,9 @@ func (e *Engine) onHealth(ev healthcheck.Event) {
 		return
 	}
 	moved, took, err := s.failback(ctx, b)
+	if moved > 0 {
+		e.stats.migration(s.name, moved, took)
+	}
 	log = log.WithFields(logrus.Fields{"moved_back": moved, "took": took.Round(time.Microsecond)})
 	if err != nil {
 		log.WithError(err).Error("backend up; failback incomplete")
@@ -76,53 +80,99 @@ func keyOf(p dataplane.Pin) string {
 	return k
 }
 
-// evacuate moves the clients of a down backend. With on_backend_down: rehash
-// each is pinned to the backend its pool's policy now picks (added there
-// before it is removed here, keeping its remaining TTL and label), or kept
-// when the pool has no usable backend. With reclassify each is unpinned, so
-// its next connection is classified afresh. Then the backend's conntrack
-// entries are dropped so broken flows end now and new ones take the new path.
-func (s *service) evacuate(ctx context.Context, b *backend) (moved, kept, flows int, took time.Duration, err error) {
+// migration is what one migration did.
+type migration struct {
+	moved, kept, flows int
+	took               time.Duration
+}
+
+// migrate moves the clients of backend b, which is down or draining. With
+// on_backend_down: rehash (and always for a drain) each is pinned to the
+// backend its pool's policy now picks, keeping its remaining TTL and label,
+// or kept when the pool has no usable backend; all new pins go in one batch
+// before any old one is removed, so no client is ever without a pin. With
+// reclassify (down only) the clients are unpinned, so their next connection
+// is classified afresh. When forget is set (the backend is down) its
+// conntrack entries are then dropped, so broken flows end now and new ones
+// take the new path.
+func (s *service) migrate(ctx context.Context, b *backend, forget bool) (res migration, err error) {
 	start := time.Now()
+	defer func() { res.took = time.Since(start) }()
 	snap := s.snap.Load()
 	var pins []dataplane.Pin
 	if err := s.e.dp.Pins(ctx, s.name, b.name, func(p dataplane.Pin) error {
 		pins = append(pins, p)
 		return nil
 	}); err != nil {
-		return 0, 0, 0, time.Since(start), err
+		return res, err
 	}
 	pool := snap.router.Pool(b.pool)
 	var errs []error
-	for _, p := range pins {
-		if snap.cfg.OnBackendDown == "reclassify" || pool == nil {
-			if err := s.e.dp.Unpin(ctx, s.name, b.name, p.Client); err != nil {
-				errs = append(errs, err)
+	if forget && snap.cfg.OnBackendDown == "reclassify" || pool == nil {
+		if err := s.e.batch().Flush(ctx, s.name, b.name); err != nil {
+			errs = append(errs, err)
+		} else {
+			res.moved = len(pins)
+		}
+	} else {
+		moves := make([]dataplane.Pin, 0, len(pins))
+		ttl := snap.cfg.ClientTTL
+		for _, p := range pins {
+			nb, err := pool.PickExcept(keyOf(p), s.e.view, b.name)
+			if err != nil {
+				res.kept++ // no usable backend: the pin stays
 				continue
 			}
-			moved++
-			continue
+			np := p
+			np.Backend = nb.Name
+			if np.TTL == 0 && ttl > 0 {
+				np.TTL = time.Second // listed without a timeout in a set with one: about to expire
+			}
+			moves = append(moves, np)
 		}
-		nb, err := pool.PickExcept(keyOf(p), s.e.view, b.name)
-		if err != nil {
-			kept++ // no usable backend: the pin stays
-			continue
-		}
-		if err := s.move(ctx, p, b, nb.Name); err != nil {
+		if err := s.e.batch().PinBatch(ctx, moves); err != nil {
 			errs = append(errs, err)
-			continue
+			// Some pins failed: redo them one by one, removing each old pin
+			// only once its new one is in force.
+			for _, np := range moves {
+				if err := s.e.dp.Pin(ctx, np); err == nil {
+					if err := s.e.dp.Unpin(ctx, s.name, b.name, np.Client); err == nil {
+						res.moved++
+					}
+				}
+			}
+		} else if res.kept == 0 {
+			if err := s.e.batch().Flush(ctx, s.name, b.name); err != nil {
+				errs = append(errs, err)
+			}
+			res.moved = len(moves)
+		} else {
+			for _, np := range moves {
+				if err := s.e.dp.Unpin(ctx, s.name, b.name, np.Client); err != nil {
+					errs = append(errs, err)
+					continue
+				}
+				res.moved++
+			}
 		}
-		moved++
+		for _, np := range moves {
+			if nb := s.backend(np.Backend); nb != nil {
+				nb.pins.Add(1)
+			}
+		}
 	}
-	if kept > 0 {
-		s.log.WithFields(logrus.Fields{"backend": b.name, "pool": b.pool, "clients": kept}).Warn("pool has no usable backend: its pins stay; new clients are reset")
+	if res.kept > 0 {
+		s.log.WithFields(logrus.Fields{"backend": b.name, "pool": b.pool, "clients": res.kept}).Warn("pool has no usable backend: its pins stay; new clients are reset")
 	}
-	n, err := s.e.dp.Forget(ctx, s.name, b.name)
-	if err != nil {
-		errs = append(errs, err)
+	if forget {
+		n, err := s.e.dp.Forget(ctx, s.name, b.name)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		res.flows = n
 	}
-	b.pins.Store(int64(kept))
-	return moved, kept, n, time.Since(start), errors.Join(errs...)
+	b.pins.Store(int64(len(pins) - res.moved))
+	return res, errors.Join(errs...)
 }
 
 // move re-pins p from backend from to backend to: add first, then delete, so

@@ -18,14 +18,51 @@ import (
 //
 // A new listener that cannot be opened, or a first sync that fails, rejects
 // the reload whole: the running config stays.
+//
+// cfg is the config file's content; backends registered through the API are
+// added to it (Status shows them as registered).
 func (e *Engine) Reload(ctx context.Context, cfg *config.Config) error {
 	e.reloadMu.Lock()
 	defer e.reloadMu.Unlock()
+	eff, skipped := effective(cfg, &e.rt)
+	for _, s := range skipped {
+		e.log.WithField("registration", s).Warn("registered backend not applied")
+	}
+	if err := e.apply(ctx, eff); err != nil {
+		e.stats.reload("failed")
+		return err
+	}
+	e.fileCfg = cfg
+	e.stats.reload("ok")
+	return nil
+}
 
+// ReloadConfig re-reads the config file with Options.LoadConfig and applies
+// it with Reload. An invalid file changes nothing; the error wraps
+// ErrInvalid and lists every problem.
+func (e *Engine) ReloadConfig(ctx context.Context) error {
+	if e.load == nil {
+		return fmt.Errorf("%w: this engine has no config file to reload", ErrConflict)
+	}
+	cfg, err := e.load()
+	if err != nil {
+		e.stats.reload("invalid")
+		e.log.WithError(err).Error("reload rejected: the running config stays")
+		return fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	if err := e.Reload(ctx, cfg); err != nil {
+		e.log.WithError(err).Error("reload failed: the running config stays")
+		return err
+	}
+	return nil
+}
+
+// apply makes cfg, an effective config, the running one; reloadMu is held.
+func (e *Engine) apply(ctx context.Context, cfg *config.Config) error {
 	e.mu.Lock()
 	runCtx, old, oldCfg := e.runCtx, e.services, e.cfg
 	e.mu.Unlock()
-	if runCtx == nil {
+	if runCtx == nil || e.health.Load() == nil {
 		return errors.New("engine is not running")
 	}
 
@@ -51,8 +88,10 @@ func (e *Engine) Reload(ctx context.Context, cfg *config.Config) error {
 		}
 		s := &service{e: e, name: sc.Name, log: e.log.WithField("service", sc.Name)}
 		s.snap.Store(snap)
-		if err := s.open(ctx); err != nil {
-			return fail(err)
+		if !e.rt.closed(sc.Name) {
+			if err := s.open(ctx); err != nil {
+				return fail(err)
+			}
 		}
 		opened = append(opened, s)
 	}
@@ -88,9 +127,10 @@ func (e *Engine) Reload(ctx context.Context, cfg *config.Config) error {
 	e.cfg = cfg
 	e.mu.Unlock()
 
-	if err := e.health.Set(healthTargets(cfg)); err != nil {
+	if err := e.health.Load().Set(healthTargets(cfg)); err != nil {
 		e.log.WithError(err).Error("health checks")
 	}
+	e.applyDrains()
 	if err := e.dp.Sync(ctx, e.desired(cfg)); err != nil {
 		return fmt.Errorf("new config is running, but removing old data plane state failed: %w", err)
 	}

@@ -31,9 +31,11 @@ type service struct {
 
 	mu       sync.Mutex
 	backends map[string]*backend
-	ln       net.Listener
+	ln       net.Listener    // nil while closed
+	ctx      context.Context // handlers' context; set by serve
 	cancel   context.CancelFunc
-	wg       sync.WaitGroup // accept loop and handlers
+	accepts  sync.WaitGroup // the accept loop
+	wg       sync.WaitGroup // handlers
 }
 
 // snapshot is what a handler needs of a service's config; immutable.
@@ -109,15 +111,57 @@ func (s *service) addr() net.Addr {
 	return s.ln.Addr()
 }
 
-// serve starts the accept loop; close stops it and waits for every handler.
+// serve starts the accept loop (when the listener is open); close stops it
+// and waits for every handler.
 func (s *service) serve(ctx context.Context) {
 	ctx, cancel := context.WithCancel(ctx)
 	s.mu.Lock()
-	s.cancel = cancel
-	ln := s.ln
+	s.ctx, s.cancel = ctx, cancel
+	if s.ln != nil {
+		s.startAccepting(s.ln)
+	}
 	s.mu.Unlock()
-	s.wg.Add(1)
-	go s.acceptLoop(ctx, ln)
+}
+
+// startAccepting runs the accept loop of ln; s.mu is held.
+func (s *service) startAccepting(ln net.Listener) {
+	s.accepts.Add(1)
+	go func() {
+		defer s.accepts.Done()
+		s.acceptLoop(s.ctx, ln)
+	}()
+}
+
+// pause closes the listener and waits for the accept loop; connections
+// already accepted go on. Closing a closed service does nothing.
+func (s *service) pause() {
+	s.mu.Lock()
+	ln := s.ln
+	s.ln = nil
+	s.mu.Unlock()
+	if ln != nil {
+		ln.Close()
+	}
+	s.accepts.Wait()
+}
+
+// resume opens the listener again and accepts on it.
+func (s *service) resume(ctx context.Context) error {
+	s.mu.Lock()
+	open := s.ln != nil
+	s.mu.Unlock()
+	if open {
+		return nil
+	}
+	if err := s.open(ctx); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ctx != nil {
+		s.startAccepting(s.ln)
+	}
+	return nil
 }
 
 func (s *service) close() {
@@ -127,15 +171,16 @@ func (s *service) close() {
 	}
 	if s.ln != nil {
 		s.ln.Close()
+		s.ln = nil
 	}
 	s.mu.Unlock()
+	s.accepts.Wait()
 	s.wg.Wait()
 }
 
 // acceptLoop accepts until the listener closes. Temporary errors (such as
 // running out of file descriptors) back off instead of spinning.
 func (s *service) acceptLoop(ctx context.Context, ln net.Listener) {
-	defer s.wg.Done()
 	var delay time.Duration
 	for {
 		c, err := ln.Accept()
@@ -230,10 +275,12 @@ func (s *service) handle(ctx context.Context, snap *snapshot, c *net.TCPConn) {
 		} else {
 			l.Warn("pin failed: reset")
 		}
+		s.e.stats.result(s.name, ResultPinFailed)
 		reset(c)
 		return
 	}
 	d.backend.pins.Add(1)
+	s.e.stats.result(s.name, ResultPinned)
 	if s.e.onPin != nil {
 		s.e.onPin(s.name, time.Since(accepted))
 	}
@@ -299,8 +346,8 @@ func (s *service) dialBackend(ctx context.Context, snap *snapshot, b *backend, k
 			return bc, b
 		}
 		log.WithError(err).WithField("backend", b.name).Warn("backend dial failed")
-		if s.e.health != nil {
-			s.e.health.ReportFailure(s.name, b.name, err)
+		if m := s.e.health.Load(); m != nil {
+			m.ReportFailure(s.name, b.name, err)
 		}
 		b = s.nextCandidate(snap, b.pool, key, tried)
 	}

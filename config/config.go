@@ -205,3 +205,15 @@ func (c *Config) Service(name string) *Service {
 	}
 	return nil
 }
+
+// Backend returns the backend named name in any pool of s, or nil.
+func (s *Service) Backend(name string) *Backend {
+	for i := range s.Pools {
+		for j := range s.Pools[i].Backends {
+			if s.Pools[i].Backends[j].Name == name {
+				return &s.Pools[i].Backends[j]
+			}
+		}
+	}
+	return nil
+}

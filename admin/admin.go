@@ -1,0 +1,35 @@
+// Package admin is handoff's control plane over HTTP: the JSON API under
+// /api/v1 (DESIGN.md §6), Prometheus metrics at /metrics, the status page at
+// /, liveness at /healthz and, when enabled, pprof. It is a thin skin over
+// the engine: every request becomes one Controller call.
+//
+// The package also holds the API's Go client, which the CLI uses.
+package admin
+
+import (
+	"context"
+	"net/netip"
+
+	"github.com/handoff-lb/handoff/balancer"
+)
+
+// Controller is what the admin server needs of the engine;
+// *balancer.Engine implements it. Errors wrapping balancer.ErrNotFound,
+// ErrInvalid and ErrConflict become 404, 400 and 409.
+type Controller interface {
+	Status(ctx context.Context) (balancer.Status, error)
+	// Clients calls fn for each pin of service (of backend, when not ""),
+	// at most limit of them when limit > 0, without collecting them first.
+	Clients(ctx context.Context, service, backend string, limit int, fn func(balancer.ClientPin) error) error
+	PinClient(ctx context.Context, service string, client netip.Addr, backend string) error
+	UnpinClient(ctx context.Context, service string, client netip.Addr) error
+	Register(ctx context.Context, service string, r balancer.Registration) error
+	Deregister(ctx context.Context, service, backend string) error
+	// Drain returns how many clients it moved (DrainMigrate only).
+	Drain(ctx context.Context, service, backend string, op balancer.DrainOp) (moved int, err error)
+	SetOpen(ctx context.Context, service string, open bool) error
+	// ReloadConfig re-reads the config file and applies it. An invalid file
+	// is an error wrapping balancer.ErrInvalid whose message lists every
+	// problem.
+	ReloadConfig(ctx context.Context) error
+}

@@ -1,0 +1,244 @@
+package balancer
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"time"
+
+	"github.com/handoff-lb/handoff/config"
+)
+
+// RuntimeFile is the file under state_dir holding the changes made through
+// the API: registered backends, drains and closed listeners. Pins are kept
+// by the data plane itself (the kernel's sets, the affinity table). The
+// operator's config file is never rewritten.
+const RuntimeFile = "runtime.json"
+
+const runtimeVersion = 1
+
+// runtimeState is what RuntimeFile holds. Every slice is kept sorted so the
+// file is stable and diffable.
+type runtimeState struct {
+	Version       int            `json:"version"`
+	Registrations []registration `json:"registrations"`
+	Drains        []backendRef   `json:"drains"`
+	Closed        []string       `json:"closed"` // services whose listener is closed
+}
+
+// registration is a backend added through the API.
+type registration struct {
+	Service string         `json:"service"`
+	Name    string         `json:"name"`
+	Address netip.AddrPort `json:"address"`
+	Weight  int            `json:"weight"`
+	Pool    string         `json:"pool"`
+	TTL     jsonDuration   `json:"ttl"` // 0: no expiry
+	renewed time.Time      // the last heartbeat; not saved: a restart grants a fresh TTL
+}
+
+type backendRef struct {
+	Service string `json:"service"`
+	Backend string `json:"backend"`
+}
+
+// jsonDuration is a time.Duration written as a Go duration string.
+type jsonDuration time.Duration
+
+func (d jsonDuration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+
+func (d *jsonDuration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return err
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	*d = jsonDuration(v)
+	return nil
+}
+
+func (st *runtimeState) registration(service, name string) *registration {
+	for i := range st.Registrations {
+		if r := &st.Registrations[i]; r.Service == service && r.Name == name {
+			return r
+		}
+	}
+	return nil
+}
+
+func (st *runtimeState) draining(service, backend string) bool {
+	return slices.Contains(st.Drains, backendRef{service, backend})
+}
+
+func (st *runtimeState) setDrain(service, backend string, on bool) {
+	ref := backendRef{service, backend}
+	st.Drains = slices.DeleteFunc(st.Drains, func(r backendRef) bool { return r == ref })
+	if on {
+		st.Drains = append(st.Drains, ref)
+		slices.SortFunc(st.Drains, func(a, b backendRef) int {
+			if a.Service != b.Service {
+				return compareStrings(a.Service, b.Service)
+			}
+			return compareStrings(a.Backend, b.Backend)
+		})
+	}
+}
+
+func (st *runtimeState) closed(service string) bool { return slices.Contains(st.Closed, service) }
+
+func (st *runtimeState) setClosed(service string, closed bool) {
+	st.Closed = slices.DeleteFunc(st.Closed, func(s string) bool { return s == service })
+	if closed {
+		st.Closed = append(st.Closed, service)
+		slices.Sort(st.Closed)
+	}
+}
+
+func (st *runtimeState) clone() runtimeState {
+	return runtimeState{
+		Version:       st.Version,
+		Registrations: slices.Clone(st.Registrations),
+		Drains:        slices.Clone(st.Drains),
+		Closed:        slices.Clone(st.Closed),
+	}
+}
+
+func compareStrings(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// loadRuntime reads dir/RuntimeFile. A missing file is an empty state; a
+// corrupt one is an error (the operator decides, nothing is discarded).
+func loadRuntime(dir string) (runtimeState, error) {
+	st := runtimeState{Version: runtimeVersion}
+	if dir == "" {
+		return st, nil
+	}
+	path := filepath.Join(dir, RuntimeFile)
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return st, nil
+	}
+	if err != nil {
+		return st, fmt.Errorf("runtime state: %w", err)
+	}
+	if err := json.Unmarshal(b, &st); err != nil {
+		return st, fmt.Errorf("runtime state %s is corrupt (fix or remove it): %w", path, err)
+	}
+	if st.Version != runtimeVersion {
+		return st, fmt.Errorf("runtime state %s: version %d, this handoff reads %d", path, st.Version, runtimeVersion)
+	}
+	return st, nil
+}
+
+// saveRuntime writes st to dir/RuntimeFile atomically: a temporary file,
+// fsync, rename, fsync of the directory.
+func saveRuntime(dir string, st runtimeState) (err error) {
+	if dir == "" {
+		return nil
+	}
+	st.Version = runtimeVersion
+	b, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return err
+	}
+	b = append(b, '\n')
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("runtime state: %w", err)
+	}
+	tmp, err := os.CreateTemp(dir, RuntimeFile+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("runtime state: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	if _, err := tmp.Write(b); err != nil {
+		return fmt.Errorf("runtime state: %w", err)
+	}
+	if err := tmp.Sync(); err != nil {
+		return fmt.Errorf("runtime state: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("runtime state: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), filepath.Join(dir, RuntimeFile)); err != nil {
+		return fmt.Errorf("runtime state: %w", err)
+	}
+	if runtime.GOOS == "windows" {
+		return nil
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("runtime state: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("runtime state: sync %s: %w", dir, err)
+	}
+	return nil
+}
+
+// effective returns the running config: file's services with the registered
+// backends added to their pools. A registration whose service or pool the
+// file no longer has, or that now clashes with a backend of the file, is
+// skipped and reported in skipped (it stays saved, and applies again if the
+// file brings its pool back). file is not modified.
+func effective(file *config.Config, st *runtimeState) (cfg *config.Config, skipped []string) {
+	if len(st.Registrations) == 0 {
+		return file, nil
+	}
+	out := *file
+	out.Services = slices.Clone(file.Services)
+	cloned := map[int]bool{}
+	for _, r := range st.Registrations {
+		si := slices.IndexFunc(out.Services, func(s config.Service) bool { return s.Name == r.Service })
+		if si < 0 {
+			skipped = append(skipped, fmt.Sprintf("%s/%s: service not in the config", r.Service, r.Name))
+			continue
+		}
+		if !cloned[si] {
+			sc := &out.Services[si]
+			sc.Pools = slices.Clone(sc.Pools)
+			for i := range sc.Pools {
+				sc.Pools[i].Backends = slices.Clone(sc.Pools[i].Backends)
+			}
+			cloned[si] = true
+		}
+		sc := &out.Services[si]
+		if sc.Backend(r.Name) != nil {
+			skipped = append(skipped, fmt.Sprintf("%s/%s: the config file now has a backend of that name", r.Service, r.Name))
+			continue
+		}
+		p := sc.Pool(r.Pool)
+		if p == nil {
+			skipped = append(skipped, fmt.Sprintf("%s/%s: pool %q not in the config", r.Service, r.Name, r.Pool))
+			continue
+		}
+		b := config.Backend{Name: r.Name, Address: r.Address, Weight: r.Weight}
+		if err := sc.CheckBackend(b); err != nil {
+			skipped = append(skipped, fmt.Sprintf("%s/%s: %v", r.Service, r.Name, err))
+			continue
+		}
+		p.Backends = append(p.Backends, b)
+	}
+	return &out, skipped
+}
