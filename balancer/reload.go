@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/handoff-lb/handoff/config"
 	"github.com/handoff-lb/handoff/dataplane"
@@ -66,6 +67,7 @@ func (e *Engine) apply(ctx context.Context, cfg *config.Config) error {
 		return errors.New("engine is not running")
 	}
 
+	start := time.Now()
 	type kept struct {
 		s    *service
 		snap *snapshot
@@ -96,9 +98,11 @@ func (e *Engine) apply(ctx context.Context, cfg *config.Config) error {
 		opened = append(opened, s)
 	}
 
+	built := time.Now()
 	if err := e.dp.Sync(ctx, union(e.desired(oldCfg), e.desired(cfg))); err != nil {
 		return fail(fmt.Errorf("data plane sync: %w", err))
 	}
+	synced := time.Now()
 
 	next := make(map[string]*service, len(cfg.Services))
 	for _, k := range keep {
@@ -131,10 +135,18 @@ func (e *Engine) apply(ctx context.Context, cfg *config.Config) error {
 		e.log.WithError(err).Error("health checks")
 	}
 	e.applyDrains()
+	swapped := time.Now()
 	if err := e.dp.Sync(ctx, e.desired(cfg)); err != nil {
 		return fmt.Errorf("new config is running, but removing old data plane state failed: %w", err)
 	}
-	e.log.WithFields(map[string]any{"kept": len(keep), "opened": len(opened), "closed": len(gone)}).Info("reload applied")
+	e.log.WithFields(map[string]any{
+		"kept": len(keep), "opened": len(opened), "closed": len(gone),
+		"took":       time.Since(start).Round(time.Millisecond),
+		"build":      built.Sub(start).Round(time.Millisecond),
+		"sync_add":   synced.Sub(built).Round(time.Millisecond),
+		"swap":       swapped.Sub(synced).Round(time.Millisecond),
+		"sync_prune": time.Since(swapped).Round(time.Millisecond),
+	}).Info("reload applied")
 	return nil
 }
 

@@ -104,9 +104,12 @@ type Log struct {
 	SummaryInterval time.Duration // periodic info summary; 0 disables it
 }
 
+// AdminOff as admin.listen turns the admin API off.
+const AdminOff = "off"
+
 // Admin configures the admin HTTP server.
 type Admin struct {
-	Listen    string // host:port; non-loopback requires TokenFile
+	Listen    string // host:port; non-loopback requires TokenFile; "" when off
 	TokenFile string
 	Pprof     bool
 }

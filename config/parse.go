@@ -153,6 +153,9 @@ func (p *parser) adminListen(af *fields, tokenFile string) (string, []netip.Addr
 	if ln == nil {
 		return listen, []netip.AddrPort{netip.MustParseAddrPort(DefaultAdminListen)}
 	}
+	if listen == AdminOff {
+		return "", nil
+	}
 	host, port, err := net.SplitHostPort(listen)
 	if err != nil {
 		af.errorf(ln, "listen", "%q is not host:port (IPv6 as [addr]:port)", listen)

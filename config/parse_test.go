@@ -431,6 +431,11 @@ func TestParseGood(t *testing.T) {
 				t.Errorf("pools %+v", p)
 			}
 		}},
+		{"admin API off", "admin: {listen: \"off\"}\n" + svc(""), func(t *testing.T, c *Config) {
+			if c.Admin.Listen != "" {
+				t.Errorf("admin.listen off = %q, want \"\"", c.Admin.Listen)
+			}
+		}},
 		{"failback false for hot-standby", svc("    balance: hot-standby\n    failback: false\n"), func(t *testing.T, c *Config) {
 			if c.Services[0].Pools[0].Failback {
 				t.Error("failback")

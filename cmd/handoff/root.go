@@ -29,6 +29,7 @@ func newRoot() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.AddCommand(newRunCmd(), newValidateCmd(), newCleanupCmd(), newVersionCmd())
+	root.AddCommand(newStatusCmd(), newClientsCmd(), newPinCmd(), newUnpinCmd(), newDrainCmd())
 	return root
 }
 

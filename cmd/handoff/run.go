@@ -2,14 +2,17 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
 
+	"github.com/handoff-lb/handoff/admin"
 	"github.com/handoff-lb/handoff/balancer"
 	"github.com/handoff-lb/handoff/config"
 	"github.com/handoff-lb/handoff/fallback"
@@ -49,13 +52,27 @@ func newRunCmd() *cobra.Command {
 	return cmd
 }
 
-// run serves cfg until SIGINT or SIGTERM; SIGHUP reloads the config file.
+// run serves cfg until SIGINT or SIGTERM. SIGHUP, POST /api/v1/reload and a
+// change to the config file reload it.
 func run(parent context.Context, path string, cfg *config.Config, mode config.Mode, log *logrus.Entry) error {
 	if parent == nil {
 		parent = context.Background()
 	}
 	ctx, stop := signal.NotifyContext(parent, os.Interrupt, syscall.SIGTERM)
 	defer stop()
+
+	adminOpts := admin.Options{
+		Listen:    cfg.Admin.Listen,
+		TokenFile: cfg.Admin.TokenFile,
+		Pprof:     cfg.Admin.Pprof,
+		Logger:    log.WithField("component", "admin"),
+		Version:   version,
+	}
+	if cfg.Admin.Listen != "" {
+		if err := adminOpts.Check(); err != nil {
+			return err // before the kernel is touched
+		}
+	}
 
 	dp, kernelMode, err := openDataplane(ctx, mode, cfg, log)
 	if err != nil {
@@ -71,48 +88,79 @@ func run(parent context.Context, path string, cfg *config.Config, mode config.Mo
 		modeName = "kernel"
 	}
 	log = log.WithField("mode", modeName)
-	eng, err := balancer.New(balancer.Options{Config: cfg, Dataplane: dp, Kernel: kernelMode, Logger: log})
+
+	var srv *admin.Server // set before the engine runs; ObservePin on nil does nothing
+	opts := balancer.Options{
+		Config:     cfg,
+		Dataplane:  dp,
+		Kernel:     kernelMode,
+		Logger:     log,
+		Version:    version,
+		StateDir:   cfg.StateDir,
+		LoadConfig: func() (*config.Config, error) { return config.Load(path) },
+		ObservePin: func(service string, took time.Duration) { srv.ObservePin(service, took) },
+	}
+	if kdp, ok := dp.(*kernel.Dataplane); ok {
+		opts.Forwarded = func(ctx context.Context) (map[[2]string]balancer.Forwarded, error) {
+			cs, err := kdp.Counters(ctx)
+			out := make(map[[2]string]balancer.Forwarded, len(cs))
+			for k, c := range cs {
+				out[k] = balancer.Forwarded{Packets: c.Packets, Bytes: c.Bytes}
+			}
+			return out, err
+		}
+	}
+	eng, err := balancer.New(opts)
 	if err != nil {
 		return err
 	}
 
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	if cfg.Admin.Listen != "" {
+		adminOpts.Controller = eng
+		adminOpts.Page = admin.StatusPage(eng)
+		if srv, err = admin.New(adminOpts); err != nil {
+			return err
+		}
+		go func() {
+			if err := srv.Serve(ctx); err != nil {
+				cancel(err)
+			}
+		}()
+	}
+
+	reload := func() {
+		if err := eng.ReloadConfig(ctx); err == nil {
+			log.Info("config reloaded")
+		} // ReloadConfig logs its failures with every error
+	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	done := make(chan struct{})
-	defer close(done)
 	go func() {
 		for {
 			select {
 			case <-hup:
-				reload(ctx, eng, path, log)
-			case <-done:
+				reload()
+			case <-ctx.Done():
 				return
 			}
 		}
 	}()
+	if err := watchConfig(ctx, path, log, reload); err != nil {
+		log.WithError(err).Warn("not watching the config file for changes; SIGHUP and POST /api/v1/reload still reload it")
+	}
 
 	log.WithFields(logrus.Fields{"config": path, "version": version}).Info("handoff starting")
 	if err := eng.Run(ctx); err != nil {
 		return err
 	}
+	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
 	log.Info("handoff stopped; kernel state left in place")
 	return nil
-}
-
-// reload re-reads the config file; an invalid file is rejected whole and the
-// running config stays.
-func reload(ctx context.Context, eng *balancer.Engine, path string, log *logrus.Entry) {
-	cfg, err := config.Load(path)
-	if err != nil {
-		log.WithError(err).Error("reload rejected: the running config stays")
-		return
-	}
-	if err := eng.Reload(ctx, cfg); err != nil {
-		log.WithError(err).Error("reload failed")
-		return
-	}
-	log.WithField("services", len(cfg.Services)).Info("config reloaded")
 }
 
 // openDataplane picks the data plane for mode: kernel when usable (auto) or

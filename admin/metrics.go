@@ -1,0 +1,191 @@
+package admin
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"net/http"
+	"runtime"
+	"slices"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/sirupsen/logrus"
+)
+
+// statusTimeout bounds the Controller.Status call of one scrape.
+const statusTimeout = 10 * time.Second
+
+// metrics is /metrics: a private registry with the Go and process
+// collectors, the classification-latency histogram that ObservePin feeds,
+// and a collector that reads Controller.Status at scrape time (nothing
+// polls in the background).
+type metrics struct {
+	reg     *prometheus.Registry
+	pinTime *prometheus.HistogramVec
+	handler http.Handler
+}
+
+func newMetrics(ctl Controller, version string, log *logrus.Entry) *metrics {
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		pinTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "handoff_classification_seconds",
+			Help: "Time from accepting a new client to the data plane's acknowledgement of its pin, classification included.",
+			Buckets: []float64{
+				.00005, .0001, .00025, .0005, .001, .0025, .005, .01,
+				.025, .05, .1, .25, .5, 1, 2.5, 5, 10,
+			},
+		}, []string{"service"}),
+	}
+	m.reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		m.pinTime,
+		newStatusCollector(ctl, version, log),
+	)
+	m.handler = promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{
+		ErrorLog:      promLog{log.WithField("component", "metrics")},
+		ErrorHandling: promhttp.ContinueOnError,
+	})
+	return m
+}
+
+func (m *metrics) observePin(service string, took time.Duration) {
+	m.pinTime.WithLabelValues(service).Observe(took.Seconds())
+}
+
+func (m *metrics) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	m.handler.ServeHTTP(w, r)
+}
+
+// promLog sends promhttp's errors (a metric that failed to collect) to the
+// logger.
+type promLog struct{ e *logrus.Entry }
+
+func (l promLog) Println(v ...any) { l.e.Warn(fmt.Sprint(v...)) }
+
+// statusCollector turns one Controller.Status per scrape into metrics.
+type statusCollector struct {
+	ctl     Controller
+	version string
+	log     *logrus.Entry
+
+	up, buildInfo, open                                *prometheus.Desc
+	classified, migrations, migrated, migrationSeconds *prometheus.Desc
+	reloads                                            *prometheus.Desc
+	pins, fill, backendUp, draining, active            *prometheus.Desc
+	proxiedConns, proxiedBytes, fwdPackets, fwdBytes   *prometheus.Desc
+}
+
+func newStatusCollector(ctl Controller, version string, log *logrus.Entry) *statusCollector {
+	svc := []string{"service"}
+	be := []string{"service", "backend"}
+	d := prometheus.NewDesc
+	return &statusCollector{
+		ctl:     ctl,
+		version: version,
+		log:     log,
+
+		up:        d("handoff_up", "1 when the engine answered the scrape's status request, else 0.", nil, nil),
+		buildInfo: d("handoff_build_info", "Always 1; the labels tell the version, the data plane mode (kernel | userspace) and the Go version.", []string{"version", "mode", "goversion"}, nil),
+		open:      d("handoff_service_open", "1 when the service's listener accepts new clients.", svc, nil),
+
+		classified:       d("handoff_classifications_total", "New clients classified, by result: pinned, no-backend, pin-failed, unclassified/<reason>, rejected/<reason>.", []string{"service", "result"}, nil),
+		migrations:       d("handoff_migrations_total", "Migrations of clients between backends: backend-down evacuations, failbacks and drain migrations.", svc, nil),
+		migrated:         d("handoff_migrated_clients_total", "Clients moved by migrations.", svc, nil),
+		migrationSeconds: d("handoff_migration_seconds_total", "Total duration of migrations.", svc, nil),
+		reloads:          d("handoff_config_reloads_total", "Config reloads by result: ok, invalid, failed.", []string{"result"}, nil),
+
+		pins:         d("handoff_pins", "Clients pinned to the backend (set members in kernel mode).", be, nil),
+		fill:         d("handoff_set_fill_ratio", "Pinned clients over the service's max_clients: how full the backend's set is.", be, nil),
+		backendUp:    d("handoff_backend_up", "1 when the backend is healthy, else 0.", be, nil),
+		draining:     d("handoff_backend_draining", "1 when the backend is draining (takes no new clients).", be, nil),
+		active:       d("handoff_active_connections", "Live connections proxied in userspace.", be, nil),
+		proxiedConns: d("handoff_proxied_connections_total", "Connections proxied in userspace.", be, nil),
+		proxiedBytes: d("handoff_proxied_bytes_total", "Bytes proxied in userspace; direction in is client to backend, out is backend to client.", []string{"service", "backend", "direction"}, nil),
+		fwdPackets:   d("handoff_forwarded_packets_total", "Packets the kernel's DNAT rule for the backend matched (kernel mode).", be, nil),
+		fwdBytes:     d("handoff_forwarded_bytes_total", "Bytes the kernel's DNAT rule for the backend matched (kernel mode).", be, nil),
+	}
+}
+
+func (c *statusCollector) descs() []*prometheus.Desc {
+	return []*prometheus.Desc{
+		c.up, c.buildInfo, c.open,
+		c.classified, c.migrations, c.migrated, c.migrationSeconds, c.reloads,
+		c.pins, c.fill, c.backendUp, c.draining, c.active,
+		c.proxiedConns, c.proxiedBytes, c.fwdPackets, c.fwdBytes,
+	}
+}
+
+// Describe implements prometheus.Collector.
+func (c *statusCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range c.descs() {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector: one Controller.Status call.
+// When it fails, only handoff_up 0 and the build info are reported.
+func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), statusTimeout)
+	defer cancel()
+	st, err := c.ctl.Status(ctx)
+	emit := func(d *prometheus.Desc, t prometheus.ValueType, v float64, labels ...string) {
+		m, err := prometheus.NewConstMetric(d, t, v, labels...)
+		if err != nil {
+			m = prometheus.NewInvalidMetric(d, err)
+		}
+		ch <- m
+	}
+	version := c.version
+	if version == "" {
+		version = st.Version
+	}
+	mode := st.Mode
+	if err != nil {
+		c.log.WithError(err).Warn("metrics: reading the engine's status")
+		emit(c.up, prometheus.GaugeValue, 0)
+		emit(c.buildInfo, prometheus.GaugeValue, 1, version, "unknown", runtime.Version())
+		return
+	}
+	emit(c.up, prometheus.GaugeValue, 1)
+	emit(c.buildInfo, prometheus.GaugeValue, 1, version, mode, runtime.Version())
+	for _, result := range slices.Sorted(maps.Keys(st.Reloads)) {
+		emit(c.reloads, prometheus.CounterValue, float64(st.Reloads[result]), result)
+	}
+	for _, s := range st.Services {
+		emit(c.open, prometheus.GaugeValue, bit(s.Open), s.Name)
+		for _, result := range slices.Sorted(maps.Keys(s.Classified)) {
+			emit(c.classified, prometheus.CounterValue, float64(s.Classified[result]), s.Name, result)
+		}
+		emit(c.migrations, prometheus.CounterValue, float64(s.Migrations), s.Name)
+		emit(c.migrated, prometheus.CounterValue, float64(s.MigratedClients), s.Name)
+		emit(c.migrationSeconds, prometheus.CounterValue, s.MigrationSeconds, s.Name)
+		for _, b := range s.Backends {
+			emit(c.pins, prometheus.GaugeValue, float64(b.Pinned), s.Name, b.Name)
+			if s.MaxClients > 0 {
+				emit(c.fill, prometheus.GaugeValue, float64(b.Pinned)/float64(s.MaxClients), s.Name, b.Name)
+			}
+			emit(c.backendUp, prometheus.GaugeValue, bit(b.Health == "up"), s.Name, b.Name)
+			emit(c.draining, prometheus.GaugeValue, bit(b.Draining), s.Name, b.Name)
+			emit(c.active, prometheus.GaugeValue, float64(b.Active), s.Name, b.Name)
+			emit(c.proxiedConns, prometheus.CounterValue, float64(b.Connections), s.Name, b.Name)
+			emit(c.proxiedBytes, prometheus.CounterValue, float64(b.BytesIn), s.Name, b.Name, "in")
+			emit(c.proxiedBytes, prometheus.CounterValue, float64(b.BytesOut), s.Name, b.Name, "out")
+			emit(c.fwdPackets, prometheus.CounterValue, float64(b.Packets), s.Name, b.Name)
+			emit(c.fwdBytes, prometheus.CounterValue, float64(b.ForwardBytes), s.Name, b.Name)
+		}
+	}
+}
+
+func bit(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+var _ prometheus.Collector = (*statusCollector)(nil)
