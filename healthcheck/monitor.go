@@ -95,8 +95,9 @@ type Options struct {
 	// happened. It may call the Monitor's methods except Close. A slow
 	// OnChange delays later events, never checks.
 	OnChange func(Event)
-	// Logger gets transitions at info and failed checks at debug, with the
-	// fields service, backend and reason (or err). nil discards.
+	// Logger gets transitions and failed checks at debug, with the fields
+	// service, backend and reason (or err): OnChange's receiver logs each
+	// transition once, with what it did about it. nil discards.
 	Logger *logrus.Entry
 	// Checker builds a target's checker; nil means NewChecker. It is the
 	// test seam for the probes.
@@ -560,12 +561,12 @@ func (m *Monitor) dispatch() {
 			m.queue[0] = Event{}
 			m.queue = m.queue[1:]
 			m.mu.Unlock()
-			if m.log.Logger.IsLevelEnabled(logrus.InfoLevel) {
+			if m.log.Logger.IsLevelEnabled(logrus.DebugLevel) {
 				state := "down"
 				if ev.Up {
 					state = "up"
 				}
-				m.log.WithFields(logrus.Fields{"service": ev.Service, "backend": ev.Backend, "reason": ev.Reason, "after": ev.Since.Round(time.Millisecond)}).Info("backend " + state)
+				m.log.WithFields(logrus.Fields{"service": ev.Service, "backend": ev.Backend, "reason": ev.Reason, "after": ev.Since.Round(time.Millisecond)}).Debug("health check: backend " + state)
 			}
 			if m.onChange != nil {
 				m.onChange(ev)
