@@ -232,7 +232,7 @@ func (e *Engine) Status(ctx context.Context) (Status, error) {
 			ss.Open, ss.Listen = true, a.String()
 		}
 		e.stats.fill(&ss)
-		counts, err := e.batch().Count(ctx, sc.Name)
+		counts, err := e.dp.Count(ctx, sc.Name)
 		if err != nil {
 			return Status{}, fmt.Errorf("service %s: counting pins: %w", sc.Name, err)
 		}

@@ -2,7 +2,6 @@ package balancer
 
 import (
 	"context"
-	"errors"
 	"net/netip"
 
 	"github.com/handoff-lb/handoff/dataplane"
@@ -33,66 +32,16 @@ type Dataplane interface {
 	// Forget drops the forwarding state of flows from the service's clients
 	// to backend (conntrack entries in the kernel) and returns how many.
 	Forget(ctx context.Context, service, backend string) (int, error)
+	// PinBatch pins every p like Pin, in as few round trips as the data
+	// plane allows; a failed pin does not stop the others, and the error
+	// says how many failed and why.
+	PinBatch(ctx context.Context, pins []dataplane.Pin) error
+	// Flush removes every pin of one backend of a service.
+	Flush(ctx context.Context, service, backend string) error
+	// Count returns the number of live pins per backend of service.
+	Count(ctx context.Context, service string) (map[string]int, error)
 	// Close releases the data plane's handles. The kernel state stays in
 	// place, so a restarted daemon adopts it; the userspace table is saved.
 	Close() error
 }
 
-// batchDataplane is what migrations and the status need beyond Dataplane.
-// Both data planes implement it. TODO(lead): fold into Dataplane once
-// kernel.Dataplane has landed PinBatch, Flush and Count.
-type batchDataplane interface {
-	// PinBatch pins every p like Pin, in as few round trips as possible.
-	PinBatch(ctx context.Context, pins []dataplane.Pin) error
-	// Flush removes every pin of one backend.
-	Flush(ctx context.Context, service, backend string) error
-	// Count returns the number of live pins per backend of service.
-	Count(ctx context.Context, service string) (map[string]int, error)
-}
-
-// batch returns the data plane's batch methods.
-func (e *Engine) batch() batchDataplane {
-	if b, ok := e.dp.(batchDataplane); ok {
-		return b
-	}
-	return loopBatch{e.dp}
-}
-
-// loopBatch implements batchDataplane one call at a time for data planes
-// without it (the kernel's, until it lands).
-type loopBatch struct{ dp Dataplane }
-
-func (l loopBatch) PinBatch(ctx context.Context, pins []dataplane.Pin) error {
-	var errs []error
-	for _, p := range pins {
-		if err := l.dp.Pin(ctx, p); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	return errors.Join(errs...)
-}
-
-func (l loopBatch) Flush(ctx context.Context, service, backend string) error {
-	var clients []netip.Addr
-	if err := l.dp.Pins(ctx, service, backend, func(p dataplane.Pin) error {
-		clients = append(clients, p.Client)
-		return nil
-	}); err != nil {
-		return err
-	}
-	for _, c := range clients {
-		if err := l.dp.Unpin(ctx, service, backend, c); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func (l loopBatch) Count(ctx context.Context, service string) (map[string]int, error) {
-	out := map[string]int{}
-	err := l.dp.Pins(ctx, service, "", func(p dataplane.Pin) error {
-		out[p.Backend]++
-		return nil
-	})
-	return out, err
-}

@@ -109,7 +109,7 @@ func (s *service) migrate(ctx context.Context, b *backend, forget bool) (res mig
 	pool := snap.router.Pool(b.pool)
 	var errs []error
 	if forget && snap.cfg.OnBackendDown == "reclassify" || pool == nil {
-		if err := s.e.batch().Flush(ctx, s.name, b.name); err != nil {
+		if err := s.e.dp.Flush(ctx, s.name, b.name); err != nil {
 			errs = append(errs, err)
 		} else {
 			res.moved = len(pins)
@@ -130,7 +130,7 @@ func (s *service) migrate(ctx context.Context, b *backend, forget bool) (res mig
 			}
 			moves = append(moves, np)
 		}
-		if err := s.e.batch().PinBatch(ctx, moves); err != nil {
+		if err := s.e.dp.PinBatch(ctx, moves); err != nil {
 			errs = append(errs, err)
 			// Some pins failed: redo them one by one, removing each old pin
 			// only once its new one is in force.
@@ -142,7 +142,7 @@ func (s *service) migrate(ctx context.Context, b *backend, forget bool) (res mig
 				}
 			}
 		} else if res.kept == 0 {
-			if err := s.e.batch().Flush(ctx, s.name, b.name); err != nil {
+			if err := s.e.dp.Flush(ctx, s.name, b.name); err != nil {
 				errs = append(errs, err)
 			}
 			res.moved = len(moves)

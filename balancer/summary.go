@@ -46,7 +46,7 @@ func (e *Engine) logSummary(ctx context.Context) {
 		}
 		s.mu.Unlock()
 		f := logrus.Fields{"backends_up": up, "backends_down": down, "draining": draining, "connections": active, "open": s.addr() != nil}
-		if counts, err := e.batch().Count(ctx, name); err == nil {
+		if counts, err := e.dp.Count(ctx, name); err == nil {
 			pinned := 0
 			for _, n := range counts {
 				pinned += n

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"syscall"
 
+	goipt "github.com/coreos/go-iptables/iptables"
 	"github.com/sirupsen/logrus"
 	"github.com/vishvananda/netns"
 )
@@ -21,8 +22,11 @@ import (
 //
 // It creates and removes a scratch ipset (ho-_probe-<pid>) and a scratch
 // nat chain (HANDOFF-PROBE) whose rules use the set, SET and DNAT targets,
-// for IPv4 and, when o.IPv6 is set, IPv6. Its scratch objects are always
-// removed.
+// for IPv4 and, when o.IPv6 is set, IPv6: the chain is written with
+// iptables-restore, as Sync writes, then checked (iptables -C) and
+// removed with the iptables command through go-iptables, which so checks
+// that iptables runs and sees what iptables-restore wrote. Its scratch
+// objects are always removed.
 func Probe(ctx context.Context, o Options) error {
 	if err := probe(ctx, o); err != nil {
 		return fmt.Errorf("kernel mode unavailable: %s", oneLine([]byte(err.Error())))
@@ -76,26 +80,101 @@ func probe(ctx context.Context, o Options) (err error) {
 		})
 
 		ipt := execTables{fam, ns}
+		gt, err := newGoTables(ns, fam)
+		if err != nil {
+			return err
+		}
 		to := "127.0.0.1:9"
 		if fam == ipv6 {
 			to = "[::1]:9"
 		}
 		in := "-A " + chainProbe + " -p tcp -m set --match-set " + set + " src " + comment(commentPrefix+" probe")
-		create := "*nat\n:" + chainProbe + " - [0:0]\n" +
-			in + " -j SET --add-set " + set + " src --exist --timeout 1\n" +
-			in + " -j DNAT --to-destination " + to + "\nCOMMIT\n"
+		rules := []string{
+			in + " -j SET --add-set " + set + " src --exist --timeout 1",
+			in + " -j DNAT --to-destination " + to,
+		}
+		create := "*nat\n:" + chainProbe + " - [0:0]\n" + strings.Join(rules, "\n") + "\nCOMMIT\n"
 		if err := ipt.restore(ctx, []byte(create)); err != nil {
 			return fmt.Errorf("creating nat chain %s with %w%s", chainProbe, err, capHint(err))
 		}
+		visible := false // whether iptables sees what iptables-restore wrote
 		undo = append(undo, func() error {
-			remove := "*nat\n:" + chainProbe + " - [0:0]\n-X " + chainProbe + "\nCOMMIT\n"
-			if err := ipt.restore(context.WithoutCancel(ctx), []byte(remove)); err != nil {
-				return fmt.Errorf("removing nat chain %s with %w", chainProbe, err)
+			if !visible {
+				// Remove the chain the way it came, in case iptables
+				// looks elsewhere.
+				remove := "*nat\n:" + chainProbe + " - [0:0]\n-X " + chainProbe + "\nCOMMIT\n"
+				if err := ipt.restore(context.WithoutCancel(ctx), []byte(remove)); err != nil {
+					return fmt.Errorf("removing nat chain %s with %w", chainProbe, err)
+				}
+			}
+			if err := gt.do(func(t *goipt.IPTables) error { return t.ClearAndDeleteChain(string(natTable), chainProbe) }); err != nil {
+				return fmt.Errorf("removing nat chain %s with %s: %s", chainProbe, gt.bin(), oneLine([]byte(err.Error())))
 			}
 			return nil
 		})
+		// What iptables-restore wrote, iptables must see: were they to use
+		// different backends (nf_tables, legacy), `iptables -t nat -S`
+		// would not show handoff's rules.
+		for _, r := range rules {
+			var ok bool
+			err := gt.do(func(t *goipt.IPTables) (err error) {
+				ok, err = t.Exists(string(natTable), chainProbe, splitArgs(r)[2:]...)
+				return err
+			})
+			if err != nil {
+				return fmt.Errorf("checking nat chain %s with %s: %s%s", chainProbe, gt.bin(), oneLine([]byte(err.Error())), capHint(err))
+			}
+			if !ok {
+				return fmt.Errorf("%s does not see the rules %s wrote to nat chain %s (do they use different backends, nf_tables and legacy?)", gt.bin(), ipt.bin("restore"), chainProbe)
+			}
+		}
+		visible = true
 	}
 	return nil
+}
+
+// goTables is go-iptables run in a network namespace: every command is
+// started from a thread switched into ns, so the iptables child runs
+// there.
+type goTables struct {
+	ipt *goipt.IPTables
+	ns  netns.NsHandle // not open: the caller's namespace
+}
+
+// newGoTables finds the iptables (ip6tables) binary of fam and checks that
+// it runs, by asking its version.
+func newGoTables(ns netns.NsHandle, fam family) (goTables, error) {
+	proto := goipt.ProtocolIPv4
+	if fam == ipv6 {
+		proto = goipt.ProtocolIPv6
+	}
+	g := goTables{ns: ns}
+	bin := "iptables"
+	if fam == ipv6 {
+		bin = "ip6tables"
+	}
+	err := inNetNS(ns, func() (err error) {
+		// Timeout: wait at most 5s for the xtables lock (iptables -w 5).
+		g.ipt, err = goipt.New(goipt.IPFamily(proto), goipt.Timeout(5))
+		return err
+	})
+	if err != nil {
+		return g, fmt.Errorf("%s does not work: %w", bin, err)
+	}
+	return g, nil
+}
+
+// bin names the binary, for messages.
+func (g goTables) bin() string {
+	if g.ipt.Proto() == goipt.ProtocolIPv6 {
+		return "ip6tables"
+	}
+	return "iptables"
+}
+
+// do runs fn, whose iptables commands then run in g's namespace.
+func (g goTables) do(fn func(*goipt.IPTables) error) error {
+	return inNetNS(g.ns, func() error { return fn(g.ipt) })
 }
 
 // capHint names the missing capability behind a permission error.

@@ -1,7 +1,9 @@
 package kernel
 
 import (
+	"bytes"
 	"context"
+	"fmt"
 	"net/netip"
 	"testing"
 	"time"
@@ -92,4 +94,107 @@ func BenchmarkPins100k(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/n, "ns/entry")
+}
+
+// BenchmarkPinBatch measures PinBatch through netlink into a real set:
+// each iteration is one pin, made in batches of pinChunk (re-pins after
+// the first 131072).
+func BenchmarkPinBatch(b *testing.B) {
+	d := benchDataplane(b)
+	ctx := context.Background()
+	batch := make([]dataplane.Pin, pinChunk)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i += len(batch) {
+		batch = batch[:min(pinChunk, b.N-i)]
+		for j := range batch {
+			batch[j] = dataplane.Pin{Service: "web", Backend: "be1", Client: benchClient(i + j), Key: "src=client", TTL: time.Duration(60+j) * time.Second}
+		}
+		if err := d.PinBatch(ctx, batch); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "pins/s")
+}
+
+// BenchmarkMove100k compares ways to put the 100,000 listed pins of a dead
+// backend into three other backends' sets (the step of a re-pin between
+// listing and flushing): PinBatch over netlink, `ipset restore -exist`
+// into the sets, and `ipset restore` into temporary sets swapped in.
+func BenchmarkMove100k(b *testing.B) {
+	const n = 100000
+	moved := make([]dataplane.Pin, n)
+	for i := range moved {
+		c := benchClient(i)
+		moved[i] = dataplane.Pin{Service: "web", Backend: fmt.Sprintf("be%d", 1+i%3), Client: c, Key: "src=" + c.String(), TTL: time.Duration(600+i%3000) * time.Second}
+	}
+	// restoreText renders the adds for ipset restore, into the backends'
+	// sets or, with tmp, into temporary sets swapped in at the end.
+	restoreText := func(tmp bool) []byte {
+		var buf bytes.Buffer
+		set := func(be string) string {
+			if tmp {
+				return "ho-web-_m" + be
+			}
+			return "ho-web-" + be
+		}
+		if tmp {
+			for _, be := range []string{"be1", "be2", "be3"} {
+				fmt.Fprintf(&buf, "create %s hash:ip family inet hashsize 1024 maxelem %d timeout 3600 comment\n", set(be), benchClients)
+			}
+		}
+		for _, p := range moved {
+			fmt.Fprintf(&buf, "add %s %s timeout %d comment \"%s\"\n", set(p.Backend), p.Client, seconds(p.TTL), p.Key)
+		}
+		if tmp {
+			for _, be := range []string{"be1", "be2", "be3"} {
+				fmt.Fprintf(&buf, "swap %s %s\ndestroy %s\n", set(be), "ho-web-"+be, set(be))
+			}
+		}
+		return buf.Bytes()
+	}
+	for _, c := range []struct {
+		name string
+		move func(b *testing.B, d *Dataplane)
+	}{
+		{"PinBatch", func(b *testing.B, d *Dataplane) {
+			if err := d.PinBatch(context.Background(), moved); err != nil {
+				b.Fatal(err)
+			}
+		}},
+		{"IpsetRestore", func(b *testing.B, d *Dataplane) {
+			if _, stderr, err := runIn(context.Background(), d.ns, restoreText(false), "ipset", "restore", "-exist"); err != nil {
+				b.Fatalf("ipset restore: %v: %s", err, stderr)
+			}
+		}},
+		{"IpsetRestoreSwap", func(b *testing.B, d *Dataplane) {
+			if _, stderr, err := runIn(context.Background(), d.ns, restoreText(true), "ipset", "restore"); err != nil {
+				b.Fatalf("ipset restore: %v: %s", err, stderr)
+			}
+		}},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			nstest.RequireRoot(b)
+			ns := nstest.New(b, "kb-")
+			d, _ := newNSDataplane(b, ns, Options{})
+			mustSync(b, d, labState(4, time.Hour, benchClients))
+			ctx := context.Background()
+			b.ResetTimer()
+			for range b.N {
+				c.move(b, d)
+				b.StopTimer()
+				counts, err := d.Count(ctx, "web")
+				if err != nil || counts["be1"]+counts["be2"]+counts["be3"] != n {
+					b.Fatalf("Count = %v, %v; want %d pins", counts, err, n)
+				}
+				for _, be := range []string{"be1", "be2", "be3"} {
+					if err := d.Flush(ctx, "web", be); err != nil {
+						b.Fatal(err)
+					}
+				}
+				b.StartTimer()
+			}
+			b.ReportMetric(float64(n*b.N)/b.Elapsed().Seconds(), "pins/s")
+		})
+	}
 }

@@ -71,6 +71,7 @@ type fakeKernel struct {
 	onList  func()              // called (unlocked) before a list returns
 	flows   []*netlink.ConntrackFlow
 	restore int // restore calls
+	batches int // addBatch calls
 }
 
 func newFakeKernel() *fakeKernel {
@@ -207,6 +208,37 @@ func (f fakeSets) add(name string, ip netip.Addr, timeout uint32, comment string
 	}
 	s.members[ip] = member{ip: ip, timeout: timeout, comment: comment}
 	return nil
+}
+
+func (f fakeSets) addBatch(es []setAdd, replace bool, errs []error) {
+	f.k.mu.Lock()
+	f.k.batches++
+	f.k.mu.Unlock()
+	for i, e := range es {
+		errs[i] = f.add(e.set, e.ip, e.timeout, e.comment, replace)
+	}
+}
+
+func (f fakeSets) flush(name string) error {
+	f.k.mu.Lock()
+	defer f.k.mu.Unlock()
+	s := f.k.sets[name]
+	if s == nil {
+		return nil
+	}
+	clear(s.members)
+	f.k.logf("flush %s", name)
+	return nil
+}
+
+func (f fakeSets) count(name string) (int, error) {
+	f.k.mu.Lock()
+	defer f.k.mu.Unlock()
+	s := f.k.sets[name]
+	if s == nil {
+		return 0, errNoSet
+	}
+	return len(s.members), nil
 }
 
 func (f fakeSets) del(name string, ip netip.Addr) error {

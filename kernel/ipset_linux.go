@@ -47,6 +47,14 @@ type setSpec struct {
 	maxelem uint32 // 0 = the kernel's default
 }
 
+// setAdd is one entry of a batched add.
+type setAdd struct {
+	set     string
+	ip      netip.Addr
+	timeout uint32 // seconds; 0 = the set's default
+	comment string
+}
+
 // member is one entry of a set, as listed.
 type member struct {
 	ip      netip.Addr
@@ -84,8 +92,16 @@ type ipsets interface {
 	// a set without timeouts) and comment. An entry already there is
 	// replaced when replace is set, else reported with errExists.
 	add(name string, ip netip.Addr, timeout uint32, comment string, replace bool) error
+	// addBatch adds every entry of es as add does, in as few round trips
+	// as it can, and stores the outcome of es[i] in errs[i] (len(errs) ==
+	// len(es)). Entries are added in order.
+	addBatch(es []setAdd, replace bool, errs []error)
 	// del removes ip; absent is not an error.
 	del(name string, ip netip.Addr) error
+	// flush removes every entry of a set; an absent set is not an error.
+	flush(name string) error
+	// count returns the number of entries of a set.
+	count(name string) (int, error)
 	// test reports whether ip is in the set.
 	test(name string, ip netip.Addr) (bool, error)
 	// list calls fn for each member, stopping at fn's first error.
@@ -95,6 +111,7 @@ type ipsets interface {
 // ipset command-level flags of IPSET_CMD_LIST (linux/netfilter/ipset/ip_set.h).
 const (
 	ipsetFlagListSetname = 1 << 1
+	ipsetFlagListHeader  = 1 << 2
 	ipsetErrHashFull     = nl.IPSET_ERR_TYPE_SPECIFIC // IPSET_ERR_HASH_FULL
 )
 
@@ -186,6 +203,47 @@ func (s *nlSets) swap(a, b string) (err error) {
 
 func (s *nlSets) add(name string, ip netip.Addr, timeout uint32, comment string, replace bool) error {
 	return s.pins.add(name, ip, timeout, comment, replace)
+}
+
+func (s *nlSets) addBatch(es []setAdd, replace bool, errs []error) {
+	s.pins.addBatch(es, replace, errs)
+}
+
+func (s *nlSets) flush(name string) (err error) {
+	defer recoverNetlink(&err)
+	err = mapIpsetErr(s.h.IpsetFlush(name))
+	if errors.Is(err, errNoSet) {
+		return nil
+	}
+	return err
+}
+
+// count reads the element count from the set's header
+// (IPSET_ATTR_ELEMENTS), one round trip whatever the set's size; where the
+// kernel's header lacks it, it counts the listed entries.
+func (s *nlSets) count(name string) (int, error) {
+	n := -1
+	err := s.dumpSets(name, ipsetFlagListHeader, func(attrs []byte) {
+		for typ, val := range attributes(attrs) {
+			if typ != nl.IPSET_ATTR_DATA {
+				continue
+			}
+			for typ, val := range attributes(val) {
+				if typ == nl.IPSET_ATTR_ELEMENTS && len(val) == 4 {
+					n = int(binary.BigEndian.Uint32(val))
+				}
+			}
+		}
+	})
+	if err != nil {
+		return 0, err
+	}
+	if n >= 0 {
+		return n, nil
+	}
+	n = 0
+	err = s.list(name, func(member) error { n++; return nil })
+	return n, err
 }
 
 func (s *nlSets) del(name string, ip netip.Addr) (err error) {

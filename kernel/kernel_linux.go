@@ -187,13 +187,7 @@ func (d *Dataplane) Pin(ctx context.Context, p dataplane.Pin) error {
 	if err != nil {
 		return err
 	}
-	var timeout uint32
-	if s.ttl > 0 {
-		timeout = s.ttl
-		if p.TTL > 0 {
-			timeout = seconds(p.TTL)
-		}
-	}
+	timeout := s.timeout(p.TTL)
 	c := sanitizeComment(p.Key)
 	if err := d.sets.add(b.set, ip, timeout, c, true); err != nil {
 		return fmt.Errorf("ipset %q: add %s: %w", b.set, ip, err)

@@ -59,6 +59,21 @@ func (d *Dataplane) Forget(ctx context.Context, service, backend string) (int, e
 	return 0, dataplane.ErrUnsupported
 }
 
+// PinBatch returns dataplane.ErrUnsupported.
+func (d *Dataplane) PinBatch(ctx context.Context, pins []dataplane.Pin) error {
+	return dataplane.ErrUnsupported
+}
+
+// Flush returns dataplane.ErrUnsupported.
+func (d *Dataplane) Flush(ctx context.Context, service, backend string) error {
+	return dataplane.ErrUnsupported
+}
+
+// Count returns dataplane.ErrUnsupported.
+func (d *Dataplane) Count(ctx context.Context, service string) (map[string]int, error) {
+	return nil, dataplane.ErrUnsupported
+}
+
 // Counters returns dataplane.ErrUnsupported.
 func (d *Dataplane) Counters(ctx context.Context) (map[[2]string]Counter, error) {
 	return nil, dataplane.ErrUnsupported

@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	goipt "github.com/coreos/go-iptables/iptables"
 	"github.com/sirupsen/logrus"
 
 	"github.com/handoff-lb/handoff/dataplane"
@@ -661,6 +662,32 @@ func TestNSProbe(t *testing.T) {
 	for _, bin := range []string{"iptables", "ip6tables"} {
 		if out := ns.Run(t, bin, "-t", "nat", "-S"); strings.Contains(out, chainProbe) {
 			t.Errorf("Probe left a chain in %s:\n%s", bin, out)
+		}
+	}
+}
+
+// TestNSGoTables checks that go-iptables commands run through goTables
+// act on its namespace: a chain made there shows in that namespace.
+func TestNSGoTables(t *testing.T) {
+	nstest.RequireRoot(t)
+	ns := nstest.New(t, "k-")
+	chain := "HANDOFF-T" + strconv.Itoa(os.Getpid())
+	for _, fam := range []family{ipv4, ipv6} {
+		gt, err := newGoTables(ns.Handle(), fam)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := gt.do(func(ipt *goipt.IPTables) error { return ipt.NewChain("nat", chain) }); err != nil {
+			t.Fatalf("%s: new chain: %v", gt.bin(), err)
+		}
+		if out := ns.Run(t, gt.bin(), "-t", "nat", "-S", chain); !strings.Contains(out, "-N "+chain) {
+			t.Errorf("%s -t nat -S %s in the namespace:\n%s", gt.bin(), chain, out)
+		}
+		if err := gt.do(func(ipt *goipt.IPTables) error { return ipt.ClearAndDeleteChain("nat", chain) }); err != nil {
+			t.Fatalf("%s: delete chain: %v", gt.bin(), err)
+		}
+		if out, err := ns.RunErr(gt.bin(), "-t", "nat", "-S", chain); err == nil {
+			t.Errorf("chain left after ClearAndDeleteChain:\n%s", out)
 		}
 	}
 }

@@ -151,26 +151,35 @@ func (d *Dataplane) rebuildSet(ctx context.Context, name string, spec setSpec) e
 		return fmt.Errorf("ipset %q: list for rebuild: %w", name, err)
 	}
 	copied, dropped := 0, 0
-	for _, m := range ms {
+	es := make([]setAdd, 0, min(len(ms), pinChunk))
+	errs := make([]error, cap(es))
+	for len(ms) > 0 {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		t := m.timeout
-		if spec.timeout == 0 {
-			t = 0
-		} else if t > spec.timeout {
-			t = spec.timeout
+		es = es[:0]
+		for _, m := range ms[:min(len(ms), pinChunk)] {
+			t := m.timeout
+			if spec.timeout == 0 {
+				t = 0
+			} else if t > spec.timeout {
+				t = spec.timeout
+			}
+			es = append(es, setAdd{set: tmp, ip: m.ip, timeout: t, comment: m.comment})
 		}
+		ms = ms[len(es):]
 		// Not replace: a pin made during the copy is newer than the list.
-		err := d.sets.add(tmp, m.ip, t, m.comment, false)
-		switch {
-		case err == nil:
-			copied++
-		case errors.Is(err, errExists):
-		case errors.Is(err, dataplane.ErrFull):
-			dropped++
-		default:
-			return fmt.Errorf("ipset %q: copy %s to %q: %w", name, m.ip, tmp, err)
+		d.sets.addBatch(es, false, errs[:len(es)])
+		for i, err := range errs[:len(es)] {
+			switch {
+			case err == nil:
+				copied++
+			case errors.Is(err, errExists):
+			case errors.Is(err, dataplane.ErrFull):
+				dropped++
+			default:
+				return fmt.Errorf("ipset %q: copy %s to %q: %w", name, es[i].ip, tmp, err)
+			}
 		}
 	}
 
