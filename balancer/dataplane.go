@@ -44,4 +44,3 @@ type Dataplane interface {
 	// place, so a restarted daemon adopts it; the userspace table is saved.
 	Close() error
 }
-
