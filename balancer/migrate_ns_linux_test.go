@@ -36,7 +36,7 @@ func TestMigrateKernel(t *testing.T) {
 		MaxClients: 1 << 20, Classify: config.ClassifySource, OnUnclassified: "default", OnBackendDown: "rehash",
 		Timeouts: config.Timeouts{Connect: time.Second}, MaxConnections: 100, ProxyProtocol: "off",
 		Health: config.Health{Check: config.CheckNone},
-		Pools: []config.Pool{{Name: "default", Balance: config.BalanceMaglev}},
+		Pools:  []config.Pool{{Name: "default", Balance: config.BalanceMaglev}},
 	}
 	for i := range 4 {
 		sc.Pools[0].Backends = append(sc.Pools[0].Backends, config.Backend{
