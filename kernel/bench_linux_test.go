@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -197,4 +198,77 @@ func BenchmarkMove100k(b *testing.B) {
 			b.ReportMetric(float64(n*b.N)/b.Elapsed().Seconds(), "pins/s")
 		})
 	}
+}
+
+// reloadStates returns two states of 100 IPv4 services × 10 backends
+// (1,000 sets) that differ in 10 backends: b replaces the first backend
+// of services s00..s09 with another. ClientTTL and MaxClients are the
+// same in both.
+func reloadStates() (a, b dataplane.State) {
+	for i := range 100 {
+		s := dataplane.Service{
+			Name:       fmt.Sprintf("s%02d", i),
+			Listen:     netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, 1, byte(i)}), 80),
+			ClientTTL:  30 * time.Minute,
+			MaxClients: 65536,
+		}
+		for j := range 10 {
+			s.Backends = append(s.Backends, dataplane.Backend{Name: fmt.Sprintf("b%d", j), Address: netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 19, byte(i), byte(j)}), 8080)})
+		}
+		a.Services = append(a.Services, s)
+		if i < 10 {
+			s.Backends = append([]dataplane.Backend{{Name: "b10", Address: netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 19, byte(i), 10}), 8080)}}, s.Backends[1:]...)
+		}
+		b.Services = append(b.Services, s)
+	}
+	return a, b
+}
+
+// unionState is what the balancer syncs first on a reload from a to b:
+// b's services with the backends of both.
+func unionState(a, b dataplane.State) dataplane.State {
+	var u dataplane.State
+	for i, s := range b.Services {
+		s.Backends = slices.Clone(s.Backends)
+		for _, be := range a.Services[i].Backends {
+			if !slices.ContainsFunc(s.Backends, func(x dataplane.Backend) bool { return x.Name == be.Name }) {
+				s.Backends = append(s.Backends, be)
+			}
+		}
+		u.Services = append(u.Services, s)
+	}
+	return u
+}
+
+// BenchmarkSyncReload1000 measures the two Syncs of a reload of 100
+// services × 10 backends in which 10 backends are added and 10 removed:
+// the union of old and new, then the new state. Iterations alternate
+// between the two states.
+func BenchmarkSyncReload1000(b *testing.B) {
+	nstest.RequireRoot(b)
+	ns := nstest.New(b, "kb-")
+	d, _ := newNSDataplane(b, ns, Options{})
+	x, y := reloadStates()
+	mustSync(b, d, x)
+	ctx := context.Background()
+	var union, final time.Duration
+	b.ResetTimer()
+	for i := 0; b.Loop(); i++ {
+		from, to := x, y
+		if i%2 == 1 {
+			from, to = y, x
+		}
+		start := time.Now()
+		if err := d.Sync(ctx, unionState(from, to)); err != nil {
+			b.Fatal(err)
+		}
+		mid := time.Now()
+		if err := d.Sync(ctx, to); err != nil {
+			b.Fatal(err)
+		}
+		union += mid.Sub(start)
+		final += time.Since(mid)
+	}
+	b.ReportMetric(float64(union.Milliseconds())/float64(b.N), "union-ms/op")
+	b.ReportMetric(float64(final.Milliseconds())/float64(b.N), "new-ms/op")
 }

@@ -55,6 +55,27 @@ type setAdd struct {
 	comment string
 }
 
+// defaultMaxelem is the kernel's maxelem of a set created without one.
+const defaultMaxelem = 65536
+
+// setHeader is a set as the kernel lists its header.
+type setHeader struct {
+	name string
+	spec setSpec
+	// exact says that spec describes the set fully: a hash:ip set with
+	// comments, and no option that create does not give.
+	exact bool
+}
+
+// is reports whether h is a set that create(name, s) would leave alone.
+// false means perhaps not: only the kernel's create can tell.
+func (h setHeader) is(s setSpec) bool {
+	if s.maxelem == 0 {
+		s.maxelem = defaultMaxelem
+	}
+	return h.exact && h.spec == s
+}
+
 // member is one entry of a set, as listed.
 type member struct {
 	ip      netip.Addr
@@ -88,6 +109,9 @@ type ipsets interface {
 	swap(a, b string) error
 	// names lists every set of the namespace, handoff's or not.
 	names() ([]string, error)
+	// headers lists every set of the namespace, handoff's or not, with
+	// what its header says.
+	headers() ([]setHeader, error)
 	// add adds ip with the given timeout (0: the set's default, or none in
 	// a set without timeouts) and comment. An entry already there is
 	// replaced when replace is set, else reported with errExists.
@@ -117,17 +141,18 @@ const (
 
 // nlSets is ipsets over netlink. Commands go through a netlink.Handle bound
 // to the namespace (one NETLINK_NETFILTER socket); adds, the hot path, go
-// through a small pool of lean sockets (pinSocket); listings go through a
-// socket of their own, parsed here without the per-attribute goroutines of
+// through a small pool of lean sockets (pinSocket); listings go through
+// dump sockets (dumpSocket), one per listing in progress, read
+// incrementally and parsed here without the per-attribute goroutines of
 // the netlink package's decoder.
 type nlSets struct {
-	h    *netlink.Handle
-	pins pinSockets
-	dump map[int]*nl.SocketHandle
+	h     *netlink.Handle
+	pins  pinSockets
+	dumps *dumpSockets
 }
 
 // newNLSets opens the netlink sockets in ns (the caller's namespace when ns
-// is not open).
+// is not open). ns must stay open until close.
 func newNLSets(ns netns.NsHandle) (*nlSets, error) {
 	h, err := netlink.NewHandleAt(ns, unix.NETLINK_NETFILTER)
 	if err != nil {
@@ -137,30 +162,20 @@ func newNLSets(ns netns.NsHandle) (*nlSets, error) {
 		h.Close()
 		return nil, fmt.Errorf("netlink socket: %w", err)
 	}
-	s, err := nl.GetNetlinkSocketAt(ns, netns.None(), unix.NETLINK_NETFILTER)
-	if err != nil {
-		h.Close()
-		return nil, fmt.Errorf("netlink socket: %w", err)
-	}
-	tv := unix.NsecToTimeval((30 * time.Second).Nanoseconds())
-	_ = s.SetSendTimeout(&tv)
-	_ = s.SetReceiveTimeout(&tv)
 	pins, err := newPinSockets(ns, min(runtime.GOMAXPROCS(0), 4))
 	if err != nil {
 		h.Close()
-		s.Close()
 		return nil, err
 	}
-	return &nlSets{h: h, pins: pins, dump: map[int]*nl.SocketHandle{unix.NETLINK_NETFILTER: {Socket: s}}}, nil
+	return &nlSets{h: h, pins: pins, dumps: &dumpSockets{ns: ns}}, nil
 }
 
-// close releases the sockets; no call may be in flight.
+// close releases the sockets and interrupts the listings in progress,
+// which fail with errClosed; no other call may be in flight.
 func (s *nlSets) close() {
 	s.h.Close()
 	s.pins.close()
-	for _, sh := range s.dump {
-		sh.Close()
-	}
+	s.dumps.close()
 }
 
 func (s *nlSets) create(name string, spec setSpec) (err error) {
@@ -187,18 +202,47 @@ func (s *nlSets) create(name string, spec setSpec) (err error) {
 	return mapIpsetErr(err)
 }
 
-func (s *nlSets) destroy(name string) (err error) {
-	defer recoverNetlink(&err)
-	err = mapIpsetErr(s.h.IpsetDestroy(name))
+// destroy destroys a set. The kernel refuses while the set is being
+// listed; listings of this nlSets (Pins walks) are then interrupted and
+// the destroy retried.
+func (s *nlSets) destroy(name string) error {
+	err := s.retryListed(func() (err error) {
+		defer recoverNetlink(&err)
+		return mapIpsetErr(s.h.IpsetDestroy(name))
+	}, name)
 	if errors.Is(err, errNoSet) {
 		return nil
 	}
 	return err
 }
 
-func (s *nlSets) swap(a, b string) (err error) {
-	defer recoverNetlink(&err)
-	return mapIpsetErr(s.h.IpsetSwap(a, b))
+// swap swaps two sets, interrupting their listings as destroy does.
+func (s *nlSets) swap(a, b string) error {
+	return s.retryListed(func() (err error) {
+		defer recoverNetlink(&err)
+		return mapIpsetErr(s.h.IpsetSwap(a, b))
+	}, a, b)
+}
+
+// retryListed runs op, a swap or destroy of sets, and while it fails with
+// errSetInUse (the kernel's answer to either while a set is being
+// listed, as well as to destroying a set a rule uses) interrupts this
+// nlSets's listings of sets and runs op again. A listing that starts in
+// between makes op fail again; after a few tries op's error is returned.
+func (s *nlSets) retryListed(op func() error, sets ...string) error {
+	for try := 0; ; try++ {
+		err := op()
+		if !errors.Is(err, errSetInUse) || try == 3 {
+			return err
+		}
+		n := 0
+		for _, set := range sets {
+			n += s.dumps.interrupt(set)
+		}
+		if n == 0 {
+			return err
+		}
+	}
 }
 
 func (s *nlSets) add(name string, ip netip.Addr, timeout uint32, comment string, replace bool) error {
@@ -223,7 +267,7 @@ func (s *nlSets) flush(name string) (err error) {
 // kernel's header lacks it, it counts the listed entries.
 func (s *nlSets) count(name string) (int, error) {
 	n := -1
-	err := s.dumpSets(name, ipsetFlagListHeader, func(attrs []byte) {
+	err := s.dumpSets(name, ipsetFlagListHeader, func(attrs []byte) error {
 		for typ, val := range attributes(attrs) {
 			if typ != nl.IPSET_ATTR_DATA {
 				continue
@@ -234,6 +278,7 @@ func (s *nlSets) count(name string) (int, error) {
 				}
 			}
 		}
+		return nil
 	})
 	if err != nil {
 		return 0, err
@@ -274,22 +319,80 @@ func ipSlice(ip netip.Addr) net.IP {
 
 func (s *nlSets) names() ([]string, error) {
 	var out []string
-	err := s.dumpSets("", ipsetFlagListSetname, func(attrs []byte) {
+	err := s.dumpSets("", ipsetFlagListSetname, func(attrs []byte) error {
 		for typ, val := range attributes(attrs) {
 			if typ == nl.IPSET_ATTR_SETNAME {
 				out = append(out, cString(val))
 			}
 		}
+		return nil
 	})
 	return out, err
 }
 
+func (s *nlSets) headers() ([]setHeader, error) {
+	var out []setHeader
+	err := s.dumpSets("", ipsetFlagListHeader, func(attrs []byte) error {
+		if h, ok := parseHeader(attrs); ok {
+			out = append(out, h)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// parseHeader decodes the header of a set from the attributes of a
+// listing's message; ok is false for a message without a set name.
+func parseHeader(attrs []byte) (h setHeader, ok bool) {
+	typ, fam := "", byte(0)
+	exact, timeout := true, false
+	for t, val := range attributes(attrs) {
+		switch t {
+		case nl.IPSET_ATTR_SETNAME:
+			h.name, ok = cString(val), true
+		case nl.IPSET_ATTR_TYPENAME:
+			typ = cString(val)
+		case nl.IPSET_ATTR_FAMILY:
+			if len(val) == 1 {
+				fam = val[0]
+			}
+		case nl.IPSET_ATTR_DATA:
+			for t, val := range attributes(val) {
+				switch {
+				case t == nl.IPSET_ATTR_MAXELEM && len(val) == 4:
+					h.spec.maxelem = binary.BigEndian.Uint32(val)
+				case t == nl.IPSET_ATTR_TIMEOUT && len(val) == 4:
+					h.spec.timeout = binary.BigEndian.Uint32(val)
+					timeout = true
+				case t == nl.IPSET_ATTR_CADT_FLAGS && len(val) == 4:
+					exact = exact && binary.BigEndian.Uint32(val) == nl.IPSET_FLAG_WITH_COMMENT
+				case t == nl.IPSET_ATTR_HASHSIZE, t == nl.IPSET_ATTR_ELEMENTS, t == nl.IPSET_ATTR_REFERENCES, t == nl.IPSET_ATTR_MEMSIZE:
+				default:
+					exact = false // netmask, bucketsize, markmask...
+				}
+			}
+		}
+	}
+	switch fam {
+	case unix.AF_INET:
+		h.spec.family = ipv4
+	case unix.AF_INET6:
+		h.spec.family = ipv6
+	default:
+		exact = false
+	}
+	// A timeout of 0 is a set with timeouts whose entries default to
+	// none, not a set without timeouts.
+	h.exact = exact && typ == "hash:ip" && timeout == (h.spec.timeout > 0)
+	return h, ok
+}
+
+// list streams the members of a set to fn as the kernel's dump arrives,
+// in constant memory. fn runs while the listing is in progress: it may
+// take its time and call any method of s.
 func (s *nlSets) list(name string, fn func(member) error) error {
 	var ferr error
-	err := s.dumpSets(name, 0, func(attrs []byte) {
-		if ferr != nil {
-			return
-		}
+	err := s.dumpSets(name, 0, func(attrs []byte) error {
 		for typ, val := range attributes(attrs) {
 			if typ != nl.IPSET_ATTR_ADT {
 				continue
@@ -299,10 +402,11 @@ func (s *nlSets) list(name string, fn func(member) error) error {
 					continue
 				}
 				if ferr = fn(parseMember(data)); ferr != nil {
-					return
+					return ferr
 				}
 			}
 		}
+		return nil
 	})
 	if ferr != nil {
 		return ferr
@@ -311,25 +415,22 @@ func (s *nlSets) list(name string, fn func(member) error) error {
 }
 
 // dumpSets runs IPSET_CMD_LIST (of one set, or of all when name is "")
-// and calls fn with the attributes of each reply message.
-func (s *nlSets) dumpSets(name string, flags uint32, fn func(attrs []byte)) (err error) {
-	defer recoverNetlink(&err)
-	req := nl.NewNetlinkRequest(nl.IPSET_CMD_LIST|(unix.NFNL_SUBSYS_IPSET<<8), nl.GetIpsetFlags(nl.IPSET_CMD_LIST))
-	req.Sockets = s.dump
-	req.AddData(&nl.Nfgenmsg{NfgenFamily: unix.AF_NETLINK, Version: nl.NFNETLINK_V0})
-	req.AddData(nl.NewRtAttr(nl.IPSET_ATTR_PROTOCOL, nl.Uint8Attr(nl.IPSET_PROTOCOL)))
-	if name != "" {
-		req.AddData(nl.NewRtAttr(nl.IPSET_ATTR_SETNAME, nl.ZeroTerminated(name)))
+// on a dump socket of its own and calls fn with the attributes of each
+// reply message as it arrives, stopping at fn's first error. The
+// attributes alias a buffer reused for the next message.
+func (s *nlSets) dumpSets(name string, flags uint32, fn func(attrs []byte) error) error {
+	ds, err := s.dumps.get(name)
+	if err != nil {
+		return err
 	}
-	if flags != 0 {
-		req.AddData(&nl.Uint32Attribute{Type: nl.IPSET_ATTR_FLAGS | nl.NLA_F_NET_BYTEORDER, Value: flags})
-	}
-	err = req.ExecuteIter(unix.NETLINK_NETFILTER, 0, func(msg []byte) bool {
-		if len(msg) > nl.SizeofNfgenmsg {
-			fn(msg[nl.SizeofNfgenmsg:])
+	reusable, err := ds.dump(name, flags, fn)
+	if err != nil && ds.interrupted.Load() {
+		err = errListInterrupted
+		if s.dumps.isClosed() {
+			err = errClosed
 		}
-		return true
-	})
+	}
+	s.dumps.put(ds, reusable)
 	return mapIpsetErr(err)
 }
 

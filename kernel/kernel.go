@@ -41,7 +41,8 @@ type Options struct {
 	// chains, rules and jumps are intact (the canary chain HANDOFF-CANARY
 	// among them) and re-applies the last State when they are not, or when
 	// the last Sync failed. Zero means DefaultCanaryInterval; negative
-	// disables the check.
+	// disables the check. Sync trusts its tables to hold what it wrote
+	// last, so without the check rules changed outside handoff stay so.
 	CanaryInterval time.Duration
 }
 

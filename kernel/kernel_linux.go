@@ -50,8 +50,9 @@ type Dataplane struct {
 	ipt   [2]iptables // by family
 	close func()      // releases sets and flows
 
-	// mu guards the fields below it. Pins hold it for reading while they
-	// talk to the kernel; Sync and Close take it briefly for writing.
+	// mu guards the fields below it. Pin, Unpin, Lookup and Count hold it
+	// for reading while they talk to the kernel (Pins only to look up the
+	// sets); Sync and Close take it briefly for writing.
 	mu     sync.RWMutex
 	closed bool
 	svcs   map[string]*service // by name, as of the last Sync
@@ -62,6 +63,8 @@ type Dataplane struct {
 	last   []*service // the desired state; nil before the first Sync
 	dirty  bool       // the last attempt to apply last failed
 	errMsg string     // the last sync error logged, to log each once
+	// cache holds, by family and table, the text of each chain as last
+	// written or read back; nil means unknown (read the table first).
 	cache  [2]map[table]map[string]string
 	v6     bool // ip6tables is managed
 	v6seen bool // whether ip6tables was checked for leftovers
@@ -264,8 +267,16 @@ func (d *Dataplane) Lookup(ctx context.Context, service string, client netip.Add
 
 // Pins calls fn for each live pin of backend beName (of every backend of
 // service when beName is ""), with Key from the entry's comment and TTL the time
-// left (0: never expires). Each backend's set is read whole before fn sees
-// its pins, so fn may call the Dataplane.
+// left (0: never expires).
+//
+// Pins streams: each backend's set is read from the kernel as fn takes its
+// pins, so a walk costs one receive buffer whatever the sets' sizes. Each
+// walk reads over a netlink socket of its own and holds no lock while fn
+// runs, so fn may take its time and call any method of the Dataplane, Pins
+// included. A pin made or removed during the walk may or may not be seen;
+// every other pin is seen once. The kernel refuses to swap or destroy a set
+// while it is being listed, so a Sync that rebuilds or removes a set
+// interrupts the walks of it: Pins then returns an error.
 func (d *Dataplane) Pins(ctx context.Context, service, beName string, fn func(dataplane.Pin) error) error {
 	d.mu.RLock()
 	s, b, err := d.lookupLocked(service, beName)
@@ -277,30 +288,38 @@ func (d *Dataplane) Pins(ctx context.Context, service, beName string, fn func(da
 	if b != nil {
 		bes = []backend{*b}
 	}
-	var ms []member
 	for _, b := range bes {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		ms = ms[:0]
-		if err := d.sets.list(b.set, func(m member) error {
-			ms = append(ms, m)
-			return nil
-		}); err != nil {
-			return fmt.Errorf("ipset %q: list: %w", b.set, err)
-		}
-		for _, m := range ms {
+		// ferr is fn's or ctx's error, returned as is.
+		var ferr error
+		n := 0
+		err := d.sets.list(b.set, func(m member) error {
+			if n++; n%pinsCtxEvery == 0 {
+				if ferr = ctx.Err(); ferr != nil {
+					return ferr
+				}
+			}
 			p := dataplane.Pin{Service: service, Backend: b.name, Client: m.ip, Key: m.comment}
 			if s.ttl > 0 {
 				p.TTL = time.Duration(m.timeout) * time.Second
 			}
-			if err := fn(p); err != nil {
-				return err
-			}
+			ferr = fn(p)
+			return ferr
+		})
+		if ferr != nil {
+			return ferr
+		}
+		if err != nil {
+			return fmt.Errorf("ipset %q: list: %w", b.set, err)
 		}
 	}
 	return nil
 }
+
+// pinsCtxEvery is how many pins Pins hands fn between checks of its ctx.
+const pinsCtxEvery = 4096
 
 // Forget deletes the conntrack entries of TCP flows that were DNATed from
 // the service's VIP (any local address when the VIP is unspecified) to

@@ -625,6 +625,8 @@ func TestNSCanaryRestores(t *testing.T) {
 		{"flush the nat table", []string{"iptables", "-t", "nat", "-F"}},
 		{"delete a jump", []string{"iptables", "-t", "nat", "-D", "PREROUTING", "-m", "comment", "--comment", "handoff jump", "-j", "HANDOFF-PREROUTING"}},
 		{"flush ip6tables filter", []string{"ip6tables", "-F"}},
+		// The rules that use a set must go before it can.
+		{"destroy a set", []string{"sh", "-c", "iptables -t nat -F HO-SVC-web && ipset destroy ho-web-be0"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			ns.Run(t, c.cmd...)

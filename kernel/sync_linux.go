@@ -25,6 +25,12 @@ import (
 // A no-op Sync writes nothing, so rule counters survive. The first Sync of
 // a new Dataplane adopts existing sets and their members. When Sync fails,
 // the canary retries st until it succeeds or another Sync replaces it.
+//
+// Sets are checked against the kernel's headers on every Sync. Tables are
+// read back (iptables-save, slow with many sets) by the first Sync, by
+// one after a failure and by every canary check; other Syncs trust a
+// table to hold what they last wrote there, so rules changed outside
+// handoff are repaired by the next canary check rather than by Sync.
 func (d *Dataplane) Sync(ctx context.Context, st dataplane.State) error {
 	svcs, err := compile(st)
 	if err != nil {
@@ -32,13 +38,15 @@ func (d *Dataplane) Sync(ctx context.Context, st dataplane.State) error {
 	}
 	d.syncMu.Lock()
 	defer d.syncMu.Unlock()
-	_, err = d.syncLocked(ctx, svcs)
+	_, err = d.syncLocked(ctx, svcs, false)
 	return err
 }
 
 // syncLocked applies svcs and returns what it had to repair or change in
-// the tables. The caller holds d.syncMu.
-func (d *Dataplane) syncLocked(ctx context.Context, svcs []*service) (changes []string, err error) {
+// the tables. With verify set it reads every table back; else it trusts
+// the tables it wrote last to hold what it wrote (see syncRules). The
+// caller holds d.syncMu.
+func (d *Dataplane) syncLocked(ctx context.Context, svcs []*service, verify bool) (changes []string, err error) {
 	d.mu.RLock()
 	closed := d.closed
 	d.mu.RUnlock()
@@ -52,15 +60,24 @@ func (d *Dataplane) syncLocked(ctx context.Context, svcs []*service) (changes []
 		}
 	}()
 
-	// (1) Sets, before any rule refers to them.
-	existing, err := d.sets.names()
+	// (1) Sets, before any rule refers to them. One listing of the
+	// headers says which sets exist as wanted; only the others are
+	// created or rebuilt.
+	existing, err := d.sets.headers()
 	if err != nil {
 		return nil, fmt.Errorf("kernel: listing ipsets: %w", err)
+	}
+	have := make(map[string]setHeader, len(existing))
+	for _, h := range existing {
+		have[h.name] = h
 	}
 	wanted := map[string]bool{}
 	for _, s := range svcs {
 		for _, b := range s.backends {
 			wanted[b.set] = true
+			if h, ok := have[b.set]; ok && h.is(s.spec()) {
+				continue
+			}
 			if err := d.ensureSet(ctx, b.set, s.spec()); err != nil {
 				return nil, err
 			}
@@ -76,7 +93,7 @@ func (d *Dataplane) syncLocked(ctx context.Context, svcs []*service) (changes []
 
 	// (2) and (3) Rules and jumps, family by family.
 	for _, fam := range d.families(ctx, svcs) {
-		c, err := d.syncRules(ctx, fam, svcs)
+		c, err := d.syncRules(ctx, fam, svcs, verify)
 		changes = append(changes, c...)
 		if err != nil {
 			return changes, err
@@ -84,7 +101,8 @@ func (d *Dataplane) syncLocked(ctx context.Context, svcs []*service) (changes []
 	}
 
 	// (4) Sets nobody refers to any more.
-	for _, name := range existing {
+	for _, h := range existing {
+		name := h.name
 		if !isHandoffSet(name) || wanted[name] || isProbeSet(name) {
 			continue
 		}
@@ -143,31 +161,11 @@ func (d *Dataplane) rebuildSet(ctx context.Context, name string, spec setSpec) e
 		}
 	}()
 
-	var ms []member
-	if err := d.sets.list(name, func(m member) error {
-		ms = append(ms, m)
-		return nil
-	}); err != nil {
-		return fmt.Errorf("ipset %q: list for rebuild: %w", name, err)
-	}
+	// Copy the members as they are listed, a chunk at a time.
 	copied, dropped := 0, 0
-	es := make([]setAdd, 0, min(len(ms), pinChunk))
-	errs := make([]error, cap(es))
-	for len(ms) > 0 {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		es = es[:0]
-		for _, m := range ms[:min(len(ms), pinChunk)] {
-			t := m.timeout
-			if spec.timeout == 0 {
-				t = 0
-			} else if t > spec.timeout {
-				t = spec.timeout
-			}
-			es = append(es, setAdd{set: tmp, ip: m.ip, timeout: t, comment: m.comment})
-		}
-		ms = ms[len(es):]
+	es := make([]setAdd, 0, pinChunk)
+	errs := make([]error, pinChunk)
+	copyChunk := func() error {
 		// Not replace: a pin made during the copy is newer than the list.
 		d.sets.addBatch(es, false, errs[:len(es)])
 		for i, err := range errs[:len(es)] {
@@ -181,12 +179,36 @@ func (d *Dataplane) rebuildSet(ctx context.Context, name string, spec setSpec) e
 				return fmt.Errorf("ipset %q: copy %s to %q: %w", name, es[i].ip, tmp, err)
 			}
 		}
+		es = es[:0]
+		return ctx.Err()
+	}
+	var cerr error // copyChunk's error, returned as is
+	err := d.sets.list(name, func(m member) error {
+		t := m.timeout
+		if spec.timeout == 0 {
+			t = 0
+		} else if t > spec.timeout {
+			t = spec.timeout
+		}
+		es = append(es, setAdd{set: tmp, ip: m.ip, timeout: t, comment: m.comment})
+		if len(es) == cap(es) {
+			cerr = copyChunk()
+		}
+		return cerr
+	})
+	if err == nil && len(es) > 0 {
+		cerr = copyChunk()
+	}
+	if cerr != nil {
+		return cerr
+	}
+	if err != nil {
+		return fmt.Errorf("ipset %q: list for rebuild: %w", name, err)
 	}
 
 	// Swap and end the shadowing under the write lock, so no pin is in
 	// flight and none goes to the old contents afterwards.
 	d.mu.Lock()
-	var err error
 	for ip := range d.shadow[name].unpinned {
 		if err = d.sets.del(tmp, ip); err != nil {
 			break
@@ -280,19 +302,59 @@ func (d *Dataplane) families(ctx context.Context, svcs []*service) []family {
 
 // syncRules brings the tables of one family to the rendering of svcs and
 // returns the changes it made.
-func (d *Dataplane) syncRules(ctx context.Context, fam family, svcs []*service) ([]string, error) {
+//
+// Reading a table back (iptables-save) is the costly part of a Sync: with
+// 1,000 backends the nat table's rules name 3,000 sets, and iptables-save
+// resolves each name with a few syscalls. So unless verify is set, a table
+// whose last write succeeded is trusted to hold what was written, and is
+// planned from the cache without reading it. Should its restore then fail
+// (the table changed behind handoff's back), the table is read and
+// planned again. The canary verifies every table every CanaryInterval.
+func (d *Dataplane) syncRules(ctx context.Context, fam family, svcs []*service, verify bool) ([]string, error) {
 	want := render(fam, svcs)
 	var changes []string
 	for _, t := range []table{natTable, filterTable} {
+		var c []string
+		var err error
+		if !verify && d.cache[fam][t] != nil {
+			c, err = d.syncTable(ctx, fam, t, want[t], true)
+			if err != nil && ctx.Err() == nil {
+				d.log.WithFields(logrus.Fields{"family": fam.String(), "table": string(t), "err": err}).
+					Debug("applying rules to the table as last written failed; reading it")
+				c, err = d.syncTable(ctx, fam, t, want[t], false)
+			}
+		} else {
+			c, err = d.syncTable(ctx, fam, t, want[t], false)
+		}
+		changes = append(changes, c...)
+		if err != nil {
+			return changes, err
+		}
+	}
+	return changes, nil
+}
+
+// syncTable brings table t of family fam to the chains want and returns
+// the changes it made. It plans from the table as iptables-save shows it,
+// or, with trusted set, as the cache says it was last written. When a
+// restore planned from iptables-save fails, the cache of the table is
+// dropped.
+func (d *Dataplane) syncTable(ctx context.Context, fam family, t table, want []chain, trusted bool) ([]string, error) {
+	cache := d.cache[fam][t]
+	var cur saved
+	if trusted {
+		cur = cachedTable(t, cache)
+	} else {
 		out, err := d.ipt[fam].save(ctx, t, false)
 		if err != nil {
-			return changes, fmt.Errorf("kernel: %s %s table: %w", fam, t, err)
+			return nil, fmt.Errorf("kernel: %s %s table: %w", fam, t, err)
 		}
-		p := planTable(t, want[t], d.cache[fam][t], parseSave(out), func(c string) bool { return c == chainProbe })
-		if p.empty() {
-			continue
-		}
-		c := p.reasons
+		cur = parseSave(out)
+	}
+	p := planTable(t, want, cache, cur, func(c string) bool { return c == chainProbe })
+	var c []string
+	if !p.empty() {
+		c = p.reasons
 		for _, j := range p.jumps {
 			c = append(c, "jump missing: "+j)
 		}
@@ -301,30 +363,60 @@ func (d *Dataplane) syncRules(ctx context.Context, fam family, svcs []*service) 
 		}
 		data := p.text()
 		if err := d.ipt[fam].restore(ctx, data); err != nil {
+			werr := fmt.Errorf("kernel: %s %s table: %w", fam, t, err)
+			var re *restoreError
+			rejected := errors.As(err, &re) && re.line > 0
+			if trusted {
+				// The caller reads the table and tries again. When the
+				// tool rejected a line, nothing was written and the cache
+				// still says what was; else (killed, say) perhaps all was.
+				if !rejected {
+					d.cache[fam][t] = nil
+				}
+				return nil, werr
+			}
 			d.cache[fam][t] = nil
 			f := logrus.Fields{"family": fam.String(), "table": string(t), "err": err}
-			var re *restoreError
-			if errors.As(err, &re) {
+			if re != nil {
 				f["input"] = "\n" + linesAround(data, re.line, 2)
 			}
-			werr := fmt.Errorf("kernel: %s %s table: %w", fam, t, err)
 			if msg := werr.Error(); msg != d.errMsg {
 				d.errMsg = msg // log the restore input once per distinct failure
 				d.log.WithFields(f).Error("applying rules failed")
 			}
-			return changes, werr
-		}
-		cache := make(map[string]string, len(want[t]))
-		for _, ch := range want[t] {
-			cache[ch.name] = ch.text()
-		}
-		d.cache[fam][t] = cache
-		for _, ch := range c {
-			changes = append(changes, fmt.Sprintf("%s %s: %s", fam, t, ch))
+			return nil, werr
 		}
 		d.log.WithFields(logrus.Fields{"family": fam.String(), "table": string(t), "changes": strings.Join(c, "; ")}).Debug("applied rules")
 	}
+	cache = make(map[string]string, len(want))
+	for _, ch := range want {
+		cache[ch.name] = ch.text()
+	}
+	d.cache[fam][t] = cache
+	changes := make([]string, len(c))
+	for i, ch := range c {
+		changes[i] = fmt.Sprintf("%s %s: %s", fam, t, ch)
+	}
 	return changes, nil
+}
+
+// cachedTable is table t as handoff last wrote it: the chains of cache,
+// and the jumps into them from the built-in chains.
+func cachedTable(t table, cache map[string]string) saved {
+	s := saved{exists: true, chains: make(map[string][]string, len(cache))}
+	for name, text := range cache {
+		var rules []string
+		if text != "" {
+			rules = strings.Split(text, "\n")
+		}
+		s.chains[name] = rules
+	}
+	for _, j := range baseJumps {
+		if j.table == t {
+			s.chains[j.builtin] = append(s.chains[j.builtin], "-A "+j.builtin+" -j "+j.target)
+		}
+	}
+	return s
 }
 
 // canaryLoop re-applies the last State every interval when the kernel
@@ -352,7 +444,7 @@ func (d *Dataplane) checkCanary(ctx context.Context) {
 		return
 	}
 	wasDirty := d.dirty
-	changes, err := d.syncLocked(ctx, d.last)
+	changes, err := d.syncLocked(ctx, d.last, true)
 	if err != nil {
 		if ctx.Err() == nil && err.Error() != d.errMsg {
 			d.errMsg = err.Error()
