@@ -20,6 +20,7 @@ import (
 
 	"github.com/handoff-lb/handoff/config"
 	"github.com/handoff-lb/handoff/dataplane"
+	"github.com/handoff-lb/handoff/fallback"
 	"github.com/handoff-lb/handoff/healthcheck"
 )
 
@@ -36,7 +37,7 @@ type Options struct {
 	// is proxied and Lookup decides stickiness.
 	Kernel bool
 	Logger *logrus.Entry
-	Listen ListenFunc // default: net.ListenConfig.Listen
+	Listen ListenFunc // default: fallback.Listen
 	// ObservePin, when set, is called after every pin of a new client with
 	// the time from accept to the data plane's acknowledgement (the
 	// classification included). It must be fast and safe for concurrent use.
@@ -124,8 +125,7 @@ func New(o Options) (*Engine, error) {
 		e.log.WithField("registration", s).Warn("registered backend not applied")
 	}
 	if e.listen == nil {
-		var lc net.ListenConfig
-		e.listen = lc.Listen
+		e.listen = fallback.Listen // no per-connection keepalive setup; Splice decides
 	}
 	return e, nil
 }

@@ -206,7 +206,9 @@ func (s *service) acceptLoop(ctx context.Context, ln net.Listener) {
 		snap := s.snap.Load()
 		if !snap.limit.TryAcquire() {
 			reset(tc)
-			s.log.WithField("client", tc.RemoteAddr()).Debug("refused: max_connections reached")
+			if s.log.Logger.IsLevelEnabled(logrus.DebugLevel) {
+				s.log.WithField("client", tc.RemoteAddr()).Debug("refused: max_connections reached")
+			}
 			continue
 		}
 		s.wg.Add(1)
@@ -232,17 +234,36 @@ func clientAddr(c net.Conn) netip.Addr {
 	return netip.Addr{}
 }
 
+// connLog is the logger of one connection, with its client field. It is
+// made only when something is logged: most connections log nothing, and a
+// logrus entry with a field costs several allocations.
+type connLog struct {
+	s      *service
+	client netip.Addr
+	entry  *logrus.Entry
+}
+
+func (l *connLog) get() *logrus.Entry {
+	if l.entry == nil {
+		l.entry = l.s.log.WithField("client", l.client)
+	}
+	return l.entry
+}
+
+// debug reports whether debug messages are logged at all.
+func (l *connLog) debug() bool { return l.s.log.Logger.IsLevelEnabled(logrus.DebugLevel) }
+
 // handle runs one connection: in userspace mode a pinned client goes
 // straight to its backend; otherwise the client is classified, pinned, and
 // its first connection is reset (kernel mode, reset) or proxied.
 func (s *service) handle(ctx context.Context, snap *snapshot, c *net.TCPConn) {
 	accepted := time.Now()
 	client := clientAddr(c)
-	log := s.log.WithField("client", client)
+	log := &connLog{s: s, client: client}
 
 	if !s.e.kernel {
 		if pin, ok, err := s.e.dp.Lookup(ctx, s.name, client); err != nil {
-			log.WithError(err).Warn("affinity lookup failed")
+			log.get().WithError(err).Warn("affinity lookup failed")
 		} else if ok {
 			if b := s.backend(pin.Backend); b != nil && !b.down.Load() {
 				s.proxy(ctx, snap, c, b, keyOf(pin), pin.Key, nil, log)
@@ -255,21 +276,23 @@ func (s *service) handle(ctx context.Context, snap *snapshot, c *net.TCPConn) {
 	if errors.Is(err, classifier.ErrNoBackend) {
 		s.e.stats.noBackend(s.name)
 		if s.noBackend.CompareAndSwap(false, true) {
-			log.WithError(err).Error("no usable backend: new clients are reset and not pinned")
+			log.get().WithError(err).Error("no usable backend: new clients are reset and not pinned")
 		}
 		reset(c)
 		return
 	}
 	if err != nil {
-		log.WithError(err).Debug("unclassified: reset")
+		if log.debug() {
+			log.get().WithError(err).Debug("unclassified: reset")
+		}
 		reset(c)
 		return
 	}
 	if s.noBackend.CompareAndSwap(true, false) {
-		log.WithField("backend", d.backend.name).Info("a usable backend is back: new clients are pinned again")
+		log.get().WithField("backend", d.backend.name).Info("a usable backend is back: new clients are pinned again")
 	}
 	if err := s.e.dp.Pin(ctx, dataplane.Pin{Service: s.name, Backend: d.backend.name, Client: client, Key: d.label}); err != nil {
-		l := log.WithError(err).WithField("backend", d.backend.name)
+		l := log.get().WithError(err).WithField("backend", d.backend.name)
 		if errors.Is(err, dataplane.ErrFull) {
 			l.Debug("pin refused, backend's client table full: reset") // the data plane logs this, rate-limited
 		} else {
@@ -284,7 +307,9 @@ func (s *service) handle(ctx context.Context, snap *snapshot, c *net.TCPConn) {
 	if s.e.onPin != nil {
 		s.e.onPin(s.name, time.Since(accepted))
 	}
-	log.WithFields(logrus.Fields{"backend": d.backend.name, "key": d.label}).Debug("pinned")
+	if log.debug() {
+		log.get().WithFields(logrus.Fields{"backend": d.backend.name, "key": d.label}).Debug("pinned")
+	}
 	if s.e.kernel && snap.cfg.FirstConnection == config.FirstReset {
 		reset(c)
 		return
@@ -303,7 +328,7 @@ func (s *service) backend(name string) *backend {
 // backends in the pool policy's order for key; a client that lands elsewhere
 // is re-pinned there (label is its pin's comment), so it sees one successful
 // connection.
-func (s *service) proxy(ctx context.Context, snap *snapshot, c *net.TCPConn, b *backend, key, label string, peeked []byte, log *logrus.Entry) {
+func (s *service) proxy(ctx context.Context, snap *snapshot, c *net.TCPConn, b *backend, key, label string, peeked []byte, log *connLog) {
 	bc, b := s.dialBackend(ctx, snap, b, key, label, clientAddr(c), log)
 	if bc == nil {
 		reset(c)
@@ -311,7 +336,7 @@ func (s *service) proxy(ctx context.Context, snap *snapshot, c *net.TCPConn, b *
 	}
 	if snap.cfg.ProxyProtocol != "off" && snap.cfg.ProxyProtocol != "" && !s.e.kernel {
 		if err := fallback.WriteProxyHeader(bc, snap.cfg.ProxyProtocol, c.RemoteAddr(), c.LocalAddr()); err != nil {
-			log.WithError(err).WithField("backend", b.name).Warn("writing PROXY header")
+			log.get().WithError(err).WithField("backend", b.name).Warn("writing PROXY header")
 			reset(c)
 			bc.Close()
 			return
@@ -319,12 +344,19 @@ func (s *service) proxy(ctx context.Context, snap *snapshot, c *net.TCPConn, b *
 	}
 	b.active.Add(1)
 	defer b.active.Add(-1)
+	if log.debug() {
+		log.get().WithField("backend", b.name).Debug("proxying")
+	}
 	st, err := fallback.Splice(ctx, c, bc, fallback.SpliceOptions{Idle: snap.cfg.Timeouts.Idle, Replay: peeked})
 	b.bytesIn.Add(uint64(st.ClientToBackend))
 	b.bytesOut.Add(uint64(st.BackendToClient))
 	b.conns.Add(1)
-	if err != nil {
-		log.WithError(err).WithField("backend", b.name).Debug("proxied connection ended")
+	if log.debug() {
+		l := log.get().WithFields(logrus.Fields{"backend": b.name, "bytes_in": st.ClientToBackend, "bytes_out": st.BackendToClient})
+		if err != nil {
+			l = l.WithError(err)
+		}
+		l.Debug("proxied connection ended")
 	}
 }
 
@@ -333,7 +365,7 @@ const maxDialAttempts = 3
 
 // dialBackend connects to b, or to the next candidates of b's pool when b
 // refuses. It returns nil when every attempt failed.
-func (s *service) dialBackend(ctx context.Context, snap *snapshot, b *backend, key, label string, client netip.Addr, log *logrus.Entry) (*net.TCPConn, *backend) {
+func (s *service) dialBackend(ctx context.Context, snap *snapshot, b *backend, key, label string, client netip.Addr, log *connLog) (*net.TCPConn, *backend) {
 	first := b
 	tried := map[string]bool{}
 	for attempt := 0; b != nil && attempt < maxDialAttempts; attempt++ {
@@ -345,7 +377,7 @@ func (s *service) dialBackend(ctx context.Context, snap *snapshot, b *backend, k
 			}
 			return bc, b
 		}
-		log.WithError(err).WithField("backend", b.name).Warn("backend dial failed")
+		log.get().WithError(err).WithField("backend", b.name).Warn("backend dial failed")
 		if m := s.e.health.Load(); m != nil {
 			m.ReportFailure(s.name, b.name, err)
 		}
@@ -368,9 +400,9 @@ func (s *service) nextCandidate(snap *snapshot, pool, key string, tried map[stri
 }
 
 // repin moves a client whose dial fell over from one backend to another.
-func (s *service) repin(ctx context.Context, client netip.Addr, from, to *backend, label string, log *logrus.Entry) {
+func (s *service) repin(ctx context.Context, client netip.Addr, from, to *backend, label string, log *connLog) {
 	if err := s.e.dp.Pin(ctx, dataplane.Pin{Service: s.name, Backend: to.name, Client: client, Key: label}); err != nil {
-		log.WithError(err).WithField("backend", to.name).Warn("re-pin after failed dial")
+		log.get().WithError(err).WithField("backend", to.name).Warn("re-pin after failed dial")
 		return
 	}
 	to.pins.Add(1)

@@ -23,7 +23,9 @@ type SpliceOptions struct {
 	// whose receiver stops reading stops moving: progress is seen per chunk
 	// (what the source holds, at most 1 MiB), so a receiver taking less than
 	// a chunk per Idle counts as stalled. Detection may lag by up to Idle/16.
-	// 0 means no idle timeout.
+	// 0 means no idle timeout; Splice then turns TCP keepalive on for both
+	// connections (with the kernel's timers, net.ipv4.tcp_keepalive_*), so
+	// that a peer that vanished is still noticed.
 	Idle time.Duration
 	// Replay is written to the backend before anything else: the bytes the
 	// classifier already read from the client. Splice only reads it.
@@ -40,11 +42,13 @@ type Stats struct {
 // returns the bytes moved each way. It takes ownership of both connections
 // and closes them before returning.
 //
-// Bytes move between the raw sockets with io.CopyN, which on Linux is
-// splice(2) through a kernel pipe, so they never enter user memory; elsewhere
-// a pooled 32 KiB buffer is used while bytes are in flight. An idle
-// connection holds neither pipe nor buffer: each direction first waits for
-// its source to become readable, then moves only what is already there.
+// On Linux each direction copies its first bytes through a pooled 16 KiB
+// buffer, which costs less than splicing for the few small messages most
+// connections carry, and switches to splice(2) through a pooled kernel pipe
+// (the bytes never enter user memory) once a read fills the buffer;
+// elsewhere a pooled 32 KiB buffer is used. A buffer or pipe is held only
+// while bytes are in flight: an idle direction waits in the runtime's
+// poller holding neither.
 //
 // When one side finishes sending (EOF), Splice half-closes the other side's
 // write end and keeps copying the other way. It returns nil once both
@@ -65,9 +69,10 @@ func Splice(ctx context.Context, client, backend *net.TCPConn, o SpliceOptions) 
 
 	var st Stats
 	if s.idle > 0 {
-		dl := s.start.Add(s.idle + s.slack)
-		client.SetWriteDeadline(dl)
-		backend.SetWriteDeadline(dl)
+		s.arm(0, true)
+	} else {
+		client.SetKeepAliveConfig(kernelKeepAlive)
+		backend.SetKeepAliveConfig(kernelKeepAlive)
 	}
 	if len(o.Replay) > 0 {
 		n, err := backend.Write(o.Replay)
@@ -90,14 +95,26 @@ func Splice(ctx context.Context, client, backend *net.TCPConn, o SpliceOptions) 
 	return st, s.err()
 }
 
+// kernelKeepAlive turns keepalive probes on and leaves their timing to the
+// kernel (negative values leave a socket option untouched).
+var kernelKeepAlive = net.KeepAliveConfig{Enable: true, Idle: -1, Interval: -1, Count: -1}
+
 // session is the state the two directions of one Splice share.
+//
+// Idle timeouts are deadlines on the sockets, so a waiting direction costs
+// no timer of its own: every read and write deadline of both connections is
+// Idle (+Idle/16) after the last time they were pushed back, which touch
+// does at most every Idle/16 while bytes move. A wait that passes its
+// deadline ends the session if nothing moved for Idle, and is retried with
+// the deadlines pushed back otherwise.
 type session struct {
 	client, backend *net.TCPConn
 	idle, slack     time.Duration
 	start           time.Time // the clock below counts nanoseconds since start (monotonic)
 
+	eofs  atomic.Int32 // directions that reached EOF
 	last  atomic.Int64 // when a byte last moved either way
-	armed atomic.Int64 // when the write deadlines were last pushed back
+	armed atomic.Int64 // when the deadlines were last pushed back
 	armMu sync.Mutex
 
 	closeOnce sync.Once
@@ -115,98 +132,94 @@ func (s *session) copyBackendToClient(done chan<- int64) {
 	done <- s.copyHalf(s.client, s.backend, "backend", "client")
 }
 
-// copyHalf is the copy loop of one direction: wait until src is readable
-// (with the idle deadline), move what src holds to dst, repeat. At EOF it
-// half-closes dst; on an error it aborts the session.
+// copyHalf is the copy loop of one direction: wait until src has bytes (or
+// EOF), take what it holds (at most maxChunk), write all of it to dst,
+// repeat. At EOF it half-closes dst, unless the other direction is done
+// already: then closing both, which Splice does next, sends that FIN (each
+// socket's input was read to EOF, so close is orderly) and saves a system
+// call. On an error it aborts the session.
 func (s *session) copyHalf(dst, src *net.TCPConn, from, to string) (written int64) {
-	r, err := newReadiness(src)
+	p, err := newPump(dst, src)
 	if err != nil {
 		s.abort(fmt.Errorf("%s: %w", from, err))
 		return 0
 	}
+	defer p.release()
 	for {
-		avail, ready, err := r.poll()
-		if err == nil && !ready {
-			avail, err = s.wait(src, r)
+		err := p.fill()
+		for s.retry(err) {
+			err = p.fill()
 		}
 		if err == io.EOF {
-			dst.CloseWrite() // an error here shows up in the other direction
+			if s.eofs.Add(1) == 1 {
+				dst.CloseWrite() // an error here shows up in the other direction
+			}
 			return written
 		}
-		if err == ErrIdle {
+		if err != nil {
+			if err = s.classify(err); err != ErrIdle {
+				err = fmt.Errorf("read %s: %w", from, err)
+			}
 			s.abort(err)
 			return written
 		}
-		if err != nil {
-			s.abort(fmt.Errorf("read %s: %w", from, err))
-			return written
-		}
 		s.touch() // bytes arrived
-		n, err := transfer(dst, src, avail)
+		n, err := p.flush()
 		written += n
-		if n > 0 {
-			s.touch()
-		}
-		if err == io.EOF {
-			dst.CloseWrite()
-			return written
+		for s.retry(err) {
+			n, err = p.flush()
+			written += n
 		}
 		if err != nil {
-			// src had the bytes, so no read blocked: a deadline here is the
-			// write deadline, which only passes when the session went idle.
 			if err = s.classify(err); err != ErrIdle {
 				err = fmt.Errorf("%s to %s: %w", from, to, err)
 			}
 			s.abort(err)
 			return written
 		}
+		s.touch()
 	}
 }
 
-// wait blocks until src is readable or the session has been idle for Idle,
-// and returns the bytes available (-1: unknown but some, or EOF pending).
-func (s *session) wait(src *net.TCPConn, r *readiness) (int, error) {
-	for {
-		if s.idle > 0 {
-			src.SetReadDeadline(s.start.Add(time.Duration(s.last.Load()) + s.idle))
-		}
-		avail, err := r.wait()
-		if s.idle > 0 {
-			// transfer must never see a read deadline: a deadline error
-			// there has to mean a stalled write.
-			src.SetReadDeadline(time.Time{})
-		}
-		if !errors.Is(err, os.ErrDeadlineExceeded) {
-			return avail, err
-		}
-		if s.stale() {
-			return 0, ErrIdle
-		}
+// retry reports whether err is a deadline that passed although bytes moved
+// within Idle (touch raced with the wait); the deadlines are then pushed
+// back and the wait can be repeated.
+func (s *session) retry(err error) bool {
+	if s.idle <= 0 || err == nil || !errors.Is(err, os.ErrDeadlineExceeded) || s.stale() {
+		return false
 	}
+	s.arm(s.last.Load(), true)
+	return true
 }
 
-// touch records progress and, at most every Idle/16, pushes both write
-// deadlines to Idle (+Idle/16) from now; a write that has not completed by
-// then belongs to a session where nothing moved for Idle.
+// touch records progress and, at most every Idle/16, pushes the deadlines
+// back.
 func (s *session) touch() {
 	if s.idle <= 0 {
 		return
 	}
 	now := int64(time.Since(s.start))
 	s.last.Store(now)
-	if now-s.armed.Load() < int64(s.slack) {
-		return
+	if now-s.armed.Load() >= int64(s.slack) {
+		s.arm(now, false)
 	}
+}
+
+// arm sets the read and write deadlines of both connections to Idle
+// (+Idle/16) after at (nanoseconds since start). Unless force, it does
+// nothing when they were pushed back less than Idle/16 before at; it never
+// moves them earlier than the last push.
+func (s *session) arm(at int64, force bool) {
 	s.armMu.Lock()
 	defer s.armMu.Unlock()
-	now = int64(time.Since(s.start))
-	if now-s.armed.Load() < int64(s.slack) {
+	armed := s.armed.Load()
+	if at < armed || !force && at-armed < int64(s.slack) {
 		return
 	}
-	s.armed.Store(now)
-	dl := s.start.Add(time.Duration(now) + s.idle + s.slack)
-	s.client.SetWriteDeadline(dl)
-	s.backend.SetWriteDeadline(dl)
+	s.armed.Store(at)
+	dl := s.start.Add(time.Duration(at) + s.idle + s.slack)
+	s.client.SetDeadline(dl)
+	s.backend.SetDeadline(dl)
 }
 
 // stale reports whether nothing moved either way for Idle.

@@ -3,18 +3,247 @@ package fallback
 import (
 	"io"
 	"net"
+	"os"
+	"runtime"
+	"sync"
+	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
-// maxChunk bounds one copy step: the bytes in flight in a direction's kernel
-// pipe (the runtime sizes its splice pipes to 1 MiB), and how often progress
-// is observed. Smaller chunks cost measurably more CPU per byte.
+// maxChunk bounds one copy step: the bytes one splice takes from the source
+// into the pipe, and how often progress is observed. The pipes are sized to
+// hold it (as the runtime sizes its own splice pipes); smaller chunks cost
+// measurably more CPU per byte.
 const maxChunk = 1 << 20
 
-// transfer moves avail bytes (at most maxChunk), which src already holds, to dst with io.CopyN.
-// Between two *net.TCPConn, *net.TCPConn.ReadFrom unwraps the
-// *io.LimitedReader that CopyN passes it and uses splice(2)
-// (net/splice_linux.go: spliceFrom), so the bytes stay in the kernel.
-func transfer(dst, src *net.TCPConn, avail int) (int64, error) {
-	n := int64(max(1, min(avail, maxChunk)))
-	return io.CopyN(dst, src, n)
+// spliceFlags: never block on the pipe (the sockets are non-blocking
+// already), and move pages rather than copy them where the kernel can.
+const spliceFlags = unix.SPLICE_F_NONBLOCK | unix.SPLICE_F_MOVE
+
+// copyBuf is the size of the buffers a direction starts with; a read that
+// fills one switches the direction to splice(2) for good.
+const copyBuf = 16 << 10
+
+// pump moves one direction's bytes. It starts by copying through a pooled
+// 16 KiB buffer (read(2), write(2)): for the few small messages of most
+// connections that costs less than splicing. The first read that fills the
+// buffer shows a bulk stream, and from then on bytes move with splice(2):
+// from src into a kernel pipe, then from the pipe to dst, never entering
+// user memory.
+//
+// Either way the read is also the readiness test: it takes what src holds,
+// or reports EOF, an error or "nothing yet" (EAGAIN), in one system call.
+// The buffer or pipe comes from a pool and goes back before the direction
+// waits for more bytes, so a waiting direction holds neither. A pump is used
+// by one goroutine.
+type pump struct {
+	src, dst syscall.RawConn
+	splice   bool    // bulk: splice instead of copying
+	buf      *[]byte // copying: non-nil while bytes are in flight
+	out      []byte  // copying: bytes read and not yet written
+	pipe     *pipe   // splicing: non-nil while bytes are in flight
+	held     int     // splicing: bytes in pipe
+	moved    int64   // bytes flush wrote
+	err      error   // outcome of the last callback
+	fillFn   func(fd uintptr) bool
+	flushFn  func(fd uintptr) bool
+}
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, copyBuf); return &b }}
+
+func newPump(dst, src *net.TCPConn) (*pump, error) {
+	p := &pump{}
+	var err error
+	if p.src, err = src.SyscallConn(); err != nil {
+		return nil, err
+	}
+	if p.dst, err = dst.SyscallConn(); err != nil {
+		return nil, err
+	}
+	p.fillFn, p.flushFn = p.fillFD, p.flushFD
+	return p, nil
+}
+
+// fill waits in the runtime's poller until src has bytes, EOF or an error,
+// honouring src's read deadline, and takes what src holds (at most
+// maxChunk) into the pump. It returns nil with bytes held, io.EOF, or the
+// error.
+func (p *pump) fill() error {
+	p.err = nil
+	if err := p.src.Read(p.fillFn); err != nil {
+		return err
+	}
+	return p.err
+}
+
+// fillFD is fill's callback: it returns false to wait for readability.
+func (p *pump) fillFD(fd uintptr) bool {
+	if !p.splice {
+		return p.readFD(fd)
+	}
+	if p.pipe == nil {
+		pp, err := getPipe()
+		if err != nil {
+			p.err = err
+			return true
+		}
+		p.pipe = pp
+	}
+	for {
+		n, err := unix.Splice(int(fd), nil, p.pipe.w, nil, maxChunk, spliceFlags)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN: // nothing yet (the pipe is empty)
+			putPipe(p.pipe)
+			p.pipe = nil
+			return false
+		case err != nil:
+			p.err = os.NewSyscallError("splice", err)
+		case n == 0:
+			p.err = io.EOF
+		default:
+			p.held = int(n)
+		}
+		return true
+	}
+}
+
+// flush writes the bytes held to dst, waiting for dst to accept them and
+// honouring its write deadline. It returns how many it wrote; after an
+// error the rest stays held, so a flush after a passed deadline goes on
+// where this one stopped.
+func (p *pump) flush() (int64, error) {
+	p.err, p.moved = nil, 0
+	if err := p.dst.Write(p.flushFn); err != nil {
+		return p.moved, err
+	}
+	return p.moved, p.err
+}
+
+func (p *pump) flushFD(fd uintptr) bool {
+	if len(p.out) > 0 {
+		return p.writeFD(fd)
+	}
+	for p.held > 0 {
+		n, err := unix.Splice(p.pipe.r, nil, int(fd), nil, p.held, spliceFlags)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN: // dst's send buffer is full
+			return false
+		case err != nil:
+			p.err = os.NewSyscallError("splice", err)
+			return true
+		case n == 0:
+			p.err = io.ErrShortWrite
+			return true
+		}
+		p.held -= int(n)
+		p.moved += n
+	}
+	return true
+}
+
+// readFD is fillFD while copying.
+func (p *pump) readFD(fd uintptr) bool {
+	if p.buf == nil {
+		p.buf = bufPool.Get().(*[]byte)
+	}
+	for {
+		n, err := unix.Read(int(fd), *p.buf)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			bufPool.Put(p.buf)
+			p.buf = nil
+			return false
+		case err != nil:
+			p.err = os.NewSyscallError("read", err)
+		case n == 0:
+			p.err = io.EOF
+		default:
+			p.out = (*p.buf)[:n]
+			p.splice = n == len(*p.buf)
+		}
+		return true
+	}
+}
+
+// writeFD is flushFD while copying; it gives the buffer back once empty.
+func (p *pump) writeFD(fd uintptr) bool {
+	for len(p.out) > 0 {
+		n, err := unix.Write(int(fd), p.out)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			return false
+		case err != nil:
+			p.err = os.NewSyscallError("write", err)
+			return true
+		}
+		p.out = p.out[n:]
+		p.moved += int64(n)
+	}
+	bufPool.Put(p.buf)
+	p.buf = nil
+	return true
+}
+
+// release gives the buffer and the pipe back (a pipe with bytes left in it
+// is closed instead).
+func (p *pump) release() {
+	if p.buf != nil {
+		bufPool.Put(p.buf)
+		p.buf, p.out = nil, nil
+	}
+	if p.pipe == nil {
+		return
+	}
+	if p.held == 0 {
+		putPipe(p.pipe)
+	} else {
+		p.pipe.close()
+	}
+	p.pipe, p.held = nil, 0
+}
+
+// pipe is a kernel pipe used to splice between two sockets; it is empty
+// whenever it is in the pool.
+type pipe struct {
+	r, w    int
+	cleanup runtime.Cleanup // closes both ends if the pool drops the pipe
+}
+
+var pipes sync.Pool
+
+func getPipe() (*pipe, error) {
+	if p, ok := pipes.Get().(*pipe); ok {
+		return p, nil
+	}
+	var fds [2]int
+	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
+		return nil, os.NewSyscallError("pipe2", err)
+	}
+	// Best effort: past /proc/sys/fs/pipe-max-size, or pipe-user-pages-soft
+	// for an unprivileged user, the pipe keeps its default 64 KiB.
+	unix.FcntlInt(uintptr(fds[0]), unix.F_SETPIPE_SZ, maxChunk)
+	p := &pipe{r: fds[0], w: fds[1]}
+	p.cleanup = runtime.AddCleanup(p, closeFDs, fds)
+	return p, nil
+}
+
+func putPipe(p *pipe) { pipes.Put(p) }
+
+func (p *pipe) close() {
+	p.cleanup.Stop()
+	closeFDs([2]int{p.r, p.w})
+}
+
+func closeFDs(fds [2]int) {
+	unix.Close(fds[0])
+	unix.Close(fds[1])
 }

@@ -9,13 +9,21 @@
 #   haproxy         HAProxy mode tcp
 #   haproxy-splice  HAProxy mode tcp + option splice-request/splice-response
 #   nginx           nginx stream
+#   baseline        another handoff binary (BASELINE=path) in userspace mode, to
+#                   compare a change side by side; add it to TARGETS
 # Metrics: iperf3 throughput with 1 and 8 streams, and wrk new-connection rate
 # (HTTP with Connection: close). Targets alternate inside each round; each
 # figure is the median of ROUNDS rounds; ratios are vs direct and vs HAProxy.
+# A second table gives, for the proxies, the median over rounds of each
+# round's ratio to HAProxy (robust when the machine's load drifts between
+# rounds), and the proxy process's own CPU time (utime+stime from
+# /proc/PID/stat, its threads and workers included) per GB moved and per
+# connection. Softirq work done on behalf of a process may be charged to it;
+# the in-kernel targets have no process to charge.
 # TIME_WAIT sockets and the lab's conntrack entries are cleared between runs
 # (PAWS and reused NAT tuples would skew connection rates).
 #
-# Usage: sudo scripts/bench.sh [ROUNDS=3] [SECONDS=5]
+# Usage: sudo [TARGETS="..."] [BASELINE=old-handoff] scripts/bench.sh [ROUNDS=3] [SECONDS=5]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin:/usr/sbin:/sbin"
@@ -46,6 +54,7 @@ cleanup() {
 }
 trap cleanup EXIT
 bg() { "$@" & pids+=($!); }
+declare -A PIDS # target -> processes that do its work
 lb() { ip netns exec ho-lb "$@"; }
 cl() { ip netns exec ho-client "$@"; }
 
@@ -63,8 +72,8 @@ NGX
 bg ip netns exec ho-be1 nginx -c "$work/ngx-be/nginx.conf" -e "$work/ngx-be/err.log"
 
 # ports per target: http iperf
-declare -A HP=([direct]=80 [dnat]=85 [kernel]=80 [userspace]=81 [haproxy]=82 [haproxy-splice]=83 [nginx]=84)
-declare -A IP=([direct]=5201 [dnat]=5206 [kernel]=5201 [userspace]=5202 [haproxy]=5203 [haproxy-splice]=5204 [nginx]=5205)
+declare -A HP=([direct]=80 [dnat]=85 [kernel]=80 [userspace]=81 [haproxy]=82 [haproxy-splice]=83 [nginx]=84 [baseline]=86)
+declare -A IP=([direct]=5201 [dnat]=5206 [kernel]=5201 [userspace]=5202 [haproxy]=5203 [haproxy-splice]=5204 [nginx]=5205 [baseline]=5207)
 addr() { [ "$1" = direct ] && echo $BE || echo $VIP; }
 
 cat >"$work/kernel.yaml" <<YAML
@@ -87,6 +96,13 @@ services:
 YAML
 bg lb "$work/handoff" run -c "$work/kernel.yaml" --mode kernel
 bg lb "$work/handoff" run -c "$work/userspace.yaml" --mode userspace
+PIDS[userspace]=$!
+if [[ " $TARGETS " == *" baseline "* ]]; then
+	[ -x "${BASELINE:-}" ] || { echo "bench.sh: target baseline needs BASELINE=path/to/handoff" >&2; exit 1; }
+	sed -e "s/:81,/:86,/" -e "s/:5202,/:5207,/" -e "s/9902/9903/" -e "s/state-u/state-b/" "$work/userspace.yaml" >"$work/baseline.yaml"
+	bg lb "$BASELINE" run -c "$work/baseline.yaml" --mode userspace
+	PIDS[baseline]=$!
+fi
 
 # raw DNAT reference, in the lab's balancer namespace only
 for p in 85:80 5206:5201; do
@@ -115,6 +131,7 @@ listen iperf
     server be1 $BE:5201
 HAP
 	bg lb haproxy -f "$work/$1.cfg" -db
+	PIDS[$1]=$!
 }
 hap haproxy 0 82 5203
 hap haproxy-splice 1 83 5204
@@ -129,6 +146,7 @@ stream {
 }
 NGX
 bg lb nginx -c "$work/ngx-lb/nginx.conf" -e "$work/ngx-lb/err.log"
+PIDS[nginx]=$!
 sleep 1.5
 
 # Pin the client in kernel mode: its first connection is reset, later ones are DNATed.
@@ -155,42 +173,92 @@ iperf_server() {
 	sleep 0.3
 }
 
-measure() { # target metric -> number
-	local t=$1 m=$2 a
+# cpu_ticks TARGET: user+system clock ticks used so far by the target's
+# processes (empty for the in-kernel targets). PIDS holds the shells that bg
+# started; the work is done by their descendants.
+cpu_ticks() {
+	local p sum=0
+	[ -n "${PIDS[$1]:-}" ] || return 0
+	for p in $(descendants ${PIDS[$1]}); do
+		sum=$((sum + $(awk '{print $14 + $15}' /proc/$p/stat 2>/dev/null || echo 0)))
+	done
+	echo $sum
+}
+descendants() { local p; for p in "$@"; do echo "$p"; descendants $(pgrep -P "$p"); done; }
+HZ=$(getconf CLK_TCK)
+
+measure() { # target metric -> "value work cpu-seconds" (work: bytes or connections)
+	local t=$1 m=$2 a c0 c1 out
 	a=$(addr "$t")
 	clear_tw
 	case $m in
 	tput1 | tput8)
 		iperf_server
 		local p=1; [ $m = tput8 ] && p=8
-		cl iperf3 -c "$a" -p "${IP[$t]}" -t "$DUR" -P $p -J 2>/dev/null |
-			jq -r '(.end.sum_received.bits_per_second // 0) / 1e9' ;;
+		c0=$(cpu_ticks "$t")
+		out=$(cl iperf3 -c "$a" -p "${IP[$t]}" -t "$DUR" -P $p -J 2>/dev/null |
+			jq -r '"\((.end.sum_received.bits_per_second // 0) / 1e9) \(.end.sum_received.bytes // 0)"') ;;
 	connrate)
-		cl wrk -t2 -c64 -d"${DUR}s" -H 'Connection: close' "http://$a:${HP[$t]}/" 2>/dev/null |
-			awk '/Requests\/sec/ {print $2}' ;;
+		c0=$(cpu_ticks "$t")
+		out=$(cl wrk -t2 -c64 -d"${DUR}s" -H 'Connection: close' "http://$a:${HP[$t]}/" 2>/dev/null |
+			awk '/requests in/ {n = $1} /Requests\/sec/ {r = $2} END {print r + 0, n + 0}') ;;
 	esac
+	c1=$(cpu_ticks "$t")
+	if [ -n "$c0" ]; then
+		echo "$out $(awk -v d=$((c1 - c0)) -v hz="$HZ" 'BEGIN {print d / hz}')"
+	else
+		echo "$out -"
+	fi
 }
 
-declare -A R
+declare -A R V W C # R: all rounds' values; V, W, C: per round value, work, cpu
 for r in $(seq 1 "$ROUNDS"); do
 	for m in tput1 tput8 connrate; do
 		for t in $TARGETS; do
-			v=$(measure "$t" "$m"); v=${v:-0}
+			read -r v w c <<<"$(measure "$t" "$m")"
+			v=${v:-0}
 			R[$t,$m]+="$v "
+			V[$t,$m,$r]=$v W[$t,$m,$r]=${w:-0} C[$t,$m,$r]=${c:--}
 			printf 'round %d  %-9s %-15s %s\n' "$r" "$m" "$t" "$v" >&2
 		done
 	done
 done
 
+has() { [[ " $TARGETS " == *" $1 "* ]]; }
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR==0) print 0; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 printf '\n%-15s %14s %14s %16s   %s\n' target "tput 1 (Gb/s)" "tput 8 (Gb/s)" "conn/s (close)" "ratios vs direct | vs haproxy-best"
 declare -A M
 for t in $TARGETS; do for m in tput1 tput8 connrate; do M[$t,$m]=$(echo "${R[$t,$m]}" | median); done; done
 best() { awk -v a="${M[haproxy,$1]:-0}" -v b="${M[haproxy-splice,$1]:-0}" 'BEGIN{print (a>b)?a:b}'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b>0) printf "%.2f", a/b; else printf "-" }'; }
+ratio() { awk -v a="$1" -v b="${2:-0}" 'BEGIN{ if (b>0) printf "%.2f", a/b; else printf "-" }'; }
 for t in $TARGETS; do
 	printf '%-15s %14.2f %14.2f %16.0f   %s %s %s | %s %s %s\n' "$t" "${M[$t,tput1]}" "${M[$t,tput8]}" "${M[$t,connrate]}" \
-		"$(ratio "${M[$t,tput1]}" "${M[direct,tput1]}")" "$(ratio "${M[$t,tput8]}" "${M[direct,tput8]}")" "$(ratio "${M[$t,connrate]}" "${M[direct,connrate]}")" \
-		"$(ratio "${M[$t,tput1]}" "$(best tput1)")" "$(ratio "${M[$t,tput8]}" "$(best tput8)")" "$(ratio "${M[$t,connrate]}" "${M[haproxy,connrate]}")"
+		"$(ratio "${M[$t,tput1]}" "${M[direct,tput1]:-}")" "$(ratio "${M[$t,tput8]}" "${M[direct,tput8]:-}")" "$(ratio "${M[$t,connrate]}" "${M[direct,connrate]:-}")" \
+		"$(ratio "${M[$t,tput1]}" "$(best tput1)")" "$(ratio "${M[$t,tput8]}" "$(best tput8)")" "$(ratio "${M[$t,connrate]}" "${M[haproxy,connrate]:-}")"
 done
 echo "(median of $ROUNDS rounds, ${DUR}s each; ratios: tput1 tput8 connrate)"
+
+# Per-round ratios to HAProxy (the best of haproxy and haproxy-splice for
+# throughput, haproxy for the connection rate, as above), and the proxies'
+# CPU: median over rounds of ms per GB received and us per connection.
+if has haproxy || has haproxy-splice; then
+	printf '\n%-15s %28s   %26s\n' proxy "per-round ratio vs haproxy" "CPU ms/GB (1, 8) us/conn"
+	for t in $TARGETS; do
+		[ -n "${PIDS[$t]:-}" ] || continue
+		rat=() cpu=()
+		for m in tput1 tput8 connrate; do
+			rs="" cs=""
+			for r in $(seq 1 "$ROUNDS"); do
+				if [ $m = connrate ]; then ref=${V[haproxy,$m,$r]:-0}; else
+					ref=$(awk -v a="${V[haproxy,$m,$r]:-0}" -v b="${V[haproxy-splice,$m,$r]:-0}" 'BEGIN{print (a>b)?a:b}'); fi
+				rs+="$(awk -v a="${V[$t,$m,$r]}" -v b="$ref" 'BEGIN{if (b>0) print a/b}') "
+				cs+="$(awk -v c="${C[$t,$m,$r]}" -v w="${W[$t,$m,$r]}" -v m=$m 'BEGIN{
+					if (c == "-" || w <= 0) exit
+					if (m == "connrate") print c * 1e6 / w; else print c * 1e3 / (w / 1e9) }') "
+			done
+			rat+=("$(echo "$rs" | median)") cpu+=("$(echo "$cs" | median)")
+		done
+		printf '%-15s %9.2f %9.2f %9.2f   %8.0f %8.0f %8.1f\n' "$t" "${rat[@]}" "${cpu[@]}"
+	done
+	echo "(ratios: tput1 tput8 connrate; medians of $ROUNDS rounds)"
+fi

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The one test command (README "Testing"; .ci/run calls exactly this).
 #
-# Installs the OS packages the tests need when they are missing, then runs
-# gofmt, go vet (also for darwin, freebsd and windows), staticcheck, and
-# go test -race over every package, including the root network-namespace
-# tests. Run it as root: root tests skip without root, and under CI=true a
-# skipped root test fails the run.
+# Installs the OS packages the tests need when they are missing (chromium
+# renders the status page), then runs
+# gofmt, go vet (also for darwin, freebsd and windows), cross-OS builds
+# (darwin amd64/arm64, freebsd, windows), staticcheck, and go test -race over
+# every package, including the root network-namespace tests. Run it as
+# root: root tests skip without root, and under CI=true a skipped root test
+# fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin:/usr/sbin:/sbin"
@@ -15,7 +17,7 @@ step() { printf '\n=== %s\n' "$*"; }
 # command -> Debian package
 declare -A pkgs=(
 	[iptables]=iptables [ipset]=ipset [conntrack]=conntrack [ip]=iproute2
-	[setpriv]=util-linux [capsh]=libcap2-bin [ss]=iproute2
+	[setpriv]=util-linux [capsh]=libcap2-bin [ss]=iproute2 [chromium]=chromium
 )
 missing=()
 for cmd in "${!pkgs[@]}"; do
@@ -39,6 +41,14 @@ if [ -n "$unformatted" ]; then echo "unformatted: $unformatted" >&2; exit 1; fi
 step "go vet (linux, darwin, freebsd, windows)"
 go vet ./...
 for os in darwin freebsd windows; do GOOS=$os go vet ./...; done
+
+# vet type-checks; building also links each platform's binary. Pure Go
+# (CGO_ENABLED=0), as release builds are; the binaries are discarded.
+step "go build (darwin amd64+arm64, freebsd, windows)"
+for target in darwin/amd64 darwin/arm64 freebsd/amd64 windows/amd64; do
+	echo "$target"
+	CGO_ENABLED=0 GOOS=${target%/*} GOARCH=${target#*/} go build -o /dev/null ./...
+done
 
 step "staticcheck"
 go tool staticcheck ./...
