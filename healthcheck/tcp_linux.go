@@ -15,9 +15,10 @@ import (
 // It is TCP's default dial, written against the socket API because it runs
 // a thousand times a second: the net package's dial costs a resolver pass,
 // a dozen allocations, and getsockname, getpeername and TCP_NODELAY calls a
-// probe has no use for. A check costs eight system calls: socket, connect,
-// fcntl and epoll_ctl (os.NewFile), connect again for the outcome,
-// setsockopt(SO_LINGER), epoll_ctl and close.
+// probe has no use for. A check of a backend on this host costs five system
+// calls (socket, connect, connect again for the outcome, setsockopt
+// SO_LINGER, close); one whose handshake takes a round trip adds fcntl and
+// two epoll_ctl (os.NewFile and its close) and the poller's wake-up.
 //
 // A connect(2) repeated on a socket whose non-blocking connect was started
 // reports the outcome on Linux: 0 once established, EALREADY while the
@@ -46,6 +47,19 @@ func connectProbe(ctx context.Context, addr netip.AddrPort) error {
 		return nil
 	case syscall.EINPROGRESS, syscall.EINTR:
 	default:
+		_ = syscall.Close(fd)
+		return err
+	}
+	// A backend on this host (loopback, a veth into a container) usually
+	// answers within the connect call itself: the kernel runs the whole
+	// handshake in this thread's softirq. Asking once more costs one system
+	// call and, when it is done, saves the poller's four (fcntl, two
+	// epoll_ctl, the wake-up) and os.File's allocations. A remote backend
+	// is still mid-handshake (EALREADY) and goes to the poller.
+	if done, err := connectOutcome(sa.connect(fd)); done {
+		if err == nil {
+			setNoLinger(fd)
+		}
 		_ = syscall.Close(fd)
 		return err
 	}
