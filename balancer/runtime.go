@@ -1,6 +1,8 @@
 package balancer
 
 import (
+	"bufio"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -8,11 +10,11 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"time"
 
 	"github.com/handoff-lb/handoff/config"
+	"github.com/handoff-lb/handoff/internal/atomicfile"
 )
 
 // RuntimeFile is the file under state_dir holding the changes made through
@@ -85,10 +87,7 @@ func (st *runtimeState) setDrain(service, backend string, on bool) {
 	if on {
 		st.Drains = append(st.Drains, ref)
 		slices.SortFunc(st.Drains, func(a, b backendRef) int {
-			if a.Service != b.Service {
-				return compareStrings(a.Service, b.Service)
-			}
-			return compareStrings(a.Backend, b.Backend)
+			return cmp.Or(cmp.Compare(a.Service, b.Service), cmp.Compare(a.Backend, b.Backend))
 		})
 	}
 }
@@ -110,16 +109,6 @@ func (st *runtimeState) clone() runtimeState {
 		Drains:        slices.Clone(st.Drains),
 		Closed:        slices.Clone(st.Closed),
 	}
-}
-
-func compareStrings(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // loadRuntime reads dir/RuntimeFile. A missing file is an empty state; a
@@ -146,9 +135,8 @@ func loadRuntime(dir string) (runtimeState, error) {
 	return st, nil
 }
 
-// saveRuntime writes st to dir/RuntimeFile atomically: a temporary file,
-// fsync, rename, fsync of the directory.
-func saveRuntime(dir string, st runtimeState) (err error) {
+// saveRuntime writes st to dir/RuntimeFile atomically (atomicfile.Write).
+func saveRuntime(dir string, st runtimeState) error {
 	if dir == "" {
 		return nil
 	}
@@ -157,42 +145,15 @@ func saveRuntime(dir string, st runtimeState) (err error) {
 	if err != nil {
 		return err
 	}
-	b = append(b, '\n')
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("runtime state: %w", err)
 	}
-	tmp, err := os.CreateTemp(dir, RuntimeFile+".tmp-*")
+	err = atomicfile.Write(filepath.Join(dir, RuntimeFile), func(w *bufio.Writer) error {
+		w.Write(b)
+		return w.WriteByte('\n')
+	})
 	if err != nil {
 		return fmt.Errorf("runtime state: %w", err)
-	}
-	defer func() {
-		if err != nil {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	if _, err := tmp.Write(b); err != nil {
-		return fmt.Errorf("runtime state: %w", err)
-	}
-	if err := tmp.Sync(); err != nil {
-		return fmt.Errorf("runtime state: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("runtime state: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), filepath.Join(dir, RuntimeFile)); err != nil {
-		return fmt.Errorf("runtime state: %w", err)
-	}
-	if runtime.GOOS == "windows" {
-		return nil
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("runtime state: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("runtime state: sync %s: %w", dir, err)
 	}
 	return nil
 }

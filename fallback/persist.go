@@ -10,10 +10,11 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"runtime"
 	"time"
 
 	"github.com/sirupsen/logrus"
+
+	"github.com/handoff-lb/handoff/internal/atomicfile"
 )
 
 // StateFile is the name of the saved affinity table inside Options.StateDir.
@@ -136,33 +137,10 @@ func (d *Dataplane) save() (err error) {
 		}
 	}()
 
-	tmp, err := os.CreateTemp(d.stateDir, StateFile+".tmp-*")
-	if err != nil {
+	if err := atomicfile.Write(filepath.Join(d.stateDir, StateFile), d.writeTable); err != nil {
 		return fmt.Errorf("affinity table: save: %w", err)
 	}
-	defer func() {
-		if err != nil {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	w := bufio.NewWriterSize(tmp, 64<<10)
-	if err := d.writeTable(w); err != nil {
-		return fmt.Errorf("affinity table: save %s: %w", tmp.Name(), err)
-	}
-	if err := w.Flush(); err != nil {
-		return fmt.Errorf("affinity table: save %s: %w", tmp.Name(), err)
-	}
-	if err := tmp.Sync(); err != nil {
-		return fmt.Errorf("affinity table: save: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("affinity table: save: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), filepath.Join(d.stateDir, StateFile)); err != nil {
-		return fmt.Errorf("affinity table: save: %w", err)
-	}
-	return syncDir(d.stateDir)
+	return nil
 }
 
 // writeTable streams the table as JSON, one shard at a time, so no shard is
@@ -261,21 +239,4 @@ func appendJSONString(b []byte, s string) []byte {
 	b = append(b, '"')
 	b = append(b, s...)
 	return append(b, '"')
-}
-
-// syncDir makes a rename in dir durable. Windows cannot open a directory for
-// syncing, and its renames need no such step.
-func syncDir(dir string) error {
-	if runtime.GOOS == "windows" {
-		return nil
-	}
-	f, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("affinity table: save: %w", err)
-	}
-	defer f.Close()
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("affinity table: save: sync %s: %w", dir, err)
-	}
-	return nil
 }
