@@ -24,7 +24,7 @@ func (s *service) classify(ctx context.Context, snap *snapshot, c net.Conn, clie
 	var d classifier.Decision
 	if err != nil {
 		reject := snap.cfg.OnUnclassified == "reject"
-		s.e.stats.unclassified(s.name, classifier.Reason(err), reject)
+		s.counts.unclassified(classifier.Reason(err), reject)
 		if reject {
 			return decision{}, fmt.Errorf("unclassified (%s): %w", classifier.Reason(err), err)
 		}

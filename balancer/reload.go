@@ -88,7 +88,7 @@ func (e *Engine) apply(ctx context.Context, cfg *config.Config) error {
 			keep = append(keep, kept{s, snap})
 			continue
 		}
-		s := &service{e: e, name: sc.Name, log: e.log.WithField("service", sc.Name)}
+		s := e.allocService(sc.Name)
 		s.snap.Store(snap)
 		if !e.rt.closed(sc.Name) {
 			if err := s.open(ctx); err != nil {

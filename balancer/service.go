@@ -22,10 +22,11 @@ import (
 // its config, router and backends. A reload that keeps the listen address
 // swaps the snapshot; handlers keep the one they started with.
 type service struct {
-	e    *Engine
-	name string
-	log  *logrus.Entry
-	snap atomic.Pointer[snapshot]
+	e      *Engine
+	name   string
+	log    *logrus.Entry
+	counts *serviceCounters
+	snap   atomic.Pointer[snapshot]
 
 	noBackend atomic.Bool // the last new client found no usable backend
 
@@ -58,9 +59,14 @@ func (e *Engine) newService(sc *config.Service) (*service, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &service{e: e, name: sc.Name, log: e.log.WithField("service", sc.Name)}
+	s := e.allocService(sc.Name)
 	s.install(snap)
 	return s, nil
+}
+
+// allocService returns a service named name that has no snapshot yet.
+func (e *Engine) allocService(name string) *service {
+	return &service{e: e, name: name, log: e.log.WithField("service", name), counts: e.stats.service(name)}
 }
 
 // install makes snap current and updates the backend table, keeping the
@@ -274,7 +280,7 @@ func (s *service) handle(ctx context.Context, snap *snapshot, c *net.TCPConn) {
 
 	d, err := s.classify(ctx, snap, c, client)
 	if errors.Is(err, classifier.ErrNoBackend) {
-		s.e.stats.noBackend(s.name)
+		s.counts.noBackend.Add(1)
 		if s.noBackend.CompareAndSwap(false, true) {
 			log.get().WithError(err).Error("no usable backend: new clients are reset and not pinned")
 		}
@@ -298,12 +304,12 @@ func (s *service) handle(ctx context.Context, snap *snapshot, c *net.TCPConn) {
 		} else {
 			l.Warn("pin failed: reset")
 		}
-		s.e.stats.result(s.name, ResultPinFailed)
+		s.counts.pinFailed.Add(1)
 		reset(c)
 		return
 	}
 	d.backend.pins.Add(1)
-	s.e.stats.result(s.name, ResultPinned)
+	s.counts.pinned.Add(1)
 	if s.e.onPin != nil {
 		s.e.onPin(s.name, time.Since(accepted))
 	}

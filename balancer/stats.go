@@ -3,6 +3,7 @@ package balancer
 import (
 	"maps"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -21,10 +22,9 @@ const (
 // package exports them as metrics.
 type stats struct {
 	mu      sync.Mutex
-	results map[string]map[string]uint64 // service -> result -> clients
+	svcs    map[string]*serviceCounters // kept across reloads by service name
 	migr    map[string]*migrationStats
 	reloads map[string]uint64 // ok | invalid | failed
-	unclass map[[2]string]uint64
 }
 
 type migrationStats struct {
@@ -33,34 +33,59 @@ type migrationStats struct {
 	took    time.Duration
 }
 
-func (s *stats) result(service, result string) {
-	s.mu.Lock()
-	if s.results == nil {
-		s.results = map[string]map[string]uint64{}
-	}
-	m := s.results[service]
-	if m == nil {
-		m = map[string]uint64{}
-		s.results[service] = m
-	}
-	m[result]++
-	s.mu.Unlock()
+// serviceCounters counts a service's new clients by result. The common
+// results are atomics, bumped on the accept path without a lock; the
+// unclassified ones, keyed by reason, take a lock.
+type serviceCounters struct {
+	pinned, noBackend, pinFailed atomic.Uint64
+
+	mu      sync.Mutex
+	unclass map[string]uint64 // "unclassified/<reason>" or "rejected/<reason>"
 }
 
-func (s *stats) noBackend(service string) { s.result(service, ResultNoBackend) }
-
-func (s *stats) unclassified(service, reason string, rejected bool) {
-	if rejected {
-		s.result(service, "rejected/"+reason)
-	} else {
-		s.result(service, "unclassified/"+reason)
-	}
+// service returns the counters of a service, created on first use; a
+// service object caches the pointer.
+func (s *stats) service(name string) *serviceCounters {
 	s.mu.Lock()
-	if s.unclass == nil {
-		s.unclass = map[[2]string]uint64{}
+	defer s.mu.Unlock()
+	if s.svcs == nil {
+		s.svcs = map[string]*serviceCounters{}
 	}
-	s.unclass[[2]string{service, reason}]++
-	s.mu.Unlock()
+	c := s.svcs[name]
+	if c == nil {
+		c = &serviceCounters{}
+		s.svcs[name] = c
+	}
+	return c
+}
+
+func (c *serviceCounters) unclassified(reason string, rejected bool) {
+	k := "unclassified/" + reason
+	if rejected {
+		k = "rejected/" + reason
+	}
+	c.mu.Lock()
+	if c.unclass == nil {
+		c.unclass = map[string]uint64{}
+	}
+	c.unclass[k]++
+	c.mu.Unlock()
+}
+
+// results returns the non-zero counts by result.
+func (c *serviceCounters) results() map[string]uint64 {
+	c.mu.Lock()
+	out := maps.Clone(c.unclass)
+	c.mu.Unlock()
+	if out == nil {
+		out = map[string]uint64{}
+	}
+	for k, v := range map[string]uint64{ResultPinned: c.pinned.Load(), ResultNoBackend: c.noBackend.Load(), ResultPinFailed: c.pinFailed.Load()} {
+		if v > 0 {
+			out[k] = v
+		}
+	}
+	return out
 }
 
 func (s *stats) migration(service string, clients int, took time.Duration) {
@@ -92,8 +117,9 @@ func (s *stats) reload(result string) {
 func (s *stats) fill(ss *ServiceStatus) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	ss.Classified = maps.Clone(s.results[ss.Name])
-	if ss.Classified == nil {
+	if c := s.svcs[ss.Name]; c != nil {
+		ss.Classified = c.results()
+	} else {
 		ss.Classified = map[string]uint64{}
 	}
 	if m := s.migr[ss.Name]; m != nil {
@@ -107,12 +133,4 @@ func (s *stats) reloadCounts() map[string]uint64 {
 	out := map[string]uint64{"ok": 0, "invalid": 0, "failed": 0}
 	maps.Copy(out, s.reloads)
 	return out
-}
-
-// Unclassified returns how many clients of each (service, reason) could not
-// be classified.
-func (e *Engine) Unclassified() map[[2]string]uint64 {
-	e.stats.mu.Lock()
-	defer e.stats.mu.Unlock()
-	return maps.Clone(e.stats.unclass)
 }
