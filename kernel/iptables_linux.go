@@ -3,15 +3,15 @@ package kernel
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"os/exec"
 	"regexp"
-	"runtime"
 	"strconv"
 	"strings"
 
 	"github.com/vishvananda/netns"
+
+	"github.com/handoff-lb/handoff/internal/netnsutil"
 )
 
 // table is an iptables table.
@@ -115,36 +115,12 @@ func runIn(ctx context.Context, ns netns.NsHandle, stdin []byte, name string, ar
 }
 
 // inNetNS runs fn on an OS thread switched into ns, or directly when ns is
-// not open. A thread that cannot switch back is retired.
+// not open.
 func inNetNS(ns netns.NsHandle, fn func() error) error {
 	if !ns.IsOpen() {
 		return fn()
 	}
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("current netns: %w", err)
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(ns); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("entering netns: %w", err)
-			return
-		}
-		ferr := fn()
-		if err := netns.Set(orig); err != nil {
-			// Leave the thread locked: it ends with this goroutine.
-			errc <- errors.Join(ferr, fmt.Errorf("leaving netns: %w", err))
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
+	return netnsutil.Do(ns, fn)
 }
 
 // oneLine joins the non-empty lines of a tool's output with "; ".

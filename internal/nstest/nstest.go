@@ -13,7 +13,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -26,6 +25,8 @@ import (
 	"time"
 
 	"github.com/vishvananda/netns"
+
+	"github.com/handoff-lb/handoff/internal/netnsutil"
 )
 
 // Prefix starts the name of every namespace this package creates.
@@ -127,31 +128,7 @@ func (n *NS) String() string { return n.Name }
 // that fails, the thread is retired rather than reused. fn runs on its own
 // goroutine, so it must not call t.FailNow (t.Fatal); return an error.
 func (n *NS) Do(fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("nstest: current netns: %w", err)
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(n.h); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("nstest: enter netns %s: %w", n.Name, err)
-			return
-		}
-		ferr := fn()
-		if err := netns.Set(orig); err != nil {
-			// Leave the thread locked: it dies with this goroutine.
-			errc <- errors.Join(ferr, fmt.Errorf("nstest: leave netns %s: %w", n.Name, err))
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
+	return netnsutil.Do(n.h, fn)
 }
 
 // Listen opens a listener inside the namespace, closed when the test ends.
