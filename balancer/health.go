@@ -116,49 +116,18 @@ func (s *service) migrate(ctx context.Context, b *backend, forget bool) (res mig
 		}
 	} else {
 		moves := make([]dataplane.Pin, 0, len(pins))
-		ttl := snap.cfg.ClientTTL
 		for _, p := range pins {
 			nb, err := pool.PickExcept(keyOf(p), s.e.view, b.name)
 			if err != nil {
 				res.kept++ // no usable backend: the pin stays
 				continue
 			}
-			np := p
-			np.Backend = nb.Name
-			if np.TTL == 0 && ttl > 0 {
-				np.TTL = time.Second // listed without a timeout in a set with one: about to expire
-			}
-			moves = append(moves, np)
+			moves = append(moves, movedPin(p, nb.Name, snap.cfg.ClientTTL))
 		}
-		if err := s.e.dp.PinBatch(ctx, moves); err != nil {
+		n, err := s.relocate(ctx, b, moves, res.kept == 0)
+		res.moved = n
+		if err != nil {
 			errs = append(errs, err)
-			// Some pins failed: redo them one by one, removing each old pin
-			// only once its new one is in force.
-			for _, np := range moves {
-				if err := s.e.dp.Pin(ctx, np); err == nil {
-					if err := s.e.dp.Unpin(ctx, s.name, b.name, np.Client); err == nil {
-						res.moved++
-					}
-				}
-			}
-		} else if res.kept == 0 {
-			if err := s.e.dp.Flush(ctx, s.name, b.name); err != nil {
-				errs = append(errs, err)
-			}
-			res.moved = len(moves)
-		} else {
-			for _, np := range moves {
-				if err := s.e.dp.Unpin(ctx, s.name, b.name, np.Client); err != nil {
-					errs = append(errs, err)
-					continue
-				}
-				res.moved++
-			}
-		}
-		for _, np := range moves {
-			if nb := s.backend(np.Backend); nb != nil {
-				nb.pins.Add(1)
-			}
 		}
 	}
 	if res.kept > 0 {
@@ -175,25 +144,59 @@ func (s *service) migrate(ctx context.Context, b *backend, forget bool) (res mig
 	return res, errors.Join(errs...)
 }
 
-// move re-pins p from backend from to backend to: add first, then delete, so
-// the client is never without a pin.
-func (s *service) move(ctx context.Context, p dataplane.Pin, from *backend, to string) error {
-	np := p
-	np.Backend = to
-	if np.TTL == 0 && s.snap.Load().cfg.ClientTTL > 0 {
-		np.TTL = time.Second // a pin listed without a timeout in a set with one is about to expire
+// movedPin is p re-pinned to backend to, keeping its remaining TTL and
+// label. A pin listed without a timeout in a set with one is about to
+// expire: it gets a second.
+func movedPin(p dataplane.Pin, to string, clientTTL time.Duration) dataplane.Pin {
+	p.Backend = to
+	if p.TTL == 0 && clientTTL > 0 {
+		p.TTL = time.Second
 	}
-	if err := s.e.dp.Pin(ctx, np); err != nil {
-		return err
+	return p
+}
+
+// relocate pins each of moves (pins of from, re-pinned elsewhere by
+// movedPin) in one batch, and only then removes them from from, so no
+// client is ever without a pin: with one Flush when all is set (moves are
+// every pin of from), else one by one. When the batch fails in part, each
+// pin is redone alone and its old pin removed only once the new one is in
+// force. It returns how many moved.
+func (s *service) relocate(ctx context.Context, from *backend, moves []dataplane.Pin, all bool) (moved int, err error) {
+	var errs []error
+	if err := s.e.dp.PinBatch(ctx, moves); err != nil {
+		errs = append(errs, err)
+		for _, np := range moves {
+			if s.e.dp.Pin(ctx, np) == nil && s.e.dp.Unpin(ctx, s.name, from.name, np.Client) == nil {
+				s.countMove(from, np.Backend)
+				moved++
+			}
+		}
+		return moved, errors.Join(errs...)
 	}
+	if all {
+		if err := s.e.dp.Flush(ctx, s.name, from.name); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, np := range moves {
+		if !all {
+			if err := s.e.dp.Unpin(ctx, s.name, from.name, np.Client); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+		}
+		s.countMove(from, np.Backend)
+		moved++
+	}
+	return moved, errors.Join(errs...)
+}
+
+// countMove updates the pin counts of a client that moved.
+func (s *service) countMove(from *backend, to string) {
+	from.pins.Add(-1)
 	if nb := s.backend(to); nb != nil {
 		nb.pins.Add(1)
 	}
-	if err := s.e.dp.Unpin(ctx, s.name, from.name, p.Client); err != nil {
-		return err
-	}
-	from.pins.Add(-1)
-	return nil
 }
 
 // failback moves clients to a backend that came back, in pools with
@@ -225,16 +228,16 @@ func (s *service) failback(ctx context.Context, b *backend) (moved int, took tim
 			errs = append(errs, err)
 			continue
 		}
+		var moves []dataplane.Pin
 		for _, p := range pins {
-			nb, err := pool.Pick(keyOf(p), s.e.view)
-			if err != nil || nb.Name != b.name {
-				continue
+			if nb, err := pool.Pick(keyOf(p), s.e.view); err == nil && nb.Name == b.name {
+				moves = append(moves, movedPin(p, b.name, snap.cfg.ClientTTL))
 			}
-			if err := s.move(ctx, p, from, b.name); err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			moved++
+		}
+		n, err := s.relocate(ctx, from, moves, false)
+		moved += n
+		if err != nil {
+			errs = append(errs, err)
 		}
 	}
 	return moved, time.Since(start), errors.Join(errs...)
