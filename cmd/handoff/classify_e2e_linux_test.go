@@ -747,30 +747,15 @@ func clsSilentClients(t *testing.T, l *clsLab, cs []netip.Addr) {
 func clsTLSBackend(t *testing.T, ns *nstest.NS, name string, addr netip.AddrPort, cert tls.Certificate) {
 	t.Helper()
 	ln := tls.NewListener(ns.Listen(t, "tcp", addr.String()), &tls.Config{Certificates: []tls.Certificate{cert}})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				tc := c.(*tls.Conn)
-				tc.SetDeadline(time.Now().Add(10 * time.Second))
-				if tc.Handshake() != nil {
-					return
-				}
-				ra := tc.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap()
-				fmt.Fprintf(tc, "%s %s %s\n", name, ra, tc.ConnectionState().ServerName)
-			}()
+	nstest.Serve(t, ln, func(c net.Conn) {
+		tc := c.(*tls.Conn)
+		tc.SetDeadline(time.Now().Add(10 * time.Second))
+		if tc.Handshake() != nil {
+			return
 		}
-	}()
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
+		ra := tc.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap()
+		fmt.Fprintf(tc, "%s %s %s\n", name, ra, tc.ConnectionState().ServerName)
+	})
 }
 
 var (

@@ -29,28 +29,12 @@ import (
 // then echoes until the client half-closes.
 func greeter(t *testing.T, ns *nstest.NS, name string, addr netip.AddrPort) {
 	t.Helper()
-	ln := ns.Listen(t, "tcp", addr.String())
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				ra := c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap()
-				fmt.Fprintf(c, "%s %s\n", name, ra)
-				io.Copy(c, c)
-				c.(*net.TCPConn).CloseWrite()
-			}()
-		}
-	}()
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	nstest.Serve(t, ns.Listen(t, "tcp", addr.String()), func(c net.Conn) {
+		ra := c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap()
+		fmt.Fprintf(c, "%s %s\n", name, ra)
+		io.Copy(c, c)
+		c.(*net.TCPConn).CloseWrite()
+	})
 }
 
 // daemon is a running `handoff run` inside a namespace.

@@ -531,34 +531,10 @@ type usServer struct {
 func usGreeter(t *testing.T, ns *nstest.NS, name string, addr netip.AddrPort) *usServer {
 	t.Helper()
 	s := &usServer{ln: ns.Listen(t, "tcp", addr.String())}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var conns []net.Conn
-	wg.Go(func() {
-		for {
-			c, err := s.ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-			wg.Go(func() {
-				defer c.Close()
-				fmt.Fprintf(c, "%s %s\n", name, c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap())
-				io.Copy(c, c)
-				c.(*net.TCPConn).CloseWrite()
-			})
-		}
-	})
-	t.Cleanup(func() {
-		s.closeListener()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
+	nstest.Serve(t, s.ln, func(c net.Conn) {
+		fmt.Fprintf(c, "%s %s\n", name, c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap())
+		io.Copy(c, c)
+		c.(*net.TCPConn).CloseWrite()
 	})
 	return s
 }
@@ -571,28 +547,16 @@ func (s *usServer) closeListener() { s.once.Do(func() { s.ln.Close() }) }
 // it, then echoes the client's bytes until the client half-closes.
 func usProxyReader(t *testing.T, ns *nstest.NS, addr netip.AddrPort) {
 	t.Helper()
-	ln := ns.Listen(t, "tcp", addr.String())
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for {
-			raw, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Go(func() {
-				defer raw.Close()
-				raw.SetDeadline(time.Now().Add(10 * time.Second))
-				c := proxyproto.NewConn(raw)
-				h := c.ProxyHeader()
-				if h == nil {
-					fmt.Fprintf(raw, "no PROXY header\n")
-					return
-				}
-				fmt.Fprintf(c, "v%d %s %s\n", h.Version, h.SourceAddr, h.DestinationAddr)
-				io.Copy(c, c)
-				raw.(*net.TCPConn).CloseWrite()
-			})
+	nstest.Serve(t, ns.Listen(t, "tcp", addr.String()), func(raw net.Conn) {
+		raw.SetDeadline(time.Now().Add(10 * time.Second))
+		c := proxyproto.NewConn(raw)
+		h := c.ProxyHeader()
+		if h == nil {
+			fmt.Fprintf(raw, "no PROXY header\n")
+			return
 		}
+		fmt.Fprintf(c, "v%d %s %s\n", h.Version, h.SourceAddr, h.DestinationAddr)
+		io.Copy(c, c)
+		raw.(*net.TCPConn).CloseWrite()
 	})
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
 }
