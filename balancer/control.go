@@ -115,10 +115,7 @@ const (
 func (e *Engine) applyRuntime() {
 	e.reloadMu.Lock()
 	defer e.reloadMu.Unlock()
-	now := time.Now()
-	for i := range e.rt.Registrations {
-		r := &e.rt.Registrations[i]
-		r.renewed = now
+	for _, r := range e.rt.Registrations {
 		if r.TTL > 0 {
 			if err := e.health.Load().Renew(r.Service, r.Name, time.Duration(r.TTL)); err != nil {
 				e.log.WithError(err).Debug("registration TTL")
@@ -426,7 +423,7 @@ func (e *Engine) Register(ctx context.Context, service string, r Registration) e
 		return fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	log := e.log.WithFields(logrus.Fields{"service": service, "backend": r.Name})
-	rec := registration{Service: service, Name: r.Name, Address: r.Address, Weight: r.Weight, Pool: r.Pool, TTL: jsonDuration(r.TTL), renewed: time.Now()}
+	rec := registration{Service: service, Name: r.Name, Address: r.Address, Weight: r.Weight, Pool: r.Pool, TTL: jsonDuration(r.TTL)}
 	if old := e.rt.registration(service, r.Name); old != nil && old.Address == rec.Address && old.Weight == rec.Weight && old.Pool == rec.Pool {
 		if old.TTL != rec.TTL {
 			st := e.rt.clone()
@@ -434,8 +431,6 @@ func (e *Engine) Register(ctx context.Context, service string, r Registration) e
 			if err := e.saveRuntimeLocked(st); err != nil {
 				return err
 			}
-		} else {
-			old.renewed = rec.renewed
 		}
 		if m := e.health.Load(); m != nil {
 			if err := m.Renew(service, r.Name, r.TTL); err != nil {

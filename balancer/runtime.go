@@ -41,8 +41,7 @@ type registration struct {
 	Address netip.AddrPort `json:"address"`
 	Weight  int            `json:"weight"`
 	Pool    string         `json:"pool"`
-	TTL     jsonDuration   `json:"ttl"` // 0: no expiry
-	renewed time.Time      // the last heartbeat; not saved: a restart grants a fresh TTL
+	TTL     jsonDuration   `json:"ttl"` // 0: no expiry; a restart grants a fresh one
 }
 
 type backendRef struct {

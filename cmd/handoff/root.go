@@ -6,6 +6,8 @@ import (
 	"os"
 
 	"github.com/spf13/cobra"
+
+	"github.com/handoff-lb/handoff/config"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -47,6 +49,17 @@ func configPath(flag string) string {
 		return p
 	}
 	return "/etc/handoff/handoff.yaml"
+}
+
+// loadConfig loads the config named by the -c flag (see configPath); an
+// invalid or unreadable file is exit 1 listing every error.
+func loadConfig(flag string) (path string, cfg *config.Config, err error) {
+	path = configPath(flag)
+	cfg, err = config.Load(path)
+	if err != nil {
+		return path, nil, exitError{code: 1, msg: err.Error()}
+	}
+	return path, cfg, nil
 }
 
 func newVersionCmd() *cobra.Command {

@@ -26,10 +26,9 @@ func newRunCmd() *cobra.Command {
 		Short: "Run the balancer",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			p := configPath(path)
-			cfg, err := config.Load(p)
+			p, cfg, err := loadConfig(path)
 			if err != nil {
-				return exitError{code: 1, msg: err.Error()}
+				return err
 			}
 			m := cfg.Mode
 			if mode != "" {

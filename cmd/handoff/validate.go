@@ -4,8 +4,6 @@ import (
 	"fmt"
 
 	"github.com/spf13/cobra"
-
-	"github.com/handoff-lb/handoff/config"
 )
 
 func newValidateCmd() *cobra.Command {
@@ -15,10 +13,9 @@ func newValidateCmd() *cobra.Command {
 		Short: "Check a config; exit 1 listing every error as FILE:LINE:COL: message",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			p := configPath(path)
-			cfg, err := config.Load(p)
+			p, cfg, err := loadConfig(path)
 			if err != nil {
-				return exitError{code: 1, msg: err.Error()}
+				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "%s: ok (%d services)\n", p, len(cfg.Services))
 			return nil
