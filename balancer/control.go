@@ -327,8 +327,8 @@ func (e *Engine) PinClient(ctx context.Context, service string, client netip.Add
 	if err != nil {
 		return err
 	}
-	client = client.Unmap()
-	if err := s.checkClient(client); err != nil {
+	client, err = s.checkClient(client)
+	if err != nil {
 		return err
 	}
 	if err := e.dp.Pin(ctx, dataplane.Pin{Service: service, Backend: backend, Client: client, Key: ManualKey}); err != nil {
@@ -338,13 +338,8 @@ func (e *Engine) PinClient(ctx context.Context, service string, client netip.Add
 		return err
 	}
 	b.pins.Add(1)
-	for _, other := range s.backendNames() {
-		if other == backend {
-			continue
-		}
-		if err := e.dp.Unpin(ctx, service, other, client); err != nil {
-			return fmt.Errorf("removing the previous pin from %s: %w", other, err)
-		}
+	if err := s.unpinExcept(ctx, client, backend); err != nil {
+		return fmt.Errorf("removing the previous pin: %w", err)
 	}
 	s.log.WithFields(logrus.Fields{"client": client, "backend": backend}).Info("pinned by hand")
 	return nil
@@ -358,30 +353,43 @@ func (e *Engine) UnpinClient(ctx context.Context, service string, client netip.A
 	if err != nil {
 		return err
 	}
-	client = client.Unmap()
-	if err := s.checkClient(client); err != nil {
+	if client, err = s.checkClient(client); err != nil {
 		return err
 	}
-	for _, name := range s.backendNames() {
-		if err := e.dp.Unpin(ctx, service, name, client); err != nil {
-			return err
-		}
+	if err := s.unpinExcept(ctx, client, ""); err != nil {
+		return err
 	}
 	s.log.WithField("client", client).Info("unpinned by hand")
 	return nil
 }
 
-func (s *service) checkClient(client netip.Addr) error {
+// checkClient returns client unmapped, or an ErrInvalid error when it is
+// not an address of the service's family.
+func (s *service) checkClient(client netip.Addr) (netip.Addr, error) {
+	client = client.Unmap()
 	v6 := s.snap.Load().cfg.Listen.Addr().Is6()
 	switch {
 	case !client.IsValid():
-		return fmt.Errorf("%w: no client address", ErrInvalid)
+		return client, fmt.Errorf("%w: no client address", ErrInvalid)
 	case client.Is6() != v6:
 		fam := "IPv4"
 		if v6 {
 			fam = "IPv6"
 		}
-		return fmt.Errorf("%w: client %s: service %q has %s clients", ErrInvalid, client, s.name, fam)
+		return client, fmt.Errorf("%w: client %s: service %q has %s clients", ErrInvalid, client, s.name, fam)
+	}
+	return client, nil
+}
+
+// unpinExcept removes client's pin from every backend but keep.
+func (s *service) unpinExcept(ctx context.Context, client netip.Addr, keep string) error {
+	for _, name := range s.backendNames() {
+		if name == keep {
+			continue
+		}
+		if err := s.e.dp.Unpin(ctx, s.name, name, client); err != nil {
+			return fmt.Errorf("backend %s: %w", name, err)
+		}
 	}
 	return nil
 }
