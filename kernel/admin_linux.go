@@ -305,8 +305,14 @@ func (o Options) logger() *logrus.Entry {
 }
 
 // Counters is the package's Counters for the Dataplane's namespace and
-// managed families.
+// managed families. The counters may be up to a second old (countersMaxAge):
+// callers within a second of each other share one iptables-save; a Sync
+// makes the next call read them again.
 func (d *Dataplane) Counters(ctx context.Context) (map[[2]string]Counter, error) {
+	return d.counts.get(ctx, d.readCounters)
+}
+
+func (d *Dataplane) readCounters(ctx context.Context) (map[[2]string]Counter, error) {
 	d.syncMu.Lock()
 	fams := []family{ipv4}
 	if d.v6 {

@@ -72,6 +72,8 @@ type Dataplane struct {
 	// logged at warning level.
 	staleWarned map[string]bool
 
+	counts countCache // what Counters last read
+
 	stop context.CancelFunc
 	done chan struct{}
 }

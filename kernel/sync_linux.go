@@ -39,6 +39,7 @@ func (d *Dataplane) Sync(ctx context.Context, st dataplane.State) error {
 	d.syncMu.Lock()
 	defer d.syncMu.Unlock()
 	_, err = d.syncLocked(ctx, svcs, false)
+	d.counts.reset() // rules may have come or gone
 	return err
 }
 
