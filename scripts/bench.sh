@@ -226,39 +226,46 @@ done
 
 has() { [[ " $TARGETS " == *" $1 "* ]]; }
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR==0) print 0; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
-printf '\n%-15s %14s %14s %16s   %s\n' target "tput 1 (Gb/s)" "tput 8 (Gb/s)" "conn/s (close)" "ratios vs direct | vs haproxy-best"
+printf '\n%-15s %14s %14s %16s   %s\n' target "tput 1 (Gb/s)" "tput 8 (Gb/s)" "conn/s (close)" "ratios vs direct | vs haproxy-best | conn/s vs haproxy"
 declare -A M
 for t in $TARGETS; do for m in tput1 tput8 connrate; do M[$t,$m]=$(echo "${R[$t,$m]}" | median); done; done
 best() { awk -v a="${M[haproxy,$1]:-0}" -v b="${M[haproxy-splice,$1]:-0}" 'BEGIN{print (a>b)?a:b}'; }
 ratio() { awk -v a="$1" -v b="${2:-0}" 'BEGIN{ if (b>0) printf "%.2f", a/b; else printf "-" }'; }
 for t in $TARGETS; do
-	printf '%-15s %14.2f %14.2f %16.0f   %s %s %s | %s %s %s\n' "$t" "${M[$t,tput1]}" "${M[$t,tput8]}" "${M[$t,connrate]}" \
+	printf '%-15s %14.2f %14.2f %16.0f   %s %s %s | %s %s %s | %s\n' "$t" "${M[$t,tput1]}" "${M[$t,tput8]}" "${M[$t,connrate]}" \
 		"$(ratio "${M[$t,tput1]}" "${M[direct,tput1]:-}")" "$(ratio "${M[$t,tput8]}" "${M[direct,tput8]:-}")" "$(ratio "${M[$t,connrate]}" "${M[direct,connrate]:-}")" \
-		"$(ratio "${M[$t,tput1]}" "$(best tput1)")" "$(ratio "${M[$t,tput8]}" "$(best tput8)")" "$(ratio "${M[$t,connrate]}" "${M[haproxy,connrate]:-}")"
+		"$(ratio "${M[$t,tput1]}" "$(best tput1)")" "$(ratio "${M[$t,tput8]}" "$(best tput8)")" "$(ratio "${M[$t,connrate]}" "$(best connrate)")" \
+		"$(ratio "${M[$t,connrate]}" "${M[haproxy,connrate]:-}")"
 done
-echo "(median of $ROUNDS rounds, ${DUR}s each; ratios: tput1 tput8 connrate)"
+echo "(median of $ROUNDS rounds, ${DUR}s each; ratios: tput1 tput8 connrate; haproxy-best: the better of haproxy"
+echo " and haproxy-splice per metric; the last column is the connection rate against haproxy's default mode tcp)"
 
-# Per-round ratios to HAProxy (the best of haproxy and haproxy-splice for
-# throughput, haproxy for the connection rate, as above), and the proxies'
-# CPU: median over rounds of ms per GB received and us per connection.
+# Per-round ratios to HAProxy (the better of haproxy and haproxy-splice in
+# that round, and the connection rate against haproxy alone, as above), and
+# the proxies' CPU: median over rounds of ms per GB received and us per
+# connection.
 if has haproxy || has haproxy-splice; then
-	printf '\n%-15s %28s   %26s\n' proxy "per-round ratio vs haproxy" "CPU ms/GB (1, 8) us/conn"
+	printf '\n%-15s %38s   %26s\n' proxy "per-round ratio vs haproxy-best | haproxy" "CPU ms/GB (1, 8) us/conn"
 	for t in $TARGETS; do
 		[ -n "${PIDS[$t]:-}" ] || continue
 		rat=() cpu=()
-		for m in tput1 tput8 connrate; do
+		for m in tput1 tput8 connrate conn-default; do
 			rs="" cs=""
 			for r in $(seq 1 "$ROUNDS"); do
-				if [ $m = connrate ]; then ref=${V[haproxy,$m,$r]:-0}; else
-					ref=$(awk -v a="${V[haproxy,$m,$r]:-0}" -v b="${V[haproxy-splice,$m,$r]:-0}" 'BEGIN{print (a>b)?a:b}'); fi
+				if [ $m = conn-default ]; then
+					rs+="$(awk -v a="${V[$t,connrate,$r]}" -v b="${V[haproxy,connrate,$r]:-0}" 'BEGIN{if (b>0) print a/b}') "
+					continue
+				fi
+				ref=$(awk -v a="${V[haproxy,$m,$r]:-0}" -v b="${V[haproxy-splice,$m,$r]:-0}" 'BEGIN{print (a>b)?a:b}')
 				rs+="$(awk -v a="${V[$t,$m,$r]}" -v b="$ref" 'BEGIN{if (b>0) print a/b}') "
 				cs+="$(awk -v c="${C[$t,$m,$r]}" -v w="${W[$t,$m,$r]}" -v m=$m 'BEGIN{
 					if (c == "-" || w <= 0) exit
 					if (m == "connrate") print c * 1e6 / w; else print c * 1e3 / (w / 1e9) }') "
 			done
-			rat+=("$(echo "$rs" | median)") cpu+=("$(echo "$cs" | median)")
+			rat+=("$(echo "$rs" | median)")
+			[ $m = conn-default ] || cpu+=("$(echo "$cs" | median)")
 		done
-		printf '%-15s %9.2f %9.2f %9.2f   %8.0f %8.0f %8.1f\n' "$t" "${rat[@]}" "${cpu[@]}"
+		printf '%-15s %9.2f %9.2f %9.2f | %9.2f   %8.0f %8.0f %8.1f\n' "$t" "${rat[@]}" "${cpu[@]}"
 	done
-	echo "(ratios: tput1 tput8 connrate; medians of $ROUNDS rounds)"
+	echo "(ratios: tput1 tput8 connrate vs haproxy-best | connrate vs haproxy; medians of $ROUNDS rounds)"
 fi
