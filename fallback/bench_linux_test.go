@@ -61,6 +61,45 @@ func benchSplice(b *testing.B, dir, impl string) {
 	b.ReportMetric(cpu.Seconds()*1e3/gb, "cpu-ms/GB")
 }
 
+// BenchmarkProxyConn measures the proxy's cost per short connection: accept,
+// Dial, Splice of a 64-byte request and a 145-byte response with the
+// backend closing first, close. The peer process runs 64 clients and the
+// backend, so this process's CPU time is the proxy's alone.
+func BenchmarkProxyConn(b *testing.B) {
+	p := startPeer(b)
+	ln := listen(b, "")
+	defer ln.Close()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.AcceptTCP()
+			if err != nil {
+				return
+			}
+			go func() {
+				bc, err := fallback.Dial(context.Background(), p.backend, time.Second)
+				if err != nil {
+					c.Close()
+					b.Error(err)
+					return
+				}
+				fallback.Splice(context.Background(), c, bc, fallback.SpliceOptions{Idle: time.Minute})
+			}()
+		}
+	}()
+	b.ReportAllocs()
+	cpu0 := cpuTime(b)
+	b.ResetTimer()
+	p.send(b, "churn %s %d 64", ln.Addr(), b.N)
+	p.expect(b, "done")
+	b.StopTimer()
+	cpu := cpuTime(b) - cpu0
+	ln.Close()
+	<-done
+	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-us/conn")
+}
+
 // copyProxy is the baseline: the usual userspace proxy loop, with the conns
 // hidden behind io.Reader/io.Writer so that no splice happens.
 func copyProxy(client, backend *net.TCPConn) {

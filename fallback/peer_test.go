@@ -22,6 +22,8 @@ import (
 //	idle PROXY N            open N connections through PROXY, move one byte each way; "ready"
 //	stream PROXY BYTES DIR  send BYTES through one connection, DIR up|down|both; "done"
 //	release                 close the idle connections; "released"
+//	churn PROXY N C         N request/response connections through PROXY, C at a
+//	                        time; the backend answers and closes first; "done"
 //
 // and exits at EOF.
 const peerEnv = "HANDOFF_FALLBACK_TEST_PEER"
@@ -46,6 +48,11 @@ func runPeer() int {
 		case len(f) == 4 && f[0] == "stream":
 			n, _ := strconv.ParseInt(f[2], 10, 64)
 			err = peerStream(ln, f[1], n, f[3])
+			reply = "done"
+		case len(f) == 4 && f[0] == "churn":
+			n, _ := strconv.Atoi(f[2])
+			c, _ := strconv.Atoi(f[3])
+			err = peerChurn(ln, f[1], n, c)
 			reply = "done"
 		case len(f) == 1 && f[0] == "release":
 			for _, c := range held {
@@ -149,6 +156,66 @@ func peerStream(ln *net.TCPListener, proxy string, n int64, dir string) error {
 		}
 	}
 	return nil
+}
+
+// peerChurn runs n short connections through proxy, c at a time, like an
+// HTTP/1.0 exchange: the client sends a 64-byte request and reads to EOF;
+// the backend reads the request, answers 145 bytes and closes first.
+func peerChurn(ln *net.TCPListener, proxy string, n, c int) error {
+	addr, _ := net.ResolveTCPAddr("tcp", proxy)
+	errs := make(chan error, 2*c+1)
+	var backends sync.WaitGroup
+	backends.Go(func() {
+		for range n {
+			b, err := ln.AcceptTCP()
+			if err != nil {
+				errs <- err
+				return
+			}
+			backends.Go(func() {
+				defer b.Close()
+				req := make([]byte, 64)
+				if _, err := io.ReadFull(b, req); err != nil {
+					errs <- fmt.Errorf("backend: %w", err)
+					return
+				}
+				b.Write(make([]byte, 145))
+			})
+		}
+	})
+	var next sync.Mutex
+	left := n
+	var clients sync.WaitGroup
+	for range c {
+		clients.Go(func() {
+			req, resp := make([]byte, 64), make([]byte, 512)
+			for {
+				next.Lock()
+				if left == 0 {
+					next.Unlock()
+					return
+				}
+				left--
+				next.Unlock()
+				conn, err := net.DialTCP("tcp", nil, addr)
+				if err != nil {
+					errs <- err
+					return
+				}
+				conn.Write(req)
+				got, err := io.ReadFull(conn, resp)
+				conn.Close()
+				if got != 145 || !errors.Is(err, io.ErrUnexpectedEOF) {
+					errs <- fmt.Errorf("client read %d bytes, %v; want 145 and EOF", got, err)
+					return
+				}
+			}
+		})
+	}
+	clients.Wait()
+	backends.Wait()
+	close(errs)
+	return <-errs // nil when closed and empty
 }
 
 var peerBuf = make([]byte, 1<<20)
