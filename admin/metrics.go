@@ -7,8 +7,10 @@ import (
 	"net/http"
 	"runtime"
 	"slices"
+	"sync"
 	"time"
 
+	"github.com/handoff-lb/handoff/balancer"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -24,27 +26,19 @@ const statusTimeout = 10 * time.Second
 // polls in the background).
 type metrics struct {
 	reg     *prometheus.Registry
-	pinTime *prometheus.HistogramVec
+	status  *statusCollector
 	handler http.Handler
 }
 
 func newMetrics(ctl Controller, version string, log *logrus.Entry) *metrics {
 	m := &metrics{
-		reg: prometheus.NewRegistry(),
-		pinTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "handoff_classification_seconds",
-			Help: "Time from accepting a new client to the data plane's acknowledgement of its pin, classification included.",
-			Buckets: []float64{
-				.00005, .0001, .00025, .0005, .001, .0025, .005, .01,
-				.025, .05, .1, .25, .5, 1, 2.5, 5, 10,
-			},
-		}, []string{"service"}),
+		reg:    prometheus.NewRegistry(),
+		status: newStatusCollector(ctl, version, log),
 	}
 	m.reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.pinTime,
-		newStatusCollector(ctl, version, log),
+		m.status,
 	)
 	m.handler = promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{
 		ErrorLog:      promLog{log.WithField("component", "metrics")},
@@ -54,7 +48,11 @@ func newMetrics(ctl Controller, version string, log *logrus.Entry) *metrics {
 }
 
 func (m *metrics) observePin(service string, took time.Duration) {
-	m.pinTime.WithLabelValues(service).Observe(took.Seconds())
+	c := m.status
+	c.pinTime.WithLabelValues(service).Observe(took.Seconds())
+	// After the series exists, so that a prune racing with this call
+	// leaves neither a series it no longer knows nor a name without one.
+	c.pinServices.LoadOrStore(service, struct{}{})
 }
 
 func (m *metrics) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -67,11 +65,17 @@ type promLog struct{ e *logrus.Entry }
 
 func (l promLog) Println(v ...any) { l.e.Warn(fmt.Sprint(v...)) }
 
-// statusCollector turns one Controller.Status per scrape into metrics.
+// statusCollector turns one Controller.Status per scrape into metrics. It
+// also collects the classification-latency histogram, after dropping the
+// series of services the scrape's status no longer lists (a reload removed
+// them), so that they do not stay until the process restarts.
 type statusCollector struct {
 	ctl     Controller
 	version string
 	log     *logrus.Entry
+
+	pinTime     *prometheus.HistogramVec
+	pinServices sync.Map // service name → struct{}: pinTime's series
 
 	up, buildInfo, open                                *prometheus.Desc
 	classified, migrations, migrated, migrationSeconds *prometheus.Desc
@@ -88,6 +92,14 @@ func newStatusCollector(ctl Controller, version string, log *logrus.Entry) *stat
 		ctl:     ctl,
 		version: version,
 		log:     log,
+		pinTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "handoff_classification_seconds",
+			Help: "Time from accepting a new client to the data plane's acknowledgement of its pin, classification included.",
+			Buckets: []float64{
+				.00005, .0001, .00025, .0005, .001, .0025, .005, .01,
+				.025, .05, .1, .25, .5, 1, 2.5, 5, 10,
+			},
+		}, []string{"service"}),
 
 		up:        d("handoff_up", "1 when the engine answered the scrape's status request, else 0.", nil, nil),
 		buildInfo: d("handoff_build_info", "Always 1; the labels tell the version, the data plane mode (kernel | userspace) and the Go version.", []string{"version", "mode", "goversion"}, nil),
@@ -125,6 +137,7 @@ func (c *statusCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range c.descs() {
 		ch <- d
 	}
+	c.pinTime.Describe(ch)
 }
 
 // Collect implements prometheus.Collector: one Controller.Status call.
@@ -149,8 +162,11 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 		c.log.WithError(err).Warn("metrics: reading the engine's status")
 		emit(c.up, prometheus.GaugeValue, 0)
 		emit(c.buildInfo, prometheus.GaugeValue, 1, version, "unknown", runtime.Version())
+		c.pinTime.Collect(ch)
 		return
 	}
+	defer c.pinTime.Collect(ch)
+	c.prunePinTime(st.Services)
 	emit(c.up, prometheus.GaugeValue, 1)
 	emit(c.buildInfo, prometheus.GaugeValue, 1, version, mode, runtime.Version())
 	for _, result := range slices.Sorted(maps.Keys(st.Reloads)) {
@@ -179,6 +195,18 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 			emit(c.fwdBytes, prometheus.CounterValue, float64(b.ForwardBytes), s.Name, b.Name)
 		}
 	}
+}
+
+// prunePinTime drops the histogram series of services not in svcs.
+func (c *statusCollector) prunePinTime(svcs []balancer.ServiceStatus) {
+	c.pinServices.Range(func(k, _ any) bool {
+		name := k.(string)
+		if !slices.ContainsFunc(svcs, func(s balancer.ServiceStatus) bool { return s.Name == name }) {
+			c.pinServices.Delete(name)
+			c.pinTime.DeleteLabelValues(name)
+		}
+		return true
+	})
 }
 
 func bit(b bool) float64 {

@@ -229,3 +229,51 @@ func TestMetricsAuth(t *testing.T) {
 		t.Errorf("handoff_up = %v", got["handoff_up{}"])
 	}
 }
+
+// The latency histogram of a service that a reload removed goes away at the
+// next scrape; a scrape whose status failed removes nothing.
+func TestMetricsPruneRemovedService(t *testing.T) {
+	s, f := newTestServer(t, false, Options{})
+	s.ObservePin("web", time.Millisecond)
+	s.ObservePin("v6", time.Millisecond)
+	s.ObservePin("gone", time.Millisecond) // not in the status: a service a reload removed
+	histServices := func() []string {
+		var out []string
+		for _, m := range scrape(t, s)["handoff_classification_seconds"].GetMetric() {
+			out = append(out, m.GetLabel()[0].GetValue())
+		}
+		slices.Sort(out)
+		return out
+	}
+	if got, want := histServices(), []string{"v6", "web"}; !slices.Equal(got, want) {
+		t.Fatalf("histogram services = %v, want %v", got, want)
+	}
+
+	f.mu.Lock()
+	f.err = errors.New("engine stuck")
+	f.mu.Unlock()
+	s.ObservePin("v6", time.Millisecond)
+	f.mu.Lock()
+	f.status.Services = f.status.Services[:1] // v6 removed
+	f.mu.Unlock()
+	if got, want := histServices(), []string{"v6", "web"}; !slices.Equal(got, want) {
+		t.Fatalf("after a failed status: histogram services = %v, want %v", got, want)
+	}
+	f.mu.Lock()
+	f.err = nil
+	f.mu.Unlock()
+	if got, want := histServices(), []string{"web"}; !slices.Equal(got, want) {
+		t.Fatalf("after v6 left the status: histogram services = %v, want %v", got, want)
+	}
+	// A service that comes back starts a new series.
+	s.ObservePin("v6", 2*time.Millisecond)
+	f.mu.Lock()
+	f.status = newFake().status
+	f.mu.Unlock()
+	mfs := scrape(t, s)
+	for _, m := range mfs["handoff_classification_seconds"].GetMetric() {
+		if m.GetLabel()[0].GetValue() == "v6" && m.GetHistogram().GetSampleCount() != 1 {
+			t.Errorf("v6 back: %d samples, want 1 (a new series)", m.GetHistogram().GetSampleCount())
+		}
+	}
+}
