@@ -50,8 +50,9 @@ func newMetrics(ctl Controller, version string, log *logrus.Entry) *metrics {
 func (m *metrics) observePin(service string, took time.Duration) {
 	c := m.status
 	c.pinTime.WithLabelValues(service).Observe(took.Seconds())
-	// After the series exists, so that a prune racing with this call
-	// leaves neither a series it no longer knows nor a name without one.
+	// Recorded after the series exists: a prune racing with this call may
+	// leave the name without a series (harmless), never a series whose
+	// name it forgot.
 	c.pinServices.LoadOrStore(service, struct{}{})
 }
 

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 )
 
 // peerEnv makes the test binary run as a peer: the far ends (clients and a
@@ -163,20 +164,26 @@ func peerStream(ln *net.TCPListener, proxy string, n int64, dir string) error {
 // the backend reads the request, answers 145 bytes and closes first.
 func peerChurn(ln *net.TCPListener, proxy string, n, c int) error {
 	addr, _ := net.ResolveTCPAddr("tcp", proxy)
-	errs := make(chan error, 2*c+1)
+	errs := make(chan error, 1)
+	fail := func(err error) { // keeps the first error; never blocks
+		select {
+		case errs <- err:
+		default:
+		}
+	}
 	var backends sync.WaitGroup
 	backends.Go(func() {
 		for range n {
 			b, err := ln.AcceptTCP()
 			if err != nil {
-				errs <- err
+				fail(err)
 				return
 			}
 			backends.Go(func() {
 				defer b.Close()
 				req := make([]byte, 64)
 				if _, err := io.ReadFull(b, req); err != nil {
-					errs <- fmt.Errorf("backend: %w", err)
+					fail(fmt.Errorf("backend: %w", err))
 					return
 				}
 				b.Write(make([]byte, 145))
@@ -199,21 +206,25 @@ func peerChurn(ln *net.TCPListener, proxy string, n, c int) error {
 				next.Unlock()
 				conn, err := net.DialTCP("tcp", nil, addr)
 				if err != nil {
-					errs <- err
+					fail(err)
 					return
 				}
 				conn.Write(req)
 				got, err := io.ReadFull(conn, resp)
 				conn.Close()
 				if got != 145 || !errors.Is(err, io.ErrUnexpectedEOF) {
-					errs <- fmt.Errorf("client read %d bytes, %v; want 145 and EOF", got, err)
+					fail(fmt.Errorf("client read %d bytes, %v; want 145 and EOF", got, err))
 					return
 				}
 			}
 		})
 	}
 	clients.Wait()
+	// Clients that all succeeded were all accepted; after a failure, stop
+	// waiting for connections that will not come.
+	ln.SetDeadline(time.Now())
 	backends.Wait()
+	ln.SetDeadline(time.Time{})
 	close(errs)
 	return <-errs // nil when closed and empty
 }
