@@ -7,13 +7,13 @@ import (
 	"net/http"
 	"runtime"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/handoff-lb/handoff/balancer"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/sirupsen/logrus"
 )
 
@@ -48,12 +48,7 @@ func newMetrics(ctl Controller, version string, log *logrus.Entry) *metrics {
 }
 
 func (m *metrics) observePin(service string, took time.Duration) {
-	c := m.status
-	c.pinTime.WithLabelValues(service).Observe(took.Seconds())
-	// Recorded after the series exists: a prune racing with this call may
-	// leave the name without a series (harmless), never a series whose
-	// name it forgot.
-	c.pinServices.LoadOrStore(service, struct{}{})
+	m.status.pinTime.WithLabelValues(service).Observe(took.Seconds())
 }
 
 func (m *metrics) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -75,8 +70,7 @@ type statusCollector struct {
 	version string
 	log     *logrus.Entry
 
-	pinTime     *prometheus.HistogramVec
-	pinServices sync.Map // service name → struct{}: pinTime's series
+	pinTime *prometheus.HistogramVec
 
 	up, buildInfo, open                                *prometheus.Desc
 	classified, migrations, migrated, migrationSeconds *prometheus.Desc
@@ -198,16 +192,31 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-// prunePinTime drops the histogram series of services not in svcs.
+// prunePinTime drops the histogram series of services not in svcs. It reads
+// the series' service labels from the histogram itself, at scrape time, so
+// that the accept path (ObservePin) pays nothing for it.
 func (c *statusCollector) prunePinTime(svcs []balancer.ServiceStatus) {
-	c.pinServices.Range(func(k, _ any) bool {
-		name := k.(string)
-		if !slices.ContainsFunc(svcs, func(s balancer.ServiceStatus) bool { return s.Name == name }) {
-			c.pinServices.Delete(name)
-			c.pinTime.DeleteLabelValues(name)
+	ch := make(chan prometheus.Metric)
+	go func() {
+		c.pinTime.Collect(ch)
+		close(ch)
+	}()
+	var gone []string
+	for m := range ch {
+		var pb dto.Metric
+		if m.Write(&pb) != nil {
+			continue
 		}
-		return true
-	})
+		for _, l := range pb.GetLabel() {
+			name := l.GetValue()
+			if l.GetName() == "service" && !slices.ContainsFunc(svcs, func(s balancer.ServiceStatus) bool { return s.Name == name }) {
+				gone = append(gone, name)
+			}
+		}
+	}
+	for _, name := range gone {
+		c.pinTime.DeleteLabelValues(name)
+	}
 }
 
 func bit(b bool) float64 {
