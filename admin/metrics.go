@@ -141,6 +141,10 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), statusTimeout)
 	defer cancel()
 	st, err := c.ctl.Status(ctx)
+	if err == nil {
+		c.prunePinTime(st.Services) // a failed status drops nothing
+	}
+	defer c.pinTime.Collect(ch)
 	emit := func(d *prometheus.Desc, t prometheus.ValueType, v float64, labels ...string) {
 		m, err := prometheus.NewConstMetric(d, t, v, labels...)
 		if err != nil {
@@ -157,11 +161,8 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 		c.log.WithError(err).Warn("metrics: reading the engine's status")
 		emit(c.up, prometheus.GaugeValue, 0)
 		emit(c.buildInfo, prometheus.GaugeValue, 1, version, "unknown", runtime.Version())
-		c.pinTime.Collect(ch)
 		return
 	}
-	defer c.pinTime.Collect(ch)
-	c.prunePinTime(st.Services)
 	emit(c.up, prometheus.GaugeValue, 1)
 	emit(c.buildInfo, prometheus.GaugeValue, 1, version, mode, runtime.Version())
 	for _, result := range slices.Sorted(maps.Keys(st.Reloads)) {
