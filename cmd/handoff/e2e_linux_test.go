@@ -62,7 +62,10 @@ func (d *daemon) log() string {
 	return d.logs.String()
 }
 
-// startDaemon runs handoff in ns and waits until it listens on vip.
+// startDaemon runs handoff in ns and waits until it listens on vip and
+// logged "serving": the listeners open before the data plane is synced and
+// the services are registered with the engine, so a listening socket alone
+// does not mean that the API shows them yet.
 func startDaemon(t *testing.T, ns *nstest.NS, cfgPath string, vip netip.AddrPort, args ...string) *daemon {
 	t.Helper()
 	argv := append([]string{"netns", "exec", ns.Name, binary(t), "run", "-c", cfgPath}, args...)
@@ -87,7 +90,8 @@ func startDaemon(t *testing.T, ns *nstest.NS, cfgPath string, vip netip.AddrPort
 		default:
 		}
 		out, _ := ns.RunErr("ss", "-Hltn", "src", vip.String())
-		if strings.Contains(out, "LISTEN") {
+		if logs := d.log(); strings.Contains(out, "LISTEN") &&
+			(strings.Contains(logs, "msg=serving") || strings.Contains(logs, `"msg":"serving"`)) {
 			return d
 		}
 		if time.Now().After(deadline) {
