@@ -3,6 +3,7 @@ package balancer_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -10,6 +11,7 @@ import (
 	"regexp"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -174,6 +176,11 @@ func TestNoGoroutineLeak(t *testing.T) {
 	})
 	run(50, func(i int) error {
 		c, err := dial("cutter")
+		if errors.Is(err, syscall.ECONNRESET) {
+			// The backend's reset reached the client before its dial
+			// returned (Go reads SO_ERROR after the handshake): fine too.
+			return nil
+		}
 		if err != nil {
 			return err
 		}
