@@ -1,6 +1,6 @@
 // Package admin is handoff's control plane over HTTP: the JSON API under
 // /api/v1 (DESIGN.md §6), Prometheus metrics at /metrics, the status page at
-// /, liveness at /healthz and, when enabled, pprof. It is a thin skin over
+// /, liveness at /healthz, readiness at /readyz and, when enabled, pprof. It is a thin skin over
 // the engine: every request becomes one Controller call.
 //
 // The package also holds the API's Go client, which the CLI uses.
@@ -18,6 +18,8 @@ import (
 // ErrInvalid and ErrConflict become 404, 400 and 409.
 type Controller interface {
 	Status(ctx context.Context) (balancer.Status, error)
+	// State is cheap and takes no lock: /readyz calls it.
+	State() balancer.State
 	// Clients calls fn for each pin of service (of backend, when not ""),
 	// at most limit of them when limit > 0, without collecting them first.
 	Clients(ctx context.Context, service, backend string, limit int, fn func(balancer.ClientPin) error) error

@@ -30,6 +30,7 @@ func newFake() *fakeController {
 	return &fakeController{
 		status: balancer.Status{
 			Mode:    "kernel",
+			State:   balancer.StateServing,
 			Version: "",
 			Uptime:  12.5,
 			Reloads: map[string]uint64{"ok": 3, "invalid": 1},
@@ -130,6 +131,12 @@ func (f *fakeController) Status(ctx context.Context) (balancer.Status, error) {
 		return balancer.Status{}, f.err
 	}
 	return f.status, nil
+}
+
+func (f *fakeController) State() balancer.State {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.status.State
 }
 
 func (f *fakeController) Clients(ctx context.Context, service, backend string, limit int, fn func(balancer.ClientPin) error) error {

@@ -81,6 +81,7 @@ func StatusPage(c Controller) http.Handler {
 type pageData struct {
 	Err      string // the Controller's error; the page shows only it
 	Mode     string
+	State    balancer.State
 	Version  string
 	Uptime   float64
 	Reloads  []reloadCount // the results that happened
@@ -115,6 +116,7 @@ type pageBackend struct {
 func newPageData(st balancer.Status, now time.Time) pageData {
 	d := pageData{
 		Mode:    st.Mode,
+		State:   st.State,
 		Version: st.Version,
 		Uptime:  st.Uptime,
 		Updated: now,
@@ -368,6 +370,7 @@ footer a { color: inherit; }
   <div id="meta">
     {{- if not .Err}}
     <span class="badge b-{{.Mode}}">{{.Mode}} mode</span>
+    {{- if and .State (ne .State "serving")}}<span class="badge b-drain">{{.State}}</span>{{end}}
     {{- if .Version}}<span>version <b>{{.Version}}</b></span>{{end}}
     <span>up <b>{{seconds .Uptime}}</b></span>
     {{- with .Reloads}}<span>reloads{{range .}} <b>{{.N}}</b> {{.Result}}{{end}}</span>{{end}}
@@ -437,7 +440,7 @@ footer a { color: inherit; }
     {{- end}}
   </section>
   {{- else}}
-  <div class="card empty">No services are configured.</div>
+  <div class="card empty">{{if eq .State "starting"}}Starting: the services are opening their listeners.{{else}}No services are configured.{{end}}</div>
   {{- end}}
 {{- end}}
 </main>

@@ -38,6 +38,8 @@ type demoController struct {
 	moved    int   // what Drain returns
 }
 
+func (d *demoController) State() balancer.State { return balancer.StateServing }
+
 func (d *demoController) Status(ctx context.Context) (balancer.Status, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -220,8 +222,10 @@ func TestStatusPage(t *testing.T) {
 		{desc: "values are escaped", ctl: &demoController{statuses: []balancer.Status{hostile}}, method: "GET", code: 200,
 			want:   []string{"&lt;img src=x onerror=&#34;alert(1)&#34;&gt;", "game&#34;&gt;&lt;script&gt;alert(2)&lt;/script&gt;"},
 			reject: []string{"<img src=x", "<script>alert"}},
-		{desc: "no services", ctl: &demoController{statuses: []balancer.Status{{Mode: "userspace"}}}, method: "GET", code: 200,
-			want: []string{"No services are configured.", "userspace mode"}},
+		{desc: "no services", ctl: &demoController{statuses: []balancer.Status{{Mode: "userspace", State: balancer.StateServing}}}, method: "GET", code: 200,
+			want: []string{"No services are configured.", "userspace mode"}, reject: []string{"serving"}},
+		{desc: "starting", ctl: &demoController{statuses: []balancer.Status{{Mode: "kernel", State: balancer.StateStarting}}}, method: "GET", code: 200,
+			want: []string{`<span class="badge b-drain">starting</span>`, "Starting: the services are opening their listeners."}, reject: []string{"No services are configured."}},
 		{desc: "the engine fails", ctl: &demoController{statuses: []balancer.Status{{}}, err: errors.New("engine stopped")},
 			method: "GET", code: 500, want: []string{"The engine did not report its status: engine stopped"}},
 		{desc: "HEAD", ctl: &demoController{statuses: []balancer.Status{demoStatus()}}, method: "HEAD", code: 200},
@@ -241,7 +245,7 @@ func TestStatusPage(t *testing.T) {
 			}
 			for _, r := range tc.reject {
 				if strings.Contains(body, r) {
-					t.Errorf("page has unescaped %q", r)
+					t.Errorf("page has %q", r)
 				}
 			}
 			if tc.method == "HEAD" && body != "" {

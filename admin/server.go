@@ -244,6 +244,7 @@ type route struct {
 func (s *Server) routes(opts Options) http.Handler {
 	rs := []route{
 		{"GET", "/healthz", s.healthz},
+		{"GET", "/readyz", s.readyz},
 		{"GET", "/metrics", s.metrics.ServeHTTP},
 		{"GET", "/api/v1/status", s.status},
 		{"GET", "/api/v1/services/{svc}/clients", s.clients},
@@ -307,7 +308,8 @@ func methodNotAllowed(methods []string) http.Handler {
 	})
 }
 
-// authenticate requires the token on every path but /healthz, when a token
+// authenticate requires the token on every path but the probes (/healthz,
+// /readyz), when a token
 // is set. Programs send "Authorization: Bearer <token>"; that is the only
 // credential for changes. A browser opens any page once with ?token=<token>:
 // the server answers with a cookie (HttpOnly, SameSite=Strict, holding a
@@ -319,7 +321,7 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 		return next
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/healthz" {
+		if probe(r.URL.Path) {
 			next.ServeHTTP(w, r)
 			return
 		}
@@ -368,7 +370,7 @@ func unauthorized(w http.ResponseWriter, msg string) {
 // checkHost refuses, when there is no token, requests whose Host header is
 // not a loopback name or address: a web page whose name an attacker
 // re-pointed at 127.0.0.1 (DNS rebinding) must not reach an
-// unauthenticated API. /healthz is exempt.
+// unauthenticated API. The probes (/healthz, /readyz) are exempt.
 func (s *Server) checkHost(next http.Handler) http.Handler {
 	if s.auth {
 		return next
@@ -380,7 +382,7 @@ func (s *Server) checkHost(next http.Handler) http.Handler {
 		}
 		host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
 		// A request without Host (HTTP/1.0) does not come from a browser.
-		if r.URL.Path != "/healthz" && host != "" && !isLoopback(host) {
+		if !probe(r.URL.Path) && host != "" && !isLoopback(host) {
 			writeError(w, http.StatusForbidden, fmt.Sprintf("host %q is not loopback: without admin.token_file only loopback names are served", r.Host))
 			return
 		}
@@ -576,10 +578,29 @@ func parseClient(s string) (netip.Addr, error) {
 	return a.Unmap(), nil
 }
 
+// probe reports whether path is a liveness or readiness probe: they answer
+// without a token and to any Host, so that an orchestrator can call them,
+// and say nothing but the daemon's state.
+func probe(path string) bool { return path == "/healthz" || path == "/readyz" }
+
+// healthz answers 200 while the process serves HTTP at all (liveness).
 func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
 	_, _ = io.WriteString(w, "ok\n")
+}
+
+// readyz answers 200 "serving" once every service's listener is open and
+// the data plane synced, and 503 with the state ("starting", "stopping")
+// before and after that (readiness).
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	st := s.ctl.State()
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	if st != balancer.StateServing {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	_, _ = io.WriteString(w, string(st)+"\n")
 }
 
 func (s *Server) status(w http.ResponseWriter, r *http.Request) {

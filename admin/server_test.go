@@ -181,6 +181,8 @@ func TestEndpoints(t *testing.T) {
 		call         string // the change the Controller saw; "" = none
 	}{
 		{name: "healthz", method: "GET", path: "/healthz", code: 200, want: "ok\n"},
+		{name: "readyz", method: "GET", path: "/readyz", code: 200, want: "serving\n"},
+		{name: "status state", method: "GET", path: "/api/v1/status", code: 200, want: `"state": "serving"`},
 		{name: "status", method: "GET", path: "/api/v1/status", code: 200, want: `"mode": "kernel"`},
 		{name: "status version from options", method: "GET", path: "/api/v1/status", code: 200, want: `"version": "v9.9.9"`},
 		{name: "status error", method: "GET", path: "/api/v1/status", ctlErr: errors.New("boom"), code: 500, want: "boom"},
@@ -493,6 +495,8 @@ func TestAuth(t *testing.T) {
 	}{
 		{"healthz needs none", "GET", "/healthz", nil, 200},
 		{"healthz ignores a bad token", "GET", "/healthz", []string{"Authorization", "Bearer nope"}, 200},
+		{"readyz needs none", "GET", "/readyz", nil, 200},
+		{"readyz ignores a bad token", "GET", "/readyz", []string{"Authorization", "Bearer nope"}, 200},
 		{"status without token", "GET", "/api/v1/status", nil, 401},
 		{"status wrong token", "GET", "/api/v1/status", []string{"Authorization", "Bearer nope"}, 401},
 		{"status token prefix", "GET", "/api/v1/status", []string{"Authorization", "Bearer " + testToken[:4]}, 401},
@@ -582,8 +586,41 @@ func TestHostCheckWithoutToken(t *testing.T) {
 			}
 		})
 	}
-	if w := do(s, "GET", "/healthz", "", "Host", "evil.example"); w.Code != 200 {
-		t.Errorf("healthz from any host: %d", w.Code)
+	for _, p := range []string{"/healthz", "/readyz"} {
+		if w := do(s, "GET", p, "", "Host", "evil.example"); w.Code != 200 {
+			t.Errorf("%s from any host: %d", p, w.Code)
+		}
+	}
+	if w := do(s, "GET", "/readyzz", "", "Host", "evil.example"); w.Code != 403 {
+		t.Errorf("a path merely starting like a probe, from another host: %d, want 403", w.Code)
+	}
+}
+
+// TestReadyz: /readyz follows the Controller's state, 503 until it serves
+// and again once it stops; /healthz stays 200 throughout.
+func TestReadyz(t *testing.T) {
+	s, f := newTestServer(t, false, Options{})
+	for _, tc := range []struct {
+		state balancer.State
+		code  int
+	}{
+		{balancer.StateStarting, 503},
+		{balancer.StateServing, 200},
+		{balancer.StateStopping, 503},
+	} {
+		f.mu.Lock()
+		f.status.State = tc.state
+		f.mu.Unlock()
+		w := do(s, "GET", "/readyz", "")
+		if w.Code != tc.code || w.Body.String() != string(tc.state)+"\n" {
+			t.Errorf("state %s: readyz %d %q, want %d %q", tc.state, w.Code, w.Body, tc.code, tc.state+"\n")
+		}
+		if w.Header().Get("Cache-Control") != "no-store" {
+			t.Errorf("state %s: readyz may be cached: %q", tc.state, w.Header().Get("Cache-Control"))
+		}
+		if w := do(s, "GET", "/healthz", ""); w.Code != 200 {
+			t.Errorf("state %s: healthz %d", tc.state, w.Code)
+		}
 	}
 }
 

@@ -29,7 +29,8 @@ var (
 // Status is a point-in-time view of the engine: what `handoff status` and
 // GET /api/v1/status show, and what the metrics are read from.
 type Status struct {
-	Mode     string            `json:"mode"` // kernel | userspace
+	Mode     string            `json:"mode"`  // kernel | userspace
+	State    State             `json:"state"` // starting | serving | stopping
 	Version  string            `json:"version"`
 	Started  time.Time         `json:"started"`
 	Uptime   float64           `json:"uptime_seconds"`
@@ -182,7 +183,7 @@ func (e *Engine) Status(ctx context.Context) (Status, error) {
 	e.mu.Lock()
 	started := e.start
 	e.mu.Unlock()
-	st := Status{Mode: "userspace", Version: e.version, Started: started, Reloads: e.stats.reloadCounts()}
+	st := Status{Mode: "userspace", State: e.State(), Version: e.version, Started: started, Reloads: e.stats.reloadCounts()}
 	if e.kernel {
 		st.Mode = "kernel"
 	}

@@ -73,6 +73,7 @@ type Engine struct {
 	view   *view
 	stats  stats
 	health atomic.Pointer[healthcheck.Monitor] // created by Run
+	state  atomic.Pointer[State]               // nil: StateStarting
 
 	version   string
 	stateDir  string
@@ -176,12 +177,14 @@ func (e *Engine) Run(ctx context.Context) error {
 		e.log.WithError(err).Error("health checks")
 	}
 	e.applyRuntime()
+	e.setState(StateServing)
 	e.log.WithField("services", len(svcs)).Info("serving")
 
 	if every := cfg.Log.SummaryInterval; every > 0 {
 		go e.summaryLoop(ctx, every)
 	}
 	<-ctx.Done()
+	e.setState(StateStopping)
 	health.Close() // no migration runs while the services close
 
 	e.mu.Lock()
@@ -193,6 +196,29 @@ func (e *Engine) Run(ctx context.Context) error {
 	closeAll(svcs)
 	return nil
 }
+
+// State is where an engine is in its life.
+type State string
+
+const (
+	// StateStarting: Run has not opened every listener and synced the data
+	// plane yet (or failed to); the status lists no services.
+	StateStarting State = "starting"
+	// StateServing: every service accepts (unless closed through the API).
+	StateServing State = "serving"
+	// StateStopping: Run's context ended; the services are closing.
+	StateStopping State = "stopping"
+)
+
+// State reports where the engine is in its life; it takes no lock.
+func (e *Engine) State() State {
+	if s := e.state.Load(); s != nil {
+		return *s
+	}
+	return StateStarting
+}
+
+func (e *Engine) setState(s State) { e.state.Store(&s) }
 
 func closeAll(svcs []*service) {
 	for _, s := range svcs {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/handoff-lb/handoff/balancer"
 	"github.com/handoff-lb/handoff/config"
+	"github.com/handoff-lb/handoff/dataplane"
 	"github.com/handoff-lb/handoff/fallback"
 )
 
@@ -116,15 +117,91 @@ func startEngine(t *testing.T, cfg *config.Config) *running {
 		dp.Close()
 	})
 	deadline := time.Now().Add(5 * time.Second)
+	for eng.State() != balancer.StateServing {
+		if time.Now().After(deadline) {
+			t.Fatalf("the engine never served (state %s)", eng.State())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 	for _, s := range cfg.Services {
-		for eng.Addr(s.Name) == nil {
-			if time.Now().After(deadline) {
-				t.Fatalf("service %s never listened", s.Name)
-			}
-			time.Sleep(5 * time.Millisecond)
+		if eng.Addr(s.Name) == nil {
+			t.Fatalf("serving, but service %s does not listen", s.Name)
 		}
 	}
 	return r
+}
+
+// blockingSync holds the engine's first Sync until release is closed.
+type blockingSync struct {
+	balancer.Dataplane
+	entered, release chan struct{}
+	once             sync.Once
+}
+
+func (b *blockingSync) Sync(ctx context.Context, st dataplane.State) error {
+	b.once.Do(func() {
+		close(b.entered)
+		<-b.release
+	})
+	return b.Dataplane.Sync(ctx, st)
+}
+
+// TestEngineState: the state and the status say "starting" until every
+// listener is open and the data plane synced, "serving" then, and
+// "stopping" once Run's context ends.
+func TestEngineState(t *testing.T) {
+	be1 := startEcho(t, "be1")
+	cfg := &config.Config{Services: []config.Service{testService("web", config.CheckNone, be1)}}
+	log := logrus.New()
+	log.SetLevel(logrus.WarnLevel)
+	fdp, err := fallback.New(fallback.Options{StateDir: t.TempDir(), Logger: logrus.NewEntry(log)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fdp.Close()
+	dp := &blockingSync{Dataplane: fdp, entered: make(chan struct{}), release: make(chan struct{})}
+	eng, err := balancer.New(balancer.Options{Config: cfg, Dataplane: dp, Logger: logrus.NewEntry(log)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	status := func() balancer.Status {
+		t.Helper()
+		st, err := eng.Status(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	if s := eng.State(); s != balancer.StateStarting {
+		t.Fatalf("before Run: state %s", s)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- eng.Run(ctx) }()
+
+	<-dp.entered // the listener is open, the data plane not synced yet
+	if st := status(); st.State != balancer.StateStarting || len(st.Services) != 0 {
+		t.Errorf("during the first sync: state %s with %d services, want starting with none", st.State, len(st.Services))
+	}
+	close(dp.release)
+	deadline := time.Now().Add(5 * time.Second)
+	for eng.State() != balancer.StateServing {
+		if time.Now().After(deadline) {
+			t.Fatalf("never served: state %s", eng.State())
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	if st := status(); st.State != balancer.StateServing || len(st.Services) != 1 || !st.Services[0].Open {
+		t.Errorf("serving: state %s, services %+v", st.State, st.Services)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if s := eng.State(); s != balancer.StateStopping {
+		t.Errorf("after Run: state %s, want stopping", s)
+	}
 }
 
 // ask connects from source address src and returns the backend's greeting.

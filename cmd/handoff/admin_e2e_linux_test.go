@@ -268,8 +268,11 @@ func TestAdminAPI(t *testing.T) {
 	if code, body := api.do("GET", "/healthz", nil); code != 200 {
 		t.Fatalf("/healthz: %d %s", code, body)
 	}
+	if code, body := api.do("GET", "/readyz", nil); code != 200 || string(body) != "serving\n" {
+		t.Fatalf("/readyz after the serving line: %d %q", code, body)
+	}
 	st := api.status()
-	if st.Mode != "kernel" || len(st.Services) != 1 || len(st.Services[0].Backends) != 2 {
+	if st.Mode != "kernel" || st.State != "serving" || len(st.Services) != 1 || len(st.Services[0].Backends) != 2 {
 		t.Fatalf("status: %+v", st)
 	}
 

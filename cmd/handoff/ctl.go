@@ -177,7 +177,11 @@ func newStatusCmd() *cobra.Command {
 // printStatus writes the daemon's state as aligned tables.
 func printStatus(out io.Writer, st balancer.Status) error {
 	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-	fmt.Fprintf(w, "mode\t%s\nversion\t%s\nuptime\t%s\n", st.Mode, st.Version, admin.FormatSeconds(st.Uptime))
+	fmt.Fprintf(w, "mode\t%s\n", st.Mode)
+	if st.State != "" { // a daemon older than the field does not send it
+		fmt.Fprintf(w, "state\t%s\n", st.State)
+	}
+	fmt.Fprintf(w, "version\t%s\nuptime\t%s\n", st.Version, admin.FormatSeconds(st.Uptime))
 	if len(st.Services) == 0 {
 		fmt.Fprintln(w, "\nno services")
 		return w.Flush()

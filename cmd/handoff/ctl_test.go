@@ -20,7 +20,7 @@ import (
 
 // ctlStatusJSON is what the fake API answers to GET /api/v1/status.
 const ctlStatusJSON = `{
-  "mode": "kernel", "version": "v0.9.0", "started": "2025-01-01T00:00:00Z", "uptime_seconds": 274320,
+  "mode": "kernel", "state": "serving", "version": "v0.9.0", "started": "2025-01-01T00:00:00Z", "uptime_seconds": 274320,
   "reloads": {"ok": 4},
   "services": [
     {"name": "web-frontend", "listen": "203.0.113.10:443", "open": true, "classify": "sni", "max_clients": 65536,
@@ -48,6 +48,7 @@ const ctlStatusJSON = `{
 
 // ctlStatusText is `handoff status` for ctlStatusJSON.
 const ctlStatusText = `mode     kernel
+state    serving
 version  v0.9.0
 uptime   3d 4h
 
