@@ -9,6 +9,9 @@
 #   haproxy         HAProxy mode tcp
 #   haproxy-splice  HAProxy mode tcp + option splice-request/splice-response
 #   nginx           nginx stream
+#   bare            scripts/bareproxy: the minimal Go splice proxy (io.Copy
+#                   between the raw TCP conns) that the fallback issue's
+#                   targets were set against; the floor a Go proxy reaches
 #   baseline        another handoff binary (BASELINE=path) in userspace mode, to
 #                   compare a change side by side; add it to TARGETS
 # Metrics: iperf3 throughput with 1 and 8 streams, and wrk new-connection rate
@@ -29,7 +32,7 @@ cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin:/usr/sbin:/sbin"
 ROUNDS=${1:-3}
 DUR=${2:-5}
-TARGETS=${TARGETS:-"direct dnat kernel userspace haproxy haproxy-splice nginx"}
+TARGETS=${TARGETS:-"direct dnat kernel userspace haproxy haproxy-splice nginx bare"}
 [ "$(id -u)" -eq 0 ] || { echo "bench.sh: run as root" >&2; exit 1; }
 need=()
 for c in wrk iperf3 haproxy nginx jq; do command -v $c >/dev/null || need+=($c); done
@@ -59,6 +62,7 @@ lb() { ip netns exec ho-lb "$@"; }
 cl() { ip netns exec ho-client "$@"; }
 
 go build -o "$work/handoff" ./cmd/handoff
+go build -o "$work/bareproxy" ./scripts/bareproxy
 LAB_BACKENDS=1 LAB_CLIENTS=2 scripts/lab.sh up >/dev/null
 BE=198.19.1.11 VIP=198.18.0.1
 
@@ -72,8 +76,8 @@ NGX
 bg ip netns exec ho-be1 nginx -c "$work/ngx-be/nginx.conf" -e "$work/ngx-be/err.log"
 
 # ports per target: http iperf
-declare -A HP=([direct]=80 [dnat]=85 [kernel]=80 [userspace]=81 [haproxy]=82 [haproxy-splice]=83 [nginx]=84 [baseline]=86)
-declare -A IP=([direct]=5201 [dnat]=5206 [kernel]=5201 [userspace]=5202 [haproxy]=5203 [haproxy-splice]=5204 [nginx]=5205 [baseline]=5207)
+declare -A HP=([direct]=80 [dnat]=85 [kernel]=80 [userspace]=81 [haproxy]=82 [haproxy-splice]=83 [nginx]=84 [baseline]=86 [bare]=87)
+declare -A IP=([direct]=5201 [dnat]=5206 [kernel]=5201 [userspace]=5202 [haproxy]=5203 [haproxy-splice]=5204 [nginx]=5205 [baseline]=5207 [bare]=5208)
 addr() { [ "$1" = direct ] && echo $BE || echo $VIP; }
 
 cat >"$work/kernel.yaml" <<YAML
@@ -147,6 +151,8 @@ stream {
 NGX
 bg lb nginx -c "$work/ngx-lb/nginx.conf" -e "$work/ngx-lb/err.log"
 PIDS[nginx]=$!
+bg lb "$work/bareproxy" $VIP:87 $BE:80 $VIP:5208 $BE:5201
+PIDS[bare]=$!
 sleep 1.5
 
 # Pin the client in kernel mode: its first connection is reset, later ones are DNATed.
@@ -225,7 +231,7 @@ for r in $(seq 1 "$ROUNDS"); do
 done
 
 has() { [[ " $TARGETS " == *" $1 "* ]]; }
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR==0) print 0; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+median() { tr ' ' '\n' | awk NF | sort -g | awk '{a[NR]=$1} END {if (NR==0) print 0; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 printf '\n%-15s %14s %14s %16s   %s\n' target "tput 1 (Gb/s)" "tput 8 (Gb/s)" "conn/s (close)" "ratios vs direct | vs haproxy-best | conn/s vs haproxy"
 declare -A M
 for t in $TARGETS; do for m in tput1 tput8 connrate; do M[$t,$m]=$(echo "${R[$t,$m]}" | median); done; done
@@ -262,10 +268,14 @@ if has haproxy || has haproxy-splice; then
 					if (c == "-" || w <= 0) exit
 					if (m == "connrate") print c * 1e6 / w; else print c * 1e3 / (w / 1e9) }') "
 			done
-			rat+=("$(echo "$rs" | median)")
+			if [ $m = conn-default ] && ! has haproxy; then
+				rat+=(-)
+			else
+				rat+=("$(echo "$rs" | median | awk '{printf "%.2f", $1}')")
+			fi
 			[ $m = conn-default ] || cpu+=("$(echo "$cs" | median)")
 		done
-		printf '%-15s %9.2f %9.2f %9.2f | %9.2f   %8.0f %8.0f %8.1f\n' "$t" "${rat[@]}" "${cpu[@]}"
+		printf '%-15s %9s %9s %9s | %9s   %8.0f %8.0f %8.1f\n' "$t" "${rat[@]}" "${cpu[@]}"
 	done
 	echo "(ratios: tput1 tput8 connrate vs haproxy-best | connrate vs haproxy; medians of $ROUNDS rounds)"
 fi
