@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/handoff-lb/handoff/config"
+	"github.com/handoff-lb/handoff/dataplane"
 	"github.com/handoff-lb/handoff/internal/atomicfile"
 )
 
@@ -169,6 +170,18 @@ func effective(file *config.Config, st *runtimeState) (cfg *config.Config, skipp
 	out := *file
 	out.Services = slices.Clone(file.Services)
 	cloned := map[int]bool{}
+	// Set names are "ho-<service>-<backend>" and names may hold '-': the
+	// config parser refuses two services' backends sharing a set, and a
+	// registration must not make them share one either (service "a",
+	// backend "b-c" and service "a-b", backend "c").
+	owners := map[string][2]string{}
+	for _, s := range file.Services {
+		for _, p := range s.Pools {
+			for _, b := range p.Backends {
+				owners[dataplane.SetName(s.Name, b.Name, s.Listen.Addr().Is6())] = [2]string{s.Name, b.Name}
+			}
+		}
+	}
 	for _, r := range st.Registrations {
 		si := slices.IndexFunc(out.Services, func(s config.Service) bool { return s.Name == r.Service })
 		if si < 0 {
@@ -198,6 +211,12 @@ func effective(file *config.Config, st *runtimeState) (cfg *config.Config, skipp
 			skipped = append(skipped, fmt.Sprintf("%s/%s: %v", r.Service, r.Name, err))
 			continue
 		}
+		set := dataplane.SetName(r.Service, r.Name, sc.Listen.Addr().Is6())
+		if o, taken := owners[set]; taken && o[0] != r.Service {
+			skipped = append(skipped, fmt.Sprintf("%s/%s: ipset name %q is also the set of service %q backend %q", r.Service, r.Name, set, o[0], o[1]))
+			continue
+		}
+		owners[set] = [2]string{r.Service, r.Name}
 		p.Backends = append(p.Backends, b)
 	}
 	return &out, skipped
