@@ -23,7 +23,9 @@ const maxChunk = 1 << 20
 const spliceFlags = unix.SPLICE_F_NONBLOCK | unix.SPLICE_F_MOVE
 
 // copyBuf is the size of the buffers a direction starts with; a read that
-// fills one switches the direction to splice(2) for good.
+// fills one switches the direction to splice(2), and a read that does not
+// (in splice mode, the rare read that follows a splice finding nothing)
+// back to copying.
 const copyBuf = 16 << 10
 
 // pump moves one direction's bytes. It starts by copying through a pooled
@@ -34,7 +36,8 @@ const copyBuf = 16 << 10
 // user memory.
 //
 // Either way the read is also the readiness test: it takes what src holds,
-// or reports EOF, an error or "nothing yet" (EAGAIN), in one system call.
+// or reports EOF, an error or "nothing yet" (EAGAIN), in one system call;
+// in splice mode a read(2) confirms "nothing yet" and EOF (see fillFD).
 // The buffer or pipe comes from a pool and goes back before the direction
 // waits for more bytes, so a waiting direction holds neither. A pump is used
 // by one goroutine.
@@ -96,14 +99,20 @@ func (p *pump) fillFD(fd uintptr) bool {
 		switch {
 		case err == unix.EINTR:
 			continue
-		case err == unix.EAGAIN: // nothing yet (the pipe is empty)
+		case err == unix.EAGAIN || err == nil && n == 0:
+			// Nothing yet, or EOF. But splice(2) also stops at TCP's
+			// urgent mark (MSG_OOB) and never moves past it: EAGAIN while
+			// the sender is open, 0 once it half-closed, with bytes still
+			// queued behind the mark. read(2) steps over the urgent byte
+			// (it is not part of the stream and is not forwarded), so it
+			// has the last word: it takes those bytes, or confirms
+			// "nothing yet" or EOF. That costs one call returning EAGAIN
+			// per wait, next to splices taking tens of microseconds.
 			putPipe(p.pipe)
 			p.pipe = nil
-			return false
+			return p.readFD(fd)
 		case err != nil:
 			p.err = os.NewSyscallError("splice", err)
-		case n == 0:
-			p.err = io.EOF
 		default:
 			p.held = int(n)
 		}
