@@ -382,9 +382,16 @@ func (m *Monitor) expireLoop() {
 // a grid of interval/64, at most 10 ms. The grid is timer slack: checks due
 // in the same slot wake the process once, which is what keeps a thousand
 // targets cheap.
+//
+// The result keeps start's monotonic clock reading (Time.Truncate would
+// drop it), so the wait computed from it is immune to steps of the wall
+// clock: an NTP step back by an hour during a check must not delay the
+// next one by an hour.
 func next(start time.Time, interval time.Duration) time.Time {
 	jittered := interval - interval/10 + rand.N(interval/5+1)
-	return start.Add(jittered).Truncate(min(10*time.Millisecond, max(1, interval/64)))
+	due := start.Add(jittered)
+	grid := int64(min(10*time.Millisecond, max(1, interval/64)))
+	return due.Add(-time.Duration((due.UnixNano()%grid + grid) % grid))
 }
 
 // record applies one check result of run r.

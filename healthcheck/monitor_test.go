@@ -782,3 +782,26 @@ func TestConcurrentUse(t *testing.T) {
 		t.Fatal("no events at all")
 	}
 }
+
+// TestNextKeepsMonotonicClock: the time of the next check keeps the
+// monotonic reading of the check's start, lands on the grid, and lies
+// within interval ±10% (less the grid) of the start.
+func TestNextKeepsMonotonicClock(t *testing.T) {
+	for _, interval := range []time.Duration{time.Millisecond, 50 * time.Millisecond, 2 * time.Second, time.Hour} {
+		start := time.Now()
+		grid := min(10*time.Millisecond, max(1, interval/64))
+		for range 100 {
+			n := next(start, interval)
+			if !strings.Contains(n.String(), " m=") {
+				t.Fatalf("interval %v: next %v has no monotonic clock reading", interval, n)
+			}
+			if n.UnixNano()%int64(grid) != 0 {
+				t.Fatalf("interval %v: next %v is off the %v grid", interval, n, grid)
+			}
+			d := n.Sub(start)
+			if d < interval-interval/10-grid || d > interval+interval/10 {
+				t.Fatalf("interval %v: next is %v after the start", interval, d)
+			}
+		}
+	}
+}
