@@ -27,6 +27,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/handoff-lb/handoff/balancer"
+	"github.com/handoff-lb/handoff/config"
 )
 
 const (
@@ -798,21 +799,37 @@ func (d *duration) UnmarshalJSON(b []byte) error {
 	}
 	switch v := v.(type) {
 	case float64:
-		*d = duration(v * float64(time.Second))
-		return nil
+		return d.seconds(v, b)
 	case string:
 		if f, err := strconv.ParseFloat(v, 64); err == nil {
-			*d = duration(f * float64(time.Second))
-			return nil
+			return d.seconds(f, b)
 		}
 		t, err := time.ParseDuration(v)
 		if err != nil {
 			return fmt.Errorf("ttl %q: want a duration such as \"30s\" or a number of seconds", v)
 		}
+		if t > config.MaxDuration {
+			return fmt.Errorf("ttl %s: too long, at most %v", v, config.MaxDuration)
+		}
 		*d = duration(t)
 		return nil
 	}
 	return fmt.Errorf("ttl %s: want a duration such as \"30s\" or a number of seconds", b)
+}
+
+// seconds sets d to f seconds. NaN, infinities and values past
+// config.MaxDuration either way are refused here (converting them to an
+// integer is not defined); other negative ones are left to the caller.
+func (d *duration) seconds(f float64, raw []byte) error {
+	ns := f * float64(time.Second)
+	switch {
+	case math.IsNaN(ns) || ns > float64(config.MaxDuration):
+		return fmt.Errorf("ttl %s: want at most %v", raw, config.MaxDuration)
+	case ns < -float64(config.MaxDuration):
+		return fmt.Errorf("ttl %s: must not be negative", raw)
+	}
+	*d = duration(ns)
+	return nil
 }
 
 func (s *Server) register(w http.ResponseWriter, r *http.Request) {

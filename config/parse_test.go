@@ -135,6 +135,8 @@ func TestParseErrors(t *testing.T) {
 		{desc: "bad on_backend_down", yaml: svc("    on_backend_down: migrate\n"), pos: "4:22", msg: `on_backend_down: "migrate" is not one of rehash, reclassify`},
 		{desc: "timeouts.connect 0", yaml: svc("    timeouts: {connect: 0s}\n"), pos: "4:25", msg: "timeouts.connect: must be more than 0"},
 		{desc: "timeouts.idle negative", yaml: svc("    timeouts: {idle: -1s}\n"), pos: "4:22", msg: "timeouts.idle: -1s is negative"},
+		{desc: "timeouts.idle overflowing", yaml: svc("    timeouts: {idle: 2500000h}\n"), pos: "4:22", msg: "timeouts.idle: 2500000h is too long: at most 876000h0m0s (100 years)"},
+		{desc: "health.interval overflowing", yaml: svc("    health: {interval: 2400000h}\n"), pos: "4:24", msg: "health.interval: 2400000h is too long"},
 		{desc: "proxy_protocol as YAML boolean", yaml: "mode: userspace\n" + svc("    proxy_protocol: false\n"), pos: "5:21", msg: `proxy_protocol: "false" is not one of off, v1, v2`},
 		{desc: "proxy_protocol v3", yaml: "mode: userspace\n" + svc("    proxy_protocol: v3\n"), pos: "5:21", msg: `proxy_protocol: "v3" is not one of off, v1, v2`},
 		{desc: "proxy_protocol outside userspace mode", yaml: svc("    proxy_protocol: v2\n"), pos: "4:21", msg: "proxy_protocol: v2 needs mode: userspace; connections forwarded in the kernel carry no PROXY header (mode is auto)"},

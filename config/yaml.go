@@ -596,8 +596,17 @@ func (f *fields) duration(key string, def time.Duration) (time.Duration, *yaml.N
 		f.errorf(v, key, "%s is negative", v.Value)
 		return def, nil
 	}
+	if d > MaxDuration {
+		f.errorf(v, key, "%s is too long: at most %v (100 years)", v.Value, MaxDuration)
+		return def, nil
+	}
 	return d, v
 }
+
+// MaxDuration bounds every duration of the config: deadlines and timers
+// add a fraction of a duration to the current time, and durations near
+// Go's limit (2,562,047h) would overflow into the past.
+const MaxDuration = 100 * 365 * 24 * time.Hour
 
 // positive is duration for a value that must be above zero.
 func (f *fields) positive(key string, def time.Duration) (time.Duration, *yaml.Node) {
