@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,6 +23,7 @@ import (
 	"github.com/handoff-lb/handoff/dataplane"
 	"github.com/handoff-lb/handoff/fallback"
 	"github.com/handoff-lb/handoff/healthcheck"
+	"github.com/handoff-lb/handoff/internal/atomicfile"
 )
 
 // ListenFunc opens a service's listener. Tests pass one that listens inside
@@ -118,6 +120,13 @@ func New(o Options) (*Engine, error) {
 	rt, err := loadRuntime(o.StateDir)
 	if err != nil {
 		return nil, err
+	}
+	if o.StateDir != "" {
+		if stale, err := atomicfile.RemoveStale(filepath.Join(o.StateDir, RuntimeFile)); err != nil {
+			e.log.WithError(err).Warn("runtime state: removing temporary files of an interrupted save")
+		} else if len(stale) > 0 {
+			e.log.WithField("files", stale).Warn("runtime state: removed the temporary files of an interrupted save")
+		}
 	}
 	e.rt = rt
 	var skipped []string

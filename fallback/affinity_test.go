@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"math/rand/v2"
 	"net/netip"
 	"os"
@@ -422,9 +423,26 @@ func TestAffinityPersistence(t *testing.T) {
 		t.Fatalf("state file is not JSON: %v", err)
 	}
 
+	// A save that a kill interrupted left its temporary file; the restart
+	// removes it, and nothing else.
+	stale := filepath.Join(dir, fallback.StateFile+".tmp-4242")
+	other := filepath.Join(dir, "notes.txt")
+	for _, p := range []string{stale, other} {
+		if err := os.WriteFile(p, []byte("half a save"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+
 	// Restart 10 minutes later. The pins wait for the first Sync.
 	clk.Advance(10 * time.Minute)
 	tb2 := newTable(t, tableOptions{dir: dir, clk: clk})
+	if _, err := os.Stat(stale); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("the interrupted save's temporary file survived the restart: %v", err)
+	}
+	if _, err := os.Stat(other); err != nil {
+		t.Fatalf("a file that is not the table's was touched: %v", err)
+	}
+	os.Remove(other)
 	if _, _, err := tb2.dp.Lookup(ctx, "web", netip.MustParseAddr("198.18.0.1")); !errors.Is(err, dataplane.ErrUnknown) {
 		t.Fatalf("Lookup before the first Sync: %v", err)
 	}

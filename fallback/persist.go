@@ -56,6 +56,11 @@ func (d *Dataplane) load() ([]record, error) {
 		return nil, fmt.Errorf("affinity table: state directory: %w", err)
 	}
 	path := filepath.Join(d.stateDir, StateFile)
+	if stale, err := atomicfile.RemoveStale(path); err != nil {
+		d.log.WithError(err).Warn("affinity table: removing temporary files of an interrupted save")
+	} else if len(stale) > 0 {
+		d.log.WithField("files", stale).Warn("affinity table: removed the temporary files of an interrupted save")
+	}
 	f, err := os.Open(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil

@@ -4,10 +4,13 @@ package atomicfile
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 )
 
 // Write replaces path with what write produces: into a temporary file in
@@ -43,6 +46,33 @@ func Write(path string, write func(w *bufio.Writer) error) (err error) {
 		return err
 	}
 	return syncDir(dir)
+}
+
+// RemoveStale removes the temporary files that Write calls for path left
+// behind when the process died between creating and renaming them (a kill
+// or a crash skips Write's cleanup). Call it before the first Write, from
+// the only writer of path; it returns the names it removed.
+func RemoveStale(path string) ([]string, error) {
+	dir, prefix := filepath.Dir(path), filepath.Base(path)+".tmp-"
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var removed []string
+	for _, e := range ents {
+		if !e.Type().IsRegular() || !strings.HasPrefix(e.Name(), prefix) {
+			continue
+		}
+		p := filepath.Join(dir, e.Name())
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return removed, err
+		}
+		removed = append(removed, p)
+	}
+	return removed, nil
 }
 
 // syncDir makes a rename in dir durable. Windows cannot open a directory for
