@@ -481,3 +481,65 @@ func TestModeWithoutNetAdmin(t *testing.T) {
 		t.Errorf("userspace fallback touched the kernel tables:\n%s", state)
 	}
 }
+
+// TestModeAutoWithoutIP6Tables: with an IPv6 service on a host whose
+// ip6tables does not work, auto mode falls back to userspace (it probes
+// ip6tables, not only iptables) and serves over IPv6; --mode kernel exits 1
+// with the reason.
+func TestModeAutoWithoutIP6Tables(t *testing.T) {
+	tp, _, clients := lab(t, 1)
+	cfg, vip, be := labConfig("reset", true)
+	cfg = strings.Replace(cfg, "mode: kernel", "mode: auto", 1)
+	greeter(t, tp.Backends[0], "be1", be[0])
+	greeter(t, tp.Backends[1], "be2", be[1])
+	path := writeConfig(t, cfg)
+	// ip6tables, ip6tables-restore and ip6tables-save that fail, ahead of
+	// the real ones in $PATH; iptables is untouched.
+	shims := t.TempDir()
+	for _, n := range []string{"ip6tables", "ip6tables-restore", "ip6tables-save", "ip6tables-nft", "ip6tables-legacy"} {
+		if err := os.WriteFile(filepath.Join(shims, n), []byte("#!/bin/sh\necho \"ip6tables: broken on purpose\" >&2\nexit 3\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	env := []string{"env", "PATH=" + shims + ":" + os.Getenv("PATH")}
+	args := append([]string{"netns", "exec", tp.LB.Name}, env...)
+
+	out, err := exec.Command("ip", append(args, binary(t), "run", "-c", path, "--mode", "kernel")...).CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
+		t.Fatalf("--mode kernel with a broken ip6tables: %v, want exit 1\n%s", err, out)
+	}
+	if lines := strings.Split(strings.TrimSpace(string(out)), "\n"); !strings.Contains(lines[len(lines)-1], "kernel mode unavailable") {
+		t.Errorf("want a one-line reason, got:\n%s", out)
+	}
+
+	d := &daemon{logs: &bytes.Buffer{}, mu: &sync.Mutex{}, done: make(chan struct{})}
+	d.cmd = exec.Command("ip", append(args, binary(t), "run", "-c", path)...)
+	d.cmd.Stdout, d.cmd.Stderr = syncBuf{d.mu, d.logs}, syncBuf{d.mu, d.logs}
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { d.cmd.Wait(); close(d.done) }()
+	t.Cleanup(func() { d.stop(syscall.SIGTERM) })
+	var g string
+	for i := 0; i < 100; i++ {
+		if g, err = greet(tp.Client, clients[0], vip); err == nil {
+			break
+		}
+		select {
+		case <-d.done:
+			t.Fatalf("auto mode exited instead of falling back:\n%s", d.log())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	if err != nil {
+		t.Fatalf("auto mode with a broken ip6tables did not serve: %v\n%s", err, d.log())
+	}
+	if !strings.HasPrefix(g, "be") || !strings.Contains(d.log(), "running in userspace mode") {
+		t.Errorf("greeting %q; log:\n%s", g, d.log())
+	}
+	rules, sets := tp.LB.Run(t, "iptables-save"), tp.LB.Run(t, "ipset", "list", "-n")
+	if strings.Contains(rules, "HANDOFF") || strings.Contains(sets, "ho-") || strings.Contains(sets, "ho6-") {
+		t.Errorf("the fallback left kernel state behind:\n%s\n%s", rules, sets)
+	}
+}
+

@@ -166,7 +166,10 @@ func run(parent context.Context, path string, cfg *config.Config, mode config.Mo
 // required (kernel), else the userspace table.
 func openDataplane(ctx context.Context, mode config.Mode, cfg *config.Config, log *logrus.Entry) (balancer.Dataplane, bool, error) {
 	if mode != config.ModeUserspace {
-		ko := kernel.Options{Logger: log.WithField("component", "kernel")}
+		// Probe ip6tables as well when a service is IPv6: without it the
+		// probe would pass and the first sync fail, so auto mode would exit
+		// instead of falling back.
+		ko := kernel.Options{Logger: log.WithField("component", "kernel"), IPv6: hasIPv6(cfg)}
 		err := kernel.Probe(ctx, ko)
 		if err == nil {
 			dp, err := kernel.New(ctx, ko)
@@ -189,6 +192,16 @@ func openDataplane(ctx context.Context, mode config.Mode, cfg *config.Config, lo
 		return nil, false, err
 	}
 	return dp, false, nil
+}
+
+// hasIPv6 reports whether a service of cfg listens on IPv6.
+func hasIPv6(cfg *config.Config) bool {
+	for _, s := range cfg.Services {
+		if s.Listen.Addr().Is6() {
+			return true
+		}
+	}
+	return false
 }
 
 // newLogger builds the process logger; level and format were validated.
