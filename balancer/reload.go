@@ -100,6 +100,12 @@ func (e *Engine) apply(ctx context.Context, cfg *config.Config) error {
 
 	built := time.Now()
 	if err := e.dp.Sync(ctx, union(e.desired(oldCfg), e.desired(cfg))); err != nil {
+		// The running config stays, so the data plane must too: a kernel
+		// data plane keeps retrying the last state it was given (its
+		// canary), and that must not be the rejected one.
+		if rerr := e.dp.Sync(ctx, e.desired(oldCfg)); rerr != nil {
+			e.log.WithError(rerr).Error("restoring the running config's data plane state after a failed sync; it is retried")
+		}
 		return fail(fmt.Errorf("data plane sync: %w", err))
 	}
 	synced := time.Now()
