@@ -166,6 +166,16 @@ func members(t *testing.T, ns *nstest.NS) map[string][]string {
 	return sets
 }
 
+// memberLine is the line of an ipset listing for member m.
+func memberLine(list, m string) string {
+	for _, l := range strings.Split(list, "\n") {
+		if f := strings.Fields(l); len(f) > 0 && f[0] == m {
+			return strings.TrimSpace(l)
+		}
+	}
+	return ""
+}
+
 func setsOf(sets map[string][]string, client string) []string {
 	var in []string
 	for name, ms := range sets {
@@ -259,6 +269,11 @@ func TestKernelResetMode(t *testing.T) {
 				}
 				if in := setsOf(members(t, tp.LB), c.String()); len(in) != 1 || in[0] != prefix+name {
 					t.Errorf("client %s answered by %s is in sets %v, want exactly [%s%s]", c, name, in, prefix, name)
+				}
+				// The refresh rule (SET --exist) ran on each in-kernel
+				// connection: the pin keeps its classification key.
+				if line := memberLine(tp.LB.Run(t, "ipset", "list", prefix+name), c.String()); !strings.Contains(line, `comment "src=`+c.String()+`"`) {
+					t.Errorf("client %s after in-kernel connections: member %q, want its key comment", c, line)
 				}
 				used[name] = true
 			}
