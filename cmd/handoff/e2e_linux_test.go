@@ -557,4 +557,3 @@ func TestModeAutoWithoutIP6Tables(t *testing.T) {
 		t.Errorf("the fallback left kernel state behind:\n%s\n%s", rules, sets)
 	}
 }
-
