@@ -84,6 +84,11 @@ func (e *Engine) apply(ctx context.Context, cfg *config.Config) error {
 		if err != nil {
 			return fail(err)
 		}
+		if s := old[sc.Name]; s != nil {
+			// One limiter per service for its life: the connections open
+			// now count against the new max_connections (install sets it).
+			snap.limit = s.snap.Load().limit
+		}
 		if s := old[sc.Name]; s != nil && s.snap.Load().cfg.Listen == sc.Listen {
 			keep = append(keep, kept{s, snap})
 			continue

@@ -70,8 +70,11 @@ func (e *Engine) allocService(name string) *service {
 }
 
 // install makes snap current and updates the backend table, keeping the
-// state of backends that remain.
+// state of backends that remain. It applies the snapshot's max_connections
+// to its limiter, which a reload carries over from the service's previous
+// snapshot (see Engine.apply), so connections already open still count.
 func (s *service) install(snap *snapshot) {
+	snap.limit.SetMax(snap.cfg.MaxConnections)
 	var bs []*backend
 	for _, pool := range snap.cfg.Pools {
 		for _, b := range pool.Backends {

@@ -29,6 +29,20 @@ type backend struct {
 
 func (b *backend) usable() bool { return !b.down.Load() && !b.draining.Load() }
 
+// carryOver gives a new record of a backend (its address changed) the
+// state of the old one o, but not o's live connections, which end on o.
+func (b *backend) carryOver(o *backend) {
+	b.down.Store(o.down.Load())
+	b.draining.Store(o.draining.Load())
+	b.pins.Store(o.pins.Load())
+	b.bytesIn.Store(o.bytesIn.Load())
+	b.bytesOut.Store(o.bytesOut.Load())
+	b.conns.Store(o.conns.Load())
+	o.mu.Lock()
+	b.changedAt, b.reason = o.changedAt, o.reason
+	o.mu.Unlock()
+}
+
 // view implements classifier.View over the engine's backends. Generation
 // changes whenever a backend's usability changes, so policies can cache
 // tables per generation.
@@ -74,16 +88,22 @@ func (v *view) Generation() uint64 { return v.gen.Load() }
 func (v *view) bump() { v.gen.Add(1) }
 
 // set replaces the backends of a service, keeping the state of backends
-// that remain (same name and address).
+// that remain (same name, address and pool). A backend whose address or
+// pool changed
+// gets a new record (handlers of the old address keep the old one) that
+// carries the old one's health, pins and totals: the health monitor keeps
+// a target's state across an address change, so a backend down before is
+// down until checks of its new address bring it up.
 func (v *view) set(service string, bs []*backend) map[string]*backend {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	old := v.services[service]
 	m := make(map[string]*backend, len(bs))
 	for _, b := range bs {
-		if o := old[b.name]; o != nil && o.addr == b.addr {
-			o.pool = b.pool
-			b = o
+		if o := old[b.name]; o != nil && o.addr == b.addr && o.pool == b.pool {
+			b = o // handlers read addr and pool without a lock: never change them
+		} else if o != nil {
+			b.carryOver(o)
 		}
 		m[b.name] = b
 	}

@@ -1,0 +1,178 @@
+package balancer_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/handoff-lb/handoff/balancer"
+	"github.com/handoff-lb/handoff/config"
+	"github.com/handoff-lb/handoff/dataplane"
+	"github.com/handoff-lb/handoff/fallback"
+)
+
+// startWith runs an engine over dp (kernel mode when kernel is set) until
+// it serves.
+func startWith(t *testing.T, cfg *config.Config, dp balancer.Dataplane, kernel bool) *balancer.Engine {
+	t.Helper()
+	log := logrus.New()
+	log.SetLevel(logrus.ErrorLevel)
+	eng, err := balancer.New(balancer.Options{Config: cfg, Dataplane: dp, Kernel: kernel, Logger: logrus.NewEntry(log)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- eng.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	deadline := time.Now().Add(5 * time.Second)
+	for eng.State() != balancer.StateServing {
+		if time.Now().After(deadline) {
+			t.Fatalf("never served (state %s)", eng.State())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return eng
+}
+
+// newFDP is a userspace data plane in a temporary state directory.
+func newFDP(t *testing.T) *fallback.Dataplane {
+	t.Helper()
+	log := logrus.New()
+	log.SetLevel(logrus.ErrorLevel)
+	dp, err := fallback.New(fallback.Options{StateDir: t.TempDir(), Logger: logrus.NewEntry(log)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dp.Close() })
+	return dp
+}
+
+// deadAddr is a loopback address nothing listens on.
+func deadAddr(t *testing.T) netip.AddrPort {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := ln.Addr().(*net.TCPAddr).AddrPort()
+	ln.Close()
+	return a
+}
+
+// TestMaxConnectionsSurvivesReload: the connections open when a reload
+// happens still count against max_connections afterwards.
+func TestMaxConnectionsSurvivesReload(t *testing.T) {
+	be1 := startEcho(t, "be1")
+	sc := testService("web", config.CheckNone, be1)
+	sc.MaxConnections = 1
+	eng := startWith(t, &config.Config{Services: []config.Service{sc}}, newFDP(t), false)
+	addr := eng.Addr("web").String()
+	open := func() (net.Conn, error) {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			return nil, err
+		}
+		c.SetDeadline(time.Now().Add(2 * time.Second))
+		if _, err := bufio.NewReader(c).ReadString('\n'); err != nil {
+			c.Close()
+			return nil, err
+		}
+		return c, nil
+	}
+	c1, err := open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c1.Close()
+	if c, err := open(); err == nil {
+		c.Close()
+		t.Fatal("a second connection was proxied with max_connections 1")
+	}
+	if err := eng.Reload(context.Background(), &config.Config{Services: []config.Service{sc}}); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := open(); err == nil {
+		c.Close()
+		t.Fatal("after a reload a second connection was proxied with max_connections 1 and one open")
+	}
+	// A raised limit applies to the same count.
+	sc.MaxConnections = 2
+	if err := eng.Reload(context.Background(), &config.Config{Services: []config.Service{sc}}); err != nil {
+		t.Fatal(err)
+	}
+	c2, err := open()
+	if err != nil {
+		t.Fatalf("max_connections raised to 2: %v", err)
+	}
+	defer c2.Close()
+	if c, err := open(); err == nil {
+		c.Close()
+		t.Fatal("a third connection was proxied with max_connections 2")
+	}
+}
+
+// TestDownSurvivesAddressChange: a backend that is down stays down when a
+// reload moves it to another dead address (the health monitor keeps its
+// state across the change and sends no new event), so no new client is
+// pinned to it.
+func TestDownSurvivesAddressChange(t *testing.T) {
+	be1 := startEcho(t, "be1")
+	sc := testService("web", config.CheckTCP, be1)
+	sc.Pools[0].Backends = append(sc.Pools[0].Backends, config.Backend{Name: "dead", Address: deadAddr(t), Weight: 1})
+	dp := newFDP(t)
+	eng := startWith(t, &config.Config{Services: []config.Service{sc}}, dp, false)
+	waitHealth := func(want string) {
+		t.Helper()
+		deadline := time.Now().Add(3 * time.Second)
+		for backendOf(t, status(t, eng), "web", "dead").Health != want {
+			if time.Now().After(deadline) {
+				t.Fatalf("backend dead never became %s", want)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	waitHealth("down")
+
+	sc2 := sc
+	sc2.Pools = []config.Pool{{Name: "default", Balance: config.BalanceMaglev, Backends: []config.Backend{
+		sc.Pools[0].Backends[0], {Name: "dead", Address: deadAddr(t), Weight: 1}}}}
+	if err := eng.Reload(context.Background(), &config.Config{Services: []config.Service{sc2}}); err != nil {
+		t.Fatal(err)
+	}
+	if b := backendOf(t, status(t, eng), "web", "dead"); b.Health != "down" || b.Address != sc2.Pools[0].Backends[1].Address.String() {
+		t.Fatalf("after moving to another dead address: %+v, want down at the new address", b)
+	}
+	addr := eng.Addr("web")
+	for i := 2; i < 30; i++ {
+		if got := backendName(t, addr, fmt.Sprintf("127.0.0.%d", i)); got != "be1" {
+			t.Fatalf("client 127.0.0.%d reached %s", i, got)
+		}
+	}
+	n := 0
+	dp.Pins(context.Background(), "web", "dead", func(dataplane.Pin) error { n++; return nil })
+	if n > 0 {
+		t.Fatalf("%d new clients pinned to the down backend", n)
+	}
+
+	// Moved to a live address, it comes up through its checks.
+	be3 := startEcho(t, "dead")
+	sc3 := sc
+	sc3.Pools = []config.Pool{{Name: "default", Balance: config.BalanceMaglev, Backends: []config.Backend{
+		sc.Pools[0].Backends[0], {Name: "dead", Address: be3.addr(), Weight: 1}}}}
+	if err := eng.Reload(context.Background(), &config.Config{Services: []config.Service{sc3}}); err != nil {
+		t.Fatal(err)
+	}
+	waitHealth("up")
+}
