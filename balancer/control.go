@@ -159,6 +159,21 @@ func (e *Engine) saveRuntimeLocked(st runtimeState) error {
 	return nil
 }
 
+// saveOrUndoLocked saves st, whose effective config was just applied; when
+// that fails it applies the current state's config again, so that a change
+// refused for want of saving does not run either. reloadMu is held.
+func (e *Engine) saveOrUndoLocked(ctx context.Context, st runtimeState) error {
+	err := e.saveRuntimeLocked(st)
+	if err == nil {
+		return nil
+	}
+	prev, _ := effective(e.fileCfg, &e.rt)
+	if uerr := e.apply(ctx, prev); uerr != nil {
+		return fmt.Errorf("%w; undoing the change failed too, so it runs until the next change or reload: %v", err, uerr)
+	}
+	return err
+}
+
 // svc returns the running service name, or an error wrapping ErrNotFound.
 func (e *Engine) svc(name string) (*service, error) {
 	e.mu.Lock()
@@ -473,7 +488,7 @@ func (e *Engine) Register(ctx context.Context, service string, r Registration) e
 	if err := e.apply(ctx, eff); err != nil {
 		return err
 	}
-	if err := e.saveRuntimeLocked(st); err != nil {
+	if err := e.saveOrUndoLocked(ctx, st); err != nil {
 		return err
 	}
 	if m := e.health.Load(); m != nil && r.TTL > 0 {
@@ -507,7 +522,7 @@ func (e *Engine) Deregister(ctx context.Context, service, name string) error {
 	if err := e.apply(ctx, eff); err != nil {
 		return err
 	}
-	if err := e.saveRuntimeLocked(st); err != nil {
+	if err := e.saveOrUndoLocked(ctx, st); err != nil {
 		return err
 	}
 	e.log.WithFields(logrus.Fields{"service": service, "backend": name}).Info("backend deregistered")

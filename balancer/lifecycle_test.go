@@ -3,9 +3,13 @@ package balancer_test
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -175,4 +179,79 @@ func TestDownSurvivesAddressChange(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitHealth("up")
+}
+
+// failNthSync fails the Sync calls numbered in fail (1 is Run's).
+type failNthSync struct {
+	balancer.Dataplane
+	mu   sync.Mutex
+	n    int
+	fail map[int]bool
+}
+
+func (f *failNthSync) Sync(ctx context.Context, st dataplane.State) error {
+	f.mu.Lock()
+	f.n++
+	failing := f.fail[f.n]
+	f.mu.Unlock()
+	if failing {
+		return errors.New("injected sync failure")
+	}
+	return f.Dataplane.Sync(ctx, st)
+}
+
+// TestReloadWhosePruneFails: a reload whose second sync (removing the old
+// state) fails still runs the new config and records it, so a later
+// registration does not bring the old config back.
+func TestReloadWhosePruneFails(t *testing.T) {
+	be1, be2 := startEcho(t, "be1"), startEcho(t, "be2")
+	sc := testService("web", config.CheckNone, be1)
+	dp := &failNthSync{Dataplane: newFDP(t), fail: map[int]bool{3: true}} // 1: Run, 2: the reload's union, 3: its prune
+	eng := startWith(t, &config.Config{Services: []config.Service{sc}}, dp, false)
+	sc2 := testService("web", config.CheckNone, be1, be2)
+	if err := eng.Reload(context.Background(), &config.Config{Services: []config.Service{sc2}}); err != nil {
+		t.Fatalf("Reload: %v", err)
+	}
+	if got := backendNames(status(t, eng), "web"); got != "be1 be2" {
+		t.Fatalf("after the reload: backends %s", got)
+	}
+	if err := eng.Register(context.Background(), "web", balancer.Registration{Name: "reg", Address: be2.addr()}); err != nil {
+		t.Fatal(err)
+	}
+	if got := backendNames(status(t, eng), "web"); got != "be1 be2 reg" {
+		t.Fatalf("a registration after the reload left backends %s, want be1 be2 reg", got)
+	}
+}
+
+// TestRegisterUnsavedIsUndone: a registration that cannot be saved under
+// state_dir is refused and does not run either, so the API and the
+// running engine agree (and a Deregister does not answer 404 for a
+// backend that serves).
+func TestRegisterUnsavedIsUndone(t *testing.T) {
+	be1, be2 := startEcho(t, "be1"), startEcho(t, "be2")
+	dir := filepath.Join(t.TempDir(), "state")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	cfg := &config.Config{Services: []config.Service{testService("web", config.CheckNone, be1)}}
+	r := startStateful(t, cfg, dir)
+	ctx := context.Background()
+	// state_dir becomes unusable: a file where the directory was.
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dir, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.eng.Register(ctx, "web", balancer.Registration{Name: "be2", Address: be2.addr()}); err == nil {
+		t.Fatal("Register succeeded although state_dir is unusable")
+	}
+	if got := backendNames(status(t, r.eng), "web"); got != "be1" {
+		t.Fatalf("after the refused registration the service runs backends %s, want be1", got)
+	}
+	for i := 2; i < 12; i++ {
+		if got := backendName(t, r.eng.Addr("web"), fmt.Sprintf("127.0.0.%d", i)); got != "be1" {
+			t.Fatalf("a client reached %s after the refused registration", got)
+		}
+	}
 }

@@ -18,7 +18,8 @@ import (
 // backend, to the new state alone.
 //
 // A new listener that cannot be opened, or a first sync that fails, rejects
-// the reload whole: the running config stays.
+// the reload whole: the running config stays. A second sync that fails
+// does not: the new config runs, and removing the old state is retried.
 //
 // cfg is the config file's content; backends registered through the API are
 // added to it (Status shows them as registered).
@@ -148,7 +149,11 @@ func (e *Engine) apply(ctx context.Context, cfg *config.Config) error {
 	e.applyDrains()
 	swapped := time.Now()
 	if err := e.dp.Sync(ctx, e.desired(cfg)); err != nil {
-		return fmt.Errorf("new config is running, but removing old data plane state failed: %w", err)
+		// The new config runs and is the one to keep (callers record it
+		// only when apply succeeds); the old state's leftovers are
+		// harmless, and the kernel data plane retries removing them (its
+		// canary re-applies the last state it was given).
+		e.log.WithError(err).Warn("new config is running; removing the old data plane state failed and is retried")
 	}
 	e.log.WithFields(map[string]any{
 		"kept": len(keep), "opened": len(opened), "closed": len(gone),
