@@ -71,12 +71,15 @@ func (e *Engine) onHealth(ev healthcheck.Event) {
 }
 
 // keyOf recovers a pin's classification key from its label ("sni=a.example"
-// → "a.example"); a source label gives the client address.
+// → "a.example"). A source label, and a label that names no key (a pin
+// made by hand is "manual"), give the client address, so that such
+// clients are spread like source-classified ones rather than all sharing
+// one key.
 func keyOf(p dataplane.Pin) string {
-	if strings.HasPrefix(p.Key, "src=") || p.Key == "" {
+	_, k, ok := strings.Cut(p.Key, "=")
+	if !ok || strings.HasPrefix(p.Key, "src=") {
 		return classifier.SourceKey(p.Client)
 	}
-	_, k, _ := strings.Cut(p.Key, "=")
 	return k
 }
 
