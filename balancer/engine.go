@@ -11,8 +11,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -173,6 +175,9 @@ func (e *Engine) Run(ctx context.Context) error {
 		closeAll(svcs)
 		return fmt.Errorf("data plane sync: %w", err)
 	}
+	if e.kernel {
+		e.recountPins(ctx, svcs) // the pins adopted from the sets count before the first client
+	}
 	health := healthcheck.New(healthcheck.Options{OnChange: e.onHealth, Logger: e.log.WithField("component", "health")})
 	defer health.Close()
 	e.health.Store(health)
@@ -191,6 +196,11 @@ func (e *Engine) Run(ctx context.Context) error {
 
 	if every := cfg.Log.SummaryInterval; every > 0 {
 		go e.summaryLoop(ctx, every)
+	}
+	var loops sync.WaitGroup
+	defer loops.Wait()
+	if e.kernel {
+		loops.Go(func() { e.recountLoop(ctx, pinRecountEvery) })
 	}
 	<-ctx.Done()
 	e.setState(StateStopping)
@@ -228,6 +238,56 @@ func (e *Engine) State() State {
 }
 
 func (e *Engine) setState(s State) { e.state.Store(&s) }
+
+// pinRecountEvery is how often, in kernel mode, the pins of each backend
+// of a least-conn pool are counted again from its set.
+const pinRecountEvery = 5 * time.Second
+
+// recountLoop recounts pins every period until ctx ends; see recountPins.
+func (e *Engine) recountLoop(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			e.mu.Lock()
+			svcs := slices.Collect(maps.Values(e.services))
+			e.mu.Unlock()
+			e.recountPins(ctx, svcs)
+		}
+	}
+}
+
+// recountPins sets, for the services with a least-conn pool, each
+// backend's pin count (least-conn's measure in kernel mode) to its set's
+// member count. The engine counts the pins it makes as it makes them, but
+// pins expire in the kernel unseen, and a restarted daemon adopts pins it
+// did not make; pins made while counting may be missed until the next
+// count.
+func (e *Engine) recountPins(ctx context.Context, svcs []*service) {
+	for _, s := range svcs {
+		if !slices.ContainsFunc(s.snap.Load().cfg.Pools, func(p config.Pool) bool { return p.Balance == config.BalanceLeastConn }) {
+			continue
+		}
+		counts, err := e.dp.Count(ctx, s.name)
+		if err != nil {
+			if ctx.Err() == nil && s.countFailed.CompareAndSwap(false, true) {
+				s.log.WithError(err).Warn("counting pins for least-conn failed; retried every " + pinRecountEvery.String())
+			}
+			continue
+		}
+		if s.countFailed.CompareAndSwap(true, false) {
+			s.log.Info("counting pins for least-conn works again")
+		}
+		s.mu.Lock()
+		for name, b := range s.backends {
+			b.pins.Store(int64(counts[name]))
+		}
+		s.mu.Unlock()
+	}
+}
 
 func closeAll(svcs []*service) {
 	for _, s := range svcs {

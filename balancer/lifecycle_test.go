@@ -255,3 +255,39 @@ func TestRegisterUnsavedIsUndone(t *testing.T) {
 		}
 	}
 }
+
+// TestLeastConnCountsAdoptedPins: in kernel mode least-conn balances on
+// pins, and a restarted daemon counts the pins it adopts from the data
+// plane: new clients go to the backend with fewer pins, not to the one
+// whose 100 pins an earlier run made.
+func TestLeastConnCountsAdoptedPins(t *testing.T) {
+	be1, be2 := startEcho(t, "be1"), startEcho(t, "be2")
+	sc := testService("web", config.CheckNone, be1, be2)
+	sc.Pools[0].Balance = config.BalanceLeastConn
+	fdp := newFDP(t)
+	ctx := context.Background()
+	if err := fdp.Sync(ctx, dataplane.State{Services: []dataplane.Service{{Name: "web", Listen: sc.Listen, ClientTTL: time.Hour, MaxClients: 1000,
+		Backends: []dataplane.Backend{{Name: "be1", Address: be1.addr()}, {Name: "be2", Address: be2.addr()}}}}}); err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= 100; i++ {
+		c := netip.AddrFrom4([4]byte{198, 18, 1, byte(i)})
+		if err := fdp.Pin(ctx, dataplane.Pin{Service: "web", Backend: "be1", Client: c, Key: "src=" + c.String()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eng := startWith(t, &config.Config{Services: []config.Service{sc}}, fdp, true)
+	addr := eng.Addr("web").String()
+	for i := 2; i < 12; i++ {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(fmt.Sprintf("127.0.0.%d", i))}, Timeout: time.Second}
+		if c, err := d.Dial("tcp", addr); err == nil {
+			c.SetDeadline(time.Now().Add(time.Second))
+			c.Read(make([]byte, 1)) // kernel mode, first_connection reset: the pin is made, the connection reset
+			c.Close()
+		}
+	}
+	st := status(t, eng)
+	if b1, b2 := backendOf(t, st, "web", "be1").Pinned, backendOf(t, st, "web", "be2").Pinned; b1 != 100 || b2 != 10 {
+		t.Fatalf("pins: be1 %d, be2 %d; want 100 and the 10 new clients on be2", b1, b2)
+	}
+}

@@ -28,7 +28,8 @@ type service struct {
 	counts *serviceCounters
 	snap   atomic.Pointer[snapshot]
 
-	noBackend atomic.Bool // the last new client found no usable backend
+	noBackend   atomic.Bool // the last new client found no usable backend
+	countFailed atomic.Bool // the last recount of pins failed (kernel mode)
 
 	mu       sync.Mutex
 	backends map[string]*backend

@@ -17,7 +17,7 @@ type backend struct {
 	down     atomic.Bool // health says down
 	draining atomic.Bool // no new clients
 	active   atomic.Int64
-	pins     atomic.Int64 // pins made by this process since the last recount (kernel mode)
+	pins     atomic.Int64 // kernel mode: set members at the last recount plus pins made since
 	bytesIn  atomic.Uint64
 	bytesOut atomic.Uint64
 	conns    atomic.Uint64 // proxied connections served
