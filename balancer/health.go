@@ -99,6 +99,8 @@ type migration struct {
 // conntrack entries are then dropped, so broken flows end now and new ones
 // take the new path.
 func (s *service) migrate(ctx context.Context, b *backend, forget bool) (res migration, err error) {
+	s.migrateMu.Lock()
+	defer s.migrateMu.Unlock()
 	start := time.Now()
 	defer func() { res.took = time.Since(start) }()
 	snap := s.snap.Load()
@@ -207,6 +209,8 @@ func (s *service) countMove(from *backend, to string) {
 // moves to b. Their conntrack entries stay, so live flows finish where they
 // are.
 func (s *service) failback(ctx context.Context, b *backend) (moved int, took time.Duration, err error) {
+	s.migrateMu.Lock()
+	defer s.migrateMu.Unlock()
 	start := time.Now()
 	snap := s.snap.Load()
 	pool := snap.router.Pool(b.pool)

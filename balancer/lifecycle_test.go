@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -19,6 +20,7 @@ import (
 	"github.com/handoff-lb/handoff/config"
 	"github.com/handoff-lb/handoff/dataplane"
 	"github.com/handoff-lb/handoff/fallback"
+	"github.com/handoff-lb/handoff/healthcheck"
 )
 
 // startWith runs an engine over dp (kernel mode when kernel is set) until
@@ -289,5 +291,111 @@ func TestLeastConnCountsAdoptedPins(t *testing.T) {
 	st := status(t, eng)
 	if b1, b2 := backendOf(t, st, "web", "be1").Pinned, backendOf(t, st, "web", "be2").Pinned; b1 != 100 || b2 != 10 {
 		t.Fatalf("pins: be1 %d, be2 %d; want 100 and the 10 new clients on be2", b1, b2)
+	}
+}
+
+// gatedBatch holds the first PinBatch until release is closed.
+type gatedBatch struct {
+	balancer.Dataplane
+	first            atomic.Bool
+	entered, release chan struct{}
+}
+
+func (g *gatedBatch) PinBatch(ctx context.Context, pins []dataplane.Pin) error {
+	if g.first.CompareAndSwap(false, true) {
+		close(g.entered)
+		<-g.release
+	}
+	return g.Dataplane.PinBatch(ctx, pins)
+}
+
+// TestDrainRacesDown: a backend that goes down while a drain is moving
+// clients onto it ends with none of them: its own migration waits for the
+// drain's and then moves them on.
+func TestDrainRacesDown(t *testing.T) {
+	be1, be2, be3 := startEcho(t, "a"), startEcho(t, "b"), startEcho(t, "c")
+	sc := testService("web", config.CheckNone, be1, be2, be3)
+	fdp := newFDP(t)
+	g := &gatedBatch{Dataplane: fdp, entered: make(chan struct{}), release: make(chan struct{})}
+	eng := startWith(t, &config.Config{Services: []config.Service{sc}}, g, true)
+	ctx := context.Background()
+	for i := 1; i <= 40; i++ {
+		c := netip.AddrFrom4([4]byte{198, 18, 0, byte(i)})
+		if err := fdp.Pin(ctx, dataplane.Pin{Service: "web", Backend: "b", Client: c, Key: "src=" + c.String()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	drained := make(chan error, 1)
+	go func() { _, err := eng.Drain(ctx, "web", "b", balancer.DrainMigrate); drained <- err }()
+	<-g.entered // the drain has picked where b's clients go, some to a
+	downed := make(chan struct{})
+	go func() {
+		eng.OnHealth(healthcheck.Event{Service: "web", Backend: "a", Up: false, Reason: "test", At: time.Now()})
+		close(downed)
+	}()
+	// OnHealth marks a down at once and then waits for the drain's
+	// migration to finish (Status would wait too: the drain holds the
+	// engine's change lock), so give it a moment.
+	time.Sleep(100 * time.Millisecond)
+	close(g.release)
+	if err := <-drained; err != nil {
+		t.Fatal(err)
+	}
+	<-downed
+	count := func(be string) int {
+		n := 0
+		fdp.Pins(ctx, "web", be, func(dataplane.Pin) error { n++; return nil })
+		return n
+	}
+	if a, b, c := count("a"), count("b"), count("c"); a != 0 || b != 0 || c != 40 {
+		t.Fatalf("pins: a %d (down), b %d (drained), c %d; want all 40 on c", a, b, c)
+	}
+}
+
+// gatedPin holds the first Pin until release is closed.
+type gatedPin struct {
+	balancer.Dataplane
+	first            atomic.Bool
+	entered, release chan struct{}
+}
+
+func (g *gatedPin) Pin(ctx context.Context, p dataplane.Pin) error {
+	if g.first.CompareAndSwap(false, true) {
+		close(g.entered)
+		<-g.release
+	}
+	return g.Dataplane.Pin(ctx, p)
+}
+
+// TestAcceptRacesDown: a new client classified to a backend that goes
+// down (and is migrated) before its pin lands is not left pinned there.
+func TestAcceptRacesDown(t *testing.T) {
+	be1, be2 := startEcho(t, "a"), startEcho(t, "b")
+	sc := testService("web", config.CheckNone, be1, be2)
+	sc.Pools[0].Balance = config.BalanceHotStandby // every new client picks a
+	fdp := newFDP(t)
+	g := &gatedPin{Dataplane: fdp, entered: make(chan struct{}), release: make(chan struct{})}
+	eng := startWith(t, &config.Config{Services: []config.Service{sc}}, g, true)
+	c, err := net.Dial("tcp", eng.Addr("web").String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	<-g.entered // classified to a, pin not made yet
+	eng.OnHealth(healthcheck.Event{Service: "web", Backend: "a", Up: false, Reason: "test", At: time.Now()})
+	close(g.release)
+	c.SetDeadline(time.Now().Add(2 * time.Second))
+	c.Read(make([]byte, 1)) // the connection ends (reset)
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		n := 0
+		fdp.Pins(context.Background(), "web", "a", func(dataplane.Pin) error { n++; return nil })
+		if n == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d client(s) left pinned to a, which is down", n)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }

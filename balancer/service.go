@@ -31,6 +31,12 @@ type service struct {
 	noBackend   atomic.Bool // the last new client found no usable backend
 	countFailed atomic.Bool // the last recount of pins failed (kernel mode)
 
+	// migrateMu serializes the migrations of the service's clients
+	// (backend down, drain --migrate, failback): each lists pins, picks
+	// new backends and pins there, and one running between another's
+	// listing and pinning could leave clients on a backend that went down.
+	migrateMu sync.Mutex
+
 	mu       sync.Mutex
 	backends map[string]*backend
 	ln       net.Listener    // nil while closed
@@ -309,6 +315,18 @@ func (s *service) handle(ctx context.Context, snap *snapshot, c *net.TCPConn) {
 			l.Warn("pin failed: reset")
 		}
 		s.counts.pinFailed.Add(1)
+		reset(c)
+		return
+	}
+	if d.backend.down.Load() {
+		// The backend went down while this client was being pinned: the
+		// migration of its clients may have listed them before this pin
+		// landed (it lists after marking the backend down, so a pin that
+		// landed before this check is seen). Undo the pin; the client's
+		// next connection is classified afresh.
+		if err := s.e.dp.Unpin(ctx, s.name, d.backend.name, client); err != nil {
+			log.get().WithError(err).WithField("backend", d.backend.name).Warn("unpinning a client of a backend that went down while it was pinned")
+		}
 		reset(c)
 		return
 	}
