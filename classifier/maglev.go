@@ -7,9 +7,13 @@ import (
 
 // Maglev consistent hashing (Eisenbud et al., NSDI 2016), weighted.
 //
-// The lookup table has M slots, M the smallest prime ≥ max(65537, 256 ×
-// the pool's backends), so it depends on the pool's size but not on which
-// backends are usable. (At 100 slots per backend, removing one of 400
+// The lookup table has M slots, M the smallest prime ≥ 65537·2^k for the
+// smallest k with 65537·2^k ≥ 256 × the pool's backends, so it depends on
+// the pool's size class but not on which backends are usable, nor on the
+// exact count: a key's slot depends on M, and a table that changed size on
+// every backend added (through the API, say) or removed moved nearly every
+// client of a pool of more than 256. Now that happens only when the pool
+// crosses 256, 512, 1024, ... backends. (At 100 slots per backend, removing one of 400
 // backends moved slightly more than 1% of the others' slots; at 256, at
 // most 0.85% for any pool size measured.) Each backend's preference list is the permutation
 // slot(j) = (offset + j·skip) mod M with offset = hash(name, "maglevof") mod
@@ -28,9 +32,13 @@ const (
 // noBackend marks an unfilled slot; pools hold at most noBackend backends.
 const noBackend = 0xFFFF
 
-// maglevSize returns the table size for a pool of n backends.
+// maglevSize returns the table size for a pool of n backends: the
+// smallest prime from the size class of n (see the top of this file).
 func maglevSize(n int) int {
-	m := max(minMaglevSize, slotsPerBackend*n)
+	m := minMaglevSize
+	for m < slotsPerBackend*n {
+		m *= 2
+	}
 	for !isPrime(m) {
 		m++
 	}

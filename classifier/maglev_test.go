@@ -20,7 +20,7 @@ func names(n int) []string {
 }
 
 func TestMaglevSize(t *testing.T) {
-	for _, tt := range []struct{ n, m int }{{0, 65537}, {1, 65537}, {256, 65537}, {257, 65809}, {1000, 256019}} {
+	for _, tt := range []struct{ n, m int }{{0, 65537}, {1, 65537}, {256, 65537}, {257, 131101}, {512, 131101}, {513, 262151}, {1000, 262151}, {1024, 262151}, {1025, 524309}} {
 		if got := maglevSize(tt.n); got != tt.m || !isPrime(got) || got < 256*tt.n {
 			t.Errorf("maglevSize(%d) = %d, want %d", tt.n, got, tt.m)
 		}
@@ -260,5 +260,34 @@ func TestMaglevTableReuse(t *testing.T) {
 	v.setDown(true, "be3")
 	if changed := tableOf(t, p, v); &changed[0] == &first[0] {
 		t.Fatal("table kept after a backend went down")
+	}
+}
+
+// TestMaglevAddBackend: adding one backend to a pool moves only the
+// clients it takes, within maglev's disruption, whatever the pool's size
+// (the table's size changes only when the pool crosses 256, 512, 1024, ...
+// backends; then nearly every client moves, as the README says).
+func TestMaglevAddBackend(t *testing.T) {
+	for _, n := range []int{10, 100, 255, 300, 511, 1000} {
+		before := mustPool(t, config.BalanceMaglev, names(n)...)
+		after := mustPool(t, config.BalanceMaglev, names(n+1)...)
+		t1, t2 := before.state(nil, -1).table, after.state(nil, -1).table
+		added := fmt.Sprintf("be%d", n+1)
+		moved, others := 0, 0
+		for i := range 100000 {
+			h := hash64(fmt.Sprintf("198.18.%d.%d", i/256, i%256), seedMaglevKey)
+			a := before.names[t1[reduce(h, uint64(len(t1)))]]
+			b := after.names[t2[reduce(h, uint64(len(t2)))]]
+			if b == added {
+				continue
+			}
+			others++
+			if a != b {
+				moved++
+			}
+		}
+		if f := float64(moved) / float64(others); f > 0.02 {
+			t.Errorf("pool of %d (M %d → %d): adding %s moved %.1f%% of the clients it did not take", n, before.size, after.size, added, 100*f)
+		}
 	}
 }
