@@ -595,6 +595,15 @@ func (p *parser) match(rf *fields, s *Service, m *Match) {
 				}
 				mf.errorf(n, "key", "must not be empty")
 			}
+		} else if s.Classify == ClassifySNI || s.Classify == ClassifyHTTPHost {
+			// The classifier yields names lowercased, without a trailing
+			// dot, and IP literals without brackets, in canonical form:
+			// a key written otherwise would never match.
+			if k, ok := hostRouteKey(v); ok {
+				m.Key = k
+			} else {
+				mf.errorf(n, "key", "%q is not a host name or IP address, which is all classify: %s yields", v, s.Classify)
+			}
 		} else {
 			m.Key = v
 		}
@@ -796,4 +805,24 @@ func parsePrefix(s string) (netip.Prefix, error) {
 		return netip.Prefix{}, fmt.Errorf("%q has host bits set; did you mean %s?", s, m)
 	}
 	return pfx, nil
+}
+
+// hostRouteKey returns a route key of an sni or http-host service in the
+// form the classifier gives keys: an IP literal (brackets allowed) in its
+// canonical text form, or a host name lowercased without a trailing dot,
+// made of the bytes of a URI host name. ok is false for anything else.
+func hostRouteKey(k string) (string, bool) {
+	if a, err := netip.ParseAddr(strings.TrimSuffix(strings.TrimPrefix(k, "["), "]")); err == nil {
+		return a.String(), a.Zone() == ""
+	}
+	k = strings.ToLower(strings.TrimSuffix(k, "."))
+	if k == "" || len(k) > 255 {
+		return "", false
+	}
+	for _, c := range []byte(k) {
+		if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || strings.IndexByte("-._~%!$&'()*+,;=", c) >= 0) {
+			return "", false
+		}
+	}
+	return k, true
 }

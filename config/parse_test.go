@@ -204,6 +204,7 @@ func TestParseErrors(t *testing.T) {
 		{desc: "cidr garbage", yaml: svc("    routes:\n      - {match: {cidr: lan}, pool: default}\n"), pos: "5:24", msg: `"lan" is not a CIDR prefix`},
 		{desc: "cidr mapped", yaml: "services:\n  - name: web\n    listen: \"[2001:2::1]:80\"\n    routes:\n      - {match: {cidr: \"::ffff:198.18.0.0/112\"}, pool: default}\n", pos: "5:24", msg: "IPv4-mapped IPv6 prefix"},
 		{desc: "empty key", yaml: svc("    routes:\n      - {match: {key: \"\"}, pool: default}\n"), pos: "5:23", msg: "match.key: must not be empty"},
+		{desc: "sni key that is no host name", yaml: svc("    classify: sni\n    routes:\n      - {match: {key: \"a b\"}, pool: default}\n"), pos: "6:23", msg: `match.key: "a b" is not a host name or IP address, which is all classify: sni yields`},
 		{desc: "key_regex does not compile", yaml: svc("    routes:\n      - {match: {key_regex: '[a-'}, pool: default}\n"), pos: "5:29", msg: "match.key_regex: invalid regexp: missing closing ]"},
 		{desc: "hash_range reversed", yaml: svc("    routes:\n      - {match: {hash_range: [500, 499]}, pool: default}\n"), pos: "5:30", msg: "match.hash_range: [500, 499]: lo is above hi"},
 		{desc: "hash_range above 999", yaml: svc("    routes:\n      - {match: {hash_range: [0, 1000]}, pool: default}\n"), pos: "5:34", msg: "match.hash_range: 1000 is out of range 0..999"},
@@ -725,6 +726,35 @@ func TestCheckBackend(t *testing.T) {
 			t.Errorf("%+v: %v", tt.b, err)
 		case tt.err != "" && (err == nil || !strings.Contains(err.Error(), tt.err)):
 			t.Errorf("%+v: got %v, want %q", tt.b, err, tt.err)
+		}
+	}
+}
+
+// TestHostRouteKeys: the route keys of sni and http-host services are put
+// in the form those classifiers give keys, so that they can match; other
+// classifiers' keys stay as written.
+func TestHostRouteKeys(t *testing.T) {
+	for _, tc := range []struct {
+		classify, key, want string
+	}{
+		{"sni", "WWW.Example.com", "www.example.com"},
+		{"http-host", "api.example.com.", "api.example.com"},
+		{"http-host", "[2001:2:0:0::1]", "2001:2::1"},
+		{"sni", "2001:2::1", "2001:2::1"},
+		{"http-host", "198.18.0.1", "198.18.0.1"},
+		{"payload", "Station 7", "Station 7"},
+	} {
+		y := fmt.Sprintf("services:\n  - name: web\n    listen: 198.18.1.1:80\n    classify: %s\n", tc.classify)
+		if tc.classify == "payload" {
+			y += "    payload: {pattern: '^(.*)$'}\n"
+		}
+		y += fmt.Sprintf("    routes:\n      - {match: {key: %q}, pool: vip}\n    pools: [{name: default}, {name: vip}]\n", tc.key)
+		c, err := Parse("test.yaml", []byte(y))
+		if err != nil {
+			t.Fatalf("%s key %q: %v", tc.classify, tc.key, err)
+		}
+		if got := c.Services[0].Routes[0].Match.Key; got != tc.want {
+			t.Errorf("%s key %q became %q, want %q", tc.classify, tc.key, got, tc.want)
 		}
 	}
 }
