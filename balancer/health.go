@@ -71,12 +71,13 @@ func (e *Engine) onHealth(ev healthcheck.Event) {
 }
 
 // keyOf recovers a pin's classification key from its label ("sni=a.example"
-// → "a.example"). A source label, and a label that names no key (a pin
+// → "a.example", "payload=station\x207" → "station 7"; see
+// classifier.LabelKey). A source label, and a label that names no key (a pin
 // made by hand is "manual"), give the client address, so that such
 // clients are spread like source-classified ones rather than all sharing
 // one key.
 func keyOf(p dataplane.Pin) string {
-	_, k, ok := strings.Cut(p.Key, "=")
+	k, ok := classifier.LabelKey(p.Key)
 	if !ok || strings.HasPrefix(p.Key, "src=") {
 		return classifier.SourceKey(p.Client)
 	}

@@ -21,6 +21,10 @@ func TestKeyOf(t *testing.T) {
 		{"sni=a.example", a, "a.example"},
 		{"host=b.example", b, "b.example"},
 		{"payload=job=7", a, "job=7"},
+		{`payload=station\x207`, a, "station 7"},
+		{`host=m\xc3\xbcller`, b, "müller"},
+		{`payload=a\x22b\x5cc`, a, `a"b\c`},
+		{`payload=bad\x2`, a, classifier.SourceKey(a)}, // not Label's form
 		{"src=198.18.0.1", a, classifier.SourceKey(a)},
 		{"", b, classifier.SourceKey(b)},
 		{ManualKey, a, classifier.SourceKey(a)},

@@ -2,6 +2,8 @@ package classifier
 
 import (
 	"net/netip"
+	"strconv"
+	"strings"
 
 	"github.com/handoff-lb/handoff/config"
 )
@@ -44,6 +46,37 @@ func Label(c config.Classify, key string) string {
 		b = append(b, '\\', 'x', hex[c>>4], hex[c&0xf])
 	}
 	return string(b)
+}
+
+// LabelKey undoes Label: it returns the key a label holds, with its \xNN
+// escapes decoded, and reports whether the label has Label's form
+// ("NAME=KEY", escapes well formed). A label that Label had to cut (a key
+// of more than about 240 bytes) yields only the key's beginning.
+func LabelKey(label string) (string, bool) {
+	_, k, ok := strings.Cut(label, "=")
+	if !ok {
+		return "", false
+	}
+	if strings.IndexByte(k, '\\') < 0 {
+		return k, true
+	}
+	b := make([]byte, 0, len(k))
+	for i := 0; i < len(k); i++ {
+		if k[i] != '\\' {
+			b = append(b, k[i])
+			continue
+		}
+		if i+3 >= len(k) || k[i+1] != 'x' {
+			return "", false
+		}
+		v, err := strconv.ParseUint(k[i+2:i+4], 16, 8)
+		if err != nil {
+			return "", false
+		}
+		b = append(b, byte(v))
+		i += 3
+	}
+	return string(b), true
 }
 
 // SourceKey returns the key of classify: source, the client's address in
