@@ -56,6 +56,23 @@ func Read(ctx context.Context, conn net.Conn, p Parser, maxBytes int, timeout ti
 	buf := getBuf(min(maxBytes, initialBuf))
 	defer func() { putBuf(buf) }()
 	n := 0
+	parsed, scanned := 0, 0 // bytes at the last parse; bytes parsed in all
+	parse := func() (string, []byte, bool, error) {
+		parsed, scanned = n, scanned+n
+		k, perr := safeParse(p, (*buf)[:n])
+		switch {
+		case perr == nil && k != "":
+			return k, clone((*buf)[:n]), true, nil
+		case perr == nil:
+			return "", clone((*buf)[:n]), true, fmt.Errorf("%w: empty key", ErrNoMatch)
+		case errors.Is(perr, ErrNeedMore):
+			return "", nil, false, nil
+		case errors.Is(perr, ErrNoMatch), errors.Is(perr, ErrMalformed), errors.Is(perr, ErrTooLong):
+			return "", clone((*buf)[:n]), true, perr
+		default:
+			return "", clone((*buf)[:n]), true, fmt.Errorf("%w: %w", ErrMalformed, perr)
+		}
+	}
 	for {
 		if n == len(*buf) {
 			if n >= maxBytes {
@@ -68,18 +85,18 @@ func Read(ctx context.Context, conn net.Conn, p Parser, maxBytes int, timeout ti
 		}
 		m, rerr := conn.Read((*buf)[n:min(len(*buf), maxBytes)])
 		n += m
-		if m > 0 {
-			k, perr := safeParse(p, (*buf)[:n])
-			switch {
-			case perr == nil && k != "":
-				return k, clone((*buf)[:n]), nil
-			case perr == nil:
-				return "", clone((*buf)[:n]), fmt.Errorf("%w: empty key", ErrNoMatch)
-			case errors.Is(perr, ErrNeedMore):
-			case errors.Is(perr, ErrNoMatch), errors.Is(perr, ErrMalformed), errors.Is(perr, ErrTooLong):
-				return "", clone((*buf)[:n]), perr
-			default:
-				return "", clone((*buf)[:n]), fmt.Errorf("%w: %w", ErrMalformed, perr)
+		// Each parse reads every byte so far, so a client sending a large
+		// greeting a byte at a time would cost work quadratic in its size.
+		// Past parseBudget bytes parsed in all, parse only when the bytes
+		// doubled, the buffer is full, or the read ends (below).
+		if m > 0 && (scanned < parseBudget || n >= 2*parsed || n >= maxBytes) {
+			if k, peeked, done, err := parse(); done {
+				return k, peeked, err
+			}
+		}
+		if rerr != nil && parsed < n {
+			if k, peeked, done, err := parse(); done {
+				return k, peeked, err
 			}
 		}
 		if rerr != nil {
@@ -96,6 +113,12 @@ func Read(ctx context.Context, conn net.Conn, p Parser, maxBytes int, timeout ti
 		}
 	}
 }
+
+// parseBudget is how many bytes Read lets its parser read in all, summed
+// over its calls, before it parses only at doublings of the bytes read
+// (see Read). A greeting typed a byte at a time stays well within it up
+// to config's largest max_bytes for a few kilobytes.
+const parseBudget = 1 << 20
 
 // safeParse calls p.Parse, turning a panic into an error.
 func safeParse(p Parser, data []byte) (key string, err error) {

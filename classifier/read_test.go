@@ -7,6 +7,8 @@ import (
 	"io"
 	"net"
 	"os"
+	"regexp"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -272,5 +274,32 @@ func BenchmarkRead(b *testing.B) {
 		if _, _, err := Read(ctx, conn, sni, 0, time.Second); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// oneByteConn hands out its bytes one per Read, as a client sending a byte
+// per segment would.
+type oneByteConn struct{ memConn }
+
+func (c *oneByteConn) Read(b []byte) (int, error) { return c.memConn.Read(b[:min(1, len(b))]) }
+
+// TestReadParseWorkBounded: a greeting sent a byte at a time costs parse
+// work bounded by parseBudget plus a few times its size, not its square,
+// and is still classified, on its last byte.
+func TestReadParseWorkBounded(t *testing.T) {
+	pp, err := newPayloadParser(config.Payload{Pattern: regexp.MustCompile(`^HELLO (\w+)\n`), MaxBytes: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	scanned := 0
+	counting := ParserFunc(func(d []byte) (string, error) { scanned += len(d); return pp.Parse(d) })
+	word := strings.Repeat("a", 16<<10)
+	data := []byte("HELLO " + word + "\n")
+	key, peeked, err := Read(context.Background(), &oneByteConn{memConn{data: data}}, counting, 1<<20, 0)
+	if err != nil || key != word || len(peeked) != len(data) {
+		t.Fatalf("Read = %d-byte key, %d bytes, %v; want the word and every byte", len(key), len(peeked), err)
+	}
+	if limit := parseBudget + 4*len(data); scanned > limit {
+		t.Fatalf("the parser read %d bytes in all for a %d-byte greeting; want at most %d", scanned, len(data), limit)
 	}
 }
