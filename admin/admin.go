@@ -1,7 +1,8 @@
 // Package admin is handoff's control plane over HTTP: the JSON API under
 // /api/v1 (DESIGN.md §6), Prometheus metrics at /metrics, the status page at
-// /, liveness at /healthz, readiness at /readyz and, when enabled, pprof. It is a thin skin over
-// the engine: every request becomes one Controller call.
+// /, liveness at /healthz, readiness at /readyz and, when enabled, pprof. It
+// is a thin skin over the engine: every request becomes one Controller
+// call.
 //
 // The package also holds the API's Go client, which the CLI uses.
 package admin

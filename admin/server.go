@@ -310,13 +310,13 @@ func methodNotAllowed(methods []string) http.Handler {
 }
 
 // authenticate requires the token on every path but the probes (/healthz,
-// /readyz), when a token
-// is set. Programs send "Authorization: Bearer <token>"; that is the only
-// credential for changes. A browser opens any page once with ?token=<token>:
-// the server answers with a cookie (HttpOnly, SameSite=Strict, holding a
-// hash of the token) and a redirect to the same URL without the token; the
-// cookie then authorizes GET and HEAD requests only, so a page from another
-// site on this host cannot make changes with it.
+// /readyz), when a token is set. Programs send "Authorization: Bearer
+// <token>"; that is the only credential for changes. A browser opens any
+// page once with ?token=<token>: the server answers with a cookie
+// (HttpOnly, SameSite=Strict, holding a hash of the token) and a redirect
+// to the same URL without the token; the cookie then authorizes GET and
+// HEAD requests only, so a page from another site on this host cannot make
+// changes with it.
 func (s *Server) authenticate(next http.Handler) http.Handler {
 	if !s.auth {
 		return next

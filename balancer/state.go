@@ -89,8 +89,7 @@ func (v *view) bump() { v.gen.Add(1) }
 
 // set replaces the backends of a service, keeping the state of backends
 // that remain (same name, address and pool). A backend whose address or
-// pool changed
-// gets a new record (handlers of the old address keep the old one) that
+// pool changed gets a new record (handlers of the old one keep it) that
 // carries the old one's health, pins and totals: the health monitor keeps
 // a target's state across an address change, so a backend down before is
 // down until checks of its new address bring it up.
