@@ -10,18 +10,20 @@ import (
 // The lookup table has M slots, M the smallest prime ≥ 65537·2^k for the
 // smallest k with 65537·2^k ≥ 256 × the pool's backends, so it depends on
 // the pool's size class but not on which backends are usable, nor on the
-// exact count: a key's slot depends on M, and a table that changed size on
-// every backend added (through the API, say) or removed moved nearly every
-// client of a pool of more than 256. Now that happens only when the pool
-// crosses 256, 512, 1024, ... backends. (At 100 slots per backend, removing one of 400
-// backends moved slightly more than 1% of the others' slots; at 256, at
-// most 0.85% for any pool size measured.) Each backend's preference list is the permutation
-// slot(j) = (offset + j·skip) mod M with offset = hash(name, "maglevof") mod
-// M and skip = hash(name, "maglevsp") mod (M−1) + 1 (see hash64), so it
-// depends only on the backend's name. The usable backends take turns in
-// name order, each claiming the next free slot of its list; a backend of
-// weight w takes a turn in w of every wmax rounds, so it ends up with a
-// share of w/Σw of the slots. A key goes to table[⌊hash(key, "maglevky")·M
+// exact count: a key's slot depends on M, and a table that changed size
+// with every backend added (through the API, say) or removed moved nearly
+// every client of a pool of more than 256. Now that happens only when the
+// pool crosses 256, 512, 1024, ... backends. (At 100 slots per backend,
+// removing one of 400 backends moved slightly more than 1% of the others'
+// slots; at 256, at most 0.85% for any pool size measured.)
+//
+// Each backend's preference list is the permutation slot(j) = (offset +
+// j·skip) mod M with offset = hash(name, "maglevof") mod M and skip =
+// hash(name, "maglevsp") mod (M−1) + 1 (see hash64), so it depends only on
+// the backend's name. The usable backends take turns in name order, each
+// claiming the next free slot of its list; a backend of weight w takes a
+// turn in w of every wmax rounds, so it ends up with a share of w/Σw of
+// the slots. A key goes to table[⌊hash(key, "maglevky")·M
 // / 2^64⌋].
 
 const (
