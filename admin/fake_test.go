@@ -48,6 +48,7 @@ func newFake() *fakeController {
 					"unclassified/no-match": 5,
 					"rejected/timeout":      1,
 				},
+				Refused:          6,
 				Migrations:       2,
 				MigratedClients:  40,
 				MigrationSeconds: 0.25,

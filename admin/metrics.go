@@ -72,11 +72,11 @@ type statusCollector struct {
 
 	pinTime *prometheus.HistogramVec
 
-	up, buildInfo, open                                *prometheus.Desc
-	classified, migrations, migrated, migrationSeconds *prometheus.Desc
-	reloads                                            *prometheus.Desc
-	pins, fill, backendUp, draining, active            *prometheus.Desc
-	proxiedConns, proxiedBytes, fwdPackets, fwdBytes   *prometheus.Desc
+	up, buildInfo, open                                         *prometheus.Desc
+	classified, refused, migrations, migrated, migrationSeconds *prometheus.Desc
+	reloads                                                     *prometheus.Desc
+	pins, fill, backendUp, draining, active                     *prometheus.Desc
+	proxiedConns, proxiedBytes, fwdPackets, fwdBytes            *prometheus.Desc
 }
 
 func newStatusCollector(ctl Controller, version string, log *logrus.Entry) *statusCollector {
@@ -101,6 +101,7 @@ func newStatusCollector(ctl Controller, version string, log *logrus.Entry) *stat
 		open:      d("handoff_service_open", "1 when the service's listener accepts new clients.", svc, nil),
 
 		classified:       d("handoff_classifications_total", "New clients classified, by result: pinned, no-backend, pin-failed, unclassified/<reason>, rejected/<reason>.", []string{"service", "result"}, nil),
+		refused:          d("handoff_connections_refused_total", "Connections reset at once because max_connections were live.", svc, nil),
 		migrations:       d("handoff_migrations_total", "Migrations of clients between backends: backend-down evacuations, failbacks and drain migrations.", svc, nil),
 		migrated:         d("handoff_migrated_clients_total", "Clients moved by migrations.", svc, nil),
 		migrationSeconds: d("handoff_migration_seconds_total", "Total duration of migrations.", svc, nil),
@@ -121,7 +122,7 @@ func newStatusCollector(ctl Controller, version string, log *logrus.Entry) *stat
 func (c *statusCollector) descs() []*prometheus.Desc {
 	return []*prometheus.Desc{
 		c.up, c.buildInfo, c.open,
-		c.classified, c.migrations, c.migrated, c.migrationSeconds, c.reloads,
+		c.classified, c.refused, c.migrations, c.migrated, c.migrationSeconds, c.reloads,
 		c.pins, c.fill, c.backendUp, c.draining, c.active,
 		c.proxiedConns, c.proxiedBytes, c.fwdPackets, c.fwdBytes,
 	}
@@ -173,6 +174,7 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 		for _, result := range slices.Sorted(maps.Keys(s.Classified)) {
 			emit(c.classified, prometheus.CounterValue, float64(s.Classified[result]), s.Name, result)
 		}
+		emit(c.refused, prometheus.CounterValue, float64(s.Refused), s.Name)
 		emit(c.migrations, prometheus.CounterValue, float64(s.Migrations), s.Name)
 		emit(c.migrated, prometheus.CounterValue, float64(s.MigratedClients), s.Name)
 		emit(c.migrationSeconds, prometheus.CounterValue, s.MigrationSeconds, s.Name)

@@ -80,6 +80,8 @@ func TestMetrics(t *testing.T) {
 		`handoff_classifications_total{result="no-backend",` + web + `}`:            4,
 		`handoff_classifications_total{result="unclassified/no-match",` + web + `}`: 5,
 		`handoff_classifications_total{result="rejected/timeout",` + web + `}`:      1,
+		`handoff_connections_refused_total{` + web + `}`:                            6,
+		`handoff_connections_refused_total{service="v6"}`:                           0,
 		`handoff_migrations_total{` + web + `}`:                                     2,
 		`handoff_migrated_clients_total{` + web + `}`:                               40,
 		`handoff_migration_seconds_total{` + web + `}`:                              0.25,

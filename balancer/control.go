@@ -47,6 +47,9 @@ type ServiceStatus struct {
 	MaxClients int    `json:"max_clients"` // per backend
 	Pinned     int64  `json:"pinned"`      // sum over backends
 	Active     int64  `json:"active"`      // live proxied connections
+	// Refused counts connections reset at once because max_connections
+	// were live (userspace proxying; in kernel mode, first connections).
+	Refused uint64 `json:"refused"`
 	// Classified counts new clients by result: "pinned", "no-backend",
 	// "pin-failed", and "unclassified/<reason>" (no-match, timeout,
 	// too-long, malformed, closed), "rejected/<reason>" when
@@ -240,6 +243,7 @@ func (e *Engine) Status(ctx context.Context) (Status, error) {
 			Listen:     sc.Listen.String(),
 			Classify:   string(sc.Classify),
 			MaxClients: sc.MaxClients,
+			Refused:    s.snap.Load().limit.Refused(),
 		}
 		if a := s.addr(); a != nil {
 			ss.Open, ss.Listen = true, a.String()

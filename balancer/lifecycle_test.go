@@ -127,6 +127,9 @@ func TestMaxConnectionsSurvivesReload(t *testing.T) {
 		c.Close()
 		t.Fatal("a third connection was proxied with max_connections 2")
 	}
+	if n := status(t, eng).Services[0].Refused; n != 3 {
+		t.Errorf("status counts %d refused connections, want 3", n)
+	}
 }
 
 // TestDownSurvivesAddressChange: a backend that is down stays down when a

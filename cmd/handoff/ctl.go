@@ -186,9 +186,9 @@ func printStatus(out io.Writer, st balancer.Status) error {
 		fmt.Fprintln(w, "\nno services")
 		return w.Flush()
 	}
-	fmt.Fprintln(w, "\nSERVICE\tLISTEN\tOPEN\tPINNED\tACTIVE")
+	fmt.Fprintln(w, "\nSERVICE\tLISTEN\tOPEN\tPINNED\tACTIVE\tREFUSED")
 	for _, s := range st.Services {
-		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%d\n", s.Name, s.Listen, yesNo(s.Open), s.Pinned, s.Active)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%d\t%d\n", s.Name, s.Listen, yesNo(s.Open), s.Pinned, s.Active, s.Refused)
 	}
 	fmt.Fprintln(w, "\nSERVICE\tBACKEND\tADDRESS\tPOOL\tHEALTH\tDRAINING\tPINNED\tACTIVE\tBYTES")
 	for _, s := range st.Services {
