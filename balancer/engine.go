@@ -194,13 +194,20 @@ func (e *Engine) Run(ctx context.Context) error {
 	e.setState(StateServing)
 	e.log.WithField("services", len(svcs)).Info("serving")
 
-	if every := cfg.Log.SummaryInterval; every > 0 {
-		go e.summaryLoop(ctx, every)
-	}
 	var loops sync.WaitGroup
 	defer loops.Wait()
+	if every := cfg.Log.SummaryInterval; every > 0 {
+		loops.Go(func() { tick(ctx, every, func() { e.logSummary(ctx) }) })
+	}
 	if e.kernel {
-		loops.Go(func() { e.recountLoop(ctx, pinRecountEvery) })
+		loops.Go(func() {
+			tick(ctx, pinRecountEvery, func() {
+				e.mu.Lock()
+				svcs := slices.Collect(maps.Values(e.services))
+				e.mu.Unlock()
+				e.recountPins(ctx, svcs)
+			})
+		})
 	}
 	<-ctx.Done()
 	e.setState(StateStopping)
@@ -243,8 +250,8 @@ func (e *Engine) setState(s State) { e.state.Store(&s) }
 // of a least-conn pool are counted again from its set.
 const pinRecountEvery = 5 * time.Second
 
-// recountLoop recounts pins every period until ctx ends; see recountPins.
-func (e *Engine) recountLoop(ctx context.Context, every time.Duration) {
+// tick calls fn every period until ctx ends.
+func tick(ctx context.Context, every time.Duration, fn func()) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
@@ -252,10 +259,7 @@ func (e *Engine) recountLoop(ctx context.Context, every time.Duration) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			e.mu.Lock()
-			svcs := slices.Collect(maps.Values(e.services))
-			e.mu.Unlock()
-			e.recountPins(ctx, svcs)
+			fn()
 		}
 	}
 }

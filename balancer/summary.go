@@ -4,26 +4,12 @@ import (
 	"context"
 	"maps"
 	"slices"
-	"time"
 
 	"github.com/sirupsen/logrus"
 )
 
-// summaryLoop logs one line per service every interval: pinned clients,
-// live proxied connections, backends up, down and draining.
-func (e *Engine) summaryLoop(ctx context.Context, every time.Duration) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			e.logSummary(ctx)
-		}
-	}
-}
-
+// logSummary logs one line per service: pinned clients, live proxied
+// connections, backends up, down and draining (log.summary_interval).
 func (e *Engine) logSummary(ctx context.Context) {
 	e.mu.Lock()
 	svcs := maps.Clone(e.services)
