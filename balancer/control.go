@@ -453,9 +453,9 @@ func (e *Engine) Register(ctx context.Context, service string, r Registration) e
 	e.mu.Lock()
 	cur := e.cfg
 	e.mu.Unlock()
-	if svc, be, ok := setOwner(cur, dataplane.SetName(service, r.Name, sc.Listen.Addr().Is6())); ok && svc != service {
+	if o, ok := setOwners(cur)[dataplane.SetName(service, r.Name, sc.Listen.Addr().Is6())]; ok && o[0] != service {
 		return fmt.Errorf("%w: backend %q of service %q would use the ipset name of service %q backend %q; choose another name",
-			ErrConflict, r.Name, service, svc, be)
+			ErrConflict, r.Name, service, o[0], o[1])
 	}
 	log := e.log.WithFields(logrus.Fields{"service": service, "backend": r.Name})
 	rec := registration{Service: service, Name: r.Name, Address: r.Address, Weight: r.Weight, Pool: r.Pool, TTL: jsonDuration(r.TTL)}
@@ -607,18 +607,4 @@ func (e *Engine) SetOpen(ctx context.Context, service string, open bool) error {
 	}
 	s.log.WithField("listen", s.addr()).Info("listener opened")
 	return nil
-}
-
-// setOwner finds the service and backend of cfg whose ipset is named set.
-func setOwner(cfg *config.Config, set string) (service, backend string, ok bool) {
-	for _, s := range cfg.Services {
-		for _, p := range s.Pools {
-			for _, b := range p.Backends {
-				if dataplane.SetName(s.Name, b.Name, s.Listen.Addr().Is6()) == set {
-					return s.Name, b.Name, true
-				}
-			}
-		}
-	}
-	return "", "", false
 }

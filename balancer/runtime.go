@@ -174,14 +174,7 @@ func effective(file *config.Config, st *runtimeState) (cfg *config.Config, skipp
 	// config parser refuses two services' backends sharing a set, and a
 	// registration must not make them share one either (service "a",
 	// backend "b-c" and service "a-b", backend "c").
-	owners := map[string][2]string{}
-	for _, s := range file.Services {
-		for _, p := range s.Pools {
-			for _, b := range p.Backends {
-				owners[dataplane.SetName(s.Name, b.Name, s.Listen.Addr().Is6())] = [2]string{s.Name, b.Name}
-			}
-		}
-	}
+	owners := setOwners(file)
 	for _, r := range st.Registrations {
 		si := slices.IndexFunc(out.Services, func(s config.Service) bool { return s.Name == r.Service })
 		if si < 0 {
@@ -220,4 +213,18 @@ func effective(file *config.Config, st *runtimeState) (cfg *config.Config, skipp
 		p.Backends = append(p.Backends, b)
 	}
 	return &out, skipped
+}
+
+// setOwners maps the ipset name of every backend of cfg to its service and
+// backend names.
+func setOwners(cfg *config.Config) map[string][2]string {
+	owners := map[string][2]string{}
+	for _, s := range cfg.Services {
+		for _, p := range s.Pools {
+			for _, b := range p.Backends {
+				owners[dataplane.SetName(s.Name, b.Name, s.Listen.Addr().Is6())] = [2]string{s.Name, b.Name}
+			}
+		}
+	}
+	return owners
 }
