@@ -15,6 +15,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/handoff-lb/handoff/dataplane"
+	"github.com/handoff-lb/handoff/internal/hostname"
 )
 
 // Limits checked by Parse.
@@ -808,21 +809,13 @@ func parsePrefix(s string) (netip.Prefix, error) {
 }
 
 // hostRouteKey returns a route key of an sni or http-host service in the
-// form the classifier gives keys: an IP literal (brackets allowed) in its
-// canonical text form, or a host name lowercased without a trailing dot,
-// made of the bytes of a URI host name. ok is false for anything else.
+// form those classifiers give keys: an IP literal (brackets allowed) in its
+// canonical text form, or a host name as hostname.Key makes it. ok is false
+// for anything else.
 func hostRouteKey(k string) (string, bool) {
 	if a, err := netip.ParseAddr(strings.TrimSuffix(strings.TrimPrefix(k, "["), "]")); err == nil {
 		return a.String(), a.Zone() == ""
 	}
-	k = strings.ToLower(strings.TrimSuffix(k, "."))
-	if k == "" || len(k) > 255 {
-		return "", false
-	}
-	for _, c := range []byte(k) {
-		if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || strings.IndexByte("-._~%!$&'()*+,;=", c) >= 0) {
-			return "", false
-		}
-	}
-	return k, true
+	h, err := hostname.Key([]byte(k))
+	return h, err == nil
 }
