@@ -3,7 +3,6 @@ package balancer_test
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -324,79 +323,5 @@ func TestReloadKeepsListenerAndAddsBackend(t *testing.T) {
 	}
 	if !used["be2"] {
 		t.Errorf("new clients after reload never reached the added backend: %v", used)
-	}
-}
-
-// failingSync fails the Syncs it is told to and records every state it is
-// given.
-type failingSync struct {
-	balancer.Dataplane
-	mu     sync.Mutex
-	fail   int // how many of the next Syncs fail
-	states []dataplane.State
-}
-
-func (f *failingSync) Sync(ctx context.Context, st dataplane.State) error {
-	f.mu.Lock()
-	f.states = append(f.states, st)
-	failing := f.fail > 0
-	if failing {
-		f.fail--
-	}
-	f.mu.Unlock()
-	if failing {
-		return errors.New("xtables lock held too long")
-	}
-	return f.Dataplane.Sync(ctx, st)
-}
-
-// TestFailedSyncRestoresRunningState: when a change's data plane sync
-// fails, the change is refused and the data plane is given the running
-// config's state again, so that it does not retry the refused one later.
-func TestFailedSyncRestoresRunningState(t *testing.T) {
-	be1, be2 := startEcho(t, "be1"), startEcho(t, "be2")
-	cfg := &config.Config{Services: []config.Service{testService("web", config.CheckNone, be1)}}
-	log := logrus.New()
-	log.SetLevel(logrus.PanicLevel)
-	fdp, err := fallback.New(fallback.Options{StateDir: t.TempDir(), Logger: logrus.NewEntry(log)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fdp.Close()
-	dp := &failingSync{Dataplane: fdp}
-	eng, err := balancer.New(balancer.Options{Config: cfg, Dataplane: dp, Logger: logrus.NewEntry(log)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- eng.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
-	for eng.State() != balancer.StateServing {
-		time.Sleep(2 * time.Millisecond)
-	}
-
-	dp.mu.Lock()
-	dp.fail = 1
-	dp.mu.Unlock()
-	if err := eng.Register(context.Background(), "web", balancer.Registration{Name: "be2", Address: be2.addr()}); err == nil {
-		t.Fatal("Register succeeded although the data plane sync failed")
-	}
-	dp.mu.Lock()
-	last := dp.states[len(dp.states)-1]
-	dp.mu.Unlock()
-	var names []string
-	for _, s := range last.Services {
-		for _, b := range s.Backends {
-			names = append(names, s.Name+"/"+b.Name)
-		}
-	}
-	if fmt.Sprint(names) != "[web/be1]" {
-		t.Fatalf("after the failed change the data plane was last given %v, want the running [web/be1]", names)
 	}
 }

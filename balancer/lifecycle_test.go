@@ -186,23 +186,50 @@ func TestDownSurvivesAddressChange(t *testing.T) {
 	waitHealth("up")
 }
 
-// failNthSync fails the Sync calls numbered in fail (1 is Run's).
+// failNthSync fails the Sync calls numbered in fail (1 is Run's) and
+// records every state it is given.
 type failNthSync struct {
 	balancer.Dataplane
-	mu   sync.Mutex
-	n    int
-	fail map[int]bool
+	mu     sync.Mutex
+	n      int
+	fail   map[int]bool
+	states []dataplane.State
 }
 
 func (f *failNthSync) Sync(ctx context.Context, st dataplane.State) error {
 	f.mu.Lock()
 	f.n++
+	f.states = append(f.states, st)
 	failing := f.fail[f.n]
 	f.mu.Unlock()
 	if failing {
 		return errors.New("injected sync failure")
 	}
 	return f.Dataplane.Sync(ctx, st)
+}
+
+// TestFailedSyncRestoresRunningState: when a change's data plane sync
+// fails, the change is refused and the data plane is given the running
+// config's state again, so that it does not retry the refused one later.
+func TestFailedSyncRestoresRunningState(t *testing.T) {
+	be1, be2 := startEcho(t, "be1"), startEcho(t, "be2")
+	dp := &failNthSync{Dataplane: newFDP(t), fail: map[int]bool{2: true}} // 1: Run, 2: the registration's union
+	eng := startWith(t, &config.Config{Services: []config.Service{testService("web", config.CheckNone, be1)}}, dp, false)
+	if err := eng.Register(context.Background(), "web", balancer.Registration{Name: "be2", Address: be2.addr()}); err == nil {
+		t.Fatal("Register succeeded although the data plane sync failed")
+	}
+	dp.mu.Lock()
+	last := dp.states[len(dp.states)-1]
+	dp.mu.Unlock()
+	var names []string
+	for _, s := range last.Services {
+		for _, b := range s.Backends {
+			names = append(names, s.Name+"/"+b.Name)
+		}
+	}
+	if fmt.Sprint(names) != "[web/be1]" {
+		t.Fatalf("after the failed change the data plane was last given %v, want the running [web/be1]", names)
+	}
 }
 
 // TestReloadWhosePruneFails: a reload whose second sync (removing the old
