@@ -16,7 +16,6 @@ import (
 
 	"github.com/handoff-lb/handoff/balancer"
 	"github.com/handoff-lb/handoff/config"
-	"github.com/handoff-lb/handoff/dataplane"
 	"github.com/handoff-lb/handoff/fallback"
 )
 
@@ -131,21 +130,6 @@ func startEngine(t *testing.T, cfg *config.Config) *running {
 	return r
 }
 
-// blockingSync holds the engine's first Sync until release is closed.
-type blockingSync struct {
-	balancer.Dataplane
-	entered, release chan struct{}
-	once             sync.Once
-}
-
-func (b *blockingSync) Sync(ctx context.Context, st dataplane.State) error {
-	b.once.Do(func() {
-		close(b.entered)
-		<-b.release
-	})
-	return b.Dataplane.Sync(ctx, st)
-}
-
 // TestEngineState: the state and the status say "starting" until every
 // listener is open and the data plane synced, "serving" then, and
 // "stopping" once Run's context ends.
@@ -154,12 +138,7 @@ func TestEngineState(t *testing.T) {
 	cfg := &config.Config{Services: []config.Service{testService("web", config.CheckNone, be1)}}
 	log := logrus.New()
 	log.SetLevel(logrus.WarnLevel)
-	fdp, err := fallback.New(fallback.Options{StateDir: t.TempDir(), Logger: logrus.NewEntry(log)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fdp.Close()
-	dp := &blockingSync{Dataplane: fdp, entered: make(chan struct{}), release: make(chan struct{})}
+	dp := &gatedSync{Dataplane: newFDP(t), gate: newGate()}
 	eng, err := balancer.New(balancer.Options{Config: cfg, Dataplane: dp, Logger: logrus.NewEntry(log)})
 	if err != nil {
 		t.Fatal(err)

@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -324,18 +323,41 @@ func TestLeastConnCountsAdoptedPins(t *testing.T) {
 	}
 }
 
-// gatedBatch holds the first PinBatch until release is closed.
+// gate holds the first call that passes it until release is closed;
+// entered is closed when that call arrives.
+type gate struct {
+	entered, release chan struct{}
+	once             sync.Once
+}
+
+func newGate() *gate { return &gate{entered: make(chan struct{}), release: make(chan struct{})} }
+
+func (g *gate) pass() {
+	g.once.Do(func() {
+		close(g.entered)
+		<-g.release
+	})
+}
+
+// gatedSync, gatedBatch and gatedPin hold the data plane's first Sync,
+// PinBatch or Pin at their gate.
+type gatedSync struct {
+	balancer.Dataplane
+	*gate
+}
+
+func (g *gatedSync) Sync(ctx context.Context, st dataplane.State) error {
+	g.pass()
+	return g.Dataplane.Sync(ctx, st)
+}
+
 type gatedBatch struct {
 	balancer.Dataplane
-	first            atomic.Bool
-	entered, release chan struct{}
+	*gate
 }
 
 func (g *gatedBatch) PinBatch(ctx context.Context, pins []dataplane.Pin) error {
-	if g.first.CompareAndSwap(false, true) {
-		close(g.entered)
-		<-g.release
-	}
+	g.pass()
 	return g.Dataplane.PinBatch(ctx, pins)
 }
 
@@ -346,7 +368,7 @@ func TestDrainRacesDown(t *testing.T) {
 	be1, be2, be3 := startEcho(t, "a"), startEcho(t, "b"), startEcho(t, "c")
 	sc := testService("web", config.CheckNone, be1, be2, be3)
 	fdp := newFDP(t)
-	g := &gatedBatch{Dataplane: fdp, entered: make(chan struct{}), release: make(chan struct{})}
+	g := &gatedBatch{Dataplane: fdp, gate: newGate()}
 	eng := startWith(t, &config.Config{Services: []config.Service{sc}}, g, true)
 	ctx := context.Background()
 	for i := 1; i <= 40; i++ {
@@ -382,18 +404,13 @@ func TestDrainRacesDown(t *testing.T) {
 	}
 }
 
-// gatedPin holds the first Pin until release is closed.
 type gatedPin struct {
 	balancer.Dataplane
-	first            atomic.Bool
-	entered, release chan struct{}
+	*gate
 }
 
 func (g *gatedPin) Pin(ctx context.Context, p dataplane.Pin) error {
-	if g.first.CompareAndSwap(false, true) {
-		close(g.entered)
-		<-g.release
-	}
+	g.pass()
 	return g.Dataplane.Pin(ctx, p)
 }
 
@@ -404,7 +421,7 @@ func TestAcceptRacesDown(t *testing.T) {
 	sc := testService("web", config.CheckNone, be1, be2)
 	sc.Pools[0].Balance = config.BalanceHotStandby // every new client picks a
 	fdp := newFDP(t)
-	g := &gatedPin{Dataplane: fdp, entered: make(chan struct{}), release: make(chan struct{})}
+	g := &gatedPin{Dataplane: fdp, gate: newGate()}
 	eng := startWith(t, &config.Config{Services: []config.Service{sc}}, g, true)
 	c, err := net.Dial("tcp", eng.Addr("web").String())
 	if err != nil {
