@@ -462,36 +462,7 @@ func TestModeWithoutNetAdmin(t *testing.T) {
 	path := writeConfig(t, cfg)
 	noCap := []string{"setpriv", "--inh-caps=-net_admin", "--bounding-set=-net_admin", "--"}
 
-	args := append([]string{"netns", "exec", tp.LB.Name}, noCap...)
-	out, err := exec.Command("ip", append(args, binary(t), "run", "-c", path, "--mode", "kernel")...).CombinedOutput()
-	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
-		t.Fatalf("--mode kernel without CAP_NET_ADMIN: %v, want exit 1\n%s", err, out)
-	}
-	if lines := strings.Split(strings.TrimSpace(string(out)), "\n"); !strings.Contains(lines[len(lines)-1], "kernel mode unavailable") {
-		t.Errorf("want a one-line reason, got:\n%s", out)
-	}
-
-	d := &daemon{logs: &bytes.Buffer{}, mu: &sync.Mutex{}, done: make(chan struct{})}
-	d.cmd = exec.Command("ip", append(args, binary(t), "run", "-c", path)...)
-	d.cmd.Stdout, d.cmd.Stderr = syncBuf{d.mu, d.logs}, syncBuf{d.mu, d.logs}
-	if err := d.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { d.cmd.Wait(); close(d.done) }()
-	t.Cleanup(func() { d.stop(syscall.SIGTERM) })
-	var g string
-	for i := 0; i < 100; i++ {
-		if g, err = greet(tp.Client, clients[0], vip); err == nil {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	if err != nil {
-		t.Fatalf("auto mode without CAP_NET_ADMIN did not serve: %v\n%s", err, d.log())
-	}
-	if !strings.HasPrefix(g, "be") || !strings.Contains(d.log(), "running in userspace mode") {
-		t.Errorf("greeting %q; log:\n%s", g, d.log())
-	}
+	checkFallback(t, tp, noCap, path, clients[0], vip, "without CAP_NET_ADMIN")
 	if state := tp.LB.Run(t, "iptables-save") + tp.LB.Run(t, "ipset", "list", "-n"); strings.Contains(state, "HANDOFF") {
 		t.Errorf("userspace fallback touched the kernel tables:\n%s", state)
 	}
@@ -517,11 +488,24 @@ func TestModeAutoWithoutIP6Tables(t *testing.T) {
 		}
 	}
 	env := []string{"env", "PATH=" + shims + ":" + os.Getenv("PATH")}
-	args := append([]string{"netns", "exec", tp.LB.Name}, env...)
+	checkFallback(t, tp, env, path, clients[0], vip, "with a broken ip6tables")
+	rules, sets := tp.LB.Run(t, "iptables-save"), tp.LB.Run(t, "ipset", "list", "-n")
+	if strings.Contains(rules, "HANDOFF") || strings.Contains(sets, "ho-") || strings.Contains(sets, "ho6-") {
+		t.Errorf("the fallback left kernel state behind:\n%s\n%s", rules, sets)
+	}
+}
 
+// checkFallback runs the daemon with config path in the balancer namespace,
+// under the command prefix wrap (what takes the kernel path away), twice:
+// --mode kernel must exit 1 with a one-line "kernel mode unavailable"
+// reason, and auto mode (the config's) must fall back to userspace and
+// serve vip to client. how says what wrap does, for the messages.
+func checkFallback(t *testing.T, tp *nstest.Topology, wrap []string, path string, client netip.Addr, vip netip.AddrPort, how string) {
+	t.Helper()
+	args := append([]string{"netns", "exec", tp.LB.Name}, wrap...)
 	out, err := exec.Command("ip", append(args, binary(t), "run", "-c", path, "--mode", "kernel")...).CombinedOutput()
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
-		t.Fatalf("--mode kernel with a broken ip6tables: %v, want exit 1\n%s", err, out)
+		t.Fatalf("--mode kernel %s: %v, want exit 1\n%s", how, err, out)
 	}
 	if lines := strings.Split(strings.TrimSpace(string(out)), "\n"); !strings.Contains(lines[len(lines)-1], "kernel mode unavailable") {
 		t.Errorf("want a one-line reason, got:\n%s", out)
@@ -537,23 +521,19 @@ func TestModeAutoWithoutIP6Tables(t *testing.T) {
 	t.Cleanup(func() { d.stop(syscall.SIGTERM) })
 	var g string
 	for i := 0; i < 100; i++ {
-		if g, err = greet(tp.Client, clients[0], vip); err == nil {
+		if g, err = greet(tp.Client, client, vip); err == nil {
 			break
 		}
 		select {
 		case <-d.done:
-			t.Fatalf("auto mode exited instead of falling back:\n%s", d.log())
+			t.Fatalf("auto mode %s exited instead of falling back:\n%s", how, d.log())
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
 	if err != nil {
-		t.Fatalf("auto mode with a broken ip6tables did not serve: %v\n%s", err, d.log())
+		t.Fatalf("auto mode %s did not serve: %v\n%s", how, err, d.log())
 	}
 	if !strings.HasPrefix(g, "be") || !strings.Contains(d.log(), "running in userspace mode") {
 		t.Errorf("greeting %q; log:\n%s", g, d.log())
-	}
-	rules, sets := tp.LB.Run(t, "iptables-save"), tp.LB.Run(t, "ipset", "list", "-n")
-	if strings.Contains(rules, "HANDOFF") || strings.Contains(sets, "ho-") || strings.Contains(sets, "ho6-") {
-		t.Errorf("the fallback left kernel state behind:\n%s\n%s", rules, sets)
 	}
 }
