@@ -10,7 +10,7 @@ import (
 // Dataplane records client→backend pins and forwards pinned clients. Two
 // implementations exist: kernel.Dataplane (ipset + iptables DNAT, Linux) and
 // fallback.Dataplane (an in-process affinity table; every connection is
-// proxied by the balancer).
+// proxied by the balancer, through package proxy).
 //
 // Sync is declarative and idempotent; the rest act on single clients. All
 // methods are safe for concurrent use.

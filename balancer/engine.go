@@ -23,9 +23,9 @@ import (
 
 	"github.com/handoff-lb/handoff/config"
 	"github.com/handoff-lb/handoff/dataplane"
-	"github.com/handoff-lb/handoff/fallback"
 	"github.com/handoff-lb/handoff/healthcheck"
 	"github.com/handoff-lb/handoff/internal/atomicfile"
+	"github.com/handoff-lb/handoff/proxy"
 )
 
 // ListenFunc opens a service's listener. Tests pass one that listens inside
@@ -41,7 +41,7 @@ type Options struct {
 	// is proxied and Lookup decides stickiness.
 	Kernel bool
 	Logger *logrus.Entry
-	Listen ListenFunc // default: fallback.Listen
+	Listen ListenFunc // default: proxy.Listen
 	// ObservePin, when set, is called after every pin of a new client with
 	// the time from accept to the data plane's acknowledgement (the
 	// classification included). It must be fast and safe for concurrent use.
@@ -137,7 +137,7 @@ func New(o Options) (*Engine, error) {
 		e.log.WithField("registration", s).Warn("registered backend not applied")
 	}
 	if e.listen == nil {
-		e.listen = fallback.Listen // no per-connection keepalive setup; Splice decides
+		e.listen = proxy.Listen // no per-connection keepalive setup; Splice decides
 	}
 	return e, nil
 }

@@ -15,7 +15,7 @@ import (
 	"github.com/handoff-lb/handoff/classifier"
 	"github.com/handoff-lb/handoff/config"
 	"github.com/handoff-lb/handoff/dataplane"
-	"github.com/handoff-lb/handoff/fallback"
+	"github.com/handoff-lb/handoff/proxy"
 )
 
 // service is one running service: its listener and the current snapshot of
@@ -50,7 +50,7 @@ type service struct {
 type snapshot struct {
 	cfg    *config.Service
 	router *classifier.Router
-	limit  *fallback.Limiter
+	limit  *proxy.Limiter
 }
 
 func newSnapshot(sc *config.Service) (*snapshot, error) {
@@ -58,7 +58,7 @@ func newSnapshot(sc *config.Service) (*snapshot, error) {
 	if err != nil {
 		return nil, fmt.Errorf("service %s: %w", sc.Name, err)
 	}
-	return &snapshot{cfg: sc, router: r, limit: fallback.NewLimiter(sc.MaxConnections)}, nil
+	return &snapshot{cfg: sc, router: r, limit: proxy.NewLimiter(sc.MaxConnections)}, nil
 }
 
 func (e *Engine) newService(sc *config.Service) (*service, error) {
@@ -363,7 +363,7 @@ func (s *service) proxy(ctx context.Context, snap *snapshot, c *net.TCPConn, b *
 		return
 	}
 	if snap.cfg.ProxyProtocol != "off" && snap.cfg.ProxyProtocol != "" && !s.e.kernel {
-		if err := fallback.WriteProxyHeader(bc, snap.cfg.ProxyProtocol, c.RemoteAddr(), c.LocalAddr()); err != nil {
+		if err := proxy.WriteHeader(bc, snap.cfg.ProxyProtocol, c.RemoteAddr(), c.LocalAddr()); err != nil {
 			log.get().WithError(err).WithField("backend", b.name).Warn("writing PROXY header")
 			reset(c)
 			bc.Close()
@@ -375,7 +375,7 @@ func (s *service) proxy(ctx context.Context, snap *snapshot, c *net.TCPConn, b *
 	if log.debug() {
 		log.get().WithField("backend", b.name).Debug("proxying")
 	}
-	st, err := fallback.Splice(ctx, c, bc, fallback.SpliceOptions{Idle: snap.cfg.Timeouts.Idle, Replay: peeked})
+	st, err := proxy.Splice(ctx, c, bc, proxy.SpliceOptions{Idle: snap.cfg.Timeouts.Idle, Replay: peeked})
 	b.bytesIn.Add(uint64(st.ClientToBackend))
 	b.bytesOut.Add(uint64(st.BackendToClient))
 	b.conns.Add(1)
@@ -398,7 +398,7 @@ func (s *service) dialBackend(ctx context.Context, snap *snapshot, b *backend, k
 	tried := map[string]bool{}
 	for attempt := 0; b != nil && attempt < maxDialAttempts; attempt++ {
 		tried[b.name] = true
-		bc, err := fallback.Dial(ctx, b.addr, snap.cfg.Timeouts.Connect)
+		bc, err := proxy.Dial(ctx, b.addr, snap.cfg.Timeouts.Connect)
 		if err == nil {
 			if b != first {
 				s.repin(ctx, client, first, b, label, log)

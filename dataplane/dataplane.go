@@ -1,6 +1,7 @@
 // Package dataplane is the vocabulary the balancer speaks to its two data
-// planes, kernel (ipset + iptables) and fallback (userspace proxy): the desired
-// state handed to Sync, and the pins that Pin, Lookup and Pins exchange.
+// planes, kernel (ipset + iptables) and fallback (the userspace affinity
+// table): the desired state handed to Sync, and the pins that Pin, Lookup
+// and Pins exchange.
 //
 // It holds types and naming rules only, no I/O, so that kernel and fallback
 // share them without importing each other or the balancer.

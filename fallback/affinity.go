@@ -1,7 +1,7 @@
 // Package fallback is handoff's userspace data plane, used where the kernel
 // path (ipset + iptables DNAT) is unavailable: an in-process sticky affinity
-// table with the kernel's TTL semantics (Dataplane), and the proxy that
-// carries every connection (Dial, WriteProxyHeader, Splice, Limiter).
+// table with the kernel's TTL semantics (Dataplane), saved under state_dir.
+// Every connection is then carried by package proxy.
 package fallback
 
 import (
@@ -494,7 +494,7 @@ func (d *Dataplane) Pins(ctx context.Context, service, backendName string, fn fu
 // Forget returns 0, nil: it has nothing to drop. In the kernel data plane a
 // client's established flows live on in conntrack after its pin moves, so
 // Forget deletes those entries. Here every connection is a userspace proxy
-// (a Splice call owned by the balancer) that the table never sees: the pin is
+// (a proxy.Splice call owned by the balancer) that the table never sees: the pin is
 // read once, when the connection is accepted, and no per-flow state is kept.
 // Cutting live proxied connections to a backend is the balancer's job, by
 // cancelling their contexts.

@@ -10,8 +10,8 @@
 #   haproxy-splice  HAProxy mode tcp + option splice-request/splice-response
 #   nginx           nginx stream
 #   bare            scripts/bareproxy: the minimal Go splice proxy (io.Copy
-#                   between the raw TCP conns) that the fallback issue's
-#                   targets were set against; the floor a Go proxy reaches
+#                   between the raw TCP conns) that issue 3's targets were
+#                   set against; the floor a Go proxy reaches
 #   baseline        another handoff binary (BASELINE=path) in userspace mode, to
 #                   compare a change side by side; add it to TARGETS
 # Metrics: iperf3 throughput with 1 and 8 streams, and wrk new-connection rate

@@ -1,6 +1,6 @@
 // Command bareproxy is the reference that scripts/bench.sh measures handoff's
-// userspace mode against: the minimal Go splice proxy the fallback issue
-// quotes. Each connection gets two goroutines running io.Copy between the raw
+// userspace mode against: the minimal Go splice proxy issue 3 quotes.
+// Each connection gets two goroutines running io.Copy between the raw
 // *net.TCPConn values (which splices on Linux) and half-closes on EOF.
 // Nothing else: no timeouts, limits, classification or pins.
 //

@@ -1,4 +1,4 @@
-package fallback_test
+package proxy_test
 
 import (
 	"context"
@@ -8,7 +8,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/handoff-lb/handoff/fallback"
+	"github.com/handoff-lb/handoff/proxy"
 )
 
 // keepAlive reads SO_KEEPALIVE of c.
@@ -33,7 +33,7 @@ func keepAlive(t *testing.T, c *net.TCPConn) bool {
 // calls per connection as Go sets it up); Splice turns it on where no idle
 // timeout watches the connection, and only there.
 func TestKeepAlive(t *testing.T) {
-	ln, err := fallback.Listen(context.Background(), "tcp4", "127.0.0.1:0")
+	ln, err := proxy.Listen(context.Background(), "tcp4", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -47,7 +47,7 @@ func TestKeepAlive(t *testing.T) {
 				t.Fatal(err)
 			}
 			client := a.(*net.TCPConn)
-			b, err := fallback.Dial(context.Background(), backend, time.Second)
+			b, err := proxy.Dial(context.Background(), backend, time.Second)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -56,7 +56,7 @@ func TestKeepAlive(t *testing.T) {
 			}
 			done := make(chan error, 1)
 			go func() {
-				_, err := fallback.Splice(context.Background(), client, b, fallback.SpliceOptions{Idle: idle})
+				_, err := proxy.Splice(context.Background(), client, b, proxy.SpliceOptions{Idle: idle})
 				done <- err
 			}()
 			c.Write([]byte("x")) // once echoed back, Splice has set up both connections

@@ -1,4 +1,4 @@
-package fallback_test
+package proxy_test
 
 import (
 	"bufio"

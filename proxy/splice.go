@@ -1,4 +1,12 @@
-package fallback
+// Package proxy is the splice proxy both modes use: userspace mode carries
+// every connection through it, kernel mode a new client's first one
+// (first_connection: proxy). It dials backends (Dial) and listens (Listen)
+// without per-connection keepalive setup, writes PROXY protocol v1/v2
+// headers (WriteHeader), bounds the connections proxied at once (Limiter),
+// and copies both directions with half-close and an idle timeout (Splice).
+//
+// It knows nothing of pins or data planes.
+package proxy
 
 import (
 	"context"

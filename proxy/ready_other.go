@@ -1,6 +1,6 @@
 //go:build !unix && !windows
 
-package fallback
+package proxy
 
 import "net"
 

@@ -1,4 +1,4 @@
-package fallback
+package proxy
 
 import "sync/atomic"
 
@@ -43,7 +43,7 @@ func (l *Limiter) TryAcquire() bool {
 // Release ends a connection admitted by TryAcquire.
 func (l *Limiter) Release() {
 	if l.active.Add(-1) < 0 {
-		panic("fallback: Limiter.Release without TryAcquire")
+		panic("proxy: Limiter.Release without TryAcquire")
 	}
 }
 

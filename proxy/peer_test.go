@@ -1,4 +1,4 @@
-package fallback_test
+package proxy_test
 
 import (
 	"bufio"
@@ -27,7 +27,7 @@ import (
 //	                        time; the backend answers and closes first; "done"
 //
 // and exits at EOF.
-const peerEnv = "HANDOFF_FALLBACK_TEST_PEER"
+const peerEnv = "HANDOFF_PROXY_TEST_PEER"
 
 func runPeer() int {
 	ln, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
@@ -73,7 +73,7 @@ func runPeer() int {
 	return 0
 }
 
-func peerIdle(ln *net.TCPListener, proxy string, n int) ([]*net.TCPConn, error) {
+func peerIdle(ln *net.TCPListener, proxyAddr string, n int) ([]*net.TCPConn, error) {
 	clients := make([]*net.TCPConn, 0, n)
 	backends := make([]*net.TCPConn, 0, n)
 	accepted := make(chan error, 1)
@@ -88,7 +88,7 @@ func peerIdle(ln *net.TCPListener, proxy string, n int) ([]*net.TCPConn, error) 
 		}
 		accepted <- nil
 	}()
-	addr, _ := net.ResolveTCPAddr("tcp", proxy)
+	addr, _ := net.ResolveTCPAddr("tcp", proxyAddr)
 	for range n {
 		c, err := net.DialTCP("tcp", nil, addr)
 		if err != nil {
@@ -117,8 +117,8 @@ func peerIdle(ln *net.TCPListener, proxy string, n int) ([]*net.TCPConn, error) 
 	return append(clients, backends...), nil
 }
 
-func peerStream(ln *net.TCPListener, proxy string, n int64, dir string) error {
-	addr, _ := net.ResolveTCPAddr("tcp", proxy)
+func peerStream(ln *net.TCPListener, proxyAddr string, n int64, dir string) error {
+	addr, _ := net.ResolveTCPAddr("tcp", proxyAddr)
 	client, err := net.DialTCP("tcp", nil, addr)
 	if err != nil {
 		return err
@@ -162,8 +162,8 @@ func peerStream(ln *net.TCPListener, proxy string, n int64, dir string) error {
 // peerChurn runs n short connections through proxy, c at a time, like an
 // HTTP/1.0 exchange: the client sends a 64-byte request and reads to EOF;
 // the backend reads the request, answers 145 bytes and closes first.
-func peerChurn(ln *net.TCPListener, proxy string, n, c int) error {
-	addr, _ := net.ResolveTCPAddr("tcp", proxy)
+func peerChurn(ln *net.TCPListener, proxyAddr string, n, c int) error {
+	addr, _ := net.ResolveTCPAddr("tcp", proxyAddr)
 	errs := make(chan error, 1)
 	fail := func(err error) { // keeps the first error; never blocks
 		select {

@@ -1,5 +1,5 @@
 //go:build linux && !race
 
-package fallback_test
+package proxy_test
 
 const raceEnabled = false

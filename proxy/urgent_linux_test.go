@@ -1,4 +1,4 @@
-package fallback_test
+package proxy_test
 
 import (
 	"bytes"
@@ -9,7 +9,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/handoff-lb/handoff/fallback"
+	"github.com/handoff-lb/handoff/proxy"
 )
 
 // TestSpliceUrgentData: a byte sent with MSG_OOB after a direction switched
@@ -41,7 +41,7 @@ func TestSpliceUrgentData(t *testing.T) {
 				}
 				got <- b
 			})
-			p := startProxy(t, backend, proxyConfig{opts: fallback.SpliceOptions{Idle: 10 * time.Second}})
+			p := startProxy(t, backend, proxyConfig{opts: proxy.SpliceOptions{Idle: 10 * time.Second}})
 			c := dial(t, p.addr)
 			if _, err := c.Write(want[:bulk]); err != nil {
 				t.Fatal(err)

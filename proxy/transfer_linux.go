@@ -1,4 +1,4 @@
-package fallback
+package proxy
 
 import (
 	"io"

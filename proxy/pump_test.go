@@ -1,4 +1,4 @@
-package fallback_test
+package proxy_test
 
 import (
 	"bytes"
@@ -6,14 +6,14 @@ import (
 	"testing"
 	"time"
 
-	"github.com/handoff-lb/handoff/fallback"
+	"github.com/handoff-lb/handoff/proxy"
 )
 
 // TestSpliceSmallThenBulk: a direction starts by copying small messages and
 // switches to splice(2) for a bulk stream; the bytes stay in order and
 // whole across the switch, and small messages after it still echo.
 func TestSpliceSmallThenBulk(t *testing.T) {
-	p := startProxy(t, startBackend(t, "", echo), proxyConfig{opts: fallback.SpliceOptions{Idle: time.Minute}})
+	p := startProxy(t, startBackend(t, "", echo), proxyConfig{opts: proxy.SpliceOptions{Idle: time.Minute}})
 	c := dial(t, p.addr)
 	c.SetDeadline(time.Now().Add(20 * time.Second))
 	roundTrip := func(msg []byte) {

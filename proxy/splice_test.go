@@ -1,4 +1,4 @@
-package fallback_test
+package proxy_test
 
 import (
 	"bufio"
@@ -18,33 +18,33 @@ import (
 
 	"github.com/pires/go-proxyproto"
 
-	"github.com/handoff-lb/handoff/fallback"
+	"github.com/handoff-lb/handoff/proxy"
 )
 
 // result is what one Splice call of a test proxy returned.
 type result struct {
-	st  fallback.Stats
+	st  proxy.Stats
 	err error
 }
 
 // proxyConfig tunes a test proxy.
 type proxyConfig struct {
 	ctx           context.Context // parent of every Splice; nil = background
-	opts          fallback.SpliceOptions
+	opts          proxy.SpliceOptions
 	proxyProtocol string
-	limiter       *fallback.Limiter
+	limiter       *proxy.Limiter
 	network       string // "tcp4" (default) or "tcp6"
 }
 
-// proxy is a minimal balancer: accept, Dial the backend, PROXY header,
+// testProxy is a minimal balancer: accept, Dial the backend, PROXY header,
 // Splice — the way balancer uses the package.
-type proxy struct {
+type testProxy struct {
 	ln      *net.TCPListener
 	addr    netip.AddrPort
 	results chan result
 }
 
-func startProxy(t testing.TB, backend netip.AddrPort, cfg proxyConfig) *proxy {
+func startProxy(t testing.TB, backend netip.AddrPort, cfg proxyConfig) *testProxy {
 	t.Helper()
 	ln := listen(t, cfg.network)
 	parent := cfg.ctx
@@ -52,7 +52,7 @@ func startProxy(t testing.TB, backend netip.AddrPort, cfg proxyConfig) *proxy {
 		parent = context.Background()
 	}
 	ctx, cancel := context.WithCancel(parent)
-	p := &proxy{ln: ln, addr: ln.Addr().(*net.TCPAddr).AddrPort(), results: make(chan result, 20000)}
+	p := &testProxy{ln: ln, addr: ln.Addr().(*net.TCPAddr).AddrPort(), results: make(chan result, 20000)}
 	var wg sync.WaitGroup
 	wg.Go(func() { p.serve(ctx, &wg, backend, cfg) })
 	t.Cleanup(func() {
@@ -63,7 +63,7 @@ func startProxy(t testing.TB, backend netip.AddrPort, cfg proxyConfig) *proxy {
 	return p
 }
 
-func (p *proxy) serve(ctx context.Context, wg *sync.WaitGroup, backend netip.AddrPort, cfg proxyConfig) {
+func (p *testProxy) serve(ctx context.Context, wg *sync.WaitGroup, backend netip.AddrPort, cfg proxyConfig) {
 	for {
 		c, err := p.ln.AcceptTCP()
 		if err != nil {
@@ -77,26 +77,26 @@ func (p *proxy) serve(ctx context.Context, wg *sync.WaitGroup, backend netip.Add
 			if cfg.limiter != nil {
 				defer cfg.limiter.Release()
 			}
-			b, err := fallback.Dial(ctx, backend, 10*time.Second)
+			b, err := proxy.Dial(ctx, backend, 10*time.Second)
 			if err != nil {
 				c.Close()
 				p.results <- result{err: err}
 				return
 			}
-			if err := fallback.WriteProxyHeader(b, cfg.proxyProtocol, c.RemoteAddr(), c.LocalAddr()); err != nil {
+			if err := proxy.WriteHeader(b, cfg.proxyProtocol, c.RemoteAddr(), c.LocalAddr()); err != nil {
 				c.Close()
 				b.Close()
 				p.results <- result{err: err}
 				return
 			}
-			st, err := fallback.Splice(ctx, c, b, cfg.opts)
+			st, err := proxy.Splice(ctx, c, b, cfg.opts)
 			p.results <- result{st, err}
 		})
 	}
 }
 
 // result waits for the next finished Splice.
-func (p *proxy) result(t testing.TB) result {
+func (p *testProxy) result(t testing.TB) result {
 	t.Helper()
 	select {
 	case r := <-p.results:
@@ -201,7 +201,7 @@ func TestSpliceReplay(t *testing.T) {
 		b, _ := io.ReadAll(c)
 		got <- string(b)
 	})
-	p := startProxy(t, backend, proxyConfig{opts: fallback.SpliceOptions{Replay: []byte("GET / HTTP/1.1\r\n")}})
+	p := startProxy(t, backend, proxyConfig{opts: proxy.SpliceOptions{Replay: []byte("GET / HTTP/1.1\r\n")}})
 	c := dial(t, p.addr)
 	c.Write([]byte("Host: x\r\n\r\n"))
 	c.CloseWrite()
@@ -306,7 +306,7 @@ func TestSplice100MB(t *testing.T) {
 		backendGot <- digest{n, sum, err}
 		backendSent <- <-sent // before the handler closes c
 	})
-	p := startProxy(t, backend, proxyConfig{opts: fallback.SpliceOptions{Idle: 10 * time.Second}})
+	p := startProxy(t, backend, proxyConfig{opts: proxy.SpliceOptions{Idle: 10 * time.Second}})
 	c := dial(t, p.addr)
 	clientSent := make(chan digest, 1)
 	go func() {
@@ -331,7 +331,7 @@ func TestSplice100MB(t *testing.T) {
 
 func TestSpliceIdle(t *testing.T) {
 	const idle = 300 * time.Millisecond
-	opts := fallback.SpliceOptions{Idle: idle}
+	opts := proxy.SpliceOptions{Idle: idle}
 
 	t.Run("idle pair is closed", func(t *testing.T) {
 		p := startProxy(t, startBackend(t, "", echo), proxyConfig{opts: opts})
@@ -346,7 +346,7 @@ func TestSpliceIdle(t *testing.T) {
 		if d := time.Since(start); d < idle-50*time.Millisecond || d > 3*idle+500*time.Millisecond {
 			t.Errorf("closed after %v, want about %v", d, idle)
 		}
-		if r := p.result(t); !errors.Is(r.err, fallback.ErrIdle) {
+		if r := p.result(t); !errors.Is(r.err, proxy.ErrIdle) {
 			t.Fatalf("Splice error %v, want ErrIdle", r.err)
 		}
 	})
@@ -385,7 +385,7 @@ func TestSpliceIdle(t *testing.T) {
 			if d := time.Since(start); d < busy {
 				t.Fatalf("closed after %v, while still busy", d)
 			}
-			if r := p.result(t); !errors.Is(r.err, fallback.ErrIdle) {
+			if r := p.result(t); !errors.Is(r.err, proxy.ErrIdle) {
 				t.Fatalf("Splice error %v, want ErrIdle", r.err)
 			}
 		})
@@ -397,7 +397,7 @@ func TestSpliceIdle(t *testing.T) {
 		})
 		p := startProxy(t, backend, proxyConfig{opts: opts})
 		dial(t, p.addr)
-		if r := p.result(t); !errors.Is(r.err, fallback.ErrIdle) {
+		if r := p.result(t); !errors.Is(r.err, proxy.ErrIdle) {
 			t.Fatalf("Splice error %v, want ErrIdle", r.err)
 		}
 	})
@@ -424,7 +424,7 @@ func TestSpliceCancelledBeforeStart(t *testing.T) {
 	a, b := pair(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, err := fallback.Splice(ctx, a, b, fallback.SpliceOptions{}); !errors.Is(err, context.Canceled) {
+	if _, err := proxy.Splice(ctx, a, b, proxy.SpliceOptions{}); !errors.Is(err, context.Canceled) {
 		t.Fatalf("Splice = %v", err)
 	}
 	if _, err := a.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
@@ -487,102 +487,9 @@ func TestSpliceProxyProtocol(t *testing.T) {
 	}
 }
 
-func TestWriteProxyHeader(t *testing.T) {
-	v4 := &net.TCPAddr{IP: net.ParseIP("198.18.0.5"), Port: 4000}
-	mapped := &net.TCPAddr{IP: net.ParseIP("::ffff:198.18.1.1"), Port: 80}
-	v6 := &net.TCPAddr{IP: net.ParseIP("2001:db8::1"), Port: 80}
-	tests := []struct {
-		version     string
-		client, loc net.Addr
-		want        string // v1 text, "" for nothing written
-		wantErr     bool
-	}{
-		{"off", v4, mapped, "", false},
-		{"", v4, mapped, "", false},
-		{"v1", v4, mapped, "PROXY TCP4 198.18.0.5 198.18.1.1 4000 80\r\n", false},
-		{"v1", v4, v6, "PROXY TCP6 ::ffff:198.18.0.5 2001:db8::1 4000 80\r\n", false},
-		{"v3", v4, v6, "", true},
-		{"v1", &net.UDPAddr{}, v6, "", true},
-	}
-	for _, tt := range tests {
-		t.Run(fmt.Sprintf("%s %v %v", tt.version, tt.client, tt.loc), func(t *testing.T) {
-			var w bytes.Buffer
-			err := fallback.WriteProxyHeader(&bufConn{w: &w}, tt.version, tt.client, tt.loc)
-			if (err != nil) != tt.wantErr || w.String() != tt.want {
-				t.Fatalf("wrote %q, %v; want %q (error %v)", w.String(), err, tt.want, tt.wantErr)
-			}
-		})
-	}
-}
-
-// bufConn is a net.Conn that records writes.
-type bufConn struct {
-	net.Conn
-	w *bytes.Buffer
-}
-
-func (c *bufConn) Write(b []byte) (int, error) { return c.w.Write(b) }
-func (c *bufConn) RemoteAddr() net.Addr        { return &net.TCPAddr{} }
-
-func TestLimiter(t *testing.T) {
-	tests := []struct {
-		max, acquire, wantOK int
-	}{
-		{max: 2, acquire: 5, wantOK: 2},
-		{max: 0, acquire: 5, wantOK: 5}, // no limit
-		{max: -1, acquire: 3, wantOK: 3},
-	}
-	for _, tt := range tests {
-		t.Run(fmt.Sprint(tt.max), func(t *testing.T) {
-			l := fallback.NewLimiter(tt.max)
-			ok := 0
-			for range tt.acquire {
-				if l.TryAcquire() {
-					ok++
-				}
-			}
-			if ok != tt.wantOK || l.Active() != int64(ok) || l.Refused() != uint64(tt.acquire-ok) {
-				t.Fatalf("admitted %d (active %d, refused %d), want %d", ok, l.Active(), l.Refused(), tt.wantOK)
-			}
-			l.Release()
-			if tt.max > 0 && !l.TryAcquire() {
-				t.Fatal("Release did not free a slot")
-			}
-		})
-	}
-}
-
-// TestLimiterRefusesAtOnce: past max_connections a new client is closed at
-// once while the admitted ones keep working.
-func TestLimiterRefusesAtOnce(t *testing.T) {
-	l := fallback.NewLimiter(2)
-	p := startProxy(t, startBackend(t, "", echo), proxyConfig{limiter: l})
-	held := []*net.TCPConn{dial(t, p.addr), dial(t, p.addr)}
-	for _, c := range held {
-		c.Write([]byte("x"))
-		io.ReadFull(c, make([]byte, 1))
-	}
-	start := time.Now()
-	c := dial(t, p.addr)
-	c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if _, err := c.Read(make([]byte, 1)); err == nil {
-		t.Fatal("third connection was served")
-	}
-	if d := time.Since(start); d > time.Second {
-		t.Fatalf("refusal took %v", d)
-	}
-	if l.Refused() != 1 || l.Active() != 2 {
-		t.Fatalf("refused %d, active %d", l.Refused(), l.Active())
-	}
-	held[0].Write([]byte("y"))
-	if _, err := io.ReadFull(held[0], make([]byte, 1)); err != nil {
-		t.Fatal(err)
-	}
-}
-
 func TestSpliceManyConcurrent(t *testing.T) {
 	const n = 1000
-	p := startProxy(t, startBackend(t, "", echo), proxyConfig{opts: fallback.SpliceOptions{Idle: 30 * time.Second}})
+	p := startProxy(t, startBackend(t, "", echo), proxyConfig{opts: proxy.SpliceOptions{Idle: 30 * time.Second}})
 	var wg sync.WaitGroup
 	errs := make(chan error, n)
 	for i := range n {
@@ -613,24 +520,5 @@ func TestSpliceManyConcurrent(t *testing.T) {
 		if r := p.result(t); r.err != nil {
 			t.Error(r.err)
 		}
-	}
-}
-
-func TestDial(t *testing.T) {
-	ln := listen(t, "")
-	addr := ln.Addr().(*net.TCPAddr).AddrPort()
-	c, err := fallback.Dial(context.Background(), addr, time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.Close()
-	ln.Close()
-	if _, err := fallback.Dial(context.Background(), addr, time.Second); err == nil {
-		t.Fatal("Dial to a closed port succeeded")
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	if _, err := fallback.Dial(ctx, addr, time.Second); !errors.Is(err, context.Canceled) {
-		t.Fatalf("Dial with a cancelled context: %v", err)
 	}
 }

@@ -1,4 +1,4 @@
-package fallback_test
+package proxy_test
 
 import (
 	"bufio"
@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/handoff-lb/handoff/fallback"
+	"github.com/handoff-lb/handoff/proxy"
 )
 
 // TestIdleRSS proxies 10,000 loopback connections, moves one byte each way
@@ -48,14 +48,14 @@ func TestIdleRSS(t *testing.T) {
 				return
 			}
 			wg.Go(func() { // the balancer's per-connection goroutine
-				b, err := fallback.Dial(ctx, p.backend, 10*time.Second)
+				b, err := proxy.Dial(ctx, p.backend, 10*time.Second)
 				if err != nil {
 					t.Error(err)
 					c.Close()
 					return
 				}
 				spliced.Add(1)
-				fallback.Splice(ctx, c, b, fallback.SpliceOptions{Idle: 10 * time.Minute})
+				proxy.Splice(ctx, c, b, proxy.SpliceOptions{Idle: 10 * time.Minute})
 			})
 		}
 	})

@@ -1,4 +1,4 @@
-package fallback_test
+package proxy_test
 
 import (
 	"context"
@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/handoff-lb/handoff/fallback"
+	"github.com/handoff-lb/handoff/proxy"
 )
 
 // BenchmarkSplice measures proxy throughput over loopback. A peer process
@@ -39,7 +39,7 @@ func benchSplice(b *testing.B, dir, impl string) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	backend, err := fallback.Dial(context.Background(), p.backend, time.Second)
+	backend, err := proxy.Dial(context.Background(), p.backend, time.Second)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -47,7 +47,7 @@ func benchSplice(b *testing.B, dir, impl string) {
 	cpu0 := cpuTime(b)
 	b.ResetTimer()
 	if impl == "splice" {
-		st, err := fallback.Splice(context.Background(), client, backend, fallback.SpliceOptions{Idle: time.Minute})
+		st, err := proxy.Splice(context.Background(), client, backend, proxy.SpliceOptions{Idle: time.Minute})
 		if err != nil || st.ClientToBackend+st.BackendToClient != int64(b.N)*perOp {
 			b.Fatalf("Splice = %+v, %v", st, err)
 		}
@@ -78,13 +78,13 @@ func BenchmarkProxyConn(b *testing.B) {
 				return
 			}
 			go func() {
-				bc, err := fallback.Dial(context.Background(), p.backend, time.Second)
+				bc, err := proxy.Dial(context.Background(), p.backend, time.Second)
 				if err != nil {
 					c.Close()
 					b.Error(err)
 					return
 				}
-				fallback.Splice(context.Background(), c, bc, fallback.SpliceOptions{Idle: time.Minute})
+				proxy.Splice(context.Background(), c, bc, proxy.SpliceOptions{Idle: time.Minute})
 			}()
 		}
 	}()
