@@ -3,10 +3,12 @@ package balancer
 import (
 	"bufio"
 	"cmp"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -227,4 +229,68 @@ func setOwners(cfg *config.Config) map[string][2]string {
 		}
 	}
 	return owners
+}
+
+// applyRuntime applies the saved runtime state once the health monitor
+// runs: drains, and a fresh TTL for every registration that has one (a
+// restart must not count the downtime against a heartbeat).
+func (e *Engine) applyRuntime() {
+	e.reloadMu.Lock()
+	defer e.reloadMu.Unlock()
+	for _, r := range e.rt.Registrations {
+		if r.TTL > 0 {
+			if err := e.health.Load().Renew(r.Service, r.Name, time.Duration(r.TTL)); err != nil {
+				e.log.WithError(err).Debug("registration TTL")
+			}
+		}
+	}
+	e.applyDrains()
+}
+
+// applyDrains sets every backend's draining flag from the runtime state;
+// reloadMu is held.
+func (e *Engine) applyDrains() {
+	e.mu.Lock()
+	svcs := maps.Clone(e.services)
+	e.mu.Unlock()
+	changed := false
+	for name, s := range svcs {
+		s.mu.Lock()
+		for _, b := range s.backends {
+			want := e.rt.draining(name, b.name)
+			if b.draining.Swap(want) != want {
+				changed = true
+			}
+		}
+		s.mu.Unlock()
+	}
+	if changed {
+		e.view.bump()
+	}
+}
+
+// saveRuntimeLocked persists st and, when that works, makes it current; reloadMu
+// is held. A change that cannot be saved is refused, so what the API
+// acknowledged survives a restart.
+func (e *Engine) saveRuntimeLocked(st runtimeState) error {
+	if err := saveRuntime(e.stateDir, st); err != nil {
+		return fmt.Errorf("saving the change under state_dir: %w", err)
+	}
+	e.rt = st
+	return nil
+}
+
+// saveOrUndoLocked saves st, whose effective config was just applied; when
+// that fails it applies the current state's config again, so that a change
+// refused for want of saving does not run either. reloadMu is held.
+func (e *Engine) saveOrUndoLocked(ctx context.Context, st runtimeState) error {
+	err := e.saveRuntimeLocked(st)
+	if err == nil {
+		return nil
+	}
+	prev, _ := effective(e.fileCfg, &e.rt)
+	if uerr := e.apply(ctx, prev); uerr != nil {
+		return fmt.Errorf("%w; undoing the change failed too, so it runs until the next change or reload: %v", err, uerr)
+	}
+	return err
 }

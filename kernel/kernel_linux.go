@@ -106,6 +106,19 @@ func New(ctx context.Context, o Options) (*Dataplane, error) {
 	return d, nil
 }
 
+// openNS opens the network namespace at path; "" is the caller's own,
+// which needs no handle.
+func openNS(path string) (netns.NsHandle, error) {
+	if path == "" {
+		return netns.None(), nil
+	}
+	ns, err := netns.GetFromPath(path)
+	if err != nil {
+		return netns.None(), fmt.Errorf("opening netns %s: %w", path, err)
+	}
+	return ns, nil
+}
+
 func closeNS(ns netns.NsHandle) {
 	if ns.IsOpen() {
 		ns.Close()
@@ -127,6 +140,14 @@ func newDataplane(o Options, sets ipsets, flows flowDeleter, ipt [2]iptables) *D
 		d.cache[f] = map[table]map[string]string{}
 	}
 	return d
+}
+
+// logger is o.Logger, or logrus's standard logger, with component=kernel.
+func (o Options) logger() *logrus.Entry {
+	if o.Logger != nil {
+		return o.Logger.WithField("component", "kernel")
+	}
+	return logrus.WithField("component", "kernel")
 }
 
 // start runs the canary goroutine unless it is disabled.

@@ -8,13 +8,11 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/sirupsen/logrus"
-	logtest "github.com/sirupsen/logrus/hooks/test"
 
 	"github.com/handoff-lb/handoff/balancer"
 	"github.com/handoff-lb/handoff/config"
@@ -336,97 +334,4 @@ func TestControlRegisterDrainCloseSurviveRestart(t *testing.T) {
 			t.Fatal("deregistered backend still listed")
 		}
 	}
-}
-
-func TestSummaryLog(t *testing.T) {
-	be1 := startEcho(t, "be1")
-	cfg := &config.Config{Log: config.Log{SummaryInterval: 50 * time.Millisecond}, Services: []config.Service{testService("web", config.CheckNone, be1)}}
-	log, hook := logtest.NewNullLogger()
-	dp, err := fallback.New(fallback.Options{Logger: logrus.NewEntry(log)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dp.Close()
-	eng, err := balancer.New(balancer.Options{Config: cfg, Dataplane: dp, Logger: logrus.NewEntry(log)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- eng.Run(ctx) }()
-	defer func() { cancel(); <-done }()
-	waitStatus(t, eng)
-	backendName(t, eng.Addr("web"), "127.0.0.5")
-	deadline := time.Now().Add(3 * time.Second)
-	for {
-		for _, e := range hook.AllEntries() {
-			if e.Message == "summary" && e.Data["service"] == "web" && e.Data["clients"] == 1 && e.Data["backends_up"] == 1 && e.Level == logrus.InfoLevel {
-				return
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no summary line with 1 client and 1 backend up; log: %v", hook.AllEntries())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-// TestRegisterSetNameClash: set names are "ho-<service>-<backend>" and names
-// may hold '-', so service "a" backend "b-c" and service "a-b" backend "c"
-// would share one ipset. Register refuses that (409); a registration that
-// a changed config file now clashes with is left out at the next start.
-func TestRegisterSetNameClash(t *testing.T) {
-	be1, be2 := startEcho(t, "be1"), startEcho(t, "be2")
-	a, ab := testService("a", config.CheckNone), testService("a-b", config.CheckNone)
-	a.Pools[0].Backends = []config.Backend{{Name: "b-c", Address: be1.addr(), Weight: 1}}
-	ab.Pools[0].Backends = []config.Backend{{Name: "x", Address: be2.addr(), Weight: 1}}
-	dir := t.TempDir()
-	r := startStateful(t, &config.Config{Services: []config.Service{a, ab}}, dir)
-	ctx := context.Background()
-
-	err := r.eng.Register(ctx, "a-b", balancer.Registration{Name: "c", Address: be2.addr()})
-	if !errors.Is(err, balancer.ErrConflict) || !strings.Contains(err.Error(), `service "a" backend "b-c"`) {
-		t.Fatalf("registering a-b/c beside a/b-c: %v, want a conflict naming a/b-c", err)
-	}
-	if err := r.eng.Register(ctx, "a-b", balancer.Registration{Name: "d", Address: be2.addr()}); err != nil {
-		t.Fatal(err)
-	}
-	// A registration clashing with another registration is refused too.
-	if err := r.eng.Register(ctx, "a", balancer.Registration{Name: "b-d", Address: be1.addr()}); !errors.Is(err, balancer.ErrConflict) {
-		t.Fatalf("registering a/b-d beside the registered a-b/d: %v, want a conflict", err)
-	}
-	st := status(t, r.eng)
-	if got := backendNames(st, "a"); got != "b-c" {
-		t.Errorf("service a has backends %s, want b-c", got)
-	}
-	if got := backendNames(st, "a-b"); got != "d x" {
-		t.Errorf("service a-b has backends %s, want d x", got)
-	}
-	r.stop()
-
-	// The file now gives service a backend b-d: the registered a-b/d would
-	// share its set, so it is left out and a/b-d serves.
-	a.Pools[0].Backends = append(a.Pools[0].Backends, config.Backend{Name: "b-d", Address: be1.addr(), Weight: 1})
-	r = startStateful(t, &config.Config{Services: []config.Service{a, ab}}, dir)
-	st = status(t, r.eng)
-	if got := backendNames(st, "a"); got != "b-c b-d" {
-		t.Errorf("after the restart service a has backends %s, want b-c b-d", got)
-	}
-	if got := backendNames(st, "a-b"); got != "x" {
-		t.Errorf("after the restart service a-b has backends %s, want x", got)
-	}
-}
-
-// backendNames lists a service's backends in a status, sorted.
-func backendNames(st balancer.Status, service string) string {
-	var names []string
-	for _, s := range st.Services {
-		if s.Name == service {
-			for _, b := range s.Backends {
-				names = append(names, b.Name)
-			}
-		}
-	}
-	slices.Sort(names)
-	return strings.Join(names, " ")
 }

@@ -1,0 +1,115 @@
+package balancer
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"time"
+
+	"github.com/handoff-lb/handoff/healthcheck"
+)
+
+// Status returns the engine's current state. Pin counts come from the data
+// plane (the sets' element counts in kernel mode).
+func (e *Engine) Status(ctx context.Context) (Status, error) {
+	e.mu.Lock()
+	started := e.start
+	e.mu.Unlock()
+	st := Status{Mode: "userspace", State: e.State(), Version: e.version, Started: started, Reloads: e.stats.reloadCounts()}
+	if e.kernel {
+		st.Mode = "kernel"
+	}
+	if !started.IsZero() {
+		st.Uptime = time.Since(started).Seconds()
+	}
+	var fwd map[[2]string]Forwarded
+	if e.forwarded != nil {
+		var err error
+		if fwd, err = e.forwarded(ctx); err != nil {
+			e.log.WithError(err).Debug("reading the DNAT rules' counters")
+		}
+	}
+	health := map[[2]string]healthcheck.Status{}
+	if m := e.health.Load(); m != nil {
+		for _, h := range m.Snapshot() {
+			health[[2]string{h.Service, h.Backend}] = h
+		}
+	}
+	e.reloadMu.Lock()
+	regs := map[[2]string]bool{}
+	for _, r := range e.rt.Registrations {
+		regs[[2]string{r.Service, r.Name}] = true
+	}
+	e.reloadMu.Unlock()
+
+	e.mu.Lock()
+	cfg, svcs := e.cfg, maps.Clone(e.services)
+	e.mu.Unlock()
+	now := time.Now()
+	for i := range cfg.Services {
+		sc := &cfg.Services[i]
+		s := svcs[sc.Name]
+		if s == nil {
+			continue
+		}
+		ss := ServiceStatus{
+			Name:       sc.Name,
+			Listen:     sc.Listen.String(),
+			Classify:   string(sc.Classify),
+			MaxClients: sc.MaxClients,
+			Refused:    s.snap.Load().limit.Refused(),
+		}
+		if a := s.addr(); a != nil {
+			ss.Open, ss.Listen = true, a.String()
+		}
+		e.stats.fill(&ss)
+		counts, err := e.dp.Count(ctx, sc.Name)
+		if err != nil {
+			return Status{}, fmt.Errorf("service %s: counting pins: %w", sc.Name, err)
+		}
+		for _, p := range sc.Pools {
+			for _, cb := range p.Backends {
+				b := s.backend(cb.Name)
+				if b == nil {
+					continue
+				}
+				k := [2]string{sc.Name, cb.Name}
+				bs := BackendStatus{
+					Name:         cb.Name,
+					Address:      cb.Address.String(),
+					Pool:         p.Name,
+					Weight:       cb.Weight,
+					Health:       "up",
+					Draining:     b.draining.Load(),
+					Registered:   regs[k],
+					Pinned:       int64(counts[cb.Name]),
+					Active:       b.active.Load(),
+					Connections:  b.conns.Load(),
+					BytesIn:      b.bytesIn.Load(),
+					BytesOut:     b.bytesOut.Load(),
+					Packets:      fwd[k].Packets,
+					ForwardBytes: fwd[k].Bytes,
+				}
+				if b.down.Load() {
+					bs.Health = "down"
+				}
+				b.mu.Lock()
+				bs.Since, bs.Reason = b.changedAt, b.reason
+				b.mu.Unlock()
+				if h, ok := health[k]; ok {
+					if bs.Since.IsZero() {
+						bs.Since = h.Since
+					}
+					if !h.Expires.IsZero() {
+						bs.ExpiresIn = max(0, h.Expires.Sub(now).Seconds())
+					}
+				}
+				ss.Pinned += bs.Pinned
+				ss.Active += bs.Active
+				ss.Backends = append(ss.Backends, bs)
+			}
+		}
+		st.Services = append(st.Services, ss)
+	}
+	return st, nil
+}

@@ -1,0 +1,100 @@
+package kernel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os/exec"
+	"slices"
+	"strings"
+
+	"github.com/sirupsen/logrus"
+)
+
+// Cleanup removes every kernel object handoff owns in o.NetNS: first the
+// rules of other chains that jump into handoff's chains (the built-in
+// jumps), then the chains HANDOFF-* and HO-SVC-* of the nat and filter
+// tables, IPv4 and IPv6, then the ipsets ho-* and ho6-*. Foreign rules,
+// chains and sets are left alone. Cleanup is idempotent; run it while no
+// handoff daemon runs in the namespace (its canary would restore them).
+func Cleanup(ctx context.Context, o Options) error {
+	ns, err := openNS(o.NetNS)
+	if err != nil {
+		return fmt.Errorf("kernel: cleanup: %w", err)
+	}
+	defer closeNS(ns)
+	var errs []error
+	var ipts [2]iptables
+	for _, fam := range []family{ipv4, ipv6} {
+		ipt := execTables{fam, ns}
+		if _, err := exec.LookPath(ipt.bin("restore")); err != nil {
+			if fam == ipv4 {
+				errs = append(errs, fmt.Errorf("kernel: cleanup: %w", err))
+			}
+			continue // no ip6tables, no IPv6 rules
+		}
+		ipts[fam] = ipt
+	}
+	var sets ipsets
+	s, err := newNLSets(ns)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("kernel: cleanup: %w", err))
+	} else {
+		defer s.close()
+		sets = s
+	}
+	return errors.Join(append(errs, cleanup(ctx, ipts, sets, o.logger()))...)
+}
+
+// cleanup removes handoff's rules and chains from each non-nil iptables,
+// then its sets (unless sets is nil).
+func cleanup(ctx context.Context, ipts [2]iptables, sets ipsets, log *logrus.Entry) error {
+	var errs []error
+	for fam, ipt := range ipts {
+		if ipt == nil {
+			continue
+		}
+		for _, t := range []table{natTable, filterTable} {
+			out, err := ipt.save(ctx, t, false)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("kernel: cleanup: %w", err))
+				continue
+			}
+			cur := parseSave(out)
+			var gone []string
+			for name := range cur.chains {
+				if owned(name) {
+					gone = append(gone, name)
+				}
+			}
+			if len(gone) == 0 {
+				continue
+			}
+			slices.Sort(gone)
+			p := &restorePlan{table: t, flush: gone, unlink: unlinkLines(cur, gone), remove: gone}
+			if err := ipt.restore(ctx, p.text()); err != nil {
+				errs = append(errs, fmt.Errorf("kernel: cleanup: %s %s table: %w", family(fam), t, err))
+				continue
+			}
+			log.WithFields(logrus.Fields{"family": family(fam).String(), "table": string(t), "chains": strings.Join(gone, ",")}).Info("removed handoff chains")
+		}
+	}
+	if sets == nil {
+		return errors.Join(errs...)
+	}
+	names, err := sets.names()
+	if err != nil {
+		return errors.Join(append(errs, fmt.Errorf("kernel: cleanup: listing ipsets: %w", err))...)
+	}
+	for _, name := range names {
+		if !isHandoffSet(name) {
+			continue
+		}
+		if err := sets.destroy(name); err != nil {
+			errs = append(errs, fmt.Errorf("kernel: cleanup: ipset %q: destroy: %w", name, err))
+			continue
+		}
+		log.WithField("set", name).Info("removed handoff ipset")
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,115 @@
+package kernel
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/vishvananda/netns"
+)
+
+// Counters returns the packet and byte counters of every backend's DNAT
+// rule in o.NetNS, keyed by {service, backend}, read with iptables-save -c
+// (IPv4, and IPv6 where ip6tables is installed).
+func Counters(ctx context.Context, o Options) (map[[2]string]Counter, error) {
+	ns, err := openNS(o.NetNS)
+	if err != nil {
+		return nil, fmt.Errorf("kernel: counters: %w", err)
+	}
+	defer closeNS(ns)
+	return counters(ctx, ns, []family{ipv4, ipv6})
+}
+
+// Counters is the package's Counters for the Dataplane's namespace and
+// managed families. The counters may be up to a second old (countersMaxAge):
+// callers within a second of each other share one iptables-save; a Sync
+// makes the next call read them again.
+func (d *Dataplane) Counters(ctx context.Context) (map[[2]string]Counter, error) {
+	return d.counts.get(ctx, d.readCounters)
+}
+
+func (d *Dataplane) readCounters(ctx context.Context) (map[[2]string]Counter, error) {
+	d.syncMu.Lock()
+	fams := []family{ipv4}
+	if d.v6 {
+		fams = append(fams, ipv6)
+	}
+	d.syncMu.Unlock()
+	d.mu.RLock()
+	closed := d.closed
+	d.mu.RUnlock()
+	if closed {
+		return nil, errClosed
+	}
+	out := map[[2]string]Counter{}
+	for _, fam := range fams {
+		b, err := d.ipt[fam].save(ctx, natTable, true)
+		if err != nil {
+			return nil, fmt.Errorf("kernel: counters: %w", err)
+		}
+		parseCounters(b, out)
+	}
+	return out, nil
+}
+
+func counters(ctx context.Context, ns netns.NsHandle, fams []family) (map[[2]string]Counter, error) {
+	out := map[[2]string]Counter{}
+	for _, fam := range fams {
+		ipt := execTables{fam, ns}
+		if _, err := exec.LookPath(ipt.bin("save")); err != nil && fam == ipv6 {
+			continue
+		}
+		b, err := ipt.save(ctx, natTable, true)
+		if err != nil {
+			return nil, fmt.Errorf("kernel: counters: %w", err)
+		}
+		parseCounters(b, out)
+	}
+	return out, nil
+}
+
+// parseCounters reads iptables-save -c output and adds each DNAT rule's
+// counters to out under {service, backend}.
+func parseCounters(b []byte, out map[[2]string]Counter) {
+	for line := range bytes.Lines(b) {
+		l := strings.TrimSpace(string(line))
+		if !strings.HasPrefix(l, "[") {
+			continue
+		}
+		cnt, rest, ok := strings.Cut(l[1:], "] ")
+		if !ok {
+			continue
+		}
+		ps, bs, ok := strings.Cut(cnt, ":")
+		if !ok {
+			continue
+		}
+		args := splitArgs(rest)
+		i := slices.Index(args, "--comment")
+		if i < 0 || i+1 >= len(args) {
+			continue
+		}
+		f := strings.Fields(args[i+1])
+		if len(f) != 3 || f[0] != commentPrefix || f[2] != "dnat" {
+			continue
+		}
+		svc, be, ok := strings.Cut(f[1], "/")
+		if !ok {
+			continue
+		}
+		p, err1 := strconv.ParseUint(ps, 10, 64)
+		n, err2 := strconv.ParseUint(bs, 10, 64)
+		if err1 != nil || err2 != nil {
+			continue
+		}
+		k := [2]string{svc, be}
+		c := out[k]
+		c.Packets += p
+		c.Bytes += n
+		out[k] = c
+	}
+}
