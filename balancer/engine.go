@@ -57,7 +57,7 @@ type Options struct {
 	LoadConfig func() (*config.Config, error)
 	// Forwarded, when set, reads the kernel's DNAT rule counters keyed by
 	// (service, backend) for Status.
-	Forwarded func(ctx context.Context) (map[[2]string]Forwarded, error)
+	Forwarded func(ctx context.Context) (map[dataplane.BackendRef]Forwarded, error)
 }
 
 // Forwarded is the traffic the kernel forwarded to one backend: the packets
@@ -82,7 +82,7 @@ type Engine struct {
 	version   string
 	stateDir  string
 	load      func() (*config.Config, error)
-	forwarded func(ctx context.Context) (map[[2]string]Forwarded, error)
+	forwarded func(ctx context.Context) (map[dataplane.BackendRef]Forwarded, error)
 
 	// reloadMu serializes config changes (Reload, the control methods) and
 	// guards fileCfg and rt.

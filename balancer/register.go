@@ -45,9 +45,9 @@ func (e *Engine) Register(ctx context.Context, service string, r Registration) e
 	e.mu.Lock()
 	cur := e.cfg
 	e.mu.Unlock()
-	if o, ok := setOwners(cur)[dataplane.SetName(service, r.Name, sc.Listen.Addr().Is6())]; ok && o[0] != service {
+	if o, ok := setOwners(cur)[dataplane.SetName(service, r.Name, sc.Listen.Addr().Is6())]; ok && o.Service != service {
 		return fmt.Errorf("%w: backend %q of service %q would use the ipset name of service %q backend %q; choose another name",
-			ErrConflict, r.Name, service, o[0], o[1])
+			ErrConflict, r.Name, service, o.Service, o.Backend)
 	}
 	log := e.log.WithFields(logrus.Fields{"service": service, "backend": r.Name})
 	rec := registration{Service: service, Name: r.Name, Address: r.Address, Weight: r.Weight, Pool: r.Pool, TTL: jsonDuration(r.TTL)}

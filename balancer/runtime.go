@@ -31,10 +31,10 @@ const runtimeVersion = 1
 // runtimeState is what RuntimeFile holds. Every slice is kept sorted so the
 // file is stable and diffable.
 type runtimeState struct {
-	Version       int            `json:"version"`
-	Registrations []registration `json:"registrations"`
-	Drains        []backendRef   `json:"drains"`
-	Closed        []string       `json:"closed"` // services whose listener is closed
+	Version       int                    `json:"version"`
+	Registrations []registration         `json:"registrations"`
+	Drains        []dataplane.BackendRef `json:"drains"`
+	Closed        []string               `json:"closed"` // services whose listener is closed
 }
 
 // registration is a backend added through the API.
@@ -45,11 +45,6 @@ type registration struct {
 	Weight  int            `json:"weight"`
 	Pool    string         `json:"pool"`
 	TTL     jsonDuration   `json:"ttl"` // 0: no expiry; a restart grants a fresh one
-}
-
-type backendRef struct {
-	Service string `json:"service"`
-	Backend string `json:"backend"`
 }
 
 // jsonDuration is a time.Duration written as a Go duration string.
@@ -80,15 +75,15 @@ func (st *runtimeState) registration(service, name string) *registration {
 }
 
 func (st *runtimeState) draining(service, backend string) bool {
-	return slices.Contains(st.Drains, backendRef{service, backend})
+	return slices.Contains(st.Drains, dataplane.BackendRef{Service: service, Backend: backend})
 }
 
 func (st *runtimeState) setDrain(service, backend string, on bool) {
-	ref := backendRef{service, backend}
-	st.Drains = slices.DeleteFunc(st.Drains, func(r backendRef) bool { return r == ref })
+	ref := dataplane.BackendRef{Service: service, Backend: backend}
+	st.Drains = slices.DeleteFunc(st.Drains, func(r dataplane.BackendRef) bool { return r == ref })
 	if on {
 		st.Drains = append(st.Drains, ref)
-		slices.SortFunc(st.Drains, func(a, b backendRef) int {
+		slices.SortFunc(st.Drains, func(a, b dataplane.BackendRef) int {
 			return cmp.Or(cmp.Compare(a.Service, b.Service), cmp.Compare(a.Backend, b.Backend))
 		})
 	}
@@ -207,11 +202,11 @@ func effective(file *config.Config, st *runtimeState) (cfg *config.Config, skipp
 			continue
 		}
 		set := dataplane.SetName(r.Service, r.Name, sc.Listen.Addr().Is6())
-		if o, taken := owners[set]; taken && o[0] != r.Service {
-			skipped = append(skipped, fmt.Sprintf("%s/%s: ipset name %q is also the set of service %q backend %q", r.Service, r.Name, set, o[0], o[1]))
+		if o, taken := owners[set]; taken && o.Service != r.Service {
+			skipped = append(skipped, fmt.Sprintf("%s/%s: ipset name %q is also the set of service %q backend %q", r.Service, r.Name, set, o.Service, o.Backend))
 			continue
 		}
-		owners[set] = [2]string{r.Service, r.Name}
+		owners[set] = dataplane.BackendRef{Service: r.Service, Backend: r.Name}
 		p.Backends = append(p.Backends, b)
 	}
 	return &out, skipped
@@ -219,12 +214,12 @@ func effective(file *config.Config, st *runtimeState) (cfg *config.Config, skipp
 
 // setOwners maps the ipset name of every backend of cfg to its service and
 // backend names.
-func setOwners(cfg *config.Config) map[string][2]string {
-	owners := map[string][2]string{}
+func setOwners(cfg *config.Config) map[string]dataplane.BackendRef {
+	owners := map[string]dataplane.BackendRef{}
 	for _, s := range cfg.Services {
 		for _, p := range s.Pools {
 			for _, b := range p.Backends {
-				owners[dataplane.SetName(s.Name, b.Name, s.Listen.Addr().Is6())] = [2]string{s.Name, b.Name}
+				owners[dataplane.SetName(s.Name, b.Name, s.Listen.Addr().Is6())] = dataplane.BackendRef{Service: s.Name, Backend: b.Name}
 			}
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"maps"
 	"time"
 
+	"github.com/handoff-lb/handoff/dataplane"
 	"github.com/handoff-lb/handoff/healthcheck"
 )
 
@@ -22,23 +23,23 @@ func (e *Engine) Status(ctx context.Context) (Status, error) {
 	if !started.IsZero() {
 		st.Uptime = time.Since(started).Seconds()
 	}
-	var fwd map[[2]string]Forwarded
+	var fwd map[dataplane.BackendRef]Forwarded
 	if e.forwarded != nil {
 		var err error
 		if fwd, err = e.forwarded(ctx); err != nil {
 			e.log.WithError(err).Debug("reading the DNAT rules' counters")
 		}
 	}
-	health := map[[2]string]healthcheck.Status{}
+	health := map[dataplane.BackendRef]healthcheck.Status{}
 	if m := e.health.Load(); m != nil {
 		for _, h := range m.Snapshot() {
-			health[[2]string{h.Service, h.Backend}] = h
+			health[dataplane.BackendRef{Service: h.Service, Backend: h.Backend}] = h
 		}
 	}
 	e.reloadMu.Lock()
-	regs := map[[2]string]bool{}
+	regs := map[dataplane.BackendRef]bool{}
 	for _, r := range e.rt.Registrations {
-		regs[[2]string{r.Service, r.Name}] = true
+		regs[dataplane.BackendRef{Service: r.Service, Backend: r.Name}] = true
 	}
 	e.reloadMu.Unlock()
 
@@ -73,7 +74,7 @@ func (e *Engine) Status(ctx context.Context) (Status, error) {
 				if b == nil {
 					continue
 				}
-				k := [2]string{sc.Name, cb.Name}
+				k := dataplane.BackendRef{Service: sc.Name, Backend: cb.Name}
 				bs := BackendStatus{
 					Name:         cb.Name,
 					Address:      cb.Address.String(),

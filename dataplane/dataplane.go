@@ -48,6 +48,13 @@ type Backend struct {
 	Address netip.AddrPort
 }
 
+// BackendRef names one backend of one service. It is comparable, so it keys
+// maps of per-backend values (rule counters, health, registrations).
+type BackendRef struct {
+	Service string `json:"service"`
+	Backend string `json:"backend"`
+}
+
 // Pin records that a client of a service belongs to a backend.
 type Pin struct {
 	Service string

@@ -6,6 +6,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/handoff-lb/handoff/dataplane"
 )
 
 // countersMaxAge is how old the DNAT counters Dataplane.Counters returns
@@ -21,7 +23,7 @@ type countCache struct {
 
 	mu      sync.Mutex
 	at      time.Time
-	last    map[[2]string]Counter
+	last    map[dataplane.BackendRef]Counter
 	lastGen uint64           // gen when last was read
 	now     func() time.Time // time.Now; tests replace it
 }
@@ -29,7 +31,7 @@ type countCache struct {
 // get returns a copy of the cached counters when they are younger than
 // countersMaxAge, and otherwise calls read and caches its result. An error
 // is returned as is and not cached.
-func (c *countCache) get(ctx context.Context, read func(context.Context) (map[[2]string]Counter, error)) (map[[2]string]Counter, error) {
+func (c *countCache) get(ctx context.Context, read func(context.Context) (map[dataplane.BackendRef]Counter, error)) (map[dataplane.BackendRef]Counter, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	now := time.Now

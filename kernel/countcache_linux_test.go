@@ -7,6 +7,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/handoff-lb/handoff/dataplane"
 )
 
 func TestCountCache(t *testing.T) {
@@ -15,12 +17,12 @@ func TestCountCache(t *testing.T) {
 	c.now = func() time.Time { return clock }
 	var reads atomic.Int32
 	fail := false
-	read := func(context.Context) (map[[2]string]Counter, error) {
+	read := func(context.Context) (map[dataplane.BackendRef]Counter, error) {
 		if fail {
 			return nil, errors.New("iptables-save failed")
 		}
 		n := reads.Add(1)
-		return map[[2]string]Counter{{"web", "be1"}: {Packets: uint64(n)}}, nil
+		return map[dataplane.BackendRef]Counter{{Service: "web", Backend: "be1"}: {Packets: uint64(n)}}, nil
 	}
 	ctx := context.Background()
 	get := func() uint64 {
@@ -29,7 +31,7 @@ func TestCountCache(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return m[[2]string{"web", "be1"}].Packets
+		return m[dataplane.BackendRef{Service: "web", Backend: "be1"}].Packets
 	}
 	if got := get(); got != 1 {
 		t.Fatalf("first get = %d, want a read", got)
@@ -40,7 +42,7 @@ func TestCountCache(t *testing.T) {
 	}
 	// callers may change what they get without touching the cache
 	m, _ := c.get(ctx, read)
-	m[[2]string{"web", "be1"}] = Counter{Packets: 99}
+	m[dataplane.BackendRef{Service: "web", Backend: "be1"}] = Counter{Packets: 99}
 	if got := get(); got != 1 {
 		t.Fatalf("get after a caller changed its copy = %d", got)
 	}
@@ -69,7 +71,7 @@ func TestCountCache(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		c.get(ctx, func(ctx context.Context) (map[[2]string]Counter, error) {
+		c.get(ctx, func(ctx context.Context) (map[dataplane.BackendRef]Counter, error) {
 			c.reset()
 			return read(ctx)
 		})

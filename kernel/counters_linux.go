@@ -10,12 +10,14 @@ import (
 	"strings"
 
 	"github.com/vishvananda/netns"
+
+	"github.com/handoff-lb/handoff/dataplane"
 )
 
 // Counters returns the packet and byte counters of every backend's DNAT
 // rule in o.NetNS, keyed by {service, backend}, read with iptables-save -c
 // (IPv4, and IPv6 where ip6tables is installed).
-func Counters(ctx context.Context, o Options) (map[[2]string]Counter, error) {
+func Counters(ctx context.Context, o Options) (map[dataplane.BackendRef]Counter, error) {
 	ns, err := openNS(o.NetNS)
 	if err != nil {
 		return nil, fmt.Errorf("kernel: counters: %w", err)
@@ -28,11 +30,11 @@ func Counters(ctx context.Context, o Options) (map[[2]string]Counter, error) {
 // managed families. The counters may be up to a second old (countersMaxAge):
 // callers within a second of each other share one iptables-save; a Sync
 // makes the next call read them again.
-func (d *Dataplane) Counters(ctx context.Context) (map[[2]string]Counter, error) {
+func (d *Dataplane) Counters(ctx context.Context) (map[dataplane.BackendRef]Counter, error) {
 	return d.counts.get(ctx, d.readCounters)
 }
 
-func (d *Dataplane) readCounters(ctx context.Context) (map[[2]string]Counter, error) {
+func (d *Dataplane) readCounters(ctx context.Context) (map[dataplane.BackendRef]Counter, error) {
 	d.syncMu.Lock()
 	fams := []family{ipv4}
 	if d.v6 {
@@ -45,7 +47,7 @@ func (d *Dataplane) readCounters(ctx context.Context) (map[[2]string]Counter, er
 	if closed {
 		return nil, errClosed
 	}
-	out := map[[2]string]Counter{}
+	out := map[dataplane.BackendRef]Counter{}
 	for _, fam := range fams {
 		b, err := d.ipt[fam].save(ctx, natTable, true)
 		if err != nil {
@@ -56,8 +58,8 @@ func (d *Dataplane) readCounters(ctx context.Context) (map[[2]string]Counter, er
 	return out, nil
 }
 
-func counters(ctx context.Context, ns netns.NsHandle, fams []family) (map[[2]string]Counter, error) {
-	out := map[[2]string]Counter{}
+func counters(ctx context.Context, ns netns.NsHandle, fams []family) (map[dataplane.BackendRef]Counter, error) {
+	out := map[dataplane.BackendRef]Counter{}
 	for _, fam := range fams {
 		ipt := execTables{fam, ns}
 		if _, err := exec.LookPath(ipt.bin("save")); err != nil && fam == ipv6 {
@@ -74,7 +76,7 @@ func counters(ctx context.Context, ns netns.NsHandle, fams []family) (map[[2]str
 
 // parseCounters reads iptables-save -c output and adds each DNAT rule's
 // counters to out under {service, backend}.
-func parseCounters(b []byte, out map[[2]string]Counter) {
+func parseCounters(b []byte, out map[dataplane.BackendRef]Counter) {
 	for line := range bytes.Lines(b) {
 		l := strings.TrimSpace(string(line))
 		if !strings.HasPrefix(l, "[") {
@@ -106,7 +108,7 @@ func parseCounters(b []byte, out map[[2]string]Counter) {
 		if err1 != nil || err2 != nil {
 			continue
 		}
-		k := [2]string{svc, be}
+		k := dataplane.BackendRef{Service: svc, Backend: be}
 		c := out[k]
 		c.Packets += p
 		c.Bytes += n

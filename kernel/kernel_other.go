@@ -27,7 +27,7 @@ func Probe(ctx context.Context, o Options) error {
 func Cleanup(ctx context.Context, o Options) error { return dataplane.ErrUnsupported }
 
 // Counters returns dataplane.ErrUnsupported off Linux.
-func Counters(ctx context.Context, o Options) (map[[2]string]Counter, error) {
+func Counters(ctx context.Context, o Options) (map[dataplane.BackendRef]Counter, error) {
 	return nil, dataplane.ErrUnsupported
 }
 
@@ -75,7 +75,7 @@ func (d *Dataplane) Count(ctx context.Context, service string) (map[string]int, 
 }
 
 // Counters returns dataplane.ErrUnsupported.
-func (d *Dataplane) Counters(ctx context.Context) (map[[2]string]Counter, error) {
+func (d *Dataplane) Counters(ctx context.Context) (map[dataplane.BackendRef]Counter, error) {
 	return nil, dataplane.ErrUnsupported
 }
 

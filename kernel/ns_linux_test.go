@@ -328,10 +328,10 @@ func TestNSPinForwards(t *testing.T) {
 		})
 	}
 	// One new connection each went through the DNAT rules of be1.
-	want := map[[2]string]Counter{{"web", "be1"}: {Packets: 1}, {"web6", "be1"}: {Packets: 1}}
-	for name, get := range map[string]func() (map[[2]string]Counter, error){
-		"method":   func() (map[[2]string]Counter, error) { return d.Counters(ctx) },
-		"function": func() (map[[2]string]Counter, error) { return Counters(ctx, Options{NetNS: tp.LB.Path}) },
+	want := map[dataplane.BackendRef]Counter{{Service: "web", Backend: "be1"}: {Packets: 1}, {Service: "web6", Backend: "be1"}: {Packets: 1}}
+	for name, get := range map[string]func() (map[dataplane.BackendRef]Counter, error){
+		"method":   func() (map[dataplane.BackendRef]Counter, error) { return d.Counters(ctx) },
+		"function": func() (map[dataplane.BackendRef]Counter, error) { return Counters(ctx, Options{NetNS: tp.LB.Path}) },
 	} {
 		got, err := get()
 		if err != nil {
@@ -342,7 +342,7 @@ func TestNSPinForwards(t *testing.T) {
 				t.Errorf("Counters (%s)[%v] = %+v, want %d packet(s)", name, k, got[k], w.Packets)
 			}
 		}
-		if c := got[[2]string{"web", "be0"}]; c.Packets != 0 {
+		if c := got[dataplane.BackendRef{Service: "web", Backend: "be0"}]; c.Packets != 0 {
 			t.Errorf("Counters (%s)[web be0] = %+v", name, c)
 		}
 	}

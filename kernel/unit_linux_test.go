@@ -670,13 +670,13 @@ func TestParseCounters(t *testing.T) {
 [9:9] -A PREROUTING -m comment --comment handoff -j ACCEPT
 COMMIT
 `
-	got := map[[2]string]Counter{}
+	got := map[dataplane.BackendRef]Counter{}
 	parseCounters([]byte(in), got)
 	parseCounters([]byte(strings.ReplaceAll(in, "be2", "be3")), got)
-	want := map[[2]string]Counter{
-		{"web", "be1"}: {6, 360},
-		{"web", "be2"}: {7, 420},
-		{"web", "be3"}: {7, 420},
+	want := map[dataplane.BackendRef]Counter{
+		{Service: "web", Backend: "be1"}: {Packets: 6, Bytes: 360},
+		{Service: "web", Backend: "be2"}: {Packets: 7, Bytes: 420},
+		{Service: "web", Backend: "be3"}: {Packets: 7, Bytes: 420},
 	}
 	if len(got) != len(want) {
 		t.Errorf("counters %v, want %v", got, want)

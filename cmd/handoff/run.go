@@ -15,6 +15,7 @@ import (
 	"github.com/handoff-lb/handoff/admin"
 	"github.com/handoff-lb/handoff/balancer"
 	"github.com/handoff-lb/handoff/config"
+	"github.com/handoff-lb/handoff/dataplane"
 	"github.com/handoff-lb/handoff/fallback"
 	"github.com/handoff-lb/handoff/kernel"
 )
@@ -100,9 +101,9 @@ func run(parent context.Context, path string, cfg *config.Config, mode config.Mo
 		ObservePin: func(service string, took time.Duration) { srv.ObservePin(service, took) },
 	}
 	if kdp, ok := dp.(*kernel.Dataplane); ok {
-		opts.Forwarded = func(ctx context.Context) (map[[2]string]balancer.Forwarded, error) {
+		opts.Forwarded = func(ctx context.Context) (map[dataplane.BackendRef]balancer.Forwarded, error) {
 			cs, err := kdp.Counters(ctx)
-			out := make(map[[2]string]balancer.Forwarded, len(cs))
+			out := make(map[dataplane.BackendRef]balancer.Forwarded, len(cs))
 			for k, c := range cs {
 				out[k] = balancer.Forwarded{Packets: c.Packets, Bytes: c.Bytes}
 			}
