@@ -17,6 +17,69 @@ import (
 	"github.com/handoff-lb/handoff/balancer"
 )
 
+// demoController is a demoReader that also records every change in calls.
+type demoController struct {
+	demoReader
+	calls []string
+	moved int // what Drain returns
+}
+
+func (d *demoController) record(err error, format string, args ...any) error {
+	if err == nil {
+		d.calls = append(d.calls, fmt.Sprintf(format, args...))
+	}
+	return err
+}
+
+func (d *demoController) PinClient(ctx context.Context, service string, client netip.Addr, backend string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.record(d.check(service), "pin %s %s %s", service, client, backend)
+}
+
+func (d *demoController) UnpinClient(ctx context.Context, service string, client netip.Addr) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.record(d.check(service), "unpin %s %s", service, client)
+}
+
+func (d *demoController) Register(ctx context.Context, service string, r balancer.Registration) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.record(d.check(service), "register %s %s %s weight=%d pool=%s ttl=%v", service, r.Name, r.Address, r.Weight, r.Pool, r.TTL)
+}
+
+func (d *demoController) Deregister(ctx context.Context, service, backend string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.record(d.check(service), "deregister %s %s", service, backend)
+}
+
+func (d *demoController) Drain(ctx context.Context, service, backend string, op balancer.DrainOp) (int, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	err := d.record(d.check(service), "drain %s %s op=%d", service, backend, op)
+	return d.moved, err
+}
+
+func (d *demoController) SetOpen(ctx context.Context, service string, open bool) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.record(d.check(service), "open %s %v", service, open)
+}
+
+func (d *demoController) ReloadConfig(ctx context.Context) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.record(d.err, "reload")
+}
+
+func (d *demoController) changes() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return slices.Clone(d.calls)
+}
+
 func demoPins() []balancer.ClientPin {
 	return []balancer.ClientPin{
 		{Client: "198.51.100.7", Backend: "web-eu-1", Key: "shop.example", ExpiresIn: 1799},
@@ -28,7 +91,7 @@ func demoPins() []balancer.ClientPin {
 // TestAPIClient drives every method through the real admin server, with
 // authentication, into a fake engine.
 func TestAPIClient(t *testing.T) {
-	ctl := &demoController{statuses: []balancer.Status{demoStatus()}, pins: demoPins(), moved: 42}
+	ctl := &demoController{demoReader: demoReader{statuses: []balancer.Status{demoStatus()}, pins: demoPins()}, moved: 42}
 	srv := serveAdmin(t, ctl, "s3cret")
 	c := NewClient(srv.URL, "s3cret")
 	ctx := t.Context()
@@ -106,7 +169,7 @@ func TestAPIClient(t *testing.T) {
 // TestAPIClientErrors: the API's refusals come back as *APIError with its
 // status and message.
 func TestAPIClientErrors(t *testing.T) {
-	ctl := &demoController{statuses: []balancer.Status{demoStatus()}}
+	ctl := &demoController{demoReader: demoReader{statuses: []balancer.Status{demoStatus()}}}
 	srv := serveAdmin(t, ctl, "s3cret")
 	ctx := t.Context()
 	for _, tc := range []struct {

@@ -17,12 +17,12 @@ import (
 	"github.com/sirupsen/logrus"
 )
 
-// statusTimeout bounds the Controller.Status call of one scrape.
+// statusTimeout bounds the Reader.Status call of one scrape.
 const statusTimeout = 10 * time.Second
 
 // metrics is /metrics: a private registry with the Go and process
 // collectors, the classification-latency histogram that ObservePin feeds,
-// and a collector that reads Controller.Status at scrape time (nothing
+// and a collector that reads Reader.Status at scrape time (nothing
 // polls in the background).
 type metrics struct {
 	reg     *prometheus.Registry
@@ -30,7 +30,7 @@ type metrics struct {
 	handler http.Handler
 }
 
-func newMetrics(ctl Controller, version string, log *logrus.Entry) *metrics {
+func newMetrics(ctl Reader, version string, log *logrus.Entry) *metrics {
 	m := &metrics{
 		reg:    prometheus.NewRegistry(),
 		status: newStatusCollector(ctl, version, log),
@@ -61,12 +61,12 @@ type promLog struct{ e *logrus.Entry }
 
 func (l promLog) Println(v ...any) { l.e.Warn(fmt.Sprint(v...)) }
 
-// statusCollector turns one Controller.Status per scrape into metrics. It
+// statusCollector turns one Reader.Status per scrape into metrics. It
 // also collects the classification-latency histogram, after dropping the
 // series of services the scrape's status no longer lists (a reload removed
 // them), so that they do not stay until the process restarts.
 type statusCollector struct {
-	ctl     Controller
+	ctl     Reader
 	version string
 	log     *logrus.Entry
 
@@ -79,7 +79,7 @@ type statusCollector struct {
 	proxiedConns, proxiedBytes, fwdPackets, fwdBytes            *prometheus.Desc
 }
 
-func newStatusCollector(ctl Controller, version string, log *logrus.Entry) *statusCollector {
+func newStatusCollector(ctl Reader, version string, log *logrus.Entry) *statusCollector {
 	svc := []string{"service"}
 	be := []string{"service", "backend"}
 	d := prometheus.NewDesc
@@ -136,7 +136,7 @@ func (c *statusCollector) Describe(ch chan<- *prometheus.Desc) {
 	c.pinTime.Describe(ch)
 }
 
-// Collect implements prometheus.Collector: one Controller.Status call.
+// Collect implements prometheus.Collector: one Reader.Status call.
 // When it fails, only handoff_up 0 and the build info are reported.
 func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), statusTimeout)

@@ -39,7 +39,7 @@ const pageRefresh = 5 * time.Second
 // Content-Security-Policy that allows only its own script (by hash) and
 // same-origin fetches. Authentication is the server's: mount the handler
 // behind it (Options.Page).
-func StatusPage(c Controller) http.Handler {
+func StatusPage(c Reader) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			w.Header().Set("Allow", "GET, HEAD")
@@ -79,7 +79,7 @@ func StatusPage(c Controller) http.Handler {
 
 // pageData is what the template renders.
 type pageData struct {
-	Err      string // the Controller's error; the page shows only it
+	Err      string // the engine's error; the page shows only it
 	Mode     string
 	State    balancer.State
 	Version  string

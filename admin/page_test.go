@@ -10,7 +10,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -26,21 +25,19 @@ import (
 	"github.com/handoff-lb/handoff/balancer"
 )
 
-// demoController serves canned state: Status returns statuses in turn and
-// then the last one forever, Clients walks pins, and every change is
-// recorded in calls. A service missing from the status is ErrNotFound.
-type demoController struct {
+// demoReader serves canned state: Status returns statuses in turn and then
+// the last one forever, and Clients walks pins. A service missing from the
+// status is ErrNotFound.
+type demoReader struct {
 	mu       sync.Mutex
 	statuses []balancer.Status
 	pins     []balancer.ClientPin
-	calls    []string
 	err      error // returned by every method when set
-	moved    int   // what Drain returns
 }
 
-func (d *demoController) State() balancer.State { return balancer.StateServing }
+func (d *demoReader) State() balancer.State { return balancer.StateServing }
 
-func (d *demoController) Status(ctx context.Context) (balancer.Status, error) {
+func (d *demoReader) Status(ctx context.Context) (balancer.Status, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.err != nil {
@@ -53,7 +50,7 @@ func (d *demoController) Status(ctx context.Context) (balancer.Status, error) {
 	return st, nil
 }
 
-func (d *demoController) check(service string) error {
+func (d *demoReader) check(service string) error {
 	if d.err != nil {
 		return d.err
 	}
@@ -65,14 +62,7 @@ func (d *demoController) check(service string) error {
 	return fmt.Errorf("service %q: %w", service, balancer.ErrNotFound)
 }
 
-func (d *demoController) record(err error, format string, args ...any) error {
-	if err == nil {
-		d.calls = append(d.calls, fmt.Sprintf(format, args...))
-	}
-	return err
-}
-
-func (d *demoController) Clients(ctx context.Context, service, backend string, limit int, fn func(balancer.ClientPin) error) error {
+func (d *demoReader) Clients(ctx context.Context, service, backend string, limit int, fn func(balancer.ClientPin) error) error {
 	d.mu.Lock()
 	err := d.check(service)
 	pins := slices.Clone(d.pins)
@@ -94,55 +84,6 @@ func (d *demoController) Clients(ctx context.Context, service, backend string, l
 		}
 	}
 	return nil
-}
-
-func (d *demoController) PinClient(ctx context.Context, service string, client netip.Addr, backend string) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.record(d.check(service), "pin %s %s %s", service, client, backend)
-}
-
-func (d *demoController) UnpinClient(ctx context.Context, service string, client netip.Addr) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.record(d.check(service), "unpin %s %s", service, client)
-}
-
-func (d *demoController) Register(ctx context.Context, service string, r balancer.Registration) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.record(d.check(service), "register %s %s %s weight=%d pool=%s ttl=%v", service, r.Name, r.Address, r.Weight, r.Pool, r.TTL)
-}
-
-func (d *demoController) Deregister(ctx context.Context, service, backend string) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.record(d.check(service), "deregister %s %s", service, backend)
-}
-
-func (d *demoController) Drain(ctx context.Context, service, backend string, op balancer.DrainOp) (int, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	err := d.record(d.check(service), "drain %s %s op=%d", service, backend, op)
-	return d.moved, err
-}
-
-func (d *demoController) SetOpen(ctx context.Context, service string, open bool) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.record(d.check(service), "open %s %v", service, open)
-}
-
-func (d *demoController) ReloadConfig(ctx context.Context) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.record(d.err, "reload")
-}
-
-func (d *demoController) changes() []string {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return slices.Clone(d.calls)
 }
 
 // demoStatus is a realistic daemon: two services, one backend down, one
@@ -208,28 +149,28 @@ func TestStatusPage(t *testing.T) {
 
 	for _, tc := range []struct {
 		desc   string
-		ctl    *demoController
+		ctl    *demoReader
 		method string
 		code   int
 		want   []string
 		reject []string
 	}{
-		{desc: "every name, health, draining and bar", ctl: &demoController{statuses: []balancer.Status{demoStatus()}},
+		{desc: "every name, health, draining and bar", ctl: &demoReader{statuses: []balancer.Status{demoStatus()}},
 			method: "GET", code: 200,
 			want: append(names(demoStatus()), "kernel mode", "v0.9.0", "3d 4h", "203.0.113.10:443", "10.30.0.21:8443",
 				`<span class="badge b-down">down</span>`, `<span class="badge b-drain">draining</span>`,
 				"connection refused", "for 7m 1", `style="width: 39.9%"`, "18\u202f342", "API")},
-		{desc: "values are escaped", ctl: &demoController{statuses: []balancer.Status{hostile}}, method: "GET", code: 200,
+		{desc: "values are escaped", ctl: &demoReader{statuses: []balancer.Status{hostile}}, method: "GET", code: 200,
 			want:   []string{"&lt;img src=x onerror=&#34;alert(1)&#34;&gt;", "game&#34;&gt;&lt;script&gt;alert(2)&lt;/script&gt;"},
 			reject: []string{"<img src=x", "<script>alert"}},
-		{desc: "no services", ctl: &demoController{statuses: []balancer.Status{{Mode: "userspace", State: balancer.StateServing}}}, method: "GET", code: 200,
+		{desc: "no services", ctl: &demoReader{statuses: []balancer.Status{{Mode: "userspace", State: balancer.StateServing}}}, method: "GET", code: 200,
 			want: []string{"No services are configured.", "userspace mode"}, reject: []string{"serving"}},
-		{desc: "starting", ctl: &demoController{statuses: []balancer.Status{{Mode: "kernel", State: balancer.StateStarting}}}, method: "GET", code: 200,
+		{desc: "starting", ctl: &demoReader{statuses: []balancer.Status{{Mode: "kernel", State: balancer.StateStarting}}}, method: "GET", code: 200,
 			want: []string{`<span class="badge b-drain">starting</span>`, "Starting: the services are opening their listeners."}, reject: []string{"No services are configured."}},
-		{desc: "the engine fails", ctl: &demoController{statuses: []balancer.Status{{}}, err: errors.New("engine stopped")},
+		{desc: "the engine fails", ctl: &demoReader{statuses: []balancer.Status{{}}, err: errors.New("engine stopped")},
 			method: "GET", code: 500, want: []string{"The engine did not report its status: engine stopped"}},
-		{desc: "HEAD", ctl: &demoController{statuses: []balancer.Status{demoStatus()}}, method: "HEAD", code: 200},
-		{desc: "POST", ctl: &demoController{statuses: []balancer.Status{demoStatus()}}, method: "POST", code: 405},
+		{desc: "HEAD", ctl: &demoReader{statuses: []balancer.Status{demoStatus()}}, method: "HEAD", code: 200},
+		{desc: "POST", ctl: &demoReader{statuses: []balancer.Status{demoStatus()}}, method: "POST", code: 405},
 	} {
 		t.Run(tc.desc, func(t *testing.T) {
 			rec := httptest.NewRecorder()
@@ -354,8 +295,8 @@ func TestStatusPageInChromium(t *testing.T) {
 	later := demoStatus()
 	later.Services[1].Backends = append(later.Services[1].Backends, balancer.BackendStatus{
 		Name: "relay-sgp-late-joiner", Address: "10.60.0.5:7777", Pool: "apac", Health: "up", Registered: true})
-	ctl := &demoController{statuses: []balancer.Status{demoStatus(), later}}
-	srv := serveAdmin(t, ctl, "s3cret-token")
+	ctl := &demoReader{statuses: []balancer.Status{demoStatus(), later}}
+	srv := serveAdmin(t, readOnly{Reader: ctl}, "s3cret-token")
 
 	dom := runChromium(t, bin, "--dump-dom", srv.URL+"/?token=s3cret-token")
 	for _, n := range names(demoStatus()) {
@@ -406,6 +347,15 @@ func TestStatusPageInChromium(t *testing.T) {
 
 // serveAdmin serves ctl through the admin server, with the status page
 // and, when token is not "", authentication, on 127.0.0.1:0.
+// readOnly is a Controller whose change side is missing: for tests that
+// only read (a change would panic on the nil interface).
+type readOnly struct {
+	Reader
+	Pinner
+	Registrar
+	Operator
+}
+
 func serveAdmin(t *testing.T, ctl Controller, token string) *httptest.Server {
 	t.Helper()
 	log := logrus.New()

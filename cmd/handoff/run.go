@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"syscall"
@@ -163,9 +164,17 @@ func run(parent context.Context, path string, cfg *config.Config, mode config.Mo
 	return nil
 }
 
+// ownedDataplane is a data plane the engine runs over and run closes when
+// it ends: the kernel's handles are released (its state stays), the
+// userspace table is saved.
+type ownedDataplane interface {
+	balancer.Dataplane
+	io.Closer
+}
+
 // openDataplane picks the data plane for mode: kernel when usable (auto) or
 // required (kernel), else the userspace table.
-func openDataplane(ctx context.Context, mode config.Mode, cfg *config.Config, log *logrus.Entry) (balancer.Dataplane, bool, error) {
+func openDataplane(ctx context.Context, mode config.Mode, cfg *config.Config, log *logrus.Entry) (ownedDataplane, bool, error) {
 	if mode != config.ModeUserspace {
 		// Probe ip6tables as well when a service is IPv6: without it the
 		// probe would pass and the first sync fail, so auto mode would exit
