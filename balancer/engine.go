@@ -178,7 +178,9 @@ func (e *Engine) Run(ctx context.Context) error {
 	if e.kernel {
 		e.recountPins(ctx, svcs) // the pins adopted from the sets count before the first client
 	}
-	health := healthcheck.New(healthcheck.Options{OnChange: e.onHealth, Logger: e.log.WithField("component", "health")})
+	events := newHealthQueue(e.onHealth)
+	defer events.close()
+	health := healthcheck.New(healthcheck.Options{OnChange: events.push, Logger: e.log.WithField("component", "health")})
 	defer health.Close()
 	e.health.Store(health)
 	e.mu.Lock()
@@ -211,7 +213,8 @@ func (e *Engine) Run(ctx context.Context) error {
 	}
 	<-ctx.Done()
 	e.setState(StateStopping)
-	health.Close() // no migration runs while the services close
+	health.Close() // no event comes any more
+	events.close() // no migration runs while the services close
 
 	e.mu.Lock()
 	svcs = svcs[:0]

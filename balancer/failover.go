@@ -23,8 +23,11 @@ func healthTargets(cfg *config.Config) []healthcheck.Target {
 	return ts
 }
 
-// onHealth applies a health transition. The monitor calls it from one
-// goroutine, in order, so migrations of a service never overlap.
+// onHealth applies a health transition: a backend that went down has its
+// clients migrated, one that came back takes back those its pool's
+// failback gives it. The healthQueue calls it from one goroutine per
+// service, so a service's migrations never overlap (migrateMu serializes
+// them with drains as well), and services do not wait for each other.
 func (e *Engine) onHealth(ev healthcheck.Event) {
 	e.mu.Lock()
 	s, ctx := e.services[ev.Service], e.runCtx
