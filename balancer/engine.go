@@ -4,7 +4,9 @@
 // (health, drain, live connections) and moves clients when a backend fails.
 //
 // The engine talks to the kernel or the userspace table only through the
-// Dataplane interface; it never imports netlink.
+// Dataplane interface, whose implementation cmd/handoff chooses: it imports
+// neither data plane (nor netlink), and proxies connections with package
+// proxy.
 package balancer
 
 import (
