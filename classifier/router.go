@@ -43,7 +43,7 @@ type Decision struct {
 }
 
 // DefaultPool is the name of the pool that takes clients no route matches.
-const DefaultPool = "default"
+const DefaultPool = config.DefaultPool
 
 // New builds the Router of svc. It checks what it relies on (known classify
 // and balance names, routes naming existing pools, one condition per route,

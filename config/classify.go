@@ -7,7 +7,7 @@ import (
 	"sync"
 )
 
-var builtinClassify = []string{string(ClassifySource), string(ClassifyPayload), string(ClassifySNI), string(ClassifyHTTPHost)}
+var builtinClassify = []Classify{ClassifySource, ClassifyPayload, ClassifySNI, ClassifyHTTPHost}
 
 var registered struct {
 	sync.RWMutex
@@ -25,7 +25,7 @@ func RegisterClassify(name string) {
 	if !classifyNameRE.MatchString(name) {
 		panic(fmt.Sprintf("config: RegisterClassify(%q): invalid name", name))
 	}
-	if slices.Contains(builtinClassify, name) {
+	if slices.Contains(builtinClassify, Classify(name)) {
 		panic(fmt.Sprintf("config: RegisterClassify(%q): built in", name))
 	}
 	registered.Lock()
@@ -41,12 +41,12 @@ func RegisterClassify(name string) {
 
 // classifiers returns the valid classify values: the built-in ones, then
 // the registered ones sorted.
-func classifiers() []string {
+func classifiers() []Classify {
 	registered.RLock()
 	defer registered.RUnlock()
-	extra := make([]string, 0, len(registered.names))
+	extra := make([]Classify, 0, len(registered.names))
 	for n := range registered.names {
-		extra = append(extra, n)
+		extra = append(extra, Classify(n))
 	}
 	slices.Sort(extra)
 	return append(slices.Clone(builtinClassify), extra...)

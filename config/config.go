@@ -54,6 +54,61 @@ const (
 	BalanceLeastConn  Balance = "least-conn"
 )
 
+// OnUnclassified says what happens to a new client whose key cannot be
+// read, or that no route matches.
+type OnUnclassified string
+
+// Unclassified-client handling.
+const (
+	UnclassifiedDefault OnUnclassified = "default" // the pool named "default" (DefaultPool)
+	UnclassifiedReject  OnUnclassified = "reject"  // RST, no pin
+)
+
+// OnBackendDown says what happens to the pins of a backend that goes down.
+type OnBackendDown string
+
+// Backend-down handling.
+const (
+	BackendDownRehash     OnBackendDown = "rehash"     // re-pin onto the backend the pool's policy now picks
+	BackendDownReclassify OnBackendDown = "reclassify" // unpin; the next connection is classified again
+)
+
+// ProxyProtocol names the PROXY protocol header sent to backends on the
+// userspace path.
+type ProxyProtocol string
+
+// PROXY protocol versions.
+const (
+	ProxyProtocolOff ProxyProtocol = "off"
+	ProxyProtocolV1  ProxyProtocol = "v1"
+	ProxyProtocolV2  ProxyProtocol = "v2"
+)
+
+// LogLevel is a logrus level name.
+type LogLevel string
+
+// Log levels.
+const (
+	LogTrace LogLevel = "trace"
+	LogDebug LogLevel = "debug"
+	LogInfo  LogLevel = "info"
+	LogWarn  LogLevel = "warn"
+	LogError LogLevel = "error"
+)
+
+// LogFormat names how log lines are written.
+type LogFormat string
+
+// Log formats.
+const (
+	LogText LogFormat = "text"
+	LogJSON LogFormat = "json"
+)
+
+// DefaultPool is the name of the pool that takes the clients no route
+// matches, and of the one pool of the balance/backends shorthand.
+const DefaultPool = "default"
+
 // Check names a health checker.
 type Check string
 
@@ -99,8 +154,8 @@ type Config struct {
 
 // Log configures logging.
 type Log struct {
-	Level           string        // logrus level name: debug, info, warn, error
-	Format          string        // text | json
+	Level           LogLevel
+	Format          LogFormat
 	SummaryInterval time.Duration // periodic info summary; 0 disables it
 }
 
@@ -124,11 +179,11 @@ type Service struct {
 	MaxClients      int // ipset maxelem per backend set, affinity table bound
 	Classify        Classify
 	Payload         Payload
-	OnUnclassified  string // "default" | "reject"
-	OnBackendDown   string // "rehash" | "reclassify"
+	OnUnclassified  OnUnclassified
+	OnBackendDown   OnBackendDown
 	Timeouts        Timeouts
-	MaxConnections  int    // userspace-proxied connections at once
-	ProxyProtocol   string // "off" | "v1" | "v2"
+	MaxConnections  int // userspace-proxied connections at once
+	ProxyProtocol   ProxyProtocol
 	Health          Health
 	Routes          []Route
 	Pools           []Pool // never empty; the shorthand form becomes one pool named "default"

@@ -31,15 +31,15 @@ var (
 )
 
 var (
-	modes         = []string{string(ModeAuto), string(ModeKernel), string(ModeUserspace)}
-	logLevels     = []string{"trace", "debug", "info", "warn", "error"}
-	logFormats    = []string{"text", "json"}
-	firstConns    = []string{string(FirstReset), string(FirstProxy)}
-	unclassified  = []string{"default", "reject"}
-	backendDown   = []string{"rehash", "reclassify"}
-	proxyProtocol = []string{"off", "v1", "v2"}
-	balances      = []string{string(BalanceMaglev), string(BalanceSourceHash), string(BalanceRoundRobin), string(BalanceRandom), string(BalanceHotStandby), string(BalanceLeastConn)}
-	checks        = []string{string(CheckTCP), string(CheckHTTP), string(CheckSendExpect), string(CheckNone)}
+	modes         = []Mode{ModeAuto, ModeKernel, ModeUserspace}
+	logLevels     = []LogLevel{LogTrace, LogDebug, LogInfo, LogWarn, LogError}
+	logFormats    = []LogFormat{LogText, LogJSON}
+	firstConns    = []FirstConnection{FirstReset, FirstProxy}
+	unclassified  = []OnUnclassified{UnclassifiedDefault, UnclassifiedReject}
+	backendDown   = []OnBackendDown{BackendDownRehash, BackendDownReclassify}
+	proxyProtocol = []ProxyProtocol{ProxyProtocolOff, ProxyProtocolV1, ProxyProtocolV2}
+	balances      = []Balance{BalanceMaglev, BalanceSourceHash, BalanceRoundRobin, BalanceRandom, BalanceHotStandby, BalanceLeastConn}
+	checks        = []Check{CheckTCP, CheckHTTP, CheckSendExpect, CheckNone}
 )
 
 var (
@@ -108,12 +108,11 @@ func (p *parser) config(root *yaml.Node) *Config {
 		return nil
 	}
 	c := &Config{}
-	mode, _ := f.enum("mode", string(ModeAuto), modes)
-	c.Mode = Mode(mode)
+	c.Mode, _ = enum(f, "mode", ModeAuto, modes)
 
 	lf := f.sub("log", logKeys)
-	c.Log.Level, _ = lf.enum("level", "info", logLevels)
-	c.Log.Format, _ = lf.enum("format", "text", logFormats)
+	c.Log.Level, _ = enum(lf, "level", LogInfo, logLevels)
+	c.Log.Format, _ = enum(lf, "format", LogText, logFormats)
 	c.Log.SummaryInterval, _ = lf.duration("summary_interval", DefaultSummaryInterval)
 
 	af := f.sub("admin", adminKeys)
@@ -232,8 +231,7 @@ func (p *parser) service(c *Config, i int, n *yaml.Node) (*Service, *svcPos) {
 		}
 	}
 
-	fc, _ := f.enum("first_connection", string(FirstReset), firstConns)
-	s.FirstConnection = FirstConnection(fc)
+	s.FirstConnection, _ = enum(f, "first_connection", FirstReset, firstConns)
 	if ttl, tn := f.duration("client_ttl", DefaultClientTTL); tn != nil {
 		switch {
 		case ttl%time.Second != 0:
@@ -249,12 +247,12 @@ func (p *parser) service(c *Config, i int, n *yaml.Node) (*Service, *svcPos) {
 	s.SNAT = f.boolean("snat", false)
 	s.MaxClients, _ = f.integer("max_clients", DefaultMaxClients, 1, math.MaxInt32)
 
-	cl, cn := f.enum("classify", string(ClassifySource), classifiers())
-	s.Classify = Classify(cl)
+	var cn *yaml.Node
+	s.Classify, cn = enum(f, "classify", ClassifySource, classifiers())
 	p.payload(f, s, cn)
 
-	s.OnUnclassified, _ = f.enum("on_unclassified", "default", unclassified)
-	s.OnBackendDown, _ = f.enum("on_backend_down", "rehash", backendDown)
+	s.OnUnclassified, _ = enum(f, "on_unclassified", UnclassifiedDefault, unclassified)
+	s.OnBackendDown, _ = enum(f, "on_backend_down", BackendDownRehash, backendDown)
 
 	tf := f.sub("timeouts", timeoutsKeys)
 	s.Timeouts.Connect, _ = tf.positive("connect", DefaultConnectTimeout)
@@ -262,8 +260,8 @@ func (p *parser) service(c *Config, i int, n *yaml.Node) (*Service, *svcPos) {
 	s.MaxConnections, _ = f.integer("max_connections", DefaultMaxConnections, 1, math.MaxInt32)
 
 	var ppn *yaml.Node
-	s.ProxyProtocol, ppn = f.enum("proxy_protocol", "off", proxyProtocol)
-	if ppn != nil && s.ProxyProtocol != "off" && c.Mode != ModeUserspace && c.Mode != "" {
+	s.ProxyProtocol, ppn = enum(f, "proxy_protocol", ProxyProtocolOff, proxyProtocol)
+	if ppn != nil && s.ProxyProtocol != ProxyProtocolOff && c.Mode != ModeUserspace && c.Mode != "" {
 		f.errorf(ppn, "proxy_protocol", "%s needs mode: userspace; connections forwarded in the kernel carry no PROXY header (mode is %s)", s.ProxyProtocol, c.Mode)
 	}
 
@@ -271,7 +269,7 @@ func (p *parser) service(c *Config, i int, n *yaml.Node) (*Service, *svcPos) {
 	p.pools(f, s, pos, nameOK)
 	p.routes(f, s)
 
-	if s.OnUnclassified == "default" && s.Pool("default") == nil && len(s.Pools) > 0 {
+	if s.OnUnclassified == UnclassifiedDefault && s.Pool(DefaultPool) == nil && len(s.Pools) > 0 {
 		n := f.pos("pools")
 		if on := f.vals["on_unclassified"]; on != nil {
 			n = on
@@ -335,8 +333,7 @@ func reErr(err error) string {
 func (p *parser) health(f *fields, s *Service) {
 	hf := f.sub("health", healthKeys)
 	h := &s.Health
-	check, _ := hf.enum("check", string(CheckTCP), checks)
-	h.Check = Check(check)
+	h.Check, _ = enum(hf, "check", CheckTCP, checks)
 	var in, tn *yaml.Node
 	h.Interval, in = hf.positive("interval", DefaultHealthInterval)
 	h.Timeout, tn = hf.positive("timeout", DefaultHealthTimeout)
@@ -376,8 +373,7 @@ func (p *parser) pools(f *fields, s *Service, pos *svcPos, nameOK bool) {
 	backendNames := map[string]*yaml.Node{}
 	addPool := func(pf *fields, name string, nameNode *yaml.Node) {
 		pool := Pool{Name: name}
-		bal, _ := pf.enum("balance", string(BalanceMaglev), balances)
-		pool.Balance = Balance(bal)
+		pool.Balance, _ = enum(pf, "balance", BalanceMaglev, balances)
 		pool.Failback = pf.boolean("failback", pool.Balance == BalanceHotStandby)
 		items, _ := pf.list("backends")
 		for j, it := range items {
@@ -408,7 +404,7 @@ func (p *parser) pools(f *fields, s *Service, pos *svcPos, nameOK bool) {
 	}
 
 	if !f.present("pools") {
-		addPool(f, "default", nil)
+		addPool(f, DefaultPool, nil)
 		return
 	}
 	for _, k := range shorthand {

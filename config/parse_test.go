@@ -608,7 +608,7 @@ func TestExamples(t *testing.T) {
 	check("http-host.yaml", func(c *Config) bool { return c.Services[0].Classify == ClassifyHTTPHost })
 	check("hot-standby.yaml", func(c *Config) bool { return c.Services[0].Pools[0].Balance == BalanceHotStandby })
 	check("userspace-container.yaml", func(c *Config) bool {
-		return c.Mode == ModeUserspace && c.Services[0].ProxyProtocol == "v2"
+		return c.Mode == ModeUserspace && c.Services[0].ProxyProtocol == ProxyProtocolV2
 	})
 	check("ipv6.yaml", func(c *Config) bool { return c.Services[0].Listen.Addr().Is6() })
 }

@@ -632,6 +632,16 @@ func (f *fields) enum(key, def string, valid []string) (string, *yaml.Node) {
 	return "", nil
 }
 
+// enum is fields.enum for a value of a string type T.
+func enum[T ~string](f *fields, key string, def T, valid []T) (T, *yaml.Node) {
+	names := make([]string, len(valid))
+	for i, v := range valid {
+		names[i] = string(v)
+	}
+	s, n := f.enum(key, string(def), names)
+	return T(s), n
+}
+
 // list returns the items of key's value, aliases resolved, and the list's
 // node; nil, nil when absent or not a list (recorded).
 func (f *fields) list(key string) ([]*yaml.Node, *yaml.Node) {

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/pires/go-proxyproto"
+
+	"github.com/handoff-lb/handoff/config"
 )
 
 // Dial connects to a backend. timeout bounds the connect (0: only ctx does).
@@ -44,14 +46,14 @@ func Listen(ctx context.Context, network, address string) (net.Listener, error) 
 // IPv6 addresses are sent as IPv4, and a pair of mixed families as IPv6.
 // The header goes out in one Write on backend itself, so the caller can hand
 // the raw connection to Splice afterwards.
-func WriteProxyHeader(backend net.Conn, version string, client, local net.Addr) error {
+func WriteProxyHeader(backend net.Conn, version config.ProxyProtocol, client, local net.Addr) error {
 	var v byte
 	switch version {
-	case "", "off":
+	case "", config.ProxyProtocolOff:
 		return nil
-	case "v1":
+	case config.ProxyProtocolV1:
 		v = 1
-	case "v2":
+	case config.ProxyProtocolV2:
 		v = 2
 	default:
 		return fmt.Errorf("proxy protocol %q: want off, v1 or v2", version)
