@@ -2,7 +2,6 @@ package classifier
 
 import (
 	"fmt"
-	"regexp"
 	"sync"
 
 	"github.com/handoff-lb/handoff/config"
@@ -52,8 +51,6 @@ var (
 	registry   = map[config.Classify]NewParserFunc{}
 )
 
-var classifyName = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,31}$`)
-
 // Register makes a key extractor available as `classify: name` in the
 // config, for users who build their own handoff binary with a parser for
 // their own protocol. It also calls [config.RegisterClassify], so that the
@@ -66,19 +63,20 @@ var classifyName = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,31}$`)
 //		})
 //	}
 //
-// The name must match ^[a-z0-9][a-z0-9-]{0,31}$; it also prefixes the key's
+// The name must pass [config.CheckClassifyName]; it also prefixes the key's
 // label ("myproto=KEY"). Register panics if the name is invalid, nil is
 // passed, or the name is already registered (the built-ins "source",
 // "payload", "sni" and "http-host" are).
 func Register(name string, newParser NewParserFunc) {
+	if err := config.CheckClassifyName(name); err != nil {
+		panic(fmt.Sprintf("classifier: Register: %v", err))
+	}
 	register(name, newParser)
 	config.RegisterClassify(name)
 }
 
+// register adds newParser to the registry; the name is valid.
 func register(name string, newParser NewParserFunc) {
-	if !classifyName.MatchString(name) {
-		panic(fmt.Sprintf("classifier: Register: invalid name %q", name))
-	}
 	if newParser == nil {
 		panic(fmt.Sprintf("classifier: Register(%q): nil constructor", name))
 	}

@@ -665,6 +665,19 @@ func TestRegisterClassify(t *testing.T) {
 	}
 }
 
+// TestCheckClassifyName: the one rule for classify names, which
+// RegisterClassify and classifier.Register both apply.
+func TestCheckClassifyName(t *testing.T) {
+	for name, ok := range map[string]bool{
+		"myproto": true, "a": true, "9-to-5": true, strings.Repeat("x", 32): true,
+		"": false, "Upper": false, "-x": false, "a.b": false, "a_b": false, "has space": false, strings.Repeat("x", 33): false,
+	} {
+		if err := CheckClassifyName(name); (err == nil) != ok {
+			t.Errorf("CheckClassifyName(%q) = %v, want ok %v", name, err, ok)
+		}
+	}
+}
+
 // compare checks got against want field by field, regexps by their source.
 func compare(t *testing.T, got, want *Config) {
 	t.Helper()
