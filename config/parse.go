@@ -223,7 +223,7 @@ func (p *parser) service(c *Config, i int, n *yaml.Node) (*Service, *svcPos) {
 	}
 	if f.required("listen") {
 		if v, ln := f.str("listen", ""); ln != nil {
-			if ap, err := parseAddrPort(v, true); err != nil {
+			if ap, err := parseListen(v); err != nil {
 				f.errorf(ln, "listen", "%v", err)
 			} else {
 				s.Listen, pos.listen = ap, ln
@@ -443,7 +443,8 @@ func (p *parser) pools(f *fields, s *Service, pos *svcPos, nameOK bool) {
 	}
 }
 
-// backend reads one backend; the name node is nil when the name is missing
+// backend reads one backend and applies the backend rule (checkBackend) to
+// the fields it could read. The name node is nil when the name is missing
 // or invalid.
 func (p *parser) backend(s *Service, svcWhere, poolWhere string, j int, n *yaml.Node) (*Backend, *yaml.Node) {
 	where := fmt.Sprintf("%s: backends[%d]", poolWhere, j)
@@ -458,46 +459,48 @@ func (p *parser) backend(s *Service, svcWhere, poolWhere string, j int, n *yaml.
 		p.at(n, where, "", "expected a backend, found nothing")
 		return nil, nil
 	}
-	b := &Backend{}
-	var nameNode *yaml.Node
+	b := &Backend{Weight: DefaultWeight}
+	var parts backendCheck
+	var w written
+	nodes := map[string]*yaml.Node{}
 	if bf.required("name") {
-		var nn *yaml.Node
-		if b.Name, nn = bf.str("name", ""); nn != nil {
-			if objectNameRE.MatchString(b.Name) {
-				nameNode = nn
-			} else {
-				bf.errorf(nn, "name", "%q is not a valid backend name: lower-case letters, digits, '-' and '_', starting with a letter or digit", b.Name)
-			}
+		if name, nn := bf.str("name", ""); nn != nil {
+			b.Name, nodes["name"] = name, nn
+			parts |= checkName
 		}
 	}
 	if bf.required("address") {
 		if v, an := bf.str("address", ""); an != nil {
-			ap, err := parseAddrPort(v, false)
-			switch {
-			case err != nil:
+			if ap, err := parseIPPort(v); err != nil {
 				bf.errorf(an, "address", "%v", err)
-			case s.Listen.IsValid() && ap.Addr().Is4() != s.Listen.Addr().Is4():
-				bf.errorf(an, "address", "%s is %s but the service listens on %s; a service has one address family", v, family(ap.Addr()), family(s.Listen.Addr()))
-			case ap == s.Listen:
-				bf.errorf(an, "address", "%s is the service's own listen address", v)
-			default:
-				b.Address = ap
+			} else {
+				b.Address, w.address, nodes["address"] = ap, v, an
+				parts |= checkAddress
 			}
 		}
 	}
-	b.Weight, _ = bf.integer("weight", DefaultWeight, 1, MaxWeight)
-	return b, nameNode
+	if weight, wn := bf.anyInteger("weight", DefaultWeight); wn != nil {
+		b.Weight, w.weight, nodes["weight"] = weight, wn.Value, wn
+		parts |= checkWeight
+	}
+	for _, e := range s.checkBackend(*b, parts, w) {
+		bf.errorf(nodes[e.Field], e.Field, "%s", e.Msg)
+		delete(nodes, e.Field)
+		switch e.Field {
+		case "address":
+			b.Address = netip.AddrPort{}
+		case "weight":
+			b.Weight = DefaultWeight
+		}
+	}
+	return b, nodes["name"]
 }
 
-// setNameLength checks that the ipset name of a backend fits the kernel.
+// setNameLength checks that the ipset name of a backend, whose name node is
+// n, fits the kernel.
 func (p *parser) setNameLength(s *Service, backend string, n *yaml.Node) {
-	if !s.Listen.IsValid() {
-		return // family unknown; listen is reported
-	}
-	set := dataplane.SetName(s.Name, backend, s.Listen.Addr().Is6())
-	if len(set) > dataplane.MaxSetNameLen {
-		p.at(n, fmt.Sprintf("service %q: backend %q", s.Name, backend), "name",
-			"ipset name %q is %d characters, the limit is %d; shorten the service or backend name", set, len(set), dataplane.MaxSetNameLen)
+	for _, e := range s.checkBackend(Backend{Name: backend}, checkSetName, written{}) {
+		p.at(n, fmt.Sprintf("service %q: backend %q", s.Name, backend), e.Field, "%s", e.Msg)
 	}
 }
 
@@ -747,42 +750,44 @@ func family(a netip.Addr) string {
 	return "IPv6"
 }
 
-// parseAddrPort parses a service's listen address (unspecified allowed) or
-// a backend address: ip:port with a non-zero port, IPv6 as [addr]:port, no
-// zone, no IPv4-mapped IPv6.
-func parseAddrPort(s string, listen bool) (netip.AddrPort, error) {
-	ap, err := netip.ParseAddrPort(s)
+// parseListen parses a service's listen address: ip:port with a non-zero
+// port, IPv6 as [addr]:port, no zone, no IPv4-mapped IPv6; the unspecified
+// address means every local address.
+func parseListen(s string) (netip.AddrPort, error) {
+	ap, err := parseIPPort(s)
 	if err != nil {
-		if a, err := netip.ParseAddr(strings.Trim(s, "[]")); err == nil {
-			if a.Is4() {
-				return ap, fmt.Errorf("%q has no port; write %s:PORT", s, a)
-			}
-			return ap, fmt.Errorf("%q has no port; write IPv6 as [%s]:PORT", s, a)
-		}
-		host, port, err := net.SplitHostPort(s)
-		if err != nil {
-			return ap, fmt.Errorf("%q is not ip:port (IPv6 as [addr]:port)", s)
-		}
-		if host == "" {
-			return ap, fmt.Errorf("%q has no IP address; write 0.0.0.0:%s or [::]:%s for every local address", s, port, port)
-		}
-		if _, err := netip.ParseAddr(host); err != nil {
-			return ap, fmt.Errorf("%q: %q is not an IP address (host names are not resolved)", s, host)
-		}
-		return ap, fmt.Errorf("%q: port %q is not a number 1..65535", s, port)
+		return ap, err
 	}
-	a := ap.Addr()
-	switch {
-	case a.Zone() != "":
-		return netip.AddrPort{}, fmt.Errorf("%q: IPv6 zones are not supported", s)
-	case a.Is4In6():
-		return netip.AddrPort{}, fmt.Errorf("%q is an IPv4-mapped IPv6 address; write %s", s, netip.AddrPortFrom(a.Unmap(), ap.Port()))
-	case ap.Port() == 0:
-		return netip.AddrPort{}, fmt.Errorf("%q: port 0; a port 1..65535 is required", s)
-	case !listen && a.IsUnspecified():
-		return netip.AddrPort{}, fmt.Errorf("%q: a backend needs a specific address, not %s", s, a)
+	if err := checkAddrPort(ap, s, true); err != nil {
+		return netip.AddrPort{}, err
 	}
 	return ap, nil
+}
+
+// parseIPPort parses ip:port, IPv6 as [addr]:port, saying what is missing
+// when it cannot. What the address may be is checkAddrPort's rule.
+func parseIPPort(s string) (netip.AddrPort, error) {
+	ap, err := netip.ParseAddrPort(s)
+	if err == nil {
+		return ap, nil
+	}
+	if a, err := netip.ParseAddr(strings.Trim(s, "[]")); err == nil {
+		if a.Is4() {
+			return ap, fmt.Errorf("%q has no port; write %s:PORT", s, a)
+		}
+		return ap, fmt.Errorf("%q has no port; write IPv6 as [%s]:PORT", s, a)
+	}
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return ap, fmt.Errorf("%q is not ip:port (IPv6 as [addr]:port)", s)
+	}
+	if host == "" {
+		return ap, fmt.Errorf("%q has no IP address; write 0.0.0.0:%s or [::]:%s for every local address", s, port, port)
+	}
+	if _, err := netip.ParseAddr(host); err != nil {
+		return ap, fmt.Errorf("%q: %q is not an IP address (host names are not resolved)", s, host)
+	}
+	return ap, fmt.Errorf("%q: port %q is not a number 1..65535", s, port)
 }
 
 // parsePrefix parses a route cidr: canonical (no host bits), no IPv4-mapped
