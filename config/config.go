@@ -120,7 +120,9 @@ const (
 	CheckNone       Check = "none"
 )
 
-// Defaults applied by Parse where a field is absent.
+// Defaults applied by Parse where a field is absent. DefaultHealth and
+// DefaultPayload put together those of a section; other packages take the
+// values of a parsed Config and default nothing themselves.
 const (
 	DefaultAdminListen     = "127.0.0.1:9900"
 	DefaultStateDir        = "/var/lib/handoff"
@@ -137,6 +139,8 @@ const (
 	DefaultHealthTimeout   = time.Second
 	DefaultRise            = 2
 	DefaultFall            = 3
+	DefaultHTTPPath        = "/healthz"
+	DefaultExpectStatus    = 200
 	DefaultWeight          = 1
 	HashRangeModulus       = 1000 // hash_range buckets: hash(key) mod 1000
 )
@@ -242,6 +246,30 @@ type Backend struct {
 	Name    string
 	Address netip.AddrPort
 	Weight  int // ≥ 1
+}
+
+// DefaultHealth returns the health settings Parse gives a service without a
+// health section.
+func DefaultHealth() Health {
+	return Health{
+		Check:        CheckTCP,
+		Interval:     DefaultHealthInterval,
+		Timeout:      DefaultHealthTimeout,
+		Rise:         DefaultRise,
+		Fall:         DefaultFall,
+		HTTPPath:     DefaultHTTPPath,
+		ExpectStatus: DefaultExpectStatus,
+	}
+}
+
+// DefaultPayload returns the payload settings Parse gives a service with
+// classify c and without a payload section (no pattern).
+func DefaultPayload(c Classify) Payload {
+	p := Payload{MaxBytes: DefaultPeekMaxBytes, Timeout: DefaultPayloadTimeout}
+	if c == ClassifyPayload {
+		p.MaxBytes = DefaultPayloadMaxBytes
+	}
+	return p
 }
 
 // Pool returns the pool with the given name, or nil.

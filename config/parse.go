@@ -317,12 +317,9 @@ func (p *parser) payload(f *fields, s *Service, classifyNode *yaml.Node) {
 			pf.errorf(pn, "pattern", "invalid regexp: %v", reErr(err))
 		}
 	}
-	def := DefaultPeekMaxBytes
-	if s.Classify == ClassifyPayload {
-		def = DefaultPayloadMaxBytes
-	}
-	s.Payload.MaxBytes, _ = pf.integer("max_bytes", def, 1, MaxPayloadBytes)
-	s.Payload.Timeout, _ = pf.positive("timeout", DefaultPayloadTimeout)
+	def := DefaultPayload(s.Classify)
+	s.Payload.MaxBytes, _ = pf.integer("max_bytes", def.MaxBytes, 1, MaxPayloadBytes)
+	s.Payload.Timeout, _ = pf.positive("timeout", def.Timeout)
 }
 
 // reErr drops the "error parsing regexp: " prefix that Compile adds.
@@ -332,11 +329,11 @@ func reErr(err error) string {
 
 func (p *parser) health(f *fields, s *Service) {
 	hf := f.sub("health", healthKeys)
-	h := &s.Health
-	h.Check, _ = enum(hf, "check", CheckTCP, checks)
+	h, def := &s.Health, DefaultHealth()
+	h.Check, _ = enum(hf, "check", def.Check, checks)
 	var in, tn *yaml.Node
-	h.Interval, in = hf.positive("interval", DefaultHealthInterval)
-	h.Timeout, tn = hf.positive("timeout", DefaultHealthTimeout)
+	h.Interval, in = hf.positive("interval", def.Interval)
+	h.Timeout, tn = hf.positive("timeout", def.Timeout)
 	if h.Timeout > h.Interval {
 		switch {
 		case tn != nil:
@@ -345,16 +342,16 @@ func (p *parser) health(f *fields, s *Service) {
 			hf.errorf(in, "interval", "%s is shorter than health.timeout %s (default); the timeout must not exceed the interval", h.Interval, h.Timeout)
 		}
 	}
-	h.Rise, _ = hf.integer("rise", DefaultRise, 1, math.MaxInt32)
-	h.Fall, _ = hf.integer("fall", DefaultFall, 1, math.MaxInt32)
+	h.Rise, _ = hf.integer("rise", def.Rise, 1, math.MaxInt32)
+	h.Fall, _ = hf.integer("fall", def.Fall, 1, math.MaxInt32)
 
 	xf := hf.sub("http", httpKeys)
 	var pn *yaml.Node
-	h.HTTPPath, pn = xf.str("path", "/healthz")
+	h.HTTPPath, pn = xf.str("path", def.HTTPPath)
 	if pn != nil && !strings.HasPrefix(h.HTTPPath, "/") {
 		xf.errorf(pn, "path", "%q does not start with /", h.HTTPPath)
 	}
-	h.ExpectStatus, _ = xf.integer("expect_status", 200, 100, 599)
+	h.ExpectStatus, _ = xf.integer("expect_status", def.ExpectStatus, 100, 599)
 	h.Send, _ = hf.str("send", "")
 	h.Expect, _ = hf.str("expect", "")
 	if h.Check == CheckSendExpect && h.Expect == "" {

@@ -423,6 +423,62 @@ func TestDefaults(t *testing.T) {
 	compare(t, c, want)
 }
 
+// TestSectionDefaults: health and payload fields that are absent take the
+// defaults DESIGN.md section 4 documents, in the parsed Config itself (other
+// packages default nothing), and DefaultHealth and DefaultPayload are those.
+func TestSectionDefaults(t *testing.T) {
+	health := Health{Check: CheckTCP, Interval: 2 * time.Second, Timeout: time.Second, Rise: 2, Fall: 3, HTTPPath: "/healthz", ExpectStatus: 200}
+	peek := Payload{MaxBytes: 16384, Timeout: 2 * time.Second}
+	tests := []struct {
+		desc    string
+		extra   string
+		health  func(*Health)
+		payload Payload
+	}{
+		{"no sections", "", nil, peek},
+		{"empty sections", "    health: {}\n    payload: {}\n", nil, peek},
+		{"null sections", "    health:\n    payload:\n", nil, peek},
+		{"http check", "    health: {check: http}\n", func(h *Health) { h.Check = CheckHTTP }, peek},
+		{"http path only", "    health: {check: http, http: {path: /up}}\n", func(h *Health) { h.Check, h.HTTPPath = CheckHTTP, "/up" }, peek},
+		{"rise only", "    health: {rise: 5}\n", func(h *Health) { h.Rise = 5 }, peek},
+		{"interval only", "    health: {interval: 10s}\n", func(h *Health) { h.Interval = 10 * time.Second }, peek},
+		{"none", "    health: {check: none}\n", func(h *Health) { h.Check = CheckNone }, peek},
+		{"sni", "    classify: sni\n", nil, peek},
+		{"http-host with a timeout", "    classify: http-host\n    payload: {timeout: 1s}\n", nil, Payload{MaxBytes: 16384, Timeout: time.Second}},
+		{"payload", "    classify: payload\n    payload: {pattern: '^(x)'}\n", nil, Payload{MaxBytes: 512, Timeout: 2 * time.Second}},
+		{"payload max_bytes only", "    classify: payload\n    payload: {pattern: '^(x)', max_bytes: 64}\n", nil, Payload{MaxBytes: 64, Timeout: 2 * time.Second}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.desc, func(t *testing.T) {
+			c, err := Parse("d.yaml", []byte(svc(tt.extra)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := c.Services[0]
+			want := health
+			if tt.health != nil {
+				tt.health(&want)
+			}
+			if s.Health != want {
+				t.Errorf("health %+v, want %+v", s.Health, want)
+			}
+			got := s.Payload
+			got.Pattern = nil
+			if got != tt.payload {
+				t.Errorf("payload %+v, want %+v", got, tt.payload)
+			}
+		})
+	}
+	if DefaultHealth() != health {
+		t.Errorf("DefaultHealth() = %+v, want %+v", DefaultHealth(), health)
+	}
+	for c, want := range map[Classify]Payload{ClassifySource: peek, ClassifySNI: peek, ClassifyHTTPHost: peek, ClassifyPayload: {MaxBytes: 512, Timeout: 2 * time.Second}} {
+		if got := DefaultPayload(c); got != want {
+			t.Errorf("DefaultPayload(%s) = %+v, want %+v", c, got, want)
+		}
+	}
+}
+
 func TestParseGood(t *testing.T) {
 	tests := []struct {
 		desc  string
