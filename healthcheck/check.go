@@ -272,19 +272,23 @@ type None struct{}
 // Check implements Checker.
 func (None) Check(context.Context, netip.AddrPort) error { return nil }
 
-// NewChecker returns the checker h describes. An empty h.Check means tcp.
+// NewChecker returns the checker h describes. h is taken as config gives
+// it: an empty Check, or an http check without a path or status, is an
+// error, never a default.
 func NewChecker(h config.Health) (Checker, error) {
 	switch h.Check {
-	case config.CheckTCP, "":
+	case config.CheckTCP:
 		return TCP{}, nil
 	case config.CheckHTTP:
-		if h.HTTPPath != "" {
-			if err := validPath(h.HTTPPath); err != nil {
-				return nil, fmt.Errorf("health check http: %w", err)
-			}
+		var errs []error
+		if err := validPath(h.HTTPPath); err != nil {
+			errs = append(errs, err)
 		}
-		if h.ExpectStatus != 0 && (h.ExpectStatus < 100 || h.ExpectStatus > 999) {
-			return nil, fmt.Errorf("health check http: expect_status %d: want 100-999", h.ExpectStatus)
+		if h.ExpectStatus < 100 || h.ExpectStatus > 999 {
+			errs = append(errs, fmt.Errorf("expect_status %d: want 100-999", h.ExpectStatus))
+		}
+		if err := errors.Join(errs...); err != nil {
+			return nil, fmt.Errorf("health check http: %w", err)
 		}
 		return HTTP{Path: h.HTTPPath, Status: h.ExpectStatus}, nil
 	case config.CheckSendExpect:
