@@ -41,9 +41,9 @@ type ParserFunc func(data []byte) (key string, err error)
 func (f ParserFunc) Parse(data []byte) (string, error) { return f(data) }
 
 // NewParserFunc makes the Parser of one service from its payload settings
-// (max_bytes, timeout; pattern for classify: payload). The settings passed
-// in have their defaults applied. It is called each time a service's
-// [Router] is built.
+// (max_bytes, timeout; pattern for classify: payload), as config gives
+// them: with config's defaults applied, MaxBytes and Timeout positive. It
+// is called each time a service's [Router] is built.
 type NewParserFunc func(config.Payload) (Parser, error)
 
 var (
@@ -93,6 +93,9 @@ func init() {
 	// The built-ins are known to config already.
 	register(string(config.ClassifyPayload), newPayloadParser)
 	register(string(config.ClassifySNI), func(p config.Payload) (Parser, error) {
+		if p.MaxBytes <= 0 {
+			return nil, fmt.Errorf("classify sni: max_bytes %d: want more than 0", p.MaxBytes)
+		}
 		return sniParser{max: p.MaxBytes}, nil
 	})
 	register(string(config.ClassifyHTTPHost), func(config.Payload) (Parser, error) {
@@ -100,8 +103,9 @@ func init() {
 	})
 }
 
-// NewParser returns the Parser for classify kind c with payload settings p.
-// Zero MaxBytes and Timeout get their defaults (see [config]). It fails for
+// NewParser returns the Parser for classify kind c with payload settings p,
+// taken as config gives them (see [config.DefaultPayload]): the built-in
+// parsers refuse a MaxBytes of 0 rather than default it. It fails for
 // classify: source, which reads no bytes, and for unregistered names.
 func NewParser(c config.Classify, p config.Payload) (Parser, error) {
 	if c == config.ClassifySource {
@@ -113,18 +117,5 @@ func NewParser(c config.Classify, p config.Payload) (Parser, error) {
 	if newParser == nil {
 		return nil, fmt.Errorf("classify %q: not registered", c)
 	}
-	return newParser(withDefaults(c, p))
-}
-
-func withDefaults(c config.Classify, p config.Payload) config.Payload {
-	if p.MaxBytes <= 0 {
-		p.MaxBytes = config.DefaultPeekMaxBytes
-		if c == config.ClassifyPayload {
-			p.MaxBytes = config.DefaultPayloadMaxBytes
-		}
-	}
-	if p.Timeout <= 0 {
-		p.Timeout = config.DefaultPayloadTimeout
-	}
-	return p
+	return newParser(p)
 }
