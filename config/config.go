@@ -6,8 +6,10 @@
 package config
 
 import (
+	"errors"
 	"net/netip"
 	"regexp"
+	"strings"
 	"time"
 )
 
@@ -246,6 +248,26 @@ type Backend struct {
 	Name    string
 	Address netip.AddrPort
 	Weight  int // ≥ 1
+}
+
+// Bounds of health.http.expect_status.
+const (
+	MinExpectStatus = 100
+	MaxExpectStatus = 599
+)
+
+// CheckHTTPPath returns an error unless path can be the request target of an
+// http health check: it starts with '/' and holds no space, tab or line
+// break (which would break the request line). The error does not quote
+// path.
+func CheckHTTPPath(path string) error {
+	switch {
+	case !strings.HasPrefix(path, "/"):
+		return errors.New("does not start with /")
+	case strings.ContainsAny(path, " \t\r\n"):
+		return errors.New("holds a space, tab or line break")
+	}
+	return nil
 }
 
 // DefaultHealth returns the health settings Parse gives a service without a

@@ -348,10 +348,12 @@ func (p *parser) health(f *fields, s *Service) {
 	xf := hf.sub("http", httpKeys)
 	var pn *yaml.Node
 	h.HTTPPath, pn = xf.str("path", def.HTTPPath)
-	if pn != nil && !strings.HasPrefix(h.HTTPPath, "/") {
-		xf.errorf(pn, "path", "%q does not start with /", h.HTTPPath)
+	if pn != nil {
+		if err := CheckHTTPPath(h.HTTPPath); err != nil {
+			xf.errorf(pn, "path", "%q %v", h.HTTPPath, err)
+		}
 	}
-	h.ExpectStatus, _ = xf.integer("expect_status", def.ExpectStatus, 100, 599)
+	h.ExpectStatus, _ = xf.integer("expect_status", def.ExpectStatus, MinExpectStatus, MaxExpectStatus)
 	h.Send, _ = hf.str("send", "")
 	h.Expect, _ = hf.str("expect", "")
 	if h.Check == CheckSendExpect && h.Expect == "" {

@@ -159,6 +159,7 @@ func TestParseErrors(t *testing.T) {
 		{desc: "health rise 0", yaml: svc("    health: {rise: 0}\n"), pos: "4:20", msg: "health.rise: 0 is out of range 1..2147483647"},
 		{desc: "health fall 0", yaml: svc("    health: {fall: 0}\n"), pos: "4:20", msg: "health.fall: 0 is out of range"},
 		{desc: "health http path without /", yaml: svc("    health: {check: http, http: {path: healthz}}\n"), pos: "4:40", msg: `health.http.path: "healthz" does not start with /`},
+		{desc: "health http path with a space", yaml: svc("    health: {check: http, http: {path: \"/a b\"}}\n"), pos: "4:40", msg: `health.http.path: "/a b" holds a space, tab or line break`},
 		{desc: "health http status 600", yaml: svc("    health: {check: http, http: {expect_status: 600}}\n"), pos: "4:49", msg: "health.http.expect_status: 600 is out of range 100..599"},
 		{desc: "send-expect without expect", yaml: svc("    health: {check: send-expect, send: \"PING\\r\\n\"}\n"), pos: "4:13", msg: "health.expect: required when check is send-expect"},
 		{desc: "send-expect with empty expect", yaml: svc("    health: {check: send-expect, expect: \"\"}\n"), pos: "4:34", msg: "health.expect: required when check is send-expect"},

@@ -310,6 +310,8 @@ func TestNewChecker(t *testing.T) {
 		{"bad status", config.Health{Check: config.CheckHTTP, ExpectStatus: 42}, nil, "expect_status 42"},
 		{"http without a path", config.Health{Check: config.CheckHTTP, ExpectStatus: 200}, nil, `path ""`},
 		{"http without a status", config.Health{Check: config.CheckHTTP, HTTPPath: "/healthz"}, nil, "expect_status 0"},
+		{"status above config's range", config.Health{Check: config.CheckHTTP, HTTPPath: "/healthz", ExpectStatus: 600}, nil, "expect_status 600: want 100-599"},
+		{"path with a space", config.Health{Check: config.CheckHTTP, HTTPPath: "/a b", ExpectStatus: 200}, nil, `path "/a b": holds a space`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
