@@ -7,6 +7,7 @@ import (
 	"net/netip"
 
 	"github.com/handoff-lb/handoff/classifier"
+	"github.com/handoff-lb/handoff/config"
 )
 
 // decision is where a new client goes.
@@ -23,7 +24,7 @@ func (s *service) classify(ctx context.Context, snap *snapshot, c net.Conn, clie
 	key, peeked, err := snap.router.Classify(ctx, c)
 	var d classifier.Decision
 	if err != nil {
-		reject := snap.cfg.OnUnclassified == "reject"
+		reject := snap.cfg.OnUnclassified == config.UnclassifiedReject
 		s.counts.unclassified(classifier.Reason(err), reject)
 		if reject {
 			return decision{}, fmt.Errorf("unclassified (%s): %w", classifier.Reason(err), err)

@@ -9,6 +9,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/handoff-lb/handoff/classifier"
+	"github.com/handoff-lb/handoff/config"
 	"github.com/handoff-lb/handoff/dataplane"
 )
 
@@ -56,7 +57,7 @@ func (s *service) migrate(ctx context.Context, b *backend, forget bool) (res mig
 	}
 	pool := snap.router.Pool(b.pool)
 	var errs []error
-	if forget && snap.cfg.OnBackendDown == "reclassify" || pool == nil {
+	if forget && snap.cfg.OnBackendDown == config.BackendDownReclassify || pool == nil {
 		if err := s.e.dp.Flush(ctx, s.name, b.name); err != nil {
 			errs = append(errs, err)
 		} else {

@@ -362,7 +362,7 @@ func (s *service) proxy(ctx context.Context, snap *snapshot, c *net.TCPConn, b *
 		reset(c)
 		return
 	}
-	if snap.cfg.ProxyProtocol != "off" && snap.cfg.ProxyProtocol != "" && !s.e.kernel {
+	if snap.cfg.ProxyProtocol != config.ProxyProtocolOff && snap.cfg.ProxyProtocol != "" && !s.e.kernel {
 		if err := proxy.WriteHeader(bc, snap.cfg.ProxyProtocol, c.RemoteAddr(), c.LocalAddr()); err != nil {
 			log.get().WithError(err).WithField("backend", b.name).Warn("writing PROXY header")
 			reset(c)

@@ -42,6 +42,7 @@ func ExampleRegister() {
 	svc := &config.Service{
 		Name:     "telemetry",
 		Classify: "frame",
+		Payload:  config.DefaultPayload("frame"), // as config.Parse gives it
 		Routes:   []config.Route{{Match: config.Match{Key: "station-7"}, Pool: "vip"}},
 		Pools: []config.Pool{
 			{Name: "default", Balance: config.BalanceMaglev, Backends: []config.Backend{

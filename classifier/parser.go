@@ -2,7 +2,6 @@ package classifier
 
 import (
 	"fmt"
-	"regexp"
 	"sync"
 
 	"github.com/handoff-lb/handoff/config"
@@ -42,17 +41,15 @@ type ParserFunc func(data []byte) (key string, err error)
 func (f ParserFunc) Parse(data []byte) (string, error) { return f(data) }
 
 // NewParserFunc makes the Parser of one service from its payload settings
-// (max_bytes, timeout; pattern for classify: payload). The settings passed
-// in have their defaults applied. It is called each time a service's
-// [Router] is built.
+// (max_bytes, timeout; pattern for classify: payload), as config gives
+// them: with config's defaults applied, MaxBytes and Timeout positive. It
+// is called each time a service's [Router] is built.
 type NewParserFunc func(config.Payload) (Parser, error)
 
 var (
 	registryMu sync.RWMutex
 	registry   = map[config.Classify]NewParserFunc{}
 )
-
-var classifyName = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,31}$`)
 
 // Register makes a key extractor available as `classify: name` in the
 // config, for users who build their own handoff binary with a parser for
@@ -66,19 +63,20 @@ var classifyName = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,31}$`)
 //		})
 //	}
 //
-// The name must match ^[a-z0-9][a-z0-9-]{0,31}$; it also prefixes the key's
+// The name must pass [config.CheckClassifyName]; it also prefixes the key's
 // label ("myproto=KEY"). Register panics if the name is invalid, nil is
 // passed, or the name is already registered (the built-ins "source",
 // "payload", "sni" and "http-host" are).
 func Register(name string, newParser NewParserFunc) {
+	if err := config.CheckClassifyName(name); err != nil {
+		panic(fmt.Sprintf("classifier: Register: %v", err))
+	}
 	register(name, newParser)
 	config.RegisterClassify(name)
 }
 
+// register adds newParser to the registry; the name is valid.
 func register(name string, newParser NewParserFunc) {
-	if !classifyName.MatchString(name) {
-		panic(fmt.Sprintf("classifier: Register: invalid name %q", name))
-	}
 	if newParser == nil {
 		panic(fmt.Sprintf("classifier: Register(%q): nil constructor", name))
 	}
@@ -95,6 +93,9 @@ func init() {
 	// The built-ins are known to config already.
 	register(string(config.ClassifyPayload), newPayloadParser)
 	register(string(config.ClassifySNI), func(p config.Payload) (Parser, error) {
+		if p.MaxBytes <= 0 {
+			return nil, fmt.Errorf("classify sni: max_bytes %d: want more than 0", p.MaxBytes)
+		}
 		return sniParser{max: p.MaxBytes}, nil
 	})
 	register(string(config.ClassifyHTTPHost), func(config.Payload) (Parser, error) {
@@ -102,8 +103,9 @@ func init() {
 	})
 }
 
-// NewParser returns the Parser for classify kind c with payload settings p.
-// Zero MaxBytes and Timeout get their defaults (see [config]). It fails for
+// NewParser returns the Parser for classify kind c with payload settings p,
+// taken as config gives them (see [config.DefaultPayload]): the built-in
+// parsers refuse a MaxBytes of 0 rather than default it. It fails for
 // classify: source, which reads no bytes, and for unregistered names.
 func NewParser(c config.Classify, p config.Payload) (Parser, error) {
 	if c == config.ClassifySource {
@@ -115,18 +117,5 @@ func NewParser(c config.Classify, p config.Payload) (Parser, error) {
 	if newParser == nil {
 		return nil, fmt.Errorf("classify %q: not registered", c)
 	}
-	return newParser(withDefaults(c, p))
-}
-
-func withDefaults(c config.Classify, p config.Payload) config.Payload {
-	if p.MaxBytes <= 0 {
-		p.MaxBytes = config.DefaultPeekMaxBytes
-		if c == config.ClassifyPayload {
-			p.MaxBytes = config.DefaultPayloadMaxBytes
-		}
-	}
-	if p.Timeout <= 0 {
-		p.Timeout = config.DefaultPayloadTimeout
-	}
-	return p
+	return newParser(p)
 }

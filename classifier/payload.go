@@ -39,6 +39,9 @@ func newPayloadParser(p config.Payload) (Parser, error) {
 	if p.Pattern == nil {
 		return nil, errors.New("classify payload: no pattern")
 	}
+	if p.MaxBytes <= 0 {
+		return nil, fmt.Errorf("classify payload: max_bytes %d: want more than 0", p.MaxBytes)
+	}
 	// Compile the pattern exactly as regexp.Compile does.
 	re, err := syntax.Parse(p.Pattern.String(), syntax.Perl)
 	if err != nil {
@@ -56,9 +59,6 @@ func newPayloadParser(p config.Payload) (Parser, error) {
 		group:    p.Pattern.NumSubexp() > 0,
 		anchored: cond&syntax.EmptyBeginText != 0,
 		never:    cond == ^syntax.EmptyOp(0),
-	}
-	if pp.max <= 0 {
-		pp.max = config.DefaultPayloadMaxBytes
 	}
 	n := len(prog.Inst)
 	pp.machines.New = func() any {

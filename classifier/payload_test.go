@@ -74,6 +74,21 @@ func TestPayloadNeedsPattern(t *testing.T) {
 	}
 }
 
+// TestParsersNeedMaxBytes: the built-in parsers take max_bytes from config
+// and default nothing.
+func TestParsersNeedMaxBytes(t *testing.T) {
+	for _, c := range []config.Classify{config.ClassifyPayload, config.ClassifySNI} {
+		p := config.Payload{Pattern: regexp.MustCompile(`^(x)`), Timeout: config.DefaultPayloadTimeout}
+		if _, err := NewParser(c, p); err == nil {
+			t.Errorf("classify %s: no error without max_bytes", c)
+		}
+		p.MaxBytes = config.DefaultPayload(c).MaxBytes
+		if _, err := NewParser(c, p); err != nil {
+			t.Errorf("classify %s: %v", c, err)
+		}
+	}
+}
+
 func BenchmarkPayload(b *testing.B) {
 	p := mustPayload(b, `^HELLO station=(\w+)`, 512)
 	benchParser(b, p, []byte("HELLO station=station-7\n"))

@@ -10,8 +10,6 @@ import (
 	"os"
 	"sync"
 	"time"
-
-	"github.com/handoff-lb/handoff/config"
 )
 
 // Read peeks at the first bytes of conn until p finds a key, and returns the
@@ -19,18 +17,19 @@ import (
 // proxy mode. On error it returns the bytes read so far too, so that an
 // unclassified client can still be proxied.
 //
-// Read never reads more than maxBytes (≤ 0 means
-// [config.DefaultPeekMaxBytes]) and gives up timeout after it starts (≤ 0
-// means no limit but ctx) or when ctx is done, by setting conn's read
-// deadline; it clears the read deadline before it returns. It does not
-// close conn, which stays the caller's.
+// Read never reads more than maxBytes, which must be positive (config's
+// payload.max_bytes), and gives up timeout after it starts (≤ 0 means no
+// limit but ctx) or when ctx is done, by setting conn's read deadline; it
+// clears the read deadline before it returns. It does not close conn,
+// which stays the caller's.
 //
 // Errors wrap one of [ErrNoMatch], [ErrMalformed], [ErrTooLong],
 // [ErrTimeout] or [ErrClosed], or are ctx's error; see [Reason]. A panic in
-// p is returned as ErrMalformed.
+// p is returned as ErrMalformed. A maxBytes ≤ 0 is an error before
+// anything is read.
 func Read(ctx context.Context, conn net.Conn, p Parser, maxBytes int, timeout time.Duration) (key string, peeked []byte, err error) {
 	if maxBytes <= 0 {
-		maxBytes = config.DefaultPeekMaxBytes
+		return "", nil, fmt.Errorf("classifier: Read: maxBytes %d: want more than 0", maxBytes)
 	}
 	if timeout > 0 {
 		if err := conn.SetReadDeadline(time.Now().Add(timeout)); err != nil {

@@ -36,6 +36,9 @@ func pair(tb testing.TB) (net.Conn, net.Conn) {
 	return c, s
 }
 
+// peek is the max_bytes config gives sni and http-host services.
+const peek = config.DefaultPeekMaxBytes
+
 // needMore is a parser that never decides.
 var needMore = ParserFunc(func([]byte) (string, error) { return "", ErrNeedMore })
 
@@ -57,21 +60,21 @@ func TestRead(t *testing.T) {
 		err      error
 		peeked   int // bytes peeked; -1: everything sent
 	}{
-		{"one segment", sni, 0, time.Second, []step{{hello, 0}}, false, "read.example", nil, -1},
-		{"three segments", sni, 0, time.Second, []step{{hello[:3], 0}, {hello[3:200], 20 * time.Millisecond}, {hello[200:], 20 * time.Millisecond}}, false, "read.example", nil, -1},
-		{"two records in two segments", sni, 0, time.Second, []step{{reframe(hello, 50)[:30], 0}, {reframe(hello, 50)[30:], 20 * time.Millisecond}}, false, "read.example", nil, -1},
-		{"garbage", sni, 0, time.Second, []step{{[]byte("GET / HTTP/1.1\r\n"), 0}}, false, "", ErrMalformed, -1},
-		{"no SNI", sni, 0, time.Second, []step{{helloFor(t, ""), 0}}, false, "", ErrNoMatch, -1},
-		{"EOF before a key", sni, 0, time.Second, []step{{hello[:100], 0}}, true, "", ErrClosed, 100},
-		{"EOF at once", sni, 0, time.Second, nil, true, "", ErrClosed, 0},
+		{"one segment", sni, peek, time.Second, []step{{hello, 0}}, false, "read.example", nil, -1},
+		{"three segments", sni, peek, time.Second, []step{{hello[:3], 0}, {hello[3:200], 20 * time.Millisecond}, {hello[200:], 20 * time.Millisecond}}, false, "read.example", nil, -1},
+		{"two records in two segments", sni, peek, time.Second, []step{{reframe(hello, 50)[:30], 0}, {reframe(hello, 50)[30:], 20 * time.Millisecond}}, false, "read.example", nil, -1},
+		{"garbage", sni, peek, time.Second, []step{{[]byte("GET / HTTP/1.1\r\n"), 0}}, false, "", ErrMalformed, -1},
+		{"no SNI", sni, peek, time.Second, []step{{helloFor(t, ""), 0}}, false, "", ErrNoMatch, -1},
+		{"EOF before a key", sni, peek, time.Second, []step{{hello[:100], 0}}, true, "", ErrClosed, 100},
+		{"EOF at once", sni, peek, time.Second, nil, true, "", ErrClosed, 0},
 		{"max bytes", needMore, 64, time.Second, []step{{bytes.Repeat([]byte("x"), 100), 0}}, false, "", ErrTooLong, 64},
 		{"max bytes grows the buffer", needMore, 20000, time.Second, []step{{bytes.Repeat([]byte("x"), 25000), 0}}, false, "", ErrTooLong, 20000},
 		{"hello longer than max bytes", sni, 512, time.Second, []step{{hello, 0}}, false, "", ErrTooLong, -2},
-		{"timeout, silent", sni, 0, 200 * time.Millisecond, nil, false, "", ErrTimeout, 0},
-		{"timeout, partial", sni, 0, 200 * time.Millisecond, []step{{hello[:10], 0}}, false, "", ErrTimeout, 10},
-		{"parser error", ParserFunc(func([]byte) (string, error) { return "", errors.New("bad frame") }), 0, time.Second, []step{{[]byte("x"), 0}}, false, "", ErrMalformed, 1},
-		{"parser panic", ParserFunc(func(b []byte) (string, error) { return string(b[10]), nil }), 0, time.Second, []step{{[]byte("x"), 0}}, false, "", ErrMalformed, 1},
-		{"empty key", ParserFunc(func([]byte) (string, error) { return "", nil }), 0, time.Second, []step{{[]byte("x"), 0}}, false, "", ErrNoMatch, 1},
+		{"timeout, silent", sni, peek, 200 * time.Millisecond, nil, false, "", ErrTimeout, 0},
+		{"timeout, partial", sni, peek, 200 * time.Millisecond, []step{{hello[:10], 0}}, false, "", ErrTimeout, 10},
+		{"parser error", ParserFunc(func([]byte) (string, error) { return "", errors.New("bad frame") }), peek, time.Second, []step{{[]byte("x"), 0}}, false, "", ErrMalformed, 1},
+		{"parser panic", ParserFunc(func(b []byte) (string, error) { return string(b[10]), nil }), peek, time.Second, []step{{[]byte("x"), 0}}, false, "", ErrMalformed, 1},
+		{"empty key", ParserFunc(func([]byte) (string, error) { return "", nil }), peek, time.Second, []step{{[]byte("x"), 0}}, false, "", ErrNoMatch, 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -144,12 +147,25 @@ func checkDeadlineCleared(t *testing.T, c, s net.Conn) {
 	<-done
 }
 
+// TestReadNeedsMaxBytes: Read takes max_bytes from config and defaults
+// nothing; without it, it reads nothing.
+func TestReadNeedsMaxBytes(t *testing.T) {
+	c, s := pair(t)
+	if _, err := c.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	key, peeked, err := Read(context.Background(), s, needMore, 0, time.Second)
+	if err == nil || key != "" || peeked != nil {
+		t.Fatalf("Read = %q, %q, %v; want an error", key, peeked, err)
+	}
+}
+
 func TestReadContext(t *testing.T) {
 	c, s := pair(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	time.AfterFunc(100*time.Millisecond, cancel)
 	start := time.Now()
-	_, _, err := Read(ctx, s, needMore, 0, 10*time.Second)
+	_, _, err := Read(ctx, s, needMore, peek, 10*time.Second)
 	if !errors.Is(err, context.Canceled) || Reason(err) != "canceled" {
 		t.Fatalf("err %v", err)
 	}
@@ -161,7 +177,7 @@ func TestReadContext(t *testing.T) {
 	c, s = pair(t)
 	ctx, cancel = context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
-	if _, _, err := Read(ctx, s, needMore, 0, 0); !errors.Is(err, context.DeadlineExceeded) || Reason(err) != "timeout" {
+	if _, _, err := Read(ctx, s, needMore, peek, 0); !errors.Is(err, context.DeadlineExceeded) || Reason(err) != "timeout" {
 		t.Fatalf("err %v", err)
 	}
 	checkDeadlineCleared(t, c, s)
@@ -197,7 +213,7 @@ func TestReadManySilent(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				key, _, _ := Read(context.Background(), s, sni, 0, 30*time.Second)
+				key, _, _ := Read(context.Background(), s, sni, peek, 30*time.Second)
 				if key == "normal.example" {
 					normal <- time.Now()
 				}
@@ -271,7 +287,7 @@ func BenchmarkRead(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		conn.data = hello
-		if _, _, err := Read(ctx, conn, sni, 0, time.Second); err != nil {
+		if _, _, err := Read(ctx, conn, sni, peek, time.Second); err != nil {
 			b.Fatal(err)
 		}
 	}

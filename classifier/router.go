@@ -17,7 +17,7 @@ import (
 type Router struct {
 	service  string
 	classify config.Classify
-	payload  config.Payload // with defaults
+	payload  config.Payload // MaxBytes and Timeout positive unless classify is source
 	parser   Parser         // nil for classify: source
 	routes   []route
 	pools    []*Pool
@@ -43,22 +43,23 @@ type Decision struct {
 }
 
 // DefaultPool is the name of the pool that takes clients no route matches.
-const DefaultPool = "default"
+const DefaultPool = config.DefaultPool
 
-// New builds the Router of svc. It checks what it relies on (known classify
-// and balance names, routes naming existing pools, one condition per route,
-// unique backend names, weights ≥ 1) and copies what it keeps, so svc may
-// change afterwards.
+// New builds the Router of svc, taken as config gives it: it defaults
+// nothing. It checks what it relies on (known classify and balance names,
+// positive payload max_bytes and timeout unless classify is source, routes
+// naming existing pools, one condition per route, unique backend names,
+// weights ≥ 1) and copies what it keeps, so svc may change afterwards.
 func New(svc *config.Service) (*Router, error) {
 	r := &Router{service: svc.Name, classify: svc.Classify}
-	if r.classify == "" {
-		r.classify = config.ClassifySource
-	}
 	if r.classify != config.ClassifySource {
-		r.payload = withDefaults(r.classify, svc.Payload)
+		r.payload = svc.Payload
 		p, err := NewParser(r.classify, r.payload)
 		if err != nil {
 			return nil, fmt.Errorf("service %q: %w", svc.Name, err)
+		}
+		if r.payload.MaxBytes <= 0 || r.payload.Timeout <= 0 {
+			return nil, fmt.Errorf("service %q: payload max_bytes %d, timeout %v: want both more than 0", svc.Name, r.payload.MaxBytes, r.payload.Timeout)
 		}
 		r.parser = p
 	}

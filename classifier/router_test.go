@@ -358,6 +358,7 @@ func testService() *config.Service {
 	return &config.Service{
 		Name:     "web",
 		Classify: config.ClassifySNI,
+		Payload:  config.DefaultPayload(config.ClassifySNI),
 		Routes: []config.Route{
 			{Match: config.Match{CIDR: netip.MustParsePrefix("198.18.1.0/28")}, Pool: "vip"},
 			{Match: config.Match{Key: "station-7"}, Pool: "vip"},
@@ -491,6 +492,9 @@ func TestNewErrors(t *testing.T) {
 		{"unknown balance", func(s *config.Service) { s.Pools[0].Balance = "fastest" }},
 		{"unknown classify", func(s *config.Service) { s.Classify = "smtp-helo" }},
 		{"payload without pattern", func(s *config.Service) { s.Classify = config.ClassifyPayload }},
+		{"no classify", func(s *config.Service) { s.Classify = "" }},
+		{"no max_bytes", func(s *config.Service) { s.Payload.MaxBytes = 0 }},
+		{"no payload timeout", func(s *config.Service) { s.Payload.Timeout = 0 }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -6,8 +6,10 @@
 package config
 
 import (
+	"errors"
 	"net/netip"
 	"regexp"
+	"strings"
 	"time"
 )
 
@@ -54,6 +56,61 @@ const (
 	BalanceLeastConn  Balance = "least-conn"
 )
 
+// OnUnclassified says what happens to a new client whose key cannot be
+// read, or that no route matches.
+type OnUnclassified string
+
+// Unclassified-client handling.
+const (
+	UnclassifiedDefault OnUnclassified = "default" // the pool named "default" (DefaultPool)
+	UnclassifiedReject  OnUnclassified = "reject"  // RST, no pin
+)
+
+// OnBackendDown says what happens to the pins of a backend that goes down.
+type OnBackendDown string
+
+// Backend-down handling.
+const (
+	BackendDownRehash     OnBackendDown = "rehash"     // re-pin onto the backend the pool's policy now picks
+	BackendDownReclassify OnBackendDown = "reclassify" // unpin; the next connection is classified again
+)
+
+// ProxyProtocol names the PROXY protocol header sent to backends on the
+// userspace path.
+type ProxyProtocol string
+
+// PROXY protocol versions.
+const (
+	ProxyProtocolOff ProxyProtocol = "off"
+	ProxyProtocolV1  ProxyProtocol = "v1"
+	ProxyProtocolV2  ProxyProtocol = "v2"
+)
+
+// LogLevel is a logrus level name.
+type LogLevel string
+
+// Log levels.
+const (
+	LogTrace LogLevel = "trace"
+	LogDebug LogLevel = "debug"
+	LogInfo  LogLevel = "info"
+	LogWarn  LogLevel = "warn"
+	LogError LogLevel = "error"
+)
+
+// LogFormat names how log lines are written.
+type LogFormat string
+
+// Log formats.
+const (
+	LogText LogFormat = "text"
+	LogJSON LogFormat = "json"
+)
+
+// DefaultPool is the name of the pool that takes the clients no route
+// matches, and of the one pool of the balance/backends shorthand.
+const DefaultPool = "default"
+
 // Check names a health checker.
 type Check string
 
@@ -65,7 +122,9 @@ const (
 	CheckNone       Check = "none"
 )
 
-// Defaults applied by Parse where a field is absent.
+// Defaults applied by Parse where a field is absent. DefaultHealth and
+// DefaultPayload put together those of a section; other packages take the
+// values of a parsed Config and default nothing themselves.
 const (
 	DefaultAdminListen     = "127.0.0.1:9900"
 	DefaultStateDir        = "/var/lib/handoff"
@@ -82,6 +141,8 @@ const (
 	DefaultHealthTimeout   = time.Second
 	DefaultRise            = 2
 	DefaultFall            = 3
+	DefaultHTTPPath        = "/healthz"
+	DefaultExpectStatus    = 200
 	DefaultWeight          = 1
 	HashRangeModulus       = 1000 // hash_range buckets: hash(key) mod 1000
 )
@@ -99,8 +160,8 @@ type Config struct {
 
 // Log configures logging.
 type Log struct {
-	Level           string        // logrus level name: debug, info, warn, error
-	Format          string        // text | json
+	Level           LogLevel
+	Format          LogFormat
 	SummaryInterval time.Duration // periodic info summary; 0 disables it
 }
 
@@ -124,11 +185,11 @@ type Service struct {
 	MaxClients      int // ipset maxelem per backend set, affinity table bound
 	Classify        Classify
 	Payload         Payload
-	OnUnclassified  string // "default" | "reject"
-	OnBackendDown   string // "rehash" | "reclassify"
+	OnUnclassified  OnUnclassified
+	OnBackendDown   OnBackendDown
 	Timeouts        Timeouts
-	MaxConnections  int    // userspace-proxied connections at once
-	ProxyProtocol   string // "off" | "v1" | "v2"
+	MaxConnections  int // userspace-proxied connections at once
+	ProxyProtocol   ProxyProtocol
 	Health          Health
 	Routes          []Route
 	Pools           []Pool // never empty; the shorthand form becomes one pool named "default"
@@ -187,6 +248,50 @@ type Backend struct {
 	Name    string
 	Address netip.AddrPort
 	Weight  int // ≥ 1
+}
+
+// Bounds of health.http.expect_status.
+const (
+	MinExpectStatus = 100
+	MaxExpectStatus = 599
+)
+
+// CheckHTTPPath returns an error unless path can be the request target of an
+// http health check: it starts with '/' and holds no space, tab or line
+// break (which would break the request line). The error does not quote
+// path.
+func CheckHTTPPath(path string) error {
+	switch {
+	case !strings.HasPrefix(path, "/"):
+		return errors.New("does not start with /")
+	case strings.ContainsAny(path, " \t\r\n"):
+		return errors.New("holds a space, tab or line break")
+	}
+	return nil
+}
+
+// DefaultHealth returns the health settings Parse gives a service without a
+// health section.
+func DefaultHealth() Health {
+	return Health{
+		Check:        CheckTCP,
+		Interval:     DefaultHealthInterval,
+		Timeout:      DefaultHealthTimeout,
+		Rise:         DefaultRise,
+		Fall:         DefaultFall,
+		HTTPPath:     DefaultHTTPPath,
+		ExpectStatus: DefaultExpectStatus,
+	}
+}
+
+// DefaultPayload returns the payload settings Parse gives a service with
+// classify c and without a payload section (no pattern).
+func DefaultPayload(c Classify) Payload {
+	p := Payload{MaxBytes: DefaultPeekMaxBytes, Timeout: DefaultPayloadTimeout}
+	if c == ClassifyPayload {
+		p.MaxBytes = DefaultPayloadMaxBytes
+	}
+	return p
 }
 
 // Pool returns the pool with the given name, or nil.

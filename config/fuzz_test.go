@@ -47,8 +47,7 @@ func FuzzParse(f *testing.F) {
 // without checking it again.
 func checkInvariants(t *testing.T, c *Config) {
 	t.Helper()
-	in := func(v string, valid []string) bool { return slices.Contains(valid, v) }
-	if !in(string(c.Mode), modes) || !in(c.Log.Level, logLevels) || !in(c.Log.Format, logFormats) || c.Log.SummaryInterval < 0 {
+	if !slices.Contains(modes, c.Mode) || !slices.Contains(logLevels, c.Log.Level) || !slices.Contains(logFormats, c.Log.Format) || c.Log.SummaryInterval < 0 {
 		t.Errorf("top level %+v", c)
 	}
 	if c.StateDir == "" {
@@ -77,11 +76,11 @@ func checkInvariants(t *testing.T, c *Config) {
 			}
 		}
 		v6 := a.Is6()
-		if !in(string(s.FirstConnection), firstConns) || !in(string(s.Classify), classifiers()) ||
-			!in(s.OnUnclassified, unclassified) || !in(s.OnBackendDown, backendDown) || !in(s.ProxyProtocol, proxyProtocol) {
+		if !slices.Contains(firstConns, s.FirstConnection) || !slices.Contains(classifiers(), s.Classify) ||
+			!slices.Contains(unclassified, s.OnUnclassified) || !slices.Contains(backendDown, s.OnBackendDown) || !slices.Contains(proxyProtocol, s.ProxyProtocol) {
 			t.Errorf("service %s: enums %+v", s.Name, s)
 		}
-		if s.ProxyProtocol != "off" && c.Mode != ModeUserspace {
+		if s.ProxyProtocol != ProxyProtocolOff && c.Mode != ModeUserspace {
 			t.Errorf("service %s: proxy_protocol %s in mode %s", s.Name, s.ProxyProtocol, c.Mode)
 		}
 		if s.ClientTTL < 0 || s.ClientTTL%time.Second != 0 || s.ClientTTL > MaxClientTTL {
@@ -100,7 +99,7 @@ func checkInvariants(t *testing.T, c *Config) {
 			t.Errorf("service %s: timeouts %+v", s.Name, s.Timeouts)
 		}
 		h := s.Health
-		if !in(string(h.Check), checks) || h.Interval <= 0 || h.Timeout <= 0 || h.Timeout > h.Interval || h.Rise < 1 || h.Fall < 1 ||
+		if !slices.Contains(checks, h.Check) || h.Interval <= 0 || h.Timeout <= 0 || h.Timeout > h.Interval || h.Rise < 1 || h.Fall < 1 ||
 			len(h.HTTPPath) == 0 || h.HTTPPath[0] != '/' || h.ExpectStatus < 100 || h.ExpectStatus > 599 ||
 			(h.Check == CheckSendExpect && h.Expect == "") {
 			t.Errorf("service %s: health %+v", s.Name, h)
@@ -108,13 +107,13 @@ func checkInvariants(t *testing.T, c *Config) {
 		if len(s.Pools) == 0 {
 			t.Errorf("service %s: no pools", s.Name)
 		}
-		if s.OnUnclassified == "default" && s.Pool("default") == nil {
+		if s.OnUnclassified == UnclassifiedDefault && s.Pool(DefaultPool) == nil {
 			t.Errorf("service %s: no default pool", s.Name)
 		}
 		pools := map[string]bool{}
 		backends := map[string]bool{}
 		for _, p := range s.Pools {
-			if !objectNameRE.MatchString(p.Name) || pools[p.Name] || !in(string(p.Balance), balances) {
+			if !objectNameRE.MatchString(p.Name) || pools[p.Name] || !slices.Contains(balances, p.Balance) {
 				t.Errorf("service %s: pool %+v", s.Name, p)
 			}
 			pools[p.Name] = true

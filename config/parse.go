@@ -31,15 +31,15 @@ var (
 )
 
 var (
-	modes         = []string{string(ModeAuto), string(ModeKernel), string(ModeUserspace)}
-	logLevels     = []string{"trace", "debug", "info", "warn", "error"}
-	logFormats    = []string{"text", "json"}
-	firstConns    = []string{string(FirstReset), string(FirstProxy)}
-	unclassified  = []string{"default", "reject"}
-	backendDown   = []string{"rehash", "reclassify"}
-	proxyProtocol = []string{"off", "v1", "v2"}
-	balances      = []string{string(BalanceMaglev), string(BalanceSourceHash), string(BalanceRoundRobin), string(BalanceRandom), string(BalanceHotStandby), string(BalanceLeastConn)}
-	checks        = []string{string(CheckTCP), string(CheckHTTP), string(CheckSendExpect), string(CheckNone)}
+	modes         = []Mode{ModeAuto, ModeKernel, ModeUserspace}
+	logLevels     = []LogLevel{LogTrace, LogDebug, LogInfo, LogWarn, LogError}
+	logFormats    = []LogFormat{LogText, LogJSON}
+	firstConns    = []FirstConnection{FirstReset, FirstProxy}
+	unclassified  = []OnUnclassified{UnclassifiedDefault, UnclassifiedReject}
+	backendDown   = []OnBackendDown{BackendDownRehash, BackendDownReclassify}
+	proxyProtocol = []ProxyProtocol{ProxyProtocolOff, ProxyProtocolV1, ProxyProtocolV2}
+	balances      = []Balance{BalanceMaglev, BalanceSourceHash, BalanceRoundRobin, BalanceRandom, BalanceHotStandby, BalanceLeastConn}
+	checks        = []Check{CheckTCP, CheckHTTP, CheckSendExpect, CheckNone}
 )
 
 var (
@@ -108,12 +108,11 @@ func (p *parser) config(root *yaml.Node) *Config {
 		return nil
 	}
 	c := &Config{}
-	mode, _ := f.enum("mode", string(ModeAuto), modes)
-	c.Mode = Mode(mode)
+	c.Mode, _ = enum(f, "mode", ModeAuto, modes)
 
 	lf := f.sub("log", logKeys)
-	c.Log.Level, _ = lf.enum("level", "info", logLevels)
-	c.Log.Format, _ = lf.enum("format", "text", logFormats)
+	c.Log.Level, _ = enum(lf, "level", LogInfo, logLevels)
+	c.Log.Format, _ = enum(lf, "format", LogText, logFormats)
 	c.Log.SummaryInterval, _ = lf.duration("summary_interval", DefaultSummaryInterval)
 
 	af := f.sub("admin", adminKeys)
@@ -224,7 +223,7 @@ func (p *parser) service(c *Config, i int, n *yaml.Node) (*Service, *svcPos) {
 	}
 	if f.required("listen") {
 		if v, ln := f.str("listen", ""); ln != nil {
-			if ap, err := parseAddrPort(v, true); err != nil {
+			if ap, err := parseListen(v); err != nil {
 				f.errorf(ln, "listen", "%v", err)
 			} else {
 				s.Listen, pos.listen = ap, ln
@@ -232,8 +231,7 @@ func (p *parser) service(c *Config, i int, n *yaml.Node) (*Service, *svcPos) {
 		}
 	}
 
-	fc, _ := f.enum("first_connection", string(FirstReset), firstConns)
-	s.FirstConnection = FirstConnection(fc)
+	s.FirstConnection, _ = enum(f, "first_connection", FirstReset, firstConns)
 	if ttl, tn := f.duration("client_ttl", DefaultClientTTL); tn != nil {
 		switch {
 		case ttl%time.Second != 0:
@@ -249,12 +247,12 @@ func (p *parser) service(c *Config, i int, n *yaml.Node) (*Service, *svcPos) {
 	s.SNAT = f.boolean("snat", false)
 	s.MaxClients, _ = f.integer("max_clients", DefaultMaxClients, 1, math.MaxInt32)
 
-	cl, cn := f.enum("classify", string(ClassifySource), classifiers())
-	s.Classify = Classify(cl)
+	var cn *yaml.Node
+	s.Classify, cn = enum(f, "classify", ClassifySource, classifiers())
 	p.payload(f, s, cn)
 
-	s.OnUnclassified, _ = f.enum("on_unclassified", "default", unclassified)
-	s.OnBackendDown, _ = f.enum("on_backend_down", "rehash", backendDown)
+	s.OnUnclassified, _ = enum(f, "on_unclassified", UnclassifiedDefault, unclassified)
+	s.OnBackendDown, _ = enum(f, "on_backend_down", BackendDownRehash, backendDown)
 
 	tf := f.sub("timeouts", timeoutsKeys)
 	s.Timeouts.Connect, _ = tf.positive("connect", DefaultConnectTimeout)
@@ -262,8 +260,8 @@ func (p *parser) service(c *Config, i int, n *yaml.Node) (*Service, *svcPos) {
 	s.MaxConnections, _ = f.integer("max_connections", DefaultMaxConnections, 1, math.MaxInt32)
 
 	var ppn *yaml.Node
-	s.ProxyProtocol, ppn = f.enum("proxy_protocol", "off", proxyProtocol)
-	if ppn != nil && s.ProxyProtocol != "off" && c.Mode != ModeUserspace && c.Mode != "" {
+	s.ProxyProtocol, ppn = enum(f, "proxy_protocol", ProxyProtocolOff, proxyProtocol)
+	if ppn != nil && s.ProxyProtocol != ProxyProtocolOff && c.Mode != ModeUserspace && c.Mode != "" {
 		f.errorf(ppn, "proxy_protocol", "%s needs mode: userspace; connections forwarded in the kernel carry no PROXY header (mode is %s)", s.ProxyProtocol, c.Mode)
 	}
 
@@ -271,7 +269,7 @@ func (p *parser) service(c *Config, i int, n *yaml.Node) (*Service, *svcPos) {
 	p.pools(f, s, pos, nameOK)
 	p.routes(f, s)
 
-	if s.OnUnclassified == "default" && s.Pool("default") == nil && len(s.Pools) > 0 {
+	if s.OnUnclassified == UnclassifiedDefault && s.Pool(DefaultPool) == nil && len(s.Pools) > 0 {
 		n := f.pos("pools")
 		if on := f.vals["on_unclassified"]; on != nil {
 			n = on
@@ -319,12 +317,9 @@ func (p *parser) payload(f *fields, s *Service, classifyNode *yaml.Node) {
 			pf.errorf(pn, "pattern", "invalid regexp: %v", reErr(err))
 		}
 	}
-	def := DefaultPeekMaxBytes
-	if s.Classify == ClassifyPayload {
-		def = DefaultPayloadMaxBytes
-	}
-	s.Payload.MaxBytes, _ = pf.integer("max_bytes", def, 1, MaxPayloadBytes)
-	s.Payload.Timeout, _ = pf.positive("timeout", DefaultPayloadTimeout)
+	def := DefaultPayload(s.Classify)
+	s.Payload.MaxBytes, _ = pf.integer("max_bytes", def.MaxBytes, 1, MaxPayloadBytes)
+	s.Payload.Timeout, _ = pf.positive("timeout", def.Timeout)
 }
 
 // reErr drops the "error parsing regexp: " prefix that Compile adds.
@@ -334,12 +329,11 @@ func reErr(err error) string {
 
 func (p *parser) health(f *fields, s *Service) {
 	hf := f.sub("health", healthKeys)
-	h := &s.Health
-	check, _ := hf.enum("check", string(CheckTCP), checks)
-	h.Check = Check(check)
+	h, def := &s.Health, DefaultHealth()
+	h.Check, _ = enum(hf, "check", def.Check, checks)
 	var in, tn *yaml.Node
-	h.Interval, in = hf.positive("interval", DefaultHealthInterval)
-	h.Timeout, tn = hf.positive("timeout", DefaultHealthTimeout)
+	h.Interval, in = hf.positive("interval", def.Interval)
+	h.Timeout, tn = hf.positive("timeout", def.Timeout)
 	if h.Timeout > h.Interval {
 		switch {
 		case tn != nil:
@@ -348,16 +342,18 @@ func (p *parser) health(f *fields, s *Service) {
 			hf.errorf(in, "interval", "%s is shorter than health.timeout %s (default); the timeout must not exceed the interval", h.Interval, h.Timeout)
 		}
 	}
-	h.Rise, _ = hf.integer("rise", DefaultRise, 1, math.MaxInt32)
-	h.Fall, _ = hf.integer("fall", DefaultFall, 1, math.MaxInt32)
+	h.Rise, _ = hf.integer("rise", def.Rise, 1, math.MaxInt32)
+	h.Fall, _ = hf.integer("fall", def.Fall, 1, math.MaxInt32)
 
 	xf := hf.sub("http", httpKeys)
 	var pn *yaml.Node
-	h.HTTPPath, pn = xf.str("path", "/healthz")
-	if pn != nil && !strings.HasPrefix(h.HTTPPath, "/") {
-		xf.errorf(pn, "path", "%q does not start with /", h.HTTPPath)
+	h.HTTPPath, pn = xf.str("path", def.HTTPPath)
+	if pn != nil {
+		if err := CheckHTTPPath(h.HTTPPath); err != nil {
+			xf.errorf(pn, "path", "%q %v", h.HTTPPath, err)
+		}
 	}
-	h.ExpectStatus, _ = xf.integer("expect_status", 200, 100, 599)
+	h.ExpectStatus, _ = xf.integer("expect_status", def.ExpectStatus, MinExpectStatus, MaxExpectStatus)
 	h.Send, _ = hf.str("send", "")
 	h.Expect, _ = hf.str("expect", "")
 	if h.Check == CheckSendExpect && h.Expect == "" {
@@ -376,8 +372,7 @@ func (p *parser) pools(f *fields, s *Service, pos *svcPos, nameOK bool) {
 	backendNames := map[string]*yaml.Node{}
 	addPool := func(pf *fields, name string, nameNode *yaml.Node) {
 		pool := Pool{Name: name}
-		bal, _ := pf.enum("balance", string(BalanceMaglev), balances)
-		pool.Balance = Balance(bal)
+		pool.Balance, _ = enum(pf, "balance", BalanceMaglev, balances)
 		pool.Failback = pf.boolean("failback", pool.Balance == BalanceHotStandby)
 		items, _ := pf.list("backends")
 		for j, it := range items {
@@ -408,7 +403,7 @@ func (p *parser) pools(f *fields, s *Service, pos *svcPos, nameOK bool) {
 	}
 
 	if !f.present("pools") {
-		addPool(f, "default", nil)
+		addPool(f, DefaultPool, nil)
 		return
 	}
 	for _, k := range shorthand {
@@ -447,7 +442,8 @@ func (p *parser) pools(f *fields, s *Service, pos *svcPos, nameOK bool) {
 	}
 }
 
-// backend reads one backend; the name node is nil when the name is missing
+// backend reads one backend and applies the backend rule (checkBackend) to
+// the fields it could read. The name node is nil when the name is missing
 // or invalid.
 func (p *parser) backend(s *Service, svcWhere, poolWhere string, j int, n *yaml.Node) (*Backend, *yaml.Node) {
 	where := fmt.Sprintf("%s: backends[%d]", poolWhere, j)
@@ -462,46 +458,48 @@ func (p *parser) backend(s *Service, svcWhere, poolWhere string, j int, n *yaml.
 		p.at(n, where, "", "expected a backend, found nothing")
 		return nil, nil
 	}
-	b := &Backend{}
-	var nameNode *yaml.Node
+	b := &Backend{Weight: DefaultWeight}
+	var parts backendCheck
+	var w written
+	nodes := map[string]*yaml.Node{}
 	if bf.required("name") {
-		var nn *yaml.Node
-		if b.Name, nn = bf.str("name", ""); nn != nil {
-			if objectNameRE.MatchString(b.Name) {
-				nameNode = nn
-			} else {
-				bf.errorf(nn, "name", "%q is not a valid backend name: lower-case letters, digits, '-' and '_', starting with a letter or digit", b.Name)
-			}
+		if name, nn := bf.str("name", ""); nn != nil {
+			b.Name, nodes["name"] = name, nn
+			parts |= checkName
 		}
 	}
 	if bf.required("address") {
 		if v, an := bf.str("address", ""); an != nil {
-			ap, err := parseAddrPort(v, false)
-			switch {
-			case err != nil:
+			if ap, err := parseIPPort(v); err != nil {
 				bf.errorf(an, "address", "%v", err)
-			case s.Listen.IsValid() && ap.Addr().Is4() != s.Listen.Addr().Is4():
-				bf.errorf(an, "address", "%s is %s but the service listens on %s; a service has one address family", v, family(ap.Addr()), family(s.Listen.Addr()))
-			case ap == s.Listen:
-				bf.errorf(an, "address", "%s is the service's own listen address", v)
-			default:
-				b.Address = ap
+			} else {
+				b.Address, w.address, nodes["address"] = ap, v, an
+				parts |= checkAddress
 			}
 		}
 	}
-	b.Weight, _ = bf.integer("weight", DefaultWeight, 1, MaxWeight)
-	return b, nameNode
+	if weight, wn := bf.anyInteger("weight", DefaultWeight); wn != nil {
+		b.Weight, w.weight, nodes["weight"] = weight, wn.Value, wn
+		parts |= checkWeight
+	}
+	for _, e := range s.checkBackend(*b, parts, w) {
+		bf.errorf(nodes[e.Field], e.Field, "%s", e.Msg)
+		delete(nodes, e.Field)
+		switch e.Field {
+		case "address":
+			b.Address = netip.AddrPort{}
+		case "weight":
+			b.Weight = DefaultWeight
+		}
+	}
+	return b, nodes["name"]
 }
 
-// setNameLength checks that the ipset name of a backend fits the kernel.
+// setNameLength checks that the ipset name of a backend, whose name node is
+// n, fits the kernel.
 func (p *parser) setNameLength(s *Service, backend string, n *yaml.Node) {
-	if !s.Listen.IsValid() {
-		return // family unknown; listen is reported
-	}
-	set := dataplane.SetName(s.Name, backend, s.Listen.Addr().Is6())
-	if len(set) > dataplane.MaxSetNameLen {
-		p.at(n, fmt.Sprintf("service %q: backend %q", s.Name, backend), "name",
-			"ipset name %q is %d characters, the limit is %d; shorten the service or backend name", set, len(set), dataplane.MaxSetNameLen)
+	for _, e := range s.checkBackend(Backend{Name: backend}, checkSetName, written{}) {
+		p.at(n, fmt.Sprintf("service %q: backend %q", s.Name, backend), e.Field, "%s", e.Msg)
 	}
 }
 
@@ -751,42 +749,44 @@ func family(a netip.Addr) string {
 	return "IPv6"
 }
 
-// parseAddrPort parses a service's listen address (unspecified allowed) or
-// a backend address: ip:port with a non-zero port, IPv6 as [addr]:port, no
-// zone, no IPv4-mapped IPv6.
-func parseAddrPort(s string, listen bool) (netip.AddrPort, error) {
-	ap, err := netip.ParseAddrPort(s)
+// parseListen parses a service's listen address: ip:port with a non-zero
+// port, IPv6 as [addr]:port, no zone, no IPv4-mapped IPv6; the unspecified
+// address means every local address.
+func parseListen(s string) (netip.AddrPort, error) {
+	ap, err := parseIPPort(s)
 	if err != nil {
-		if a, err := netip.ParseAddr(strings.Trim(s, "[]")); err == nil {
-			if a.Is4() {
-				return ap, fmt.Errorf("%q has no port; write %s:PORT", s, a)
-			}
-			return ap, fmt.Errorf("%q has no port; write IPv6 as [%s]:PORT", s, a)
-		}
-		host, port, err := net.SplitHostPort(s)
-		if err != nil {
-			return ap, fmt.Errorf("%q is not ip:port (IPv6 as [addr]:port)", s)
-		}
-		if host == "" {
-			return ap, fmt.Errorf("%q has no IP address; write 0.0.0.0:%s or [::]:%s for every local address", s, port, port)
-		}
-		if _, err := netip.ParseAddr(host); err != nil {
-			return ap, fmt.Errorf("%q: %q is not an IP address (host names are not resolved)", s, host)
-		}
-		return ap, fmt.Errorf("%q: port %q is not a number 1..65535", s, port)
+		return ap, err
 	}
-	a := ap.Addr()
-	switch {
-	case a.Zone() != "":
-		return netip.AddrPort{}, fmt.Errorf("%q: IPv6 zones are not supported", s)
-	case a.Is4In6():
-		return netip.AddrPort{}, fmt.Errorf("%q is an IPv4-mapped IPv6 address; write %s", s, netip.AddrPortFrom(a.Unmap(), ap.Port()))
-	case ap.Port() == 0:
-		return netip.AddrPort{}, fmt.Errorf("%q: port 0; a port 1..65535 is required", s)
-	case !listen && a.IsUnspecified():
-		return netip.AddrPort{}, fmt.Errorf("%q: a backend needs a specific address, not %s", s, a)
+	if err := checkAddrPort(ap, s, true); err != nil {
+		return netip.AddrPort{}, err
 	}
 	return ap, nil
+}
+
+// parseIPPort parses ip:port, IPv6 as [addr]:port, saying what is missing
+// when it cannot. What the address may be is checkAddrPort's rule.
+func parseIPPort(s string) (netip.AddrPort, error) {
+	ap, err := netip.ParseAddrPort(s)
+	if err == nil {
+		return ap, nil
+	}
+	if a, err := netip.ParseAddr(strings.Trim(s, "[]")); err == nil {
+		if a.Is4() {
+			return ap, fmt.Errorf("%q has no port; write %s:PORT", s, a)
+		}
+		return ap, fmt.Errorf("%q has no port; write IPv6 as [%s]:PORT", s, a)
+	}
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return ap, fmt.Errorf("%q is not ip:port (IPv6 as [addr]:port)", s)
+	}
+	if host == "" {
+		return ap, fmt.Errorf("%q has no IP address; write 0.0.0.0:%s or [::]:%s for every local address", s, port, port)
+	}
+	if _, err := netip.ParseAddr(host); err != nil {
+		return ap, fmt.Errorf("%q: %q is not an IP address (host names are not resolved)", s, host)
+	}
+	return ap, fmt.Errorf("%q: port %q is not a number 1..65535", s, port)
 }
 
 // parsePrefix parses a route cidr: canonical (no host bits), no IPv4-mapped

@@ -159,6 +159,7 @@ func TestParseErrors(t *testing.T) {
 		{desc: "health rise 0", yaml: svc("    health: {rise: 0}\n"), pos: "4:20", msg: "health.rise: 0 is out of range 1..2147483647"},
 		{desc: "health fall 0", yaml: svc("    health: {fall: 0}\n"), pos: "4:20", msg: "health.fall: 0 is out of range"},
 		{desc: "health http path without /", yaml: svc("    health: {check: http, http: {path: healthz}}\n"), pos: "4:40", msg: `health.http.path: "healthz" does not start with /`},
+		{desc: "health http path with a space", yaml: svc("    health: {check: http, http: {path: \"/a b\"}}\n"), pos: "4:40", msg: `health.http.path: "/a b" holds a space, tab or line break`},
 		{desc: "health http status 600", yaml: svc("    health: {check: http, http: {expect_status: 600}}\n"), pos: "4:49", msg: "health.http.expect_status: 600 is out of range 100..599"},
 		{desc: "send-expect without expect", yaml: svc("    health: {check: send-expect, send: \"PING\\r\\n\"}\n"), pos: "4:13", msg: "health.expect: required when check is send-expect"},
 		{desc: "send-expect with empty expect", yaml: svc("    health: {check: send-expect, expect: \"\"}\n"), pos: "4:34", msg: "health.expect: required when check is send-expect"},
@@ -186,6 +187,7 @@ func TestParseErrors(t *testing.T) {
 		{desc: "backend is the listen address", yaml: svc("    backends: [{name: be1, address: 198.18.1.1:80}]\n"), pos: "4:37", msg: "198.18.1.1:80 is the service's own listen address"},
 		{desc: "weight 0", yaml: svc("    backends: [{name: be1, address: 198.19.1.1:80, weight: 0}]\n"), pos: "4:60", msg: "weight: 0 is out of range 1..1000"},
 		{desc: "weight 1001", yaml: svc("    backends: [{name: be1, address: 198.19.1.1:80, weight: 1001}]\n"), pos: "4:60", msg: "weight: 1001 is out of range 1..1000"},
+		{desc: "weight beyond any integer", yaml: svc("    backends: [{name: be1, address: 198.19.1.1:80, weight: -99999999999999999999}]\n"), pos: "4:60", msg: "weight: -99999999999999999999 is out of range 1..1000"},
 		{desc: "duplicate backend across pools", yaml: svc("    pools:\n      - {name: default, backends: [{name: be1, address: 198.19.1.1:80}]}\n      - {name: vip, backends: [{name: be1, address: 198.19.1.2:80}]}\n"), pos: "6:39", msg: `service "web": backend "be1": name: duplicate; backend names are unique within a service (first at line 5)`},
 		{desc: "ipset name too long", yaml: "services:\n  - name: abcdefghijkl\n    listen: 198.18.1.1:80\n    backends: [{name: backend-number-1, address: 198.19.1.1:80}]\n", pos: "4:23", msg: `ipset name "ho-abcdefghijkl-backend-number-1" is 32 characters, the limit is 31`},
 		{desc: "ipset name too long for IPv6", yaml: "services:\n  - name: abcdefghijkl\n    listen: \"[2001:2::1]:80\"\n    backends: [{name: backend-number1, address: \"[2001:2::2]:80\"}]\n", pos: "4:23", msg: `ipset name "ho6-abcdefghijkl-backend-number1" is 32 characters, the limit is 31`},
@@ -422,6 +424,62 @@ func TestDefaults(t *testing.T) {
 	compare(t, c, want)
 }
 
+// TestSectionDefaults: health and payload fields that are absent take the
+// defaults DESIGN.md section 4 documents, in the parsed Config itself (other
+// packages default nothing), and DefaultHealth and DefaultPayload are those.
+func TestSectionDefaults(t *testing.T) {
+	health := Health{Check: CheckTCP, Interval: 2 * time.Second, Timeout: time.Second, Rise: 2, Fall: 3, HTTPPath: "/healthz", ExpectStatus: 200}
+	peek := Payload{MaxBytes: 16384, Timeout: 2 * time.Second}
+	tests := []struct {
+		desc    string
+		extra   string
+		health  func(*Health)
+		payload Payload
+	}{
+		{"no sections", "", nil, peek},
+		{"empty sections", "    health: {}\n    payload: {}\n", nil, peek},
+		{"null sections", "    health:\n    payload:\n", nil, peek},
+		{"http check", "    health: {check: http}\n", func(h *Health) { h.Check = CheckHTTP }, peek},
+		{"http path only", "    health: {check: http, http: {path: /up}}\n", func(h *Health) { h.Check, h.HTTPPath = CheckHTTP, "/up" }, peek},
+		{"rise only", "    health: {rise: 5}\n", func(h *Health) { h.Rise = 5 }, peek},
+		{"interval only", "    health: {interval: 10s}\n", func(h *Health) { h.Interval = 10 * time.Second }, peek},
+		{"none", "    health: {check: none}\n", func(h *Health) { h.Check = CheckNone }, peek},
+		{"sni", "    classify: sni\n", nil, peek},
+		{"http-host with a timeout", "    classify: http-host\n    payload: {timeout: 1s}\n", nil, Payload{MaxBytes: 16384, Timeout: time.Second}},
+		{"payload", "    classify: payload\n    payload: {pattern: '^(x)'}\n", nil, Payload{MaxBytes: 512, Timeout: 2 * time.Second}},
+		{"payload max_bytes only", "    classify: payload\n    payload: {pattern: '^(x)', max_bytes: 64}\n", nil, Payload{MaxBytes: 64, Timeout: 2 * time.Second}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.desc, func(t *testing.T) {
+			c, err := Parse("d.yaml", []byte(svc(tt.extra)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := c.Services[0]
+			want := health
+			if tt.health != nil {
+				tt.health(&want)
+			}
+			if s.Health != want {
+				t.Errorf("health %+v, want %+v", s.Health, want)
+			}
+			got := s.Payload
+			got.Pattern = nil
+			if got != tt.payload {
+				t.Errorf("payload %+v, want %+v", got, tt.payload)
+			}
+		})
+	}
+	if DefaultHealth() != health {
+		t.Errorf("DefaultHealth() = %+v, want %+v", DefaultHealth(), health)
+	}
+	for c, want := range map[Classify]Payload{ClassifySource: peek, ClassifySNI: peek, ClassifyHTTPHost: peek, ClassifyPayload: {MaxBytes: 512, Timeout: 2 * time.Second}} {
+		if got := DefaultPayload(c); got != want {
+			t.Errorf("DefaultPayload(%s) = %+v, want %+v", c, got, want)
+		}
+	}
+}
+
 func TestParseGood(t *testing.T) {
 	tests := []struct {
 		desc  string
@@ -608,7 +666,7 @@ func TestExamples(t *testing.T) {
 	check("http-host.yaml", func(c *Config) bool { return c.Services[0].Classify == ClassifyHTTPHost })
 	check("hot-standby.yaml", func(c *Config) bool { return c.Services[0].Pools[0].Balance == BalanceHotStandby })
 	check("userspace-container.yaml", func(c *Config) bool {
-		return c.Mode == ModeUserspace && c.Services[0].ProxyProtocol == "v2"
+		return c.Mode == ModeUserspace && c.Services[0].ProxyProtocol == ProxyProtocolV2
 	})
 	check("ipv6.yaml", func(c *Config) bool { return c.Services[0].Listen.Addr().Is6() })
 }
@@ -665,6 +723,19 @@ func TestRegisterClassify(t *testing.T) {
 	}
 }
 
+// TestCheckClassifyName: the one rule for classify names, which
+// RegisterClassify and classifier.Register both apply.
+func TestCheckClassifyName(t *testing.T) {
+	for name, ok := range map[string]bool{
+		"myproto": true, "a": true, "9-to-5": true, strings.Repeat("x", 32): true,
+		"": false, "Upper": false, "-x": false, "a.b": false, "a_b": false, "has space": false, strings.Repeat("x", 33): false,
+	} {
+		if err := CheckClassifyName(name); (err == nil) != ok {
+			t.Errorf("CheckClassifyName(%q) = %v, want ok %v", name, err, ok)
+		}
+	}
+}
+
 // compare checks got against want field by field, regexps by their source.
 func compare(t *testing.T, got, want *Config) {
 	t.Helper()
@@ -711,13 +782,13 @@ func TestCheckBackend(t *testing.T) {
 		{Backend{Name: "be1", Address: ap("198.19.1.1:80"), Weight: 1}, ""},
 		{Backend{Name: "backend-number1", Address: ap("198.19.1.1:80"), Weight: 1000}, ""},
 		{Backend{Name: "backend-number-1", Address: ap("198.19.1.1:80"), Weight: 1}, `ipset name "ho-abcdefghijkl-backend-number-1" is 32 characters, the limit is 31`},
-		{Backend{Name: "Be1", Address: ap("198.19.1.1:80"), Weight: 1}, `backend name "Be1"`},
-		{Backend{Name: "be1", Weight: 1}, "want a specific IP"},
-		{Backend{Name: "be1", Address: ap("198.19.1.1:0"), Weight: 1}, "want a specific IP"},
-		{Backend{Name: "be1", Address: ap("[::ffff:198.19.1.1]:80"), Weight: 1}, "not IPv4-mapped"},
-		{Backend{Name: "be1", Address: ap("[2001:2::1]:80"), Weight: 1}, "is IPv6 but service \"abcdefghijkl\" listens on IPv4"},
-		{Backend{Name: "be1", Address: ap("198.18.1.1:80"), Weight: 1}, "is the listen address"},
-		{Backend{Name: "be1", Address: ap("198.19.1.1:80")}, "weight 0 is out of range 1..1000"},
+		{Backend{Name: "Be1", Address: ap("198.19.1.1:80"), Weight: 1}, `backend "Be1": name: "Be1" is not a valid backend name`},
+		{Backend{Name: "be1", Weight: 1}, "address: required"},
+		{Backend{Name: "be1", Address: ap("198.19.1.1:0"), Weight: 1}, "port 0; a port 1..65535 is required"},
+		{Backend{Name: "be1", Address: ap("[::ffff:198.19.1.1]:80"), Weight: 1}, "IPv4-mapped IPv6 address; write 198.19.1.1:80"},
+		{Backend{Name: "be1", Address: ap("[2001:2::1]:80"), Weight: 1}, "is IPv6 but the service listens on IPv4"},
+		{Backend{Name: "be1", Address: ap("198.18.1.1:80"), Weight: 1}, "is the service's own listen address"},
+		{Backend{Name: "be1", Address: ap("198.19.1.1:80")}, "weight: 0 is out of range 1..1000"},
 	}
 	for _, tt := range tests {
 		err := s.CheckBackend(tt.b)
@@ -727,6 +798,57 @@ func TestCheckBackend(t *testing.T) {
 		case tt.err != "" && (err == nil || !strings.Contains(err.Error(), tt.err)):
 			t.Errorf("%+v: got %v, want %q", tt.b, err, tt.err)
 		}
+	}
+}
+
+// TestBackendRuleOneMessage: a backend in the file and the same backend
+// registered at run time break the same rule with the same message; the
+// file's error carries the position of the field at fault.
+func TestBackendRuleOneMessage(t *testing.T) {
+	const head = "services:\n  - name: abcdefghijkl\n    listen: 198.18.1.1:80\n    backends:\n"
+	tests := []struct {
+		desc, name, addr string
+		weight           int
+		field            string // at fault
+	}{
+		{"invalid name", "Be1", "198.19.1.1:80", 1, "name"},
+		{"ipset name too long", "backend-number-1", "198.19.1.1:80", 1, "name"},
+		{"port 0", "be1", "198.19.1.1:0", 1, "address"},
+		{"unspecified address", "be1", "0.0.0.0:80", 1, "address"},
+		{"IPv4-mapped address", "be1", "[::ffff:198.19.1.1]:80", 1, "address"},
+		{"zone", "be1", "[fe80::1%eth0]:80", 1, "address"},
+		{"other family", "be1", "[2001:2::1]:80", 1, "address"},
+		{"the listen address", "be1", "198.18.1.1:80", 1, "address"},
+		{"weight 0", "be1", "198.19.1.1:80", 0, "weight"},
+		{"weight 1001", "be1", "198.19.1.1:80", 1001, "weight"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.desc, func(t *testing.T) {
+			line := fmt.Sprintf("      - {name: %s, address: %q, weight: %d}", tt.name, tt.addr, tt.weight)
+			_, err := Parse("f.yaml", []byte(head+line+"\n"))
+			var es Errors
+			if !errors.As(err, &es) || len(es) != 1 {
+				t.Fatalf("file: want one error, got %v", err)
+			}
+			col := strings.Index(line, tt.field+": ") + len(tt.field) + 3
+			if es[0].Line != 5 || es[0].Column != col {
+				t.Errorf("file: error at %d:%d, want 5:%d (%s)", es[0].Line, es[0].Column, col, tt.field)
+			}
+
+			c, err := Parse("", []byte(head+"      - {name: ok, address: 198.19.1.9:80}\n"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			b := Backend{Name: tt.name, Address: netip.MustParseAddrPort(tt.addr), Weight: tt.weight}
+			rerr := c.Services[0].CheckBackend(b)
+			var be *BackendError
+			if !errors.As(rerr, &be) || be.Field != tt.field {
+				t.Fatalf("registration: got %v, want a *BackendError about %s", rerr, tt.field)
+			}
+			if es[0].Msg != rerr.Error() {
+				t.Errorf("messages differ:\n file:         %s\n registration: %s", es[0].Msg, rerr)
+			}
+		})
 	}
 }
 

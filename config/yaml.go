@@ -563,6 +563,31 @@ func (f *fields) integer(key string, def, lo, hi int) (int, *yaml.Node) {
 	return n, v
 }
 
+// anyInteger returns key's value, an integer of any size. One beyond the
+// range of int comes back as the nearest int, so that a range check made
+// afterwards (quoting the value as written) refuses it.
+func (f *fields) anyInteger(key string, def int) (int, *yaml.Node) {
+	v := f.scalar(key)
+	if v == nil {
+		return def, nil
+	}
+	text := strings.ReplaceAll(v.Value, "_", "")
+	switch {
+	case v.ShortTag() == "!!int":
+		if n, err := strconv.ParseInt(text, 0, 64); err == nil && n >= math.MinInt && n <= math.MaxInt {
+			return int(n), v
+		}
+	case v.ShortTag() == "!!float" && bigIntRE.MatchString(v.Value):
+	default:
+		f.errorf(v, key, "expected an integer, found %s", describe(v))
+		return def, nil
+	}
+	if strings.HasPrefix(text, "-") {
+		return math.MinInt, v
+	}
+	return math.MaxInt, v
+}
+
 // integer reads scalar v as an integer within lo..hi.
 func (p *parser) integer(v *yaml.Node, where, label string, lo, hi int) (int, bool) {
 	if v.Kind == yaml.ScalarNode && v.ShortTag() == "!!float" && bigIntRE.MatchString(v.Value) {
@@ -630,6 +655,16 @@ func (f *fields) enum(key, def string, valid []string) (string, *yaml.Node) {
 	}
 	f.errorf(v, key, "%q is not one of %s%s", s, strings.Join(valid, ", "), hint)
 	return "", nil
+}
+
+// enum is fields.enum for a value of a string type T.
+func enum[T ~string](f *fields, key string, def T, valid []T) (T, *yaml.Node) {
+	names := make([]string, len(valid))
+	for i, v := range valid {
+		names[i] = string(v)
+	}
+	s, n := f.enum(key, string(def), names)
+	return T(s), n
 }
 
 // list returns the items of key's value, aliases resolved, and the list's

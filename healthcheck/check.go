@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/handoff-lb/handoff/config"
@@ -186,10 +185,11 @@ func (c HTTP) Check(ctx context.Context, addr netip.AddrPort) error {
 	return nil
 }
 
-// validPath rejects request targets that would break the request line.
+// validPath rejects request targets that would break the request line, by
+// config's rule.
 func validPath(p string) error {
-	if !strings.HasPrefix(p, "/") || strings.ContainsAny(p, " \t\r\n") {
-		return fmt.Errorf("path %q: want an absolute path without spaces", p)
+	if err := config.CheckHTTPPath(p); err != nil {
+		return fmt.Errorf("path %q: %w", p, err)
 	}
 	return nil
 }
@@ -272,19 +272,23 @@ type None struct{}
 // Check implements Checker.
 func (None) Check(context.Context, netip.AddrPort) error { return nil }
 
-// NewChecker returns the checker h describes. An empty h.Check means tcp.
+// NewChecker returns the checker h describes. h is taken as config gives
+// it: an empty Check, or an http check without a path or status, is an
+// error, never a default.
 func NewChecker(h config.Health) (Checker, error) {
 	switch h.Check {
-	case config.CheckTCP, "":
+	case config.CheckTCP:
 		return TCP{}, nil
 	case config.CheckHTTP:
-		if h.HTTPPath != "" {
-			if err := validPath(h.HTTPPath); err != nil {
-				return nil, fmt.Errorf("health check http: %w", err)
-			}
+		var errs []error
+		if err := validPath(h.HTTPPath); err != nil {
+			errs = append(errs, err)
 		}
-		if h.ExpectStatus != 0 && (h.ExpectStatus < 100 || h.ExpectStatus > 999) {
-			return nil, fmt.Errorf("health check http: expect_status %d: want 100-999", h.ExpectStatus)
+		if h.ExpectStatus < config.MinExpectStatus || h.ExpectStatus > config.MaxExpectStatus {
+			errs = append(errs, fmt.Errorf("expect_status %d: want %d-%d", h.ExpectStatus, config.MinExpectStatus, config.MaxExpectStatus))
+		}
+		if err := errors.Join(errs...); err != nil {
+			return nil, fmt.Errorf("health check http: %w", err)
 		}
 		return HTTP{Path: h.HTTPPath, Status: h.ExpectStatus}, nil
 	case config.CheckSendExpect:

@@ -301,13 +301,17 @@ func TestNewChecker(t *testing.T) {
 		wantErr string
 	}{
 		{"tcp", config.Health{Check: config.CheckTCP}, TCP{}, ""},
-		{"empty means tcp", config.Health{}, TCP{}, ""},
+		{"empty is no check", config.Health{}, nil, `health check ""`},
 		{"http", config.Health{Check: config.CheckHTTP, HTTPPath: "/healthz", ExpectStatus: 200}, HTTP{Path: "/healthz", Status: 200}, ""},
 		{"send-expect", config.Health{Check: config.CheckSendExpect, Send: "PING\n", Expect: "PONG"}, SendExpect{Send: "PING\n", Expect: "PONG"}, ""},
 		{"none", config.Health{Check: config.CheckNone}, None{}, ""},
 		{"unknown", config.Health{Check: "icmp"}, nil, `health check "icmp"`},
 		{"relative path", config.Health{Check: config.CheckHTTP, HTTPPath: "healthz"}, nil, `path "healthz"`},
 		{"bad status", config.Health{Check: config.CheckHTTP, ExpectStatus: 42}, nil, "expect_status 42"},
+		{"http without a path", config.Health{Check: config.CheckHTTP, ExpectStatus: 200}, nil, `path ""`},
+		{"http without a status", config.Health{Check: config.CheckHTTP, HTTPPath: "/healthz"}, nil, "expect_status 0"},
+		{"status above config's range", config.Health{Check: config.CheckHTTP, HTTPPath: "/healthz", ExpectStatus: 600}, nil, "expect_status 600: want 100-599"},
+		{"path with a space", config.Health{Check: config.CheckHTTP, HTTPPath: "/a b", ExpectStatus: 200}, nil, `path "/a b": holds a space`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

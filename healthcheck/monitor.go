@@ -60,7 +60,7 @@ type Target struct {
 	Service string
 	Backend string
 	Addr    netip.AddrPort
-	Health  config.Health // zero fields take config's defaults; an empty Check means tcp
+	Health  config.Health // as config gives it (see config.DefaultHealth): the monitor defaults nothing
 }
 
 // Event reports one transition of a target between up and down.
@@ -190,25 +190,23 @@ func New(o Options) *Monitor {
 	return m
 }
 
-// normalize fills h's zero fields with config's defaults, so that a spec
-// compares equal to its explicit form.
-func normalize(h config.Health) config.Health {
-	if h.Check == "" {
-		h.Check = config.CheckTCP
+// schedulable returns an error unless h has what scheduling a check needs:
+// a positive interval and timeout, and rise and fall of at least 1. Check
+// none needs nothing. Config gives every target these; the monitor takes
+// them as they are rather than default a missing one.
+func schedulable(h config.Health) error {
+	switch {
+	case h.Check == config.CheckNone:
+	case h.Interval <= 0:
+		return fmt.Errorf("interval %v: want more than 0", h.Interval)
+	case h.Timeout <= 0:
+		return fmt.Errorf("timeout %v: want more than 0", h.Timeout)
+	case h.Rise < 1:
+		return fmt.Errorf("rise %d: want at least 1", h.Rise)
+	case h.Fall < 1:
+		return fmt.Errorf("fall %d: want at least 1", h.Fall)
 	}
-	if h.Interval <= 0 {
-		h.Interval = config.DefaultHealthInterval
-	}
-	if h.Timeout <= 0 {
-		h.Timeout = min(config.DefaultHealthTimeout, h.Interval)
-	}
-	if h.Rise <= 0 {
-		h.Rise = config.DefaultRise
-	}
-	if h.Fall <= 0 {
-		h.Fall = config.DefaultFall
-	}
-	return h
+	return nil
 }
 
 // Set makes the monitor watch exactly targets. Targets already watched with
@@ -216,9 +214,10 @@ func normalize(h config.Health) config.Health {
 // targets stop: when Set returns, their goroutines have exited and they
 // produce no new events. A target whose address or spec changed keeps its
 // up/down state, but its counters are reset and its checks restart with an
-// immediate one. A target with an invalid spec or a duplicate key is
-// skipped (an existing one keeps its old spec) and reported in the error;
-// the others are applied.
+// immediate one. A target with an invalid or incomplete spec (see
+// config.DefaultHealth for a complete one) or a duplicate key is skipped
+// (an existing one keeps its old spec) and reported in the error; the
+// others are applied.
 func (m *Monitor) Set(targets []Target) error {
 	m.setMu.Lock()
 	defer m.setMu.Unlock()
@@ -236,8 +235,10 @@ func (m *Monitor) Set(targets []Target) error {
 			errs = append(errs, fmt.Errorf("health check %s/%s: duplicate target", t.Service, t.Backend))
 			continue
 		}
-		t.Health = normalize(t.Health)
 		c, err := m.newChecker(t.Health)
+		if err == nil {
+			err = schedulable(t.Health)
+		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("health check %s/%s: %w", t.Service, t.Backend, err))
 			keep[k] = true

@@ -295,27 +295,42 @@ func TestSetKeepsUnchangedTargets(t *testing.T) {
 	rec.none(t, 20*time.Millisecond)
 }
 
-func TestSetNormalizesDefaults(t *testing.T) {
-	s := &stepper{}
-	m, _ := newMonitor(t, s)
-	tg := Target{Service: "web", Backend: "a", Addr: netip.MustParseAddrPort("127.0.0.1:1")}
-	if err := m.Set([]Target{tg}); err != nil {
+// TestSetRefusesIncompleteSpecs: the monitor defaults nothing. A target
+// without the settings config gives is refused, and the one config gives a
+// service without a health section is taken.
+func TestSetRefusesIncompleteSpecs(t *testing.T) {
+	m, _ := newMonitor(t, &stepper{})
+	addr := netip.MustParseAddrPort("127.0.0.1:1")
+	for _, tc := range []struct {
+		name string
+		edit func(*config.Health)
+		err  string
+	}{
+		{"no check", func(h *config.Health) { h.Check = "" }, `health check ""`},
+		{"no interval", func(h *config.Health) { h.Interval = 0 }, "interval 0s"},
+		{"no timeout", func(h *config.Health) { h.Timeout = 0 }, "timeout 0s"},
+		{"no rise", func(h *config.Health) { h.Rise = 0 }, "rise 0"},
+		{"no fall", func(h *config.Health) { h.Fall = 0 }, "fall 0"},
+	} {
+		h := config.DefaultHealth()
+		tc.edit(&h)
+		err := m.Set([]Target{{Service: "web", Backend: tc.name, Addr: addr, Health: h}})
+		if err == nil || !strings.Contains(err.Error(), tc.err) {
+			t.Errorf("%s: Set = %v, want an error containing %q", tc.name, err, tc.err)
+		}
+	}
+	if n := len(m.Snapshot()); n != 0 {
+		t.Fatalf("%d targets taken, want none", n)
+	}
+	tgs := []Target{
+		{Service: "web", Backend: "a", Addr: addr, Health: config.DefaultHealth()},
+		{Service: "web", Backend: "b", Addr: addr, Health: config.Health{Check: config.CheckNone}},
+	}
+	if err := m.Set(tgs); err != nil {
 		t.Fatal(err)
 	}
-	m.mu.Lock()
-	r := m.targets[key{"web", "a"}].run
-	m.mu.Unlock()
-	tg.Health = config.Health{
-		Check: config.CheckTCP, Interval: config.DefaultHealthInterval, Timeout: config.DefaultHealthTimeout,
-		Rise: config.DefaultRise, Fall: config.DefaultFall,
-	}
-	if err := m.Set([]Target{tg}); err != nil {
-		t.Fatal(err)
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.targets[key{"web", "a"}].run != r {
-		t.Fatal("spelling out the defaults restarted the target")
+	if st := status(t, m, "web", "a"); st.Check != config.CheckTCP {
+		t.Fatalf("a = %+v, want tcp", st)
 	}
 }
 
@@ -428,7 +443,7 @@ func TestReportFailure(t *testing.T) {
 	m, rec := newMonitor(t, s)
 	a := stepTarget("web", "a", 1)
 	h := stepTarget("web", "h", 2)
-	h.Health.Check = config.CheckHTTP
+	h.Health.Check, h.Health.HTTPPath, h.Health.ExpectStatus = config.CheckHTTP, config.DefaultHTTPPath, config.DefaultExpectStatus
 	if err := m.Set([]Target{a, h}); err != nil {
 		t.Fatal(err)
 	}
@@ -724,7 +739,7 @@ func TestConcurrentUse(t *testing.T) {
 	})
 	defer m.Close()
 
-	h := config.Health{Interval: time.Millisecond, Timeout: time.Second, Rise: 2, Fall: 2}
+	h := config.Health{Check: config.CheckTCP, Interval: time.Millisecond, Timeout: time.Second, Rise: 2, Fall: 2}
 	all := make([]Target, 20)
 	for i := range all {
 		all[i] = Target{Service: "web", Backend: fmt.Sprint("be", i), Addr: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(i+1)), Health: h}

@@ -6,6 +6,8 @@ import (
 	"net/netip"
 
 	"github.com/pires/go-proxyproto"
+
+	"github.com/handoff-lb/handoff/config"
 )
 
 // WriteHeader writes a PROXY protocol header announcing a connection
@@ -15,14 +17,14 @@ import (
 // IPv6 addresses are sent as IPv4, and a pair of mixed families as IPv6.
 // The header goes out in one Write on backend itself, so the caller can hand
 // the raw connection to Splice afterwards.
-func WriteHeader(backend net.Conn, version string, client, local net.Addr) error {
+func WriteHeader(backend net.Conn, version config.ProxyProtocol, client, local net.Addr) error {
 	var v byte
 	switch version {
-	case "", "off":
+	case "", config.ProxyProtocolOff:
 		return nil
-	case "v1":
+	case config.ProxyProtocolV1:
 		v = 1
-	case "v2":
+	case config.ProxyProtocolV2:
 		v = 2
 	default:
 		return fmt.Errorf("proxy protocol %q: want off, v1 or v2", version)

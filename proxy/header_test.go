@@ -6,6 +6,7 @@ import (
 	"net"
 	"testing"
 
+	"github.com/handoff-lb/handoff/config"
 	"github.com/handoff-lb/handoff/proxy"
 )
 
@@ -14,7 +15,7 @@ func TestWriteHeader(t *testing.T) {
 	mapped := &net.TCPAddr{IP: net.ParseIP("::ffff:198.18.1.1"), Port: 80}
 	v6 := &net.TCPAddr{IP: net.ParseIP("2001:db8::1"), Port: 80}
 	tests := []struct {
-		version     string
+		version     config.ProxyProtocol
 		client, loc net.Addr
 		want        string // v1 text, "" for nothing written
 		wantErr     bool

@@ -18,6 +18,7 @@ import (
 
 	"github.com/pires/go-proxyproto"
 
+	"github.com/handoff-lb/handoff/config"
 	"github.com/handoff-lb/handoff/proxy"
 )
 
@@ -31,7 +32,7 @@ type result struct {
 type proxyConfig struct {
 	ctx           context.Context // parent of every Splice; nil = background
 	opts          proxy.SpliceOptions
-	proxyProtocol string
+	proxyProtocol config.ProxyProtocol
 	limiter       *proxy.Limiter
 	network       string // "tcp4" (default) or "tcp6"
 }
@@ -447,8 +448,8 @@ func pair(t testing.TB) (*net.TCPConn, *net.TCPConn) {
 
 func TestSpliceProxyProtocol(t *testing.T) {
 	for _, network := range []string{"tcp4", "tcp6"} {
-		for _, version := range []string{"v1", "v2"} {
-			t.Run(network+"/"+version, func(t *testing.T) {
+		for _, version := range []config.ProxyProtocol{config.ProxyProtocolV1, config.ProxyProtocolV2} {
+			t.Run(network+"/"+string(version), func(t *testing.T) {
 				if network == "tcp6" {
 					if ln, err := net.Listen("tcp6", "[::1]:0"); err != nil {
 						t.Skip("no IPv6 loopback:", err)

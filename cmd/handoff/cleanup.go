@@ -5,6 +5,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/handoff-lb/handoff/config"
 	"github.com/handoff-lb/handoff/kernel"
 )
 
@@ -14,7 +15,7 @@ func newCleanupCmd() *cobra.Command {
 		Short: "Remove every chain, rule and set handoff owns (idempotent)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := kernel.Cleanup(cmd.Context(), kernel.Options{Logger: newLogger("info", "text")}); err != nil {
+			if err := kernel.Cleanup(cmd.Context(), kernel.Options{Logger: newLogger(config.LogInfo, config.LogText)}); err != nil {
 				return exitError{code: 1, msg: "handoff cleanup: " + err.Error()}
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), "handoff cleanup: no handoff chains, rules or sets remain")

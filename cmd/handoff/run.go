@@ -215,13 +215,13 @@ func hasIPv6(cfg *config.Config) bool {
 }
 
 // newLogger builds the process logger; level and format were validated.
-func newLogger(level, format string) *logrus.Entry {
+func newLogger(level config.LogLevel, format config.LogFormat) *logrus.Entry {
 	l := logrus.New()
 	l.SetOutput(os.Stderr)
-	if lv, err := logrus.ParseLevel(level); err == nil {
+	if lv, err := logrus.ParseLevel(string(level)); err == nil {
 		l.SetLevel(lv)
 	}
-	if format == "json" {
+	if format == config.LogJSON {
 		l.SetFormatter(&logrus.JSONFormatter{})
 	} else {
 		l.SetFormatter(&logrus.TextFormatter{FullTimestamp: true})
