@@ -579,3 +579,6 @@ func (k *fakeKernel) tableText(fam family, t table) string {
 	b, _ := fakeTables{k, fam}.save(context.Background(), t, false)
 	return string(b)
 }
+
+// defaultLayout is the mark layout of DefaultMarkMask.
+var defaultLayout, _ = newMarkLayout(DefaultMarkMask)

@@ -61,6 +61,21 @@ func (d *Dataplane) syncLocked(ctx context.Context, svcs []*service, verify bool
 		}
 	}()
 
+	// Slots: learnt from the dispatch rules by the first Sync, so that the
+	// index entries a previous run made still mean the same backends.
+	fams := d.families(ctx, svcs)
+	if d.slots == nil {
+		t, err := d.learnSlots(ctx, fams)
+		if err != nil {
+			return nil, err
+		}
+		d.slots = t
+	}
+	fill, err := d.slots.assign(svcs, d.layout)
+	if err != nil {
+		return nil, fmt.Errorf("kernel: %w", err)
+	}
+
 	// (1) Sets, before any rule refers to them. One listing of the
 	// headers says which sets exist as wanted; only the others are
 	// created or rebuilt.
@@ -83,6 +98,17 @@ func (d *Dataplane) syncLocked(ctx context.Context, svcs []*service, verify bool
 				return nil, err
 			}
 		}
+		wanted[s.index] = true
+		if h, ok := have[s.index]; ok && h.is(s.indexSpec()) {
+			continue
+		}
+		if err := d.ensureIndex(s, have); err != nil {
+			return nil, err
+		}
+		fill = slices.DeleteFunc(fill, func(r ref) bool { return r.s == s })
+		for i := range s.backends {
+			fill = append(fill, ref{s, &s.backends[i]})
+		}
 	}
 	byName := make(map[string]*service, len(svcs))
 	for _, s := range svcs {
@@ -92,8 +118,17 @@ func (d *Dataplane) syncLocked(ctx context.Context, svcs []*service, verify bool
 	d.svcs = byName
 	d.mu.Unlock()
 
+	// The pins of backends new to their index, before any rule sends a
+	// new connection by the index.
+	if err := d.fillIndex(ctx, fill); err != nil {
+		for _, r := range fill {
+			delete(d.slots[r.s.name], r.b.name) // filled again next time
+		}
+		return nil, err
+	}
+
 	// (2) and (3) Rules and jumps, family by family.
-	for _, fam := range d.families(ctx, svcs) {
+	for _, fam := range fams {
 		c, err := d.syncRules(ctx, fam, svcs, verify)
 		changes = append(changes, c...)
 		if err != nil {
@@ -125,6 +160,36 @@ func (d *Dataplane) syncLocked(ctx context.Context, svcs []*service, verify bool
 		d.log.WithField("set", name).Info("destroyed the ipset of a removed backend")
 	}
 	return changes, nil
+}
+
+// ensureIndex creates the index set of s, or empties it into the right
+// spec when a set of its name exists with another one (a rule may use it,
+// so it is swapped with a fresh set rather than destroyed). Either way
+// the caller fills it.
+func (d *Dataplane) ensureIndex(s *service, have map[string]setHeader) error {
+	spec := s.indexSpec()
+	if _, ok := have[s.index]; !ok {
+		if err := d.sets.create(s.index, spec); err != nil {
+			return fmt.Errorf("ipset %q: create: %w", s.index, err)
+		}
+		return nil
+	}
+	d.log.WithField("set", s.index).Warn("the index set exists with other parameters; making it afresh (its clients are indexed again)")
+	tmp := tempSetName(s.index)
+	if err := d.sets.destroy(tmp); err != nil {
+		return fmt.Errorf("ipset %q: destroy leftover %q: %w", s.index, tmp, err)
+	}
+	if err := d.sets.create(tmp, spec); err != nil {
+		return fmt.Errorf("ipset %q: create %q: %w", s.index, tmp, err)
+	}
+	if err := d.sets.swap(s.index, tmp); err != nil {
+		_ = d.sets.destroy(tmp)
+		return fmt.Errorf("ipset %q: swap with %q: %w", s.index, tmp, err)
+	}
+	if err := d.sets.destroy(tmp); err != nil {
+		d.log.WithFields(logrus.Fields{"set": tmp, "err": err}).Warn("cannot destroy the old index set")
+	}
+	return nil
 }
 
 // ensureSet creates set name, or rebuilds it when it exists with another
@@ -312,9 +377,9 @@ func (d *Dataplane) families(ctx context.Context, svcs []*service) []family {
 // (the table changed behind handoff's back), the table is read and
 // planned again. The canary verifies every table every CanaryInterval.
 func (d *Dataplane) syncRules(ctx context.Context, fam family, svcs []*service, verify bool) ([]string, error) {
-	want := render(fam, svcs)
+	want := render(fam, svcs, d.layout)
 	var changes []string
-	for _, t := range []table{natTable, filterTable} {
+	for _, t := range tables {
 		var c []string
 		var err error
 		if !verify && d.cache[fam][t] != nil {

@@ -117,11 +117,11 @@ func TestRender(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			r := render(c.fam, svcs)
+			r := render(c.fam, svcs, defaultLayout)
 			if got := renderText(r); got != c.want {
 				t.Errorf("got\n%s\nwant\n%s", got, c.want)
 			}
-			other := render(1-c.fam, svcs)
+			other := render(1-c.fam, svcs, defaultLayout)
 			if got := renderText(other); got != "*nat\n*filter\n" {
 				t.Errorf("other family got rules:\n%s", got)
 			}
