@@ -146,6 +146,9 @@ func (d *Dataplane) fillIndex(ctx context.Context, bes []ref) error {
 			errs := make([]error, pinChunk)
 			flush := func() error {
 				es = slices.DeleteFunc(es, func(e setAdd) bool { return t.has(e.ip) })
+				if len(es) == 0 {
+					return ctx.Err()
+				}
 				d.sets.addBatch(es, true, errs[:len(es)])
 				for i, err := range errs[:len(es)] {
 					if err != nil {
@@ -215,4 +218,106 @@ func (d *Dataplane) untrack(index string) {
 	d.mu.Lock()
 	delete(d.touched, index)
 	d.mu.Unlock()
+}
+
+// Index collection. The kernel expires a pin in its set but not the
+// client's index entry (index entries have no timeout, as the in-kernel
+// refresh of a pin, SET --add-set --exist, would reset an entry's mark),
+// so entries of pins that expired, or were unpinned or flushed, stay
+// until collected. A stale entry is harmless, its backend's leaf rules
+// miss and the connection reaches the listener, but it takes room;
+// collectIndexes removes them once they are more than a few.
+const (
+	gcMinStale  = 4096 // stale entries tolerated whatever the pin count
+	gcStaleFrac = 8    // and one per gcStaleFrac pins
+)
+
+// collectIndexes collects the index of every service whose index holds
+// more than gcMinStale and 1/gcStaleFrac of its pins in stale entries.
+func (d *Dataplane) collectIndexes(ctx context.Context) {
+	d.mu.RLock()
+	svcs := make([]*service, 0, len(d.svcs))
+	for _, s := range d.svcs {
+		svcs = append(svcs, s)
+	}
+	d.mu.RUnlock()
+	hs, err := d.sets.headers() // one listing counts every set
+	if err != nil {
+		return
+	}
+	count := make(map[string]int, len(hs))
+	for _, h := range hs {
+		count[h.name] = h.entries
+	}
+	for _, s := range svcs {
+		if ctx.Err() != nil {
+			return
+		}
+		entries := count[s.index]
+		pins := 0
+		for _, b := range s.backends {
+			pins += max(count[b.set], 0)
+		}
+		if entries-pins <= max(gcMinStale, pins/gcStaleFrac) {
+			continue
+		}
+		start := time.Now()
+		n, err := d.gcIndex(ctx, s)
+		l := d.log.WithFields(logrus.Fields{"set": s.index, "removed": n, "pins": pins, "took": time.Since(start).Round(time.Millisecond)})
+		if err != nil {
+			l.WithError(err).Warn("collecting stale index entries failed; retried at the next check")
+			continue
+		}
+		l.Info("collected the index entries of expired pins")
+	}
+}
+
+// indexEntry is one entry of an index as gcIndex lists it.
+type indexEntry struct {
+	ip   netip.Addr
+	slot uint32
+	live bool // its backend's set holds the client
+}
+
+// gcIndex removes the entries of s's index whose backend's set does not
+// hold the client, and returns how many it removed. Entries written while
+// it runs are left alone.
+func (d *Dataplane) gcIndex(ctx context.Context, s *service) (int, error) {
+	t := d.track(s.index)
+	defer d.untrack(s.index)
+	var es []indexEntry
+	err := d.sets.list(s.index, func(m member) error {
+		es = append(es, indexEntry{ip: m.ip, slot: (m.mark.value & d.layout.mask) >> d.layout.shift})
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("ipset %q: list: %w", s.index, err)
+	}
+	slices.SortFunc(es, func(a, b indexEntry) int { return a.ip.Compare(b.ip) })
+	for _, b := range s.backends {
+		err := d.sets.list(b.set, func(m member) error {
+			i, ok := slices.BinarySearchFunc(es, m.ip, func(e indexEntry, ip netip.Addr) int { return e.ip.Compare(ip) })
+			if ok && es[i].slot == b.slot {
+				es[i].live = true
+			}
+			return ctx.Err()
+		})
+		if err != nil && !errors.Is(err, errNoSet) {
+			return 0, fmt.Errorf("ipset %q: list: %w", b.set, err)
+		}
+	}
+	n := 0
+	for _, e := range es {
+		if e.live || t.has(e.ip) {
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return n, err
+		}
+		if err := d.sets.del(s.index, e.ip); err != nil {
+			return n, fmt.Errorf("ipset %q: del %s: %w", s.index, e.ip, err)
+		}
+		n++
+	}
+	return n, nil
 }

@@ -74,6 +74,8 @@ type setHeader struct {
 	// comments (or, for an index, skbinfo), and no option that create
 	// does not give.
 	exact bool
+	// entries is the number of entries, -1 where the kernel does not say.
+	entries int
 }
 
 // is reports whether h is a set that create(name, s) would leave alone.
@@ -357,6 +359,7 @@ func (s *nlSets) headers() ([]setHeader, error) {
 func parseHeader(attrs []byte) (h setHeader, ok bool) {
 	typ, fam := "", byte(0)
 	exact, timeout, flags := true, false, uint32(0)
+	h.entries = -1
 	for t, val := range attributes(attrs) {
 		switch t {
 		case nl.IPSET_ATTR_SETNAME:
@@ -377,7 +380,9 @@ func parseHeader(attrs []byte) (h setHeader, ok bool) {
 					timeout = true
 				case t == nl.IPSET_ATTR_CADT_FLAGS && len(val) == 4:
 					flags = binary.BigEndian.Uint32(val)
-				case t == nl.IPSET_ATTR_HASHSIZE, t == nl.IPSET_ATTR_ELEMENTS, t == nl.IPSET_ATTR_REFERENCES, t == nl.IPSET_ATTR_MEMSIZE:
+				case t == nl.IPSET_ATTR_ELEMENTS && len(val) == 4:
+					h.entries = int(binary.BigEndian.Uint32(val))
+				case t == nl.IPSET_ATTR_HASHSIZE, t == nl.IPSET_ATTR_REFERENCES, t == nl.IPSET_ATTR_MEMSIZE:
 				default:
 					exact = false // netmask, bucketsize, markmask...
 				}

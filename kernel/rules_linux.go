@@ -264,7 +264,8 @@ func render(fam family, svcs []*service, l markLayout) rendered {
 // dispatch returns the service chain and the tree below it. The tree has
 // as many levels as the largest slot has hexadecimal digits; a chain of
 // level k > 1 sends each group of slots that share their digits above
-// level k-1 to a chain of its own (HO-SVC-<svc>.<those digits>), and the
+// level k-1 to a chain of its own (HO-SVC-<svc>.<those digits>, e.g.
+// HO-SVC-web.3 and HO-SVC-web.3e for slot 0x3e8), and the
 // chains of level 1 hold the leaf rules. Chains with no backend below
 // them are not made.
 func (s *service) dispatch(l markLayout) []chain {
@@ -294,7 +295,9 @@ func (s *service) dispatch(l markLayout) []chain {
 			for n < len(bes) && bes[n].slot>>shift == prefix {
 				n++
 			}
-			child := chain{name: dataplane.ServiceChain(s.name) + "." + strconv.FormatUint(uint64(prefix), 16)}
+			// The digits above the child's level, all of them, so that
+			// chains of different levels never share a name.
+			child := chain{name: fmt.Sprintf("%s.%0*x", dataplane.ServiceChain(s.name), levels-level+1, prefix)}
 			c.add(l.match(prefix<<shift, l.slotBits(uint(shift))) + " " + comment(commentPrefix+" "+s.name+" dispatch") + " -g " + child.name)
 			node(&child, level-1, bes[:n])
 			out = append(out, child)

@@ -498,6 +498,7 @@ func (d *Dataplane) canaryLoop(ctx context.Context, every time.Duration) {
 			return
 		case <-t.C:
 			d.checkCanary(ctx)
+			d.collectIndexes(ctx)
 		}
 	}
 }

@@ -42,8 +42,8 @@ func TestSyncTrustsWhatItWrote(t *testing.T) {
 
 	saves = k.saves
 	d.checkCanary(ctx)
-	if k.saves-saves != 2 {
-		t.Errorf("canary check read %d tables, want 2 (ipv4 nat and filter)", k.saves-saves)
+	if k.saves-saves != 3 {
+		t.Errorf("canary check read %d tables, want 3 (ipv4 mangle, nat and filter)", k.saves-saves)
 	}
 }
 
@@ -65,8 +65,8 @@ func TestSyncRereadsOnFailure(t *testing.T) {
 	d.ipt[ipv4] = inputsTables{d.ipt[ipv4], &inputs}
 	saves, restores := k.saves, k.restore
 	mustSync(t, d, st)
-	if k.saves-saves != 1 || k.restore-restores != 3 {
-		t.Errorf("Sync read %d tables and ran %d restores, want 1 (nat) and 3 (nat twice, filter)", k.saves-saves, k.restore-restores)
+	if k.saves-saves != 1 || k.restore-restores != 4 {
+		t.Errorf("Sync read %d tables and ran %d restores, want 1 (nat) and 4 (mangle, nat twice, filter)", k.saves-saves, k.restore-restores)
 	}
 	if nat := k.tableText(ipv4, natTable); strings.Contains(nat, "HO-SVC-api") || !strings.Contains(nat, ":FOREIGN") {
 		t.Errorf("nat after removing api:\n%s", nat)
@@ -76,7 +76,7 @@ func TestSyncRereadsOnFailure(t *testing.T) {
 	}
 	// The fallback still plans with what was last written: it rewrites
 	// only the chains that change.
-	if len(inputs) != 3 || strings.Count(string(inputs[1]), ":HO-SVC-") != 1 {
+	if len(inputs) != 4 || strings.Count(string(inputs[2]), ":HO-SVC-") != 1 {
 		t.Errorf("restores:\n%s", bytes.Join(inputs, []byte("--\n")))
 	}
 }
