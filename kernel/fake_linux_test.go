@@ -76,8 +76,8 @@ type fakeKernel struct {
 	// lastWalk is the cost of the last synLands: rules looked at and set
 	// lookups made.
 	lastWalk struct{ rules, lookups int }
-	creates int // create calls
-	batches int // addBatch calls
+	creates  int // create calls
+	batches  int // addBatch calls
 }
 
 func newFakeKernel() *fakeKernel {
