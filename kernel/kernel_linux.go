@@ -70,9 +70,9 @@ type Dataplane struct {
 	slots  slotTable  // nil until learnt from the kernel by the first Sync
 	dirty  bool       // the last attempt to apply last failed
 	errMsg string     // the last sync error logged, to log each once
-	// cache holds, by family and table, the text of each chain as last
-	// written or read back; nil means unknown (read the table first).
-	cache  [2]map[table]map[string]string
+	// cache holds, by family and table, what Sync last wrote and read
+	// back; nil means unknown (read the table first).
+	cache  [2]map[table]*tableCache
 	v6     bool // ip6tables is managed
 	v6seen bool // whether ip6tables was checked for leftovers
 	// staleWarned holds stale sets whose destruction failed and was
@@ -141,7 +141,7 @@ func newDataplane(o Options, sets ipsets, flows flowDeleter, ipt [2]iptables) *D
 		layout:  layout,
 	}
 	for f := range d.cache {
-		d.cache[f] = map[table]map[string]string{}
+		d.cache[f] = map[table]*tableCache{}
 	}
 	return d
 }

@@ -425,13 +425,14 @@ type restorePlan struct {
 	write   []chain  // declared (created or flushed), then filled
 	flush   []string // chains declared only: stale chains about to go
 	unlink  []string // "-D" lines for rules of other chains jumping to stale ones
+	unjump  []string // "-D" lines of edited base jumps
 	jumps   []string // "-I" lines of missing base jumps
 	remove  []string // chains deleted at the end
 	reasons []string // why each chain is written, for logs
 }
 
 func (p *restorePlan) empty() bool {
-	return len(p.write) == 0 && len(p.flush) == 0 && len(p.unlink) == 0 && len(p.jumps) == 0 && len(p.remove) == 0
+	return len(p.write) == 0 && len(p.flush) == 0 && len(p.unlink) == 0 && len(p.unjump) == 0 && len(p.jumps) == 0 && len(p.remove) == 0
 }
 
 // text renders the plan as iptables-restore --noflush input. Order
@@ -454,6 +455,9 @@ func (p *restorePlan) text() []byte {
 			b.WriteString(r + "\n")
 		}
 	}
+	for _, l := range p.unjump {
+		b.WriteString(l + "\n")
+	}
 	for _, l := range p.jumps {
 		b.WriteString(l + "\n")
 	}
@@ -464,24 +468,79 @@ func (p *restorePlan) text() []byte {
 	return b.Bytes()
 }
 
+// tableCache is what handoff knows of a table it wrote last: the text it
+// rendered of each of its chains, and the chains and base jumps as the
+// kernel showed them right after (iptables-save's spelling differs from
+// the rendered text: "--ctproto 6", addresses without /32). A rule edited
+// behind handoff's back differs from the kernel's form while the rule
+// count stays; the canary's read of the table compares the two.
+type tableCache struct {
+	rendered map[string]string   // chain → its rendered text
+	kernel   map[string][]string // chain → its rules after the write
+	jumps    map[string]string   // baseJump.key() → the jump after the write
+}
+
+// readBack records in c what the kernel shows of want and of the base
+// jumps of t.
+func (c *tableCache) readBack(t table, want []chain, cur saved) {
+	c.rendered = make(map[string]string, len(want))
+	c.kernel = make(map[string][]string, len(want))
+	c.jumps = map[string]string{}
+	for _, ch := range want {
+		c.rendered[ch.name] = ch.text()
+		c.kernel[ch.name] = cur.chains[ch.name]
+	}
+	for _, j := range baseJumps {
+		if j.table != t {
+			continue
+		}
+		if js := cur.jumpRules(j); len(js) == 1 {
+			c.jumps[j.key()] = js[0]
+		}
+	}
+}
+
+// key names a base jump in a tableCache.
+func (j baseJump) key() string { return j.builtin + ">" + j.target }
+
+// jumpRules returns the rules of j's built-in chain that jump to j's
+// target.
+func (s saved) jumpRules(j baseJump) []string {
+	var out []string
+	for _, r := range s.chains[j.builtin] {
+		if ruleTarget(r) == j.target {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
 // planTable works out what must change in table t: chains whose rendered
-// text differs from the cache or whose rule count differs from the kernel's
-// are rewritten, owned chains not wanted are removed (keep says which
-// unwanted owned chains to leave alone), and missing base jumps are
-// inserted.
-func planTable(t table, want []chain, cache map[string]string, cur saved, keep func(string) bool) *restorePlan {
+// text differs from the cache's, whose rule count differs from the
+// kernel's, or whose rules differ from what the kernel showed after the
+// last write (edited, replaced or reordered behind handoff's back) are
+// rewritten; owned chains not wanted are removed (keep says which
+// unwanted owned chains to leave alone); missing base jumps are inserted,
+// and edited or repeated ones replaced. cache may be nil (nothing known).
+func planTable(t table, want []chain, cache *tableCache, cur saved, keep func(string) bool) *restorePlan {
+	if cache == nil {
+		cache = &tableCache{}
+	}
 	p := &restorePlan{table: t}
 	wanted := map[string]bool{}
 	for _, c := range want {
 		wanted[c.name] = true
 		rules, exists := cur.chains[c.name]
+		kernel, known := cache.kernel[c.name]
 		switch {
 		case !exists:
 			p.reasons = append(p.reasons, c.name+" missing")
 		case len(rules) != len(c.rules):
 			p.reasons = append(p.reasons, fmt.Sprintf("%s has %d rules, want %d", c.name, len(rules), len(c.rules)))
-		case cache[c.name] != c.text():
+		case cache.rendered[c.name] != c.text():
 			p.reasons = append(p.reasons, c.name+" changed")
+		case known && !slices.Equal(rules, kernel):
+			p.reasons = append(p.reasons, c.name+" edited: "+firstDiff(rules, kernel))
 		default:
 			continue
 		}
@@ -497,11 +556,35 @@ func planTable(t table, want []chain, cache map[string]string, cur saved, keep f
 	p.flush, p.remove = stale, stale
 	p.unlink = unlinkLines(cur, stale)
 	for _, j := range baseJumps {
-		if j.table == t && !cur.jumpsTo(j.builtin, j.target) {
-			p.jumps = append(p.jumps, j.line())
+		if j.table != t {
+			continue
 		}
+		js := cur.jumpRules(j)
+		form, known := cache.jumps[j.key()]
+		switch {
+		case len(js) == 1 && (!known || js[0] == form):
+			continue
+		case len(js) == 0:
+			p.reasons = append(p.reasons, "jump missing: "+j.builtin+" -> "+j.target)
+		default:
+			p.reasons = append(p.reasons, fmt.Sprintf("jump edited: %s -> %s: %s", j.builtin, j.target, strings.Join(js, " | ")))
+			for _, r := range js {
+				p.unjump = append(p.unjump, "-D"+strings.TrimPrefix(r, "-A"))
+			}
+		}
+		p.jumps = append(p.jumps, j.line())
 	}
 	return p
+}
+
+// firstDiff describes where two rule lists first differ.
+func firstDiff(got, want []string) string {
+	for i := range min(len(got), len(want)) {
+		if got[i] != want[i] {
+			return fmt.Sprintf("rule %d is %q, was %q", i+1, got[i], want[i])
+		}
+	}
+	return "rules differ"
 }
 
 // unlinkLines returns "-D" lines deleting every rule outside handoff's

@@ -402,7 +402,9 @@ func (d *Dataplane) syncRules(ctx context.Context, fam family, svcs []*service, 
 
 // syncTable brings table t of family fam to the chains want and returns
 // the changes it made. It plans from the table as iptables-save shows it,
-// or, with trusted set, as the cache says it was last written. When a
+// or, with trusted set, as the cache says it was last written. After a
+// write it reads the table back, so that the cache holds the kernel's
+// form of every chain and jump for the canary to compare with. When a
 // restore planned from iptables-save fails, the cache of the table is
 // dropped.
 func (d *Dataplane) syncTable(ctx context.Context, fam family, t table, want []chain, trusted bool) ([]string, error) {
@@ -418,46 +420,52 @@ func (d *Dataplane) syncTable(ctx context.Context, fam family, t table, want []c
 		cur = parseSave(out)
 	}
 	p := planTable(t, want, cache, cur, func(c string) bool { return c == chainProbe })
-	var c []string
-	if !p.empty() {
-		c = p.reasons
-		for _, j := range p.jumps {
-			c = append(c, "jump missing: "+j)
+	if p.empty() {
+		if cache == nil {
+			// Nothing to write, nothing known: what is there is right.
+			cache = &tableCache{}
+			cache.readBack(t, want, cur)
+			d.cache[fam][t] = cache
 		}
-		for _, r := range p.remove {
-			c = append(c, r+" removed")
-		}
-		data := p.text()
-		if err := d.ipt[fam].restore(ctx, data); err != nil {
-			werr := fmt.Errorf("kernel: %s %s table: %w", fam, t, err)
-			var re *restoreError
-			rejected := errors.As(err, &re) && re.line > 0
-			if trusted {
-				// The caller reads the table and tries again. When the
-				// tool rejected a line, nothing was written and the cache
-				// still says what was; else (killed, say) perhaps all was.
-				if !rejected {
-					d.cache[fam][t] = nil
-				}
-				return nil, werr
-			}
-			d.cache[fam][t] = nil
-			f := logrus.Fields{"family": fam.String(), "table": string(t), "err": err}
-			if re != nil {
-				f["input"] = "\n" + linesAround(data, re.line, 2)
-			}
-			if msg := werr.Error(); msg != d.errMsg {
-				d.errMsg = msg // log the restore input once per distinct failure
-				d.log.WithFields(f).Error("applying rules failed")
+		return nil, nil
+	}
+	c := p.reasons
+	for _, r := range p.remove {
+		c = append(c, r+" removed")
+	}
+	data := p.text()
+	if err := d.ipt[fam].restore(ctx, data); err != nil {
+		werr := fmt.Errorf("kernel: %s %s table: %w", fam, t, err)
+		var re *restoreError
+		rejected := errors.As(err, &re) && re.line > 0
+		if trusted {
+			// The caller reads the table and tries again. When the
+			// tool rejected a line, nothing was written and the cache
+			// still says what was; else (killed, say) perhaps all was.
+			if !rejected {
+				d.cache[fam][t] = nil
 			}
 			return nil, werr
 		}
-		d.log.WithFields(logrus.Fields{"family": fam.String(), "table": string(t), "changes": strings.Join(c, "; ")}).Debug("applied rules")
+		d.cache[fam][t] = nil
+		f := logrus.Fields{"family": fam.String(), "table": string(t), "err": err}
+		if re != nil {
+			f["input"] = "\n" + linesAround(data, re.line, 2)
+		}
+		if msg := werr.Error(); msg != d.errMsg {
+			d.errMsg = msg // log the restore input once per distinct failure
+			d.log.WithFields(f).Error("applying rules failed")
+		}
+		return nil, werr
 	}
-	cache = make(map[string]string, len(want))
-	for _, ch := range want {
-		cache[ch.name] = ch.text()
+	d.log.WithFields(logrus.Fields{"family": fam.String(), "table": string(t), "changes": strings.Join(c, "; ")}).Debug("applied rules")
+	out, err := d.ipt[fam].save(ctx, t, false)
+	if err != nil {
+		d.cache[fam][t] = nil // written, but not known: read next time
+		return nil, fmt.Errorf("kernel: %s %s table: reading back: %w", fam, t, err)
 	}
+	cache = &tableCache{}
+	cache.readBack(t, want, parseSave(out))
 	d.cache[fam][t] = cache
 	changes := make([]string, len(c))
 	for i, ch := range c {
@@ -466,20 +474,19 @@ func (d *Dataplane) syncTable(ctx context.Context, fam family, t table, want []c
 	return changes, nil
 }
 
-// cachedTable is table t as handoff last wrote it: the chains of cache,
-// and the jumps into them from the built-in chains.
-func cachedTable(t table, cache map[string]string) saved {
-	s := saved{exists: true, chains: make(map[string][]string, len(cache))}
-	for name, text := range cache {
-		var rules []string
-		if text != "" {
-			rules = strings.Split(text, "\n")
-		}
+// cachedTable is table t as handoff last wrote it: its chains and the
+// jumps into them from the built-in chains, as the kernel showed them.
+func cachedTable(t table, cache *tableCache) saved {
+	s := saved{exists: true, chains: make(map[string][]string, len(cache.kernel))}
+	for name, rules := range cache.kernel {
 		s.chains[name] = rules
 	}
 	for _, j := range baseJumps {
-		if j.table == t {
-			s.chains[j.builtin] = append(s.chains[j.builtin], "-A "+j.builtin+" -j "+j.target)
+		if j.table != t {
+			continue
+		}
+		if r, ok := cache.jumps[j.key()]; ok {
+			s.chains[j.builtin] = append(s.chains[j.builtin], r)
 		}
 	}
 	return s
