@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -156,5 +157,95 @@ func TestNSUpgradeKeepsPins(t *testing.T) {
 	}
 	if out := lb.Run(t, "ipset", "list", "ho-web-be1"); !strings.Contains(out, `comment "src=kept"`) {
 		t.Errorf("the pin lost its key:\n%s", out)
+	}
+}
+
+// TestNSCanaryRepairsDrift changes handoff's kernel objects behind its
+// back, one kind of change at a time (a rule edited in place, its port or
+// verdict replaced, rules reordered or deleted, chains flushed or
+// deleted, jumps deleted or edited, the mangle and filter rules, the index
+// emptied, everything removed), runs one canary check and checks that the
+// tables are back to what the Sync made, that the change was counted, and
+// that pinned clients reach their backends in the kernel again.
+func TestNSCanaryRepairsDrift(t *testing.T) {
+	nstest.RequireRoot(t)
+	tp := nstest.NewTopology(t, 2)
+	others, _ := tp.AddClients(t, 1)
+	seen, _ := labBackends(t, tp)
+	d, _ := newNSDataplane(t, tp.LB, Options{})
+	st := labState(2, time.Hour, 1000)
+	st.Services = st.Services[:1]
+	mustSync(t, d, st)
+	ctx := context.Background()
+	pins := map[netip.Addr]int{nstest.Client4: 1, others[0]: 0}
+	pinAll := func(t *testing.T) {
+		for c, be := range pins {
+			mustPin(t, d, dataplane.Pin{Service: "web", Backend: fmt.Sprintf("be%d", be), Client: c})
+		}
+	}
+	pinAll(t)
+	tables := func() []string {
+		var out []string
+		for _, tb := range []string{"mangle", "nat", "filter"} {
+			out = append(out, handoffLines(tp.LB.Run(t, "iptables-save", "-t", tb))...)
+		}
+		return out
+	}
+	want := tables()
+	vip := netip.AddrPortFrom(nstest.LBClient4, 80)
+	dnat := func(be int, to string) string {
+		return fmt.Sprintf(`-p tcp -m mark --mark 0x%x/0xfff00000 -m set --match-set ho-web-be%d src -m comment --comment "handoff web/be%d dnat" -j %s`, (be+1)<<20, be, be, to)
+	}
+	for _, c := range []struct {
+		name   string
+		script string
+		lost   bool // the drift destroyed the pins themselves
+	}{
+		{"rule edited in place", "iptables -t nat -R HO-SVC-web 3 " + dnat(0, "DNAT --to-destination 198.19.1.12:8080"), false},
+		{"port replaced", "iptables -t nat -R HO-SVC-web 5 " + dnat(1, "DNAT --to-destination 198.19.1.12:9999"), false},
+		{"verdict replaced", "iptables -t nat -R HO-SVC-web 5 " + dnat(1, "RETURN"), false},
+		{"rules reordered", "iptables -t nat -D HO-SVC-web 3 && iptables -t nat -I HO-SVC-web 2 " + dnat(0, "DNAT --to-destination 198.19.1.11:8080"), false},
+		{"rule deleted", "iptables -t nat -D HO-SVC-web 5", false},
+		{"chain flushed", "iptables -t nat -F HO-SVC-web", false},
+		{"chain deleted", "iptables -t nat -F HANDOFF-PREROUTING && iptables -t nat -F HANDOFF-OUTPUT && iptables -t nat -F HO-SVC-web && iptables -t nat -X HO-SVC-web", false},
+		{"jump deleted", `iptables -t nat -D PREROUTING -m comment --comment "handoff jump" -j HANDOFF-PREROUTING`, false},
+		{"jump edited", `iptables -t nat -R PREROUTING 1 -s 10.0.0.0/8 -m comment --comment "handoff jump" -j HANDOFF-PREROUTING`, false},
+		{"jump doubled", `iptables -t nat -A PREROUTING -m comment --comment "handoff jump" -j HANDOFF-PREROUTING`, false},
+		{"mangle rule deleted", "iptables -t mangle -F HANDOFF-MARK", false},
+		{"mangle jump edited", `iptables -t mangle -R PREROUTING 1 -m conntrack --ctstate INVALID -m comment --comment "handoff jump" -j HANDOFF-MARK`, false},
+		{"forward rule replaced", "iptables -R HANDOFF-FORWARD 1 -j DROP", false},
+		{"index emptied", "ipset flush hoi-web", false},
+		{"index destroyed", "iptables -t mangle -F HANDOFF-MARK && ipset destroy hoi-web", false},
+		{"everything removed", "iptables -t mangle -F HANDOFF-MARK && iptables -t nat -F HO-SVC-web && ipset destroy hoi-web && ipset destroy ho-web-be0 && ipset destroy ho-web-be1", true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			tp.LB.Run(t, "sh", "-c", c.script)
+			before := d.Repairs()
+			d.checkCanary(ctx)
+			d.collectIndexes(ctx)
+			if d.Repairs() == before {
+				t.Error("the repair was not counted")
+			}
+			if got := tables(); !slices.Equal(got, want) {
+				t.Errorf("after one canary check:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+			}
+			if c.lost {
+				pinAll(t)
+			}
+			for cl, be := range pins {
+				conn, err := dialVIP(ctx, tp, cl, vip)
+				if err != nil {
+					t.Fatalf("client of be%d after the repair: %v", be, err)
+				}
+				conn.Close()
+				select {
+				case <-seen[be]:
+				case got := <-seen[1-be]:
+					t.Errorf("client of be%d went to be%d (%s)", be, 1-be, got)
+				case <-time.After(3 * time.Second):
+					t.Errorf("client of be%d reached no backend", be)
+				}
+			}
+		})
 	}
 }

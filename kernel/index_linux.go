@@ -233,7 +233,8 @@ const (
 )
 
 // collectIndexes collects the index of every service whose index holds
-// more than gcMinStale and 1/gcStaleFrac of its pins in stale entries.
+// more than gcMinStale and 1/gcStaleFrac of its pins in stale entries,
+// and indexes again the pins of a service whose index lost its entries.
 func (d *Dataplane) collectIndexes(ctx context.Context) {
 	d.mu.RLock()
 	svcs := make([]*service, 0, len(d.svcs))
@@ -257,6 +258,22 @@ func (d *Dataplane) collectIndexes(ctx context.Context) {
 		pins := 0
 		for _, b := range s.backends {
 			pins += max(count[b.set], 0)
+		}
+		if entries >= 0 && entries*4 < pins {
+			// Far fewer entries than pins: the index was flushed behind
+			// handoff's back (a migration holds a client in two sets
+			// for a while, but never a service's pins twice over).
+			d.log.WithFields(logrus.Fields{"set": s.index, "entries": entries, "pins": pins}).
+				Warn("the index set lost its entries; indexing the pins again")
+			d.repairs.Add(1)
+			bes := make([]ref, len(s.backends))
+			for i := range s.backends {
+				bes[i] = ref{s, &s.backends[i]}
+			}
+			if err := d.fillIndex(ctx, bes); err != nil {
+				d.log.WithError(err).WithField("set", s.index).Warn("indexing the pins again failed; retried at the next check")
+			}
+			continue
 		}
 		if entries-pins <= max(gcMinStale, pins/gcStaleFrac) {
 			continue

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -80,6 +81,10 @@ type Dataplane struct {
 	staleWarned map[string]bool
 
 	counts countCache // what Counters last read
+
+	// repairs counts the drifts found and repaired: chains, rules, jumps
+	// and sets changed behind handoff's back, and index sets emptied.
+	repairs atomic.Uint64
 
 	stop context.CancelFunc
 	done chan struct{}
@@ -159,6 +164,10 @@ func (d *Dataplane) start(ctx context.Context) {
 	d.done = make(chan struct{})
 	go d.canaryLoop(ctx, every)
 }
+
+// Repairs returns how many differences between the kernel and the
+// desired state the canary found and repaired since New.
+func (d *Dataplane) Repairs() uint64 { return d.repairs.Load() }
 
 // Close stops the canary and releases the netlink sockets and the
 // namespace handle. Kernel objects stay. Close is idempotent.

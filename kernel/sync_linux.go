@@ -91,19 +91,23 @@ func (d *Dataplane) syncLocked(ctx context.Context, svcs []*service, verify bool
 	for _, s := range svcs {
 		for _, b := range s.backends {
 			wanted[b.set] = true
-			if h, ok := have[b.set]; ok && h.is(s.spec()) {
+			h, ok := have[b.set]
+			if ok && h.is(s.spec()) {
 				continue
 			}
+			changes = append(changes, setChange(b.set, ok))
 			if err := d.ensureSet(ctx, b.set, s.spec()); err != nil {
-				return nil, err
+				return changes, err
 			}
 		}
 		wanted[s.index] = true
-		if h, ok := have[s.index]; ok && h.is(s.indexSpec()) {
+		h, ok := have[s.index]
+		if ok && h.is(s.indexSpec()) {
 			continue
 		}
+		changes = append(changes, setChange(s.index, ok))
 		if err := d.ensureIndex(s, have); err != nil {
-			return nil, err
+			return changes, err
 		}
 		fill = slices.DeleteFunc(fill, func(r ref) bool { return r.s == s })
 		for i := range s.backends {
@@ -160,6 +164,14 @@ func (d *Dataplane) syncLocked(ctx context.Context, svcs []*service, verify bool
 		d.log.WithField("set", name).Info("destroyed the ipset of a removed backend")
 	}
 	return changes, nil
+}
+
+// setChange describes a set made or remade by a Sync.
+func setChange(name string, existed bool) string {
+	if existed {
+		return "ipset " + name + ": other parameters"
+	}
+	return "ipset " + name + " missing"
 }
 
 // ensureIndex creates the index set of s, or empties it into the right
@@ -526,6 +538,7 @@ func (d *Dataplane) checkCanary(ctx context.Context) {
 		}
 		return
 	}
+	d.repairs.Add(uint64(len(changes)))
 	switch {
 	case len(changes) > 0:
 		d.log.WithFields(logrus.Fields{"changes": strings.Join(changes, "; ")}).
