@@ -1,6 +1,7 @@
 package kernel
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -77,7 +78,11 @@ func (d *Dataplane) pinChunk(pins []dataplane.Pin, b *pinBuffers, f *batchError)
 			f.fail(err.Error(), 1, err)
 			continue
 		}
-		b.adds = append(b.adds, setAdd{set: be.set, ip: ip, timeout: s.timeout(p.TTL), comment: sanitizeComment(p.Key)})
+		// The index entry first, as in Pin. A failure of either fails the
+		// pin: a pin without its index entry is not forwarded (the client
+		// meets the listener again), and an index entry without its pin
+		// is merely stale.
+		b.adds = append(b.adds, d.indexAdd(s, be, ip), setAdd{set: be.set, ip: ip, timeout: s.timeout(p.TTL), comment: sanitizeComment(p.Key)})
 	}
 	errs := b.errsFor(len(b.adds))
 	d.sets.addBatch(b.adds, true, errs)
@@ -85,11 +90,16 @@ func (d *Dataplane) pinChunk(pins []dataplane.Pin, b *pinBuffers, f *batchError)
 	// As in Pin: a set being rebuilt gets the pins in its copy too, unless
 	// the copy's smaller maxelem has no room for them.
 	b.shadow = b.shadow[:0]
-	for i, e := range b.adds {
-		if errs[i] != nil {
-			f.failAdd(e, errs[i])
+	for i := 0; i < len(b.adds); i += 2 {
+		if err := cmp.Or(errs[i], errs[i+1]); err != nil {
+			e := b.adds[i+1]
+			if errs[i] != nil {
+				e = b.adds[i]
+			}
+			f.failAdd(e, err)
 			continue
 		}
+		e := b.adds[i+1]
 		if r, ok := d.shadow[e.set]; ok {
 			r.pinned(e.ip)
 			e.set = r.tmp

@@ -13,8 +13,9 @@ import (
 
 // Cleanup removes every kernel object handoff owns in o.NetNS: first the
 // rules of other chains that jump into handoff's chains (the built-in
-// jumps), then the chains HANDOFF-* and HO-SVC-* of the nat and filter
-// tables, IPv4 and IPv6, then the ipsets ho-* and ho6-*. Foreign rules,
+// jumps), then the chains HANDOFF-* and HO-SVC-* of the mangle, nat and
+// filter tables, IPv4 and IPv6, then the ipsets ho-*, ho6-*, hoi-* and
+// hoi6-*. Foreign rules,
 // chains and sets are left alone. Cleanup is idempotent; run it while no
 // handoff daemon runs in the namespace (its canary would restore them).
 func Cleanup(ctx context.Context, o Options) error {
@@ -54,7 +55,7 @@ func cleanup(ctx context.Context, ipts [2]iptables, sets ipsets, log *logrus.Ent
 		if ipt == nil {
 			continue
 		}
-		for _, t := range []table{natTable, filterTable} {
+		for _, t := range tables {
 			out, err := ipt.save(ctx, t, false)
 			if err != nil {
 				errs = append(errs, fmt.Errorf("kernel: cleanup: %w", err))

@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"os/exec"
-	"slices"
 	"strconv"
 	"strings"
 
@@ -90,17 +89,8 @@ func parseCounters(b []byte, out map[dataplane.BackendRef]Counter) {
 		if !ok {
 			continue
 		}
-		args := splitArgs(rest)
-		i := slices.Index(args, "--comment")
-		if i < 0 || i+1 >= len(args) {
-			continue
-		}
-		f := strings.Fields(args[i+1])
-		if len(f) != 3 || f[0] != commentPrefix || f[2] != "dnat" {
-			continue
-		}
-		svc, be, ok := strings.Cut(f[1], "/")
-		if !ok {
+		svc, be, what := ruleTag(rest)
+		if what != "dnat" {
 			continue
 		}
 		p, err1 := strconv.ParseUint(ps, 10, 64)

@@ -23,6 +23,7 @@ import (
 
 // builtinChains are the kernel's chains of each table.
 var builtinChains = map[table][]string{
+	mangleTable: {"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"},
 	natTable:    {"PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"},
 	filterTable: {"INPUT", "FORWARD", "OUTPUT"},
 }
@@ -72,14 +73,20 @@ type fakeKernel struct {
 	flows   []*netlink.ConntrackFlow
 	restore int // restore calls
 	saves   int // save calls
-	creates int // create calls
-	batches int // addBatch calls
+	// lastWalk is the cost of the last synLands: rules looked at and set
+	// lookups made.
+	lastWalk struct{ rules, lookups int }
+	creates  int // create calls
+	batches  int // addBatch calls
 }
 
 func newFakeKernel() *fakeKernel {
 	k := &fakeKernel{sets: map[string]*fakeSet{}, local: map[netip.Addr]bool{}}
 	for f := range k.tables {
-		k.tables[f] = map[table]*fakeTable{natTable: newFakeTable(natTable), filterTable: newFakeTable(filterTable)}
+		k.tables[f] = map[table]*fakeTable{}
+		for t := range builtinChains {
+			k.tables[f][t] = newFakeTable(t)
+		}
 	}
 	return k
 }
@@ -119,7 +126,7 @@ func ruleSets(rule string) []string {
 	var out []string
 	args := splitArgs(rule)
 	for i := 0; i+1 < len(args); i++ {
-		if args[i] == "--match-set" || args[i] == "--add-set" || args[i] == "--del-set" {
+		if args[i] == "--match-set" || args[i] == "--add-set" || args[i] == "--del-set" || args[i] == "--map-set" {
 			out = append(out, args[i+1])
 		}
 	}
@@ -188,14 +195,21 @@ func (f fakeSets) headers() ([]setHeader, error) {
 		if spec.maxelem == 0 {
 			spec.maxelem = defaultMaxelem
 		}
-		out = append(out, setHeader{name: name, spec: spec, exact: true})
+		out = append(out, setHeader{name: name, spec: spec, exact: true, entries: len(f.k.sets[name].members)})
 	}
 	return out, nil
 }
 
 func (f fakeSets) add(name string, ip netip.Addr, timeout uint32, comment string, replace bool) error {
+	return f.addEntry(setAdd{set: name, ip: ip, timeout: timeout, comment: comment}, replace)
+}
+
+// addEntry adds e as the kernel does: a comment needs a set with comments,
+// a mark one with skbinfo.
+func (f fakeSets) addEntry(e setAdd, replace bool) error {
 	f.k.mu.Lock()
 	defer f.k.mu.Unlock()
+	name, ip, timeout, comment := e.set, e.ip, e.timeout, e.comment
 	s := f.k.sets[name]
 	if s == nil {
 		return errNoSet
@@ -208,6 +222,12 @@ func (f fakeSets) add(name string, ip netip.Addr, timeout uint32, comment string
 	}
 	if s.spec.timeout == 0 && timeout > 0 {
 		return fmt.Errorf("timeout extension missing")
+	}
+	if comment != "" && s.spec.index {
+		return fmt.Errorf("comment extension missing")
+	}
+	if e.mark.mask != 0 && !s.spec.index {
+		return fmt.Errorf("skbinfo extension missing")
 	}
 	_, present := s.members[ip]
 	if present && !replace {
@@ -223,7 +243,7 @@ func (f fakeSets) add(name string, ip netip.Addr, timeout uint32, comment string
 	if timeout == 0 {
 		timeout = s.spec.timeout
 	}
-	s.members[ip] = member{ip: ip, timeout: timeout, comment: comment}
+	s.members[ip] = member{ip: ip, timeout: timeout, comment: comment, mark: e.mark}
 	return nil
 }
 
@@ -232,7 +252,7 @@ func (f fakeSets) addBatch(es []setAdd, replace bool, errs []error) {
 	f.k.batches++
 	f.k.mu.Unlock()
 	for i, e := range es {
-		errs[i] = f.add(e.set, e.ip, e.timeout, e.comment, replace)
+		errs[i] = f.addEntry(e, replace)
 	}
 }
 
@@ -478,7 +498,10 @@ func (f fakeTables) checkRule(work *fakeTable, t table, spec []string) error {
 			if (target == "DNAT" || target == "MASQUERADE") && t != natTable {
 				return fmt.Errorf("%s only in the nat table", target)
 			}
-		case "--match-set", "--add-set":
+			if target == "SET" && slices.Contains(spec, "--map-set") && t != mangleTable {
+				return fmt.Errorf("--map-set only usable from mangle table")
+			}
+		case "--match-set", "--add-set", "--map-set":
 			if _, ok := f.k.sets[spec[i+1]]; !ok {
 				return fmt.Errorf("set %s doesn't exist", spec[i+1])
 			}
@@ -487,91 +510,145 @@ func (f fakeTables) checkRule(work *fakeTable, t table, spec []string) error {
 	return nil
 }
 
-// synLands walks a TCP SYN from src to dst:dport through nat PREROUTING
-// and returns its DNAT destination, if any. It interprets the options
-// handoff renders; any other option fails the walk.
+// synLands walks a TCP SYN from src to dst:dport through mangle and nat
+// PREROUTING, as a new connection, and returns its DNAT destination, if
+// any. It interprets the options handoff renders; any other option fails
+// the walk. As the kernel does, SET --add-set on an existing entry keeps
+// its comment and clears its skbinfo mark.
 func (k *fakeKernel) synLands(src netip.Addr, dst netip.AddrPort) (netip.AddrPort, bool, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	fam := familyOf(dst.Addr())
-	ft := k.tables[fam][natTable]
-	var walk func(chain string, depth int) (netip.AddrPort, bool, error)
-	walk = func(chain string, depth int) (netip.AddrPort, bool, error) {
-		if depth > 10 {
-			return netip.AddrPort{}, false, fmt.Errorf("loop at %s", chain)
-		}
-	rules:
-		for _, r := range ft.rules[chain] {
-			args := splitArgs(r)[2:]
-			for i := 0; i < len(args); i++ {
-				a := args[i]
-				next := func() string { i++; return args[i] }
-				switch a {
-				case "-p":
-					if next() != "tcp" {
-						continue rules
-					}
-				case "-m":
-					next()
-				case "--comment":
-					next()
-				case "-d":
-					if p := netip.MustParsePrefix(next()); !p.Contains(dst.Addr()) {
-						continue rules
-					}
-				case "--dport":
-					if next() != strconv.Itoa(int(dst.Port())) {
-						continue rules
-					}
-				case "--dst-type":
-					if next() != "LOCAL" || !k.local[dst.Addr()] {
-						continue rules
-					}
-				case "--match-set":
-					s := k.sets[next()]
-					if next() != "src" || s == nil {
-						return netip.AddrPort{}, false, fmt.Errorf("bad match-set in %q", r)
-					}
-					if _, ok := s.members[src]; !ok {
-						continue rules
-					}
-				case "-j":
-					target := next()
-					switch target {
-					case "DNAT":
-						if next() != "--to-destination" {
-							return netip.AddrPort{}, false, fmt.Errorf("bad DNAT in %q", r)
-						}
-						return netip.MustParseAddrPort(next()), true, nil
-					case "SET":
-						opts := args[i+1:]
-						if len(opts) != 6 || opts[0] != "--add-set" || opts[2] != "src" || opts[3] != "--exist" || opts[4] != "--timeout" {
-							return netip.AddrPort{}, false, fmt.Errorf("bad SET in %q", r)
-						}
-						t, _ := strconv.Atoi(opts[5])
-						s := k.sets[opts[1]]
-						m := s.members[src]
-						m.timeout = uint32(t)
-						s.members[src] = m
-						continue rules
-					case "RETURN":
-						return netip.AddrPort{}, false, nil
-					case "ACCEPT":
-						return netip.AddrPort{}, false, nil
-					default:
-						if to, ok, err := walk(target, depth+1); ok || err != nil {
-							return to, ok, err
-						}
-						continue rules
-					}
-				default:
-					return netip.AddrPort{}, false, fmt.Errorf("fake cannot interpret %q in %q", a, r)
+	w := &synWalk{k: k, src: src, dst: dst}
+	if _, _, err := w.walk(k.tables[fam][mangleTable], "PREROUTING", 0); err != nil {
+		return netip.AddrPort{}, false, err
+	}
+	to, verdict, err := w.walk(k.tables[fam][natTable], "PREROUTING", 0)
+	k.lastWalk.rules, k.lastWalk.lookups = w.rules, w.lookups
+	return to, verdict == "DNAT", err
+}
+
+// synWalk is one SYN on its way through the tables.
+type synWalk struct {
+	k    *fakeKernel
+	src  netip.Addr
+	dst  netip.AddrPort
+	mark uint32
+
+	rules, lookups int // the walk's cost so far
+}
+
+// walk runs the packet through chain and returns the verdict that ended
+// it: "" when it fell off the end or returned (the caller goes on), else
+// the terminal target (DNAT with its destination, ACCEPT).
+func (w *synWalk) walk(ft *fakeTable, chain string, depth int) (netip.AddrPort, string, error) {
+	if depth > 10 {
+		return netip.AddrPort{}, "", fmt.Errorf("loop at %s", chain)
+	}
+	fail := func(format string, args ...any) (netip.AddrPort, string, error) {
+		return netip.AddrPort{}, "", fmt.Errorf(format, args...)
+	}
+rules:
+	for _, r := range ft.rules[chain] {
+		w.rules++
+		args := splitArgs(r)[2:]
+		for i := 0; i < len(args); i++ {
+			a := args[i]
+			next := func() string { i++; return args[i] }
+			switch a {
+			case "-p":
+				if next() != "tcp" {
+					continue rules
 				}
+			case "-m":
+				next()
+			case "--comment":
+				next()
+			case "--ctstate":
+				if next() != "NEW" {
+					continue rules
+				}
+			case "-d":
+				if p := netip.MustParsePrefix(next()); !p.Contains(w.dst.Addr()) {
+					continue rules
+				}
+			case "--dport":
+				if next() != strconv.Itoa(int(w.dst.Port())) {
+					continue rules
+				}
+			case "--dst-type":
+				if next() != "LOCAL" || !w.k.local[w.dst.Addr()] {
+					continue rules
+				}
+			case "--mark":
+				vs, ms, _ := strings.Cut(next(), "/")
+				v, _ := strconv.ParseUint(vs, 0, 32)
+				m, _ := strconv.ParseUint(ms, 0, 32)
+				if w.mark&uint32(m) != uint32(v) {
+					continue rules
+				}
+			case "--match-set":
+				s := w.k.sets[next()]
+				if next() != "src" || s == nil {
+					return fail("bad match-set in %q", r)
+				}
+				w.lookups++
+				if _, ok := s.members[w.src]; !ok {
+					continue rules
+				}
+			case "-g", "-j":
+				target := next()
+				switch target {
+				case "DNAT":
+					if next() != "--to-destination" {
+						return fail("bad DNAT in %q", r)
+					}
+					return netip.MustParseAddrPort(next()), "DNAT", nil
+				case "SET":
+					if err := w.set(args[i+1:]); err != nil {
+						return fail("%v in %q", err, r)
+					}
+					continue rules
+				case "RETURN":
+					return netip.AddrPort{}, "", nil
+				case "ACCEPT":
+					return netip.AddrPort{}, "ACCEPT", nil
+				default:
+					to, verdict, err := w.walk(ft, target, depth+1)
+					if verdict != "" || err != nil || a == "-g" {
+						return to, verdict, err
+					}
+					continue rules
+				}
+			default:
+				return fail("fake cannot interpret %q in %q", a, r)
 			}
 		}
-		return netip.AddrPort{}, false, nil
 	}
-	return walk("PREROUTING", 0)
+	return netip.AddrPort{}, "", nil
+}
+
+// set runs the SET target's options: --add-set S src --exist --timeout T
+// (refresh) or --map-set S src --map-mark.
+func (w *synWalk) set(opts []string) error {
+	switch {
+	case len(opts) == 6 && opts[0] == "--add-set" && opts[2] == "src" && opts[3] == "--exist" && opts[4] == "--timeout":
+		w.lookups++
+		t, _ := strconv.Atoi(opts[5])
+		s := w.k.sets[opts[1]]
+		m := s.members[w.src]
+		m.timeout = uint32(t)
+		m.mark = skbMark{}
+		s.members[w.src] = m
+	case len(opts) == 4 && opts[0] == "--map-set" && opts[2] == "src" && opts[3] == "--map-mark":
+		w.lookups++
+		if m, ok := w.k.sets[opts[1]].members[w.src]; ok {
+			w.mark = w.mark&^m.mark.mask | m.mark.value
+		}
+	default:
+		return fmt.Errorf("bad SET")
+	}
+	return nil
 }
 
 // tableText is the rules of a table as save shows them, for assertions.
@@ -579,3 +656,6 @@ func (k *fakeKernel) tableText(fam family, t table) string {
 	b, _ := fakeTables{k, fam}.save(context.Background(), t, false)
 	return string(b)
 }
+
+// defaultLayout is the mark layout of DefaultMarkMask.
+var defaultLayout, _ = newMarkLayout(DefaultMarkMask)

@@ -40,11 +40,14 @@ func familyOf(a netip.Addr) family {
 	return ipv6
 }
 
-// setSpec is what a set is created with.
+// setSpec is what a set is created with: a pin set (hash:ip with
+// comments) or, with index set, a service's dispatch index (hash:ip with
+// skbinfo, whose entries carry the skb mark of the client's backend).
 type setSpec struct {
 	family  family
 	timeout uint32 // default timeout in seconds; 0 = the set has no timeouts
 	maxelem uint32 // 0 = the kernel's default
+	index   bool
 }
 
 // setAdd is one entry of a batched add.
@@ -53,7 +56,12 @@ type setAdd struct {
 	ip      netip.Addr
 	timeout uint32 // seconds; 0 = the set's default
 	comment string
+	mark    skbMark // index sets only
 }
+
+// skbMark is the skbinfo mark of an index entry: the value and the mask
+// that SET --map-mark applies to a packet (mark = mark&^mask | value).
+type skbMark struct{ value, mask uint32 }
 
 // defaultMaxelem is the kernel's maxelem of a set created without one.
 const defaultMaxelem = 65536
@@ -63,8 +71,11 @@ type setHeader struct {
 	name string
 	spec setSpec
 	// exact says that spec describes the set fully: a hash:ip set with
-	// comments, and no option that create does not give.
+	// comments (or, for an index, skbinfo), and no option that create
+	// does not give.
 	exact bool
+	// entries is the number of entries, -1 where the kernel does not say.
+	entries int
 }
 
 // is reports whether h is a set that create(name, s) would leave alone.
@@ -81,6 +92,7 @@ type member struct {
 	ip      netip.Addr
 	timeout uint32 // remaining seconds; 0 = permanent
 	comment string
+	mark    skbMark // index sets only
 }
 
 var (
@@ -181,7 +193,8 @@ func (s *nlSets) close() {
 func (s *nlSets) create(name string, spec setSpec) (err error) {
 	defer recoverNetlink(&err)
 	o := netlink.IpsetCreateOptions{
-		Comments:    true,
+		Comments:    !spec.index,
+		Skbinfo:     spec.index,
 		Family:      unix.AF_INET,
 		MaxElements: spec.maxelem,
 	}
@@ -345,7 +358,8 @@ func (s *nlSets) headers() ([]setHeader, error) {
 // listing's message; ok is false for a message without a set name.
 func parseHeader(attrs []byte) (h setHeader, ok bool) {
 	typ, fam := "", byte(0)
-	exact, timeout := true, false
+	exact, timeout, flags := true, false, uint32(0)
+	h.entries = -1
 	for t, val := range attributes(attrs) {
 		switch t {
 		case nl.IPSET_ATTR_SETNAME:
@@ -365,8 +379,10 @@ func parseHeader(attrs []byte) (h setHeader, ok bool) {
 					h.spec.timeout = binary.BigEndian.Uint32(val)
 					timeout = true
 				case t == nl.IPSET_ATTR_CADT_FLAGS && len(val) == 4:
-					exact = exact && binary.BigEndian.Uint32(val) == nl.IPSET_FLAG_WITH_COMMENT
-				case t == nl.IPSET_ATTR_HASHSIZE, t == nl.IPSET_ATTR_ELEMENTS, t == nl.IPSET_ATTR_REFERENCES, t == nl.IPSET_ATTR_MEMSIZE:
+					flags = binary.BigEndian.Uint32(val)
+				case t == nl.IPSET_ATTR_ELEMENTS && len(val) == 4:
+					h.entries = int(binary.BigEndian.Uint32(val))
+				case t == nl.IPSET_ATTR_HASHSIZE, t == nl.IPSET_ATTR_REFERENCES, t == nl.IPSET_ATTR_MEMSIZE:
 				default:
 					exact = false // netmask, bucketsize, markmask...
 				}
@@ -378,6 +394,13 @@ func parseHeader(attrs []byte) (h setHeader, ok bool) {
 		h.spec.family = ipv4
 	case unix.AF_INET6:
 		h.spec.family = ipv6
+	default:
+		exact = false
+	}
+	switch flags {
+	case nl.IPSET_FLAG_WITH_COMMENT:
+	case nl.IPSET_FLAG_WITH_SKBINFO:
+		h.spec.index = true
 	default:
 		exact = false
 	}
@@ -451,6 +474,10 @@ func parseMember(data []byte) member {
 			}
 		case nl.IPSET_ATTR_COMMENT:
 			m.comment = cString(val)
+		case nl.IPSET_ATTR_SKBMARK:
+			if len(val) == 8 {
+				m.mark = skbMark{value: binary.BigEndian.Uint32(val[:4]), mask: binary.BigEndian.Uint32(val[4:])}
+			}
 		}
 	}
 	return m

@@ -20,7 +20,12 @@ type table string
 const (
 	natTable    table = "nat"
 	filterTable table = "filter"
+	mangleTable table = "mangle"
 )
+
+// tables are the tables handoff writes, in the order a sync writes them:
+// mangle marks what nat then dispatches.
+var tables = []table{mangleTable, natTable, filterTable}
 
 // iptables runs iptables-save and iptables-restore for one address family.
 // Implementations are safe for concurrent use.

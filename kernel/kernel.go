@@ -44,7 +44,17 @@ type Options struct {
 	// disables the check. Sync trusts its tables to hold what it wrote
 	// last, so without the check rules changed outside handoff stay so.
 	CanaryInterval time.Duration
+	// MarkMask is the bits of the packet mark that carry a new
+	// connection's backend from mangle to nat (see DefaultMarkMask);
+	// one contiguous run of at least 4 bits, which bounds the backends of
+	// one service to 2^bits-2. Zero means DefaultMarkMask.
+	MarkMask uint32
 }
+
+// DefaultMarkMask is the mark field handoff uses unless told otherwise:
+// 12 bits (4,094 backends per service), above the bits kube-proxy (0xc000)
+// and Tailscale (0xff0000) use.
+const DefaultMarkMask = 0xfff00000
 
 // Counter is the traffic a backend's DNAT rule has forwarded: in practice
 // the new connections of pinned clients (the nat table sees only the first

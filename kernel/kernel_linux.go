@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -57,15 +58,22 @@ type Dataplane struct {
 	closed bool
 	svcs   map[string]*service // by name, as of the last Sync
 	shadow map[string]*rebuild // sets being rebuilt
+	// touched tracks, by index set, the clients pinned while the index is
+	// being filled or collected, whose entries the fill or collection
+	// must then leave alone (they are newer than its listing).
+	touched map[string]*touched
+
+	layout markLayout
 
 	// syncMu serializes Sync and the canary; it guards the fields below.
 	syncMu sync.Mutex
 	last   []*service // the desired state; nil before the first Sync
+	slots  slotTable  // nil until learnt from the kernel by the first Sync
 	dirty  bool       // the last attempt to apply last failed
 	errMsg string     // the last sync error logged, to log each once
-	// cache holds, by family and table, the text of each chain as last
-	// written or read back; nil means unknown (read the table first).
-	cache  [2]map[table]map[string]string
+	// cache holds, by family and table, what Sync last wrote and read
+	// back; nil means unknown (read the table first).
+	cache  [2]map[table]*tableCache
 	v6     bool // ip6tables is managed
 	v6seen bool // whether ip6tables was checked for leftovers
 	// staleWarned holds stale sets whose destruction failed and was
@@ -73,6 +81,10 @@ type Dataplane struct {
 	staleWarned map[string]bool
 
 	counts countCache // what Counters last read
+
+	// repairs counts the drifts found and repaired: chains, rules, jumps
+	// and sets changed behind handoff's back, and index sets emptied.
+	repairs atomic.Uint64
 
 	stop context.CancelFunc
 	done chan struct{}
@@ -88,6 +100,10 @@ func New(ctx context.Context, o Options) (*Dataplane, error) {
 		if ns, err = netns.GetFromPath(o.NetNS); err != nil {
 			return nil, fmt.Errorf("kernel: netns %s: %w", o.NetNS, err)
 		}
+	}
+	if _, err := o.markLayout(); err != nil {
+		closeNS(ns)
+		return nil, fmt.Errorf("kernel: %w", err)
 	}
 	s, err := newNLSets(ns)
 	if err != nil {
@@ -127,17 +143,23 @@ func closeNS(ns netns.NsHandle) {
 
 // newDataplane wires a Dataplane to its seams without starting the canary.
 func newDataplane(o Options, sets ipsets, flows flowDeleter, ipt [2]iptables) *Dataplane {
+	layout, err := o.markLayout()
+	if err != nil {
+		panic(err) // New checked it; tests pass valid masks
+	}
 	d := &Dataplane{
-		o:     o,
-		log:   o.logger(),
-		ns:    netns.None(),
-		sets:  sets,
-		flows: flows,
-		ipt:   ipt,
-		svcs:  map[string]*service{},
+		o:       o,
+		log:     o.logger(),
+		ns:      netns.None(),
+		sets:    sets,
+		flows:   flows,
+		ipt:     ipt,
+		svcs:    map[string]*service{},
+		touched: map[string]*touched{},
+		layout:  layout,
 	}
 	for f := range d.cache {
-		d.cache[f] = map[table]map[string]string{}
+		d.cache[f] = map[table]*tableCache{}
 	}
 	return d
 }
@@ -164,6 +186,10 @@ func (d *Dataplane) start(ctx context.Context) {
 	go d.canaryLoop(ctx, every)
 }
 
+// Repairs returns how many differences between the kernel and the
+// desired state the canary found and repaired since New.
+func (d *Dataplane) Repairs() uint64 { return d.repairs.Load() }
+
 // Close stops the canary and releases the netlink sockets and the
 // namespace handle. Kernel objects stay. Close is idempotent.
 func (d *Dataplane) Close() error {
@@ -187,7 +213,8 @@ func (d *Dataplane) Close() error {
 }
 
 // Pin adds p.Client to the set of p.Backend, or refreshes its timeout and
-// comment when it is there. The kernel has acknowledged the pin when Pin
+// comment when it is there, and points the client's entry in the service's
+// index at the backend. The kernel has acknowledged the pin when Pin
 // returns.
 //
 // The timeout is p.TTL, or the service's ClientTTL when p.TTL is 0, in
@@ -215,8 +242,13 @@ func (d *Dataplane) Pin(ctx context.Context, p dataplane.Pin) error {
 	}
 	timeout := s.timeout(p.TTL)
 	c := sanitizeComment(p.Key)
-	if err := d.sets.add(b.set, ip, timeout, c, true); err != nil {
-		return fmt.Errorf("ipset %q: add %s: %w", b.set, ip, err)
+	es := [2]setAdd{d.indexAdd(s, b, ip), {set: b.set, ip: ip, timeout: timeout, comment: c}}
+	var errs [2]error
+	d.sets.addBatch(es[:], true, errs[:])
+	for i, err := range errs {
+		if err != nil {
+			return fmt.Errorf("ipset %q: add %s: %w", es[i].set, ip, err)
+		}
 	}
 	if len(d.shadow) > 0 {
 		// The set is being rebuilt: the copy must get the pin too, unless
@@ -445,9 +477,33 @@ func sanitizeComment(key string) string {
 
 func okCommentByte(c byte) bool { return c >= 0x20 && c < 0x7f && c != '"' }
 
-// isHandoffSet reports whether an ipset name is handoff's.
+// isHandoffSet reports whether an ipset name is handoff's: a pin set
+// (ho-, ho6-) or an index set (hoi-, hoi6-).
 func isHandoffSet(name string) bool {
-	return strings.HasPrefix(name, "ho-") || strings.HasPrefix(name, "ho6-")
+	for _, p := range []string{"ho-", "ho6-", "hoi-", "hoi6-"} {
+		if strings.HasPrefix(name, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// indexSetName is the dispatch index of a service: hoi-<svc> (hoi6- for
+// IPv6). Its prefix keeps it apart from every pin set name.
+func indexSetName(service string, fam family) string {
+	if fam == ipv6 {
+		return "hoi6-" + service
+	}
+	return "hoi-" + service
+}
+
+// indexAdd is the index entry that sends ip to backend b, noted as touched
+// when the index is being filled or collected. The caller holds d.mu.
+func (d *Dataplane) indexAdd(s *service, b *backend, ip netip.Addr) setAdd {
+	if t := d.touched[s.index]; t != nil {
+		t.add(ip)
+	}
+	return setAdd{set: s.index, ip: ip, mark: d.layout.mark(b.slot)}
 }
 
 // Scratch names start with "_" after the prefix, which no service name can.

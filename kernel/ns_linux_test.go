@@ -119,13 +119,15 @@ func TestNSSyncCreatesObjects(t *testing.T) {
 
 	sets := strings.Fields(ns.Run(t, "ipset", "list", "-n"))
 	slices.Sort(sets)
-	if want := []string{"ho-any-a", "ho-web-be0", "ho-web-be1", "ho6-web6-be0", "ho6-web6-be1"}; !slices.Equal(sets, want) {
+	if want := []string{"ho-any-a", "ho-web-be0", "ho-web-be1", "ho6-web6-be0", "ho6-web6-be1", "hoi-any", "hoi-web", "hoi6-web6"}; !slices.Equal(sets, want) {
 		t.Errorf("sets = %v, want %v", sets, want)
 	}
 	for set, want := range map[string]string{
 		"ho-web-be0":   "family inet hashsize 1024 maxelem 1000 timeout 1800 comment",
 		"ho6-web6-be1": "family inet6 hashsize 1024 maxelem 1000 timeout 1800 comment",
 		"ho-any-a":     "family inet hashsize 1024 maxelem 10 comment",
+		"hoi-web":      "family inet hashsize 1024 maxelem 1073741824 skbinfo",
+		"hoi6-web6":    "family inet6 hashsize 1024 maxelem 1073741824 skbinfo",
 	} {
 		out := ns.Run(t, "ipset", "list", set)
 		if !strings.Contains(out, "Type: hash:ip") || !strings.Contains(out, "Header: "+want) {
@@ -148,13 +150,23 @@ func TestNSSyncCreatesObjects(t *testing.T) {
 		`-A HANDOFF-OUTPUT -p tcp -m tcp --dport 8443 -m addrtype --dst-type LOCAL -m comment --comment "handoff any service" -j HO-SVC-any`,
 		`-A HANDOFF-OUTPUT -d 198.18.0.1/32 -p tcp -m tcp --dport 80 -m comment --comment "handoff web service" -j HO-SVC-web`,
 		`-A HANDOFF-POSTROUTING -p tcp -m conntrack --ctstate DNAT --ctproto 6 --ctorigdst 198.18.0.1 --ctorigdstport 80 -m comment --comment "handoff web snat" -j MASQUERADE`,
-		`-A HO-SVC-any -p tcp -m set --match-set ho-any-a src -m comment --comment "handoff any/a dnat" -j DNAT --to-destination 198.19.1.11:443`,
-		`-A HO-SVC-web -p tcp -m set --match-set ho-web-be0 src -m comment --comment "handoff web/be0 refresh" -j SET --add-set ho-web-be0 src --exist --timeout 1800`,
-		`-A HO-SVC-web -p tcp -m set --match-set ho-web-be0 src -m comment --comment "handoff web/be0 dnat" -j DNAT --to-destination 198.19.1.11:8080`,
-		`-A HO-SVC-web -p tcp -m set --match-set ho-web-be1 src -m comment --comment "handoff web/be1 refresh" -j SET --add-set ho-web-be1 src --exist --timeout 1800`,
-		`-A HO-SVC-web -p tcp -m set --match-set ho-web-be1 src -m comment --comment "handoff web/be1 dnat" -j DNAT --to-destination 198.19.1.12:8080`,
+		`-A HO-SVC-any -m mark --mark 0x0/0xfff00000 -m comment --comment "handoff any new clients" -j RETURN`,
+		`-A HO-SVC-any -p tcp -m mark --mark 0x100000/0xfff00000 -m set --match-set ho-any-a src -m comment --comment "handoff any/a dnat" -j DNAT --to-destination 198.19.1.11:443`,
+		`-A HO-SVC-web -m mark --mark 0x0/0xfff00000 -m comment --comment "handoff web new clients" -j RETURN`,
+		`-A HO-SVC-web -p tcp -m mark --mark 0x100000/0xfff00000 -m set --match-set ho-web-be0 src -m comment --comment "handoff web/be0 refresh" -j SET --add-set ho-web-be0 src --exist --timeout 1800`,
+		`-A HO-SVC-web -p tcp -m mark --mark 0x100000/0xfff00000 -m set --match-set ho-web-be0 src -m comment --comment "handoff web/be0 dnat" -j DNAT --to-destination 198.19.1.11:8080`,
+		`-A HO-SVC-web -p tcp -m mark --mark 0x200000/0xfff00000 -m set --match-set ho-web-be1 src -m comment --comment "handoff web/be1 refresh" -j SET --add-set ho-web-be1 src --exist --timeout 1800`,
+		`-A HO-SVC-web -p tcp -m mark --mark 0x200000/0xfff00000 -m set --match-set ho-web-be1 src -m comment --comment "handoff web/be1 dnat" -j DNAT --to-destination 198.19.1.12:8080`,
 	}
 	checkLines(t, "iptables -t nat -S", ns.Run(t, "iptables", "-t", "nat", "-S"), wantNat)
+	checkLines(t, "iptables -t mangle -S", ns.Run(t, "iptables", "-t", "mangle", "-S"), []string{
+		"-N HANDOFF-MARK",
+		"-N HANDOFF-CANARY",
+		`-A PREROUTING -m conntrack --ctstate NEW -m comment --comment "handoff jump" -j HANDOFF-MARK`,
+		`-A OUTPUT -m conntrack --ctstate NEW -m comment --comment "handoff jump" -j HANDOFF-MARK`,
+		`-A HANDOFF-MARK -p tcp -m tcp --dport 8443 -m addrtype --dst-type LOCAL -m comment --comment "handoff any mark" -j SET --map-set hoi-any src --map-mark`,
+		`-A HANDOFF-MARK -d 198.18.0.1/32 -p tcp -m tcp --dport 80 -m comment --comment "handoff web mark" -j SET --map-set hoi-web src --map-mark`,
+	})
 	checkLines(t, "iptables -S", ns.Run(t, "iptables", "-S"), []string{
 		"-N HANDOFF-FORWARD",
 		"-N HANDOFF-CANARY",
@@ -173,10 +185,11 @@ func TestNSSyncCreatesObjects(t *testing.T) {
 		`-A POSTROUTING -m comment --comment "handoff jump" -j HANDOFF-POSTROUTING`,
 		`-A HANDOFF-PREROUTING -d 2001:2:0:1::1/128 -p tcp -m tcp --dport 80 -m comment --comment "handoff web6 service" -j HO-SVC-web6`,
 		`-A HANDOFF-OUTPUT -d 2001:2:0:1::1/128 -p tcp -m tcp --dport 80 -m comment --comment "handoff web6 service" -j HO-SVC-web6`,
-		`-A HO-SVC-web6 -p tcp -m set --match-set ho6-web6-be0 src -m comment --comment "handoff web6/be0 refresh" -j SET --add-set ho6-web6-be0 src --exist --timeout 1800`,
-		`-A HO-SVC-web6 -p tcp -m set --match-set ho6-web6-be0 src -m comment --comment "handoff web6/be0 dnat" -j DNAT --to-destination [2001:2:0:2::11]:8080`,
-		`-A HO-SVC-web6 -p tcp -m set --match-set ho6-web6-be1 src -m comment --comment "handoff web6/be1 refresh" -j SET --add-set ho6-web6-be1 src --exist --timeout 1800`,
-		`-A HO-SVC-web6 -p tcp -m set --match-set ho6-web6-be1 src -m comment --comment "handoff web6/be1 dnat" -j DNAT --to-destination [2001:2:0:2::12]:8080`,
+		`-A HO-SVC-web6 -m mark --mark 0x0/0xfff00000 -m comment --comment "handoff web6 new clients" -j RETURN`,
+		`-A HO-SVC-web6 -p tcp -m mark --mark 0x100000/0xfff00000 -m set --match-set ho6-web6-be0 src -m comment --comment "handoff web6/be0 refresh" -j SET --add-set ho6-web6-be0 src --exist --timeout 1800`,
+		`-A HO-SVC-web6 -p tcp -m mark --mark 0x100000/0xfff00000 -m set --match-set ho6-web6-be0 src -m comment --comment "handoff web6/be0 dnat" -j DNAT --to-destination [2001:2:0:2::11]:8080`,
+		`-A HO-SVC-web6 -p tcp -m mark --mark 0x200000/0xfff00000 -m set --match-set ho6-web6-be1 src -m comment --comment "handoff web6/be1 refresh" -j SET --add-set ho6-web6-be1 src --exist --timeout 1800`,
+		`-A HO-SVC-web6 -p tcp -m mark --mark 0x200000/0xfff00000 -m set --match-set ho6-web6-be1 src -m comment --comment "handoff web6/be1 dnat" -j DNAT --to-destination [2001:2:0:2::12]:8080`,
 	})
 	checkLines(t, "ip6tables -S", ns.Run(t, "ip6tables", "-S"), []string{
 		"-N HANDOFF-FORWARD",

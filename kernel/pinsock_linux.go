@@ -233,7 +233,7 @@ func (s *pinSocket) replies(first uint32, errs []error) (lost bool, err error) {
 // so an existing entry gets the new timeout and comment.
 func (s *pinSocket) add(set string, ip netip.Addr, timeout uint32, comment string, replace bool) error {
 	s.seq++
-	b := appendAdd(s.req[:0], s.seq, addFlags(replace)|unix.NLM_F_ACK, setAdd{set, ip, timeout, comment})
+	b := appendAdd(s.req[:0], s.seq, addFlags(replace)|unix.NLM_F_ACK, setAdd{set: set, ip: ip, timeout: timeout, comment: comment})
 	s.req = b
 	if err := retryEINTR(func() error { _, err := unix.Write(s.fd, b); return err }); err != nil {
 		return fmt.Errorf("netlink send: %w", err)
@@ -274,6 +274,11 @@ func appendAdd(b []byte, seq uint32, flags uint16, e setAdd) []byte {
 	}
 	if e.comment != "" {
 		b = appendAttrString(b, nl.IPSET_ATTR_COMMENT, e.comment)
+	}
+	if m := e.mark; m.mask != 0 {
+		b = appendAttr(b, nl.IPSET_ATTR_SKBMARK|nl.NLA_F_NET_BYTEORDER,
+			byte(m.value>>24), byte(m.value>>16), byte(m.value>>8), byte(m.value),
+			byte(m.mask>>24), byte(m.mask>>16), byte(m.mask>>8), byte(m.mask))
 	}
 	endAttr(b, data)
 	ne := binary.NativeEndian

@@ -2,7 +2,9 @@ package kernel
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
+	"math/bits"
 	"net/netip"
 	"regexp"
 	"slices"
@@ -22,6 +24,7 @@ const (
 	chainOutput      = "HANDOFF-OUTPUT"
 	chainPostrouting = "HANDOFF-POSTROUTING"
 	chainForward     = "HANDOFF-FORWARD"
+	chainMark        = "HANDOFF-MARK" // mangle: a new connection's backend mark from the index
 	chainCanary      = "HANDOFF-CANARY"
 	chainProbe       = "HANDOFF-PROBE" // Probe's scratch chain
 	commentPrefix    = "handoff"
@@ -35,19 +38,31 @@ type baseJump struct {
 	table   table
 	builtin string
 	target  string
+	match   string // before the comment; "" for every packet
 }
+
+// newConns matches the packets that open a connection: the mangle jumps
+// look up the index for those only, so established flows pass with one
+// conntrack comparison.
+const newConns = "-m conntrack --ctstate NEW"
 
 // baseJumps are the jumps that hook handoff's chains into the kernel's.
 var baseJumps = []baseJump{
-	{natTable, "PREROUTING", chainPrerouting},
-	{natTable, "OUTPUT", chainOutput},
-	{natTable, "POSTROUTING", chainPostrouting},
-	{filterTable, "FORWARD", chainForward},
+	{mangleTable, "PREROUTING", chainMark, newConns},
+	{mangleTable, "OUTPUT", chainMark, newConns},
+	{natTable, "PREROUTING", chainPrerouting, ""},
+	{natTable, "OUTPUT", chainOutput, ""},
+	{natTable, "POSTROUTING", chainPostrouting, ""},
+	{filterTable, "FORWARD", chainForward, ""},
 }
 
 // jumpLine is the restore line that inserts j at the top of its chain.
 func (j baseJump) line() string {
-	return "-I " + j.builtin + " 1 " + comment(commentPrefix+" jump") + " -j " + j.target
+	m := ""
+	if j.match != "" {
+		m = j.match + " "
+	}
+	return "-I " + j.builtin + " 1 " + m + comment(commentPrefix+" jump") + " -j " + j.target
 }
 
 // owned reports whether chain belongs to handoff.
@@ -64,6 +79,7 @@ type service struct {
 	ttl      uint32         // seconds; 0: pins never expire
 	snat     bool
 	maxelem  uint32
+	index    string // the dispatch index set: hoi-<svc> or hoi6-<svc>
 	backends []backend
 	byName   map[string]*backend
 }
@@ -72,9 +88,23 @@ type backend struct {
 	name string
 	set  string
 	addr netip.AddrPort // address unmapped
+	// slot numbers the backend in the service's marks (1..maxSlot); set
+	// by the Dataplane's slot table after compile, stable for the life
+	// of the backend.
+	slot uint32
 }
 
 func (s *service) spec() setSpec { return setSpec{family: s.fam, timeout: s.ttl, maxelem: s.maxelem} }
+
+// indexMaxelem bounds an index set. Its entries are one per client of the
+// service plus pins that expired since the last collection (see gcIndex),
+// so its bound is not max_clients: a large fixed one keeps its spec, and
+// the set, unchanged when backends come and go.
+const indexMaxelem = 1 << 30
+
+func (s *service) indexSpec() setSpec {
+	return setSpec{family: s.fam, maxelem: indexMaxelem, index: true}
+}
 
 // validName matches the service and backend names the kernel objects can
 // carry (config validation is stricter).
@@ -112,6 +142,7 @@ func compile(st dataplane.State) ([]*service, error) {
 			ttl:     seconds(ds.ClientTTL),
 			snat:    ds.SNAT,
 			maxelem: uint32(ds.MaxClients),
+			index:   indexSetName(ds.Name, familyOf(vip.Addr())),
 			byName:  map[string]*backend{},
 		}
 		for _, db := range ds.Backends {
@@ -164,39 +195,42 @@ func (c chain) text() string { return strings.Join(c.rules, "\n") }
 // rendered is handoff's desired rules for one family.
 type rendered map[table][]chain
 
-// render returns the chains of fam for the services of that family.
-// Chains come in a fixed order: base chains, canary, then service chains.
-func render(fam family, svcs []*service) rendered {
+// render returns the chains of fam for the services of that family, with
+// backend marks placed by l. Chains come in a fixed order: base chains,
+// canary, then service chains.
+//
+// A new connection to a service takes two steps. In mangle, HANDOFF-MARK
+// looks the client up in the service's index set and copies its
+// backend's slot into the packet mark (SET --map-set … --map-mark). In
+// nat, HO-SVC-<svc> returns unmarked packets (new clients, for the
+// listener) at once, and walks marked ones down a tree of chains, one
+// hexadecimal digit of the slot per level, to the leaf rules of the
+// backend: refresh the pin's timeout in its set, then DNAT. Each step
+// costs the same whatever the number of backends: one index lookup, at
+// most 16 mark comparisons per level (three levels for 4,095 backends)
+// and the two set lookups of one backend.
+func render(fam family, svcs []*service, l markLayout) rendered {
 	pre := chain{name: chainPrerouting}
 	out := chain{name: chainOutput}
 	post := chain{name: chainPostrouting}
 	fwd := chain{name: chainForward}
+	mark := chain{name: chainMark}
 	var svcChains []chain
 	for _, s := range svcs {
 		if s.fam != fam {
 			continue
 		}
-		sc := dataplane.ServiceChain(s.name)
 		match := "-p tcp -m tcp --dport " + strconv.Itoa(int(s.vip.Port()))
 		if s.vip.Addr().IsUnspecified() {
 			match += " -m addrtype --dst-type LOCAL"
 		} else {
 			match = "-d " + hostCIDR(s.vip.Addr()) + " " + match
 		}
-		jump := match + " " + comment(commentPrefix+" "+s.name+" service") + " -j " + sc
+		jump := match + " " + comment(commentPrefix+" "+s.name+" service") + " -j " + dataplane.ServiceChain(s.name)
 		pre.add(jump)
 		out.add(jump)
-
-		c := chain{name: sc}
-		for _, b := range s.backends {
-			tag := commentPrefix + " " + s.name + "/" + b.name
-			in := "-p tcp -m set --match-set " + b.set + " src "
-			if s.ttl > 0 {
-				c.add(in + comment(tag+" refresh") + " -j SET --add-set " + b.set + " src --exist --timeout " + strconv.FormatUint(uint64(s.ttl), 10))
-			}
-			c.add(in + comment(tag+" dnat") + " -j DNAT --to-destination " + b.addr.String())
-		}
-		svcChains = append(svcChains, c)
+		mark.add(match + " " + comment(commentPrefix+" "+s.name+" mark") + " -j SET --map-set " + s.index + " src --map-mark")
+		svcChains = append(svcChains, s.dispatch(l)...)
 
 		// Forwarded flows of this service: by VIP when it is one address,
 		// else by the backend the flow was DNATed to.
@@ -221,9 +255,70 @@ func render(fam family, svcs []*service) rendered {
 	}
 	canary := chain{name: chainCanary}
 	return rendered{
+		mangleTable: {mark, canary},
 		natTable:    append([]chain{pre, out, post, canary}, svcChains...),
 		filterTable: {fwd, canary},
 	}
+}
+
+// dispatch returns the service chain and the tree below it. The tree has
+// as many levels as the largest slot has hexadecimal digits; a chain of
+// level k > 1 sends each group of slots that share their digits above
+// level k-1 to a chain of its own (HO-SVC-<svc>.<those digits>, e.g.
+// HO-SVC-web.3 and HO-SVC-web.3e for slot 0x3e8), and the
+// chains of level 1 hold the leaf rules. Chains with no backend below
+// them are not made.
+func (s *service) dispatch(l markLayout) []chain {
+	bes := slices.Clone(s.backends)
+	slices.SortFunc(bes, func(a, b backend) int { return int(a.slot) - int(b.slot) })
+	levels := 1
+	if n := len(bes); n > 0 {
+		for bes[n-1].slot>>(4*levels) > 0 {
+			levels++
+		}
+	}
+	root := chain{name: dataplane.ServiceChain(s.name)}
+	root.add(l.match(0, l.slotBits(0)) + " " + comment(commentPrefix+" "+s.name+" new clients") + " -j RETURN")
+	var out []chain
+	var node func(c *chain, level int, bes []backend)
+	node = func(c *chain, level int, bes []backend) {
+		if level == 1 {
+			for _, b := range bes {
+				s.leaf(c, l, b)
+			}
+			return
+		}
+		shift := 4 * (level - 1)
+		for len(bes) > 0 {
+			prefix := bes[0].slot >> shift
+			n := 1
+			for n < len(bes) && bes[n].slot>>shift == prefix {
+				n++
+			}
+			// The digits above the child's level, all of them, so that
+			// chains of different levels never share a name.
+			child := chain{name: fmt.Sprintf("%s.%0*x", dataplane.ServiceChain(s.name), levels-level+1, prefix)}
+			c.add(l.match(prefix<<shift, l.slotBits(uint(shift))) + " " + comment(commentPrefix+" "+s.name+" dispatch") + " -g " + child.name)
+			node(&child, level-1, bes[:n])
+			out = append(out, child)
+			bes = bes[n:]
+		}
+	}
+	node(&root, levels, bes)
+	return append([]chain{root}, out...)
+}
+
+// leaf adds the rules of backend b to c: refresh the client's pin (a new
+// connection restarts its timeout) and DNAT. Both match the pin set, so
+// a stale index entry (the pin expired or moved) falls through to the
+// listener.
+func (s *service) leaf(c *chain, l markLayout, b backend) {
+	tag := commentPrefix + " " + s.name + "/" + b.name
+	in := "-p tcp " + l.match(b.slot, l.slotBits(0)) + " -m set --match-set " + b.set + " src "
+	if s.ttl > 0 {
+		c.add(in + comment(tag+" refresh") + " -j SET --add-set " + b.set + " src --exist --timeout " + strconv.FormatUint(uint64(s.ttl), 10))
+	}
+	c.add(in + comment(tag+" dnat") + " -j DNAT --to-destination " + b.addr.String())
 }
 
 func (c *chain) add(rule string) { c.rules = append(c.rules, "-A "+c.name+" "+rule) }
@@ -268,16 +363,6 @@ func parseSave(b []byte) saved {
 		}
 	}
 	return s
-}
-
-// jumpsTo reports whether any rule of chain jumps (or goes) to target.
-func (s saved) jumpsTo(chain, target string) bool {
-	for _, r := range s.chains[chain] {
-		if ruleTarget(r) == target {
-			return true
-		}
-	}
-	return false
 }
 
 // ruleTarget returns the -j or -g target of a rule line.
@@ -330,13 +415,14 @@ type restorePlan struct {
 	write   []chain  // declared (created or flushed), then filled
 	flush   []string // chains declared only: stale chains about to go
 	unlink  []string // "-D" lines for rules of other chains jumping to stale ones
+	unjump  []string // "-D" lines of edited base jumps
 	jumps   []string // "-I" lines of missing base jumps
 	remove  []string // chains deleted at the end
 	reasons []string // why each chain is written, for logs
 }
 
 func (p *restorePlan) empty() bool {
-	return len(p.write) == 0 && len(p.flush) == 0 && len(p.unlink) == 0 && len(p.jumps) == 0 && len(p.remove) == 0
+	return len(p.write) == 0 && len(p.flush) == 0 && len(p.unlink) == 0 && len(p.unjump) == 0 && len(p.jumps) == 0 && len(p.remove) == 0
 }
 
 // text renders the plan as iptables-restore --noflush input. Order
@@ -359,6 +445,9 @@ func (p *restorePlan) text() []byte {
 			b.WriteString(r + "\n")
 		}
 	}
+	for _, l := range p.unjump {
+		b.WriteString(l + "\n")
+	}
 	for _, l := range p.jumps {
 		b.WriteString(l + "\n")
 	}
@@ -369,24 +458,79 @@ func (p *restorePlan) text() []byte {
 	return b.Bytes()
 }
 
+// tableCache is what handoff knows of a table it wrote last: the text it
+// rendered of each of its chains, and the chains and base jumps as the
+// kernel showed them right after (iptables-save's spelling differs from
+// the rendered text: "--ctproto 6", addresses without /32). A rule edited
+// behind handoff's back differs from the kernel's form while the rule
+// count stays; the canary's read of the table compares the two.
+type tableCache struct {
+	rendered map[string]string   // chain → its rendered text
+	kernel   map[string][]string // chain → its rules after the write
+	jumps    map[string]string   // baseJump.key() → the jump after the write
+}
+
+// readBack records in c what the kernel shows of want and of the base
+// jumps of t.
+func (c *tableCache) readBack(t table, want []chain, cur saved) {
+	c.rendered = make(map[string]string, len(want))
+	c.kernel = make(map[string][]string, len(want))
+	c.jumps = map[string]string{}
+	for _, ch := range want {
+		c.rendered[ch.name] = ch.text()
+		c.kernel[ch.name] = cur.chains[ch.name]
+	}
+	for _, j := range baseJumps {
+		if j.table != t {
+			continue
+		}
+		if js := cur.jumpRules(j); len(js) == 1 {
+			c.jumps[j.key()] = js[0]
+		}
+	}
+}
+
+// key names a base jump in a tableCache.
+func (j baseJump) key() string { return j.builtin + ">" + j.target }
+
+// jumpRules returns the rules of j's built-in chain that jump to j's
+// target.
+func (s saved) jumpRules(j baseJump) []string {
+	var out []string
+	for _, r := range s.chains[j.builtin] {
+		if ruleTarget(r) == j.target {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
 // planTable works out what must change in table t: chains whose rendered
-// text differs from the cache or whose rule count differs from the kernel's
-// are rewritten, owned chains not wanted are removed (keep says which
-// unwanted owned chains to leave alone), and missing base jumps are
-// inserted.
-func planTable(t table, want []chain, cache map[string]string, cur saved, keep func(string) bool) *restorePlan {
+// text differs from the cache's, whose rule count differs from the
+// kernel's, or whose rules differ from what the kernel showed after the
+// last write (edited, replaced or reordered behind handoff's back) are
+// rewritten; owned chains not wanted are removed (keep says which
+// unwanted owned chains to leave alone); missing base jumps are inserted,
+// and edited or repeated ones replaced. cache may be nil (nothing known).
+func planTable(t table, want []chain, cache *tableCache, cur saved, keep func(string) bool) *restorePlan {
+	if cache == nil {
+		cache = &tableCache{}
+	}
 	p := &restorePlan{table: t}
 	wanted := map[string]bool{}
 	for _, c := range want {
 		wanted[c.name] = true
 		rules, exists := cur.chains[c.name]
+		kernel, known := cache.kernel[c.name]
 		switch {
 		case !exists:
 			p.reasons = append(p.reasons, c.name+" missing")
 		case len(rules) != len(c.rules):
 			p.reasons = append(p.reasons, fmt.Sprintf("%s has %d rules, want %d", c.name, len(rules), len(c.rules)))
-		case cache[c.name] != c.text():
+		case cache.rendered[c.name] != c.text():
 			p.reasons = append(p.reasons, c.name+" changed")
+		case known && !slices.Equal(rules, kernel):
+			p.reasons = append(p.reasons, c.name+" edited: "+firstDiff(rules, kernel))
 		default:
 			continue
 		}
@@ -402,11 +546,35 @@ func planTable(t table, want []chain, cache map[string]string, cur saved, keep f
 	p.flush, p.remove = stale, stale
 	p.unlink = unlinkLines(cur, stale)
 	for _, j := range baseJumps {
-		if j.table == t && !cur.jumpsTo(j.builtin, j.target) {
-			p.jumps = append(p.jumps, j.line())
+		if j.table != t {
+			continue
 		}
+		js := cur.jumpRules(j)
+		form, known := cache.jumps[j.key()]
+		switch {
+		case len(js) == 1 && (!known || js[0] == form):
+			continue
+		case len(js) == 0:
+			p.reasons = append(p.reasons, "jump missing: "+j.builtin+" -> "+j.target)
+		default:
+			p.reasons = append(p.reasons, fmt.Sprintf("jump edited: %s -> %s: %s", j.builtin, j.target, strings.Join(js, " | ")))
+			for _, r := range js {
+				p.unjump = append(p.unjump, "-D"+strings.TrimPrefix(r, "-A"))
+			}
+		}
+		p.jumps = append(p.jumps, j.line())
 	}
 	return p
+}
+
+// firstDiff describes where two rule lists first differ.
+func firstDiff(got, want []string) string {
+	for i := range min(len(got), len(want)) {
+		if got[i] != want[i] {
+			return fmt.Sprintf("rule %d is %q, was %q", i+1, got[i], want[i])
+		}
+	}
+	return "rules differ"
 }
 
 // unlinkLines returns "-D" lines deleting every rule outside handoff's
@@ -452,4 +620,71 @@ func linesAround(data []byte, n, context int) string {
 		fmt.Fprintf(&b, "%s%d: %s\n", mark, i+1, lines[i])
 	}
 	return b.String()
+}
+
+// markLayout returns the layout of o.MarkMask (DefaultMarkMask when 0).
+func (o Options) markLayout() (markLayout, error) {
+	if o.MarkMask == 0 {
+		return newMarkLayout(DefaultMarkMask)
+	}
+	return newMarkLayout(o.MarkMask)
+}
+
+// markLayout places backend slots in a contiguous field of the skb mark,
+// the bits of Options.MarkMask. Only those bits are ever read or changed
+// (--map-mark applies the index entry's mask, --mark compares under a
+// mask), so the rest of the mark stays free for other software.
+type markLayout struct {
+	mask  uint32 // the field, in mark bits
+	shift uint   // the field's lowest bit
+}
+
+// minMarkBits is the narrowest mark field: 15 backends per service.
+const minMarkBits = 4
+
+// newMarkLayout checks mask: one run of at least minMarkBits set bits.
+func newMarkLayout(mask uint32) (markLayout, error) {
+	if mask == 0 {
+		return markLayout{}, errors.New("mark mask is 0")
+	}
+	shift := uint(bits.TrailingZeros32(mask))
+	field := mask >> shift
+	if field&(field+1) != 0 {
+		return markLayout{}, fmt.Errorf("mark mask %#x: the bits must be contiguous", mask)
+	}
+	if bits.OnesCount32(mask) < minMarkBits {
+		return markLayout{}, fmt.Errorf("mark mask %#x: at least %d bits are needed", mask, minMarkBits)
+	}
+	return markLayout{mask: mask, shift: shift}, nil
+}
+
+// maxSlot is the largest slot: the field's all-ones value is reserved
+// (for the transparent proxy's routing mark), and 0 means no backend.
+func (l markLayout) maxSlot() uint32 { return l.mask>>l.shift - 1 }
+
+// slotBits returns the slot bits from bit from up, in slot space.
+func (l markLayout) slotBits(from uint) uint32 { return (l.mask >> l.shift) &^ (1<<from - 1) }
+
+// match is the rule option matching slot bits v under mask m (slot space).
+func (l markLayout) match(v, m uint32) string {
+	return "-m mark --mark 0x" + strconv.FormatUint(uint64(v<<l.shift), 16) + "/0x" + strconv.FormatUint(uint64(m<<l.shift), 16)
+}
+
+// mark is the index entry's skbinfo mark of slot.
+func (l markLayout) mark(slot uint32) skbMark { return skbMark{value: slot << l.shift, mask: l.mask} }
+
+// slotOf returns the slot a mark option "V/M" (as iptables-save prints
+// it) selects in full, or 0 when it does not (another mask, a tree
+// node's partial match).
+func (l markLayout) slotOf(opt string) uint32 {
+	vs, ms, ok := strings.Cut(opt, "/")
+	if !ok {
+		return 0
+	}
+	v, err1 := strconv.ParseUint(vs, 0, 32)
+	m, err2 := strconv.ParseUint(ms, 0, 32)
+	if err1 != nil || err2 != nil || uint32(m) != l.mask || uint32(v)&^l.mask != 0 {
+		return 0
+	}
+	return uint32(v) >> l.shift
 }

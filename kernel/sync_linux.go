@@ -61,6 +61,21 @@ func (d *Dataplane) syncLocked(ctx context.Context, svcs []*service, verify bool
 		}
 	}()
 
+	// Slots: learnt from the dispatch rules by the first Sync, so that the
+	// index entries a previous run made still mean the same backends.
+	fams := d.families(ctx, svcs)
+	if d.slots == nil {
+		t, err := d.learnSlots(ctx, fams)
+		if err != nil {
+			return nil, err
+		}
+		d.slots = t
+	}
+	fill, err := d.slots.assign(svcs, d.layout)
+	if err != nil {
+		return nil, fmt.Errorf("kernel: %w", err)
+	}
+
 	// (1) Sets, before any rule refers to them. One listing of the
 	// headers says which sets exist as wanted; only the others are
 	// created or rebuilt.
@@ -76,12 +91,27 @@ func (d *Dataplane) syncLocked(ctx context.Context, svcs []*service, verify bool
 	for _, s := range svcs {
 		for _, b := range s.backends {
 			wanted[b.set] = true
-			if h, ok := have[b.set]; ok && h.is(s.spec()) {
+			h, ok := have[b.set]
+			if ok && h.is(s.spec()) {
 				continue
 			}
+			changes = append(changes, setChange(b.set, ok))
 			if err := d.ensureSet(ctx, b.set, s.spec()); err != nil {
-				return nil, err
+				return changes, err
 			}
+		}
+		wanted[s.index] = true
+		h, ok := have[s.index]
+		if ok && h.is(s.indexSpec()) {
+			continue
+		}
+		changes = append(changes, setChange(s.index, ok))
+		if err := d.ensureIndex(s, have); err != nil {
+			return changes, err
+		}
+		fill = slices.DeleteFunc(fill, func(r ref) bool { return r.s == s })
+		for i := range s.backends {
+			fill = append(fill, ref{s, &s.backends[i]})
 		}
 	}
 	byName := make(map[string]*service, len(svcs))
@@ -92,8 +122,17 @@ func (d *Dataplane) syncLocked(ctx context.Context, svcs []*service, verify bool
 	d.svcs = byName
 	d.mu.Unlock()
 
+	// The pins of backends new to their index, before any rule sends a
+	// new connection by the index.
+	if err := d.fillIndex(ctx, fill); err != nil {
+		for _, r := range fill {
+			delete(d.slots[r.s.name], r.b.name) // filled again next time
+		}
+		return nil, err
+	}
+
 	// (2) and (3) Rules and jumps, family by family.
-	for _, fam := range d.families(ctx, svcs) {
+	for _, fam := range fams {
 		c, err := d.syncRules(ctx, fam, svcs, verify)
 		changes = append(changes, c...)
 		if err != nil {
@@ -125,6 +164,44 @@ func (d *Dataplane) syncLocked(ctx context.Context, svcs []*service, verify bool
 		d.log.WithField("set", name).Info("destroyed the ipset of a removed backend")
 	}
 	return changes, nil
+}
+
+// setChange describes a set made or remade by a Sync.
+func setChange(name string, existed bool) string {
+	if existed {
+		return "ipset " + name + ": other parameters"
+	}
+	return "ipset " + name + " missing"
+}
+
+// ensureIndex creates the index set of s, or empties it into the right
+// spec when a set of its name exists with another one (a rule may use it,
+// so it is swapped with a fresh set rather than destroyed). Either way
+// the caller fills it.
+func (d *Dataplane) ensureIndex(s *service, have map[string]setHeader) error {
+	spec := s.indexSpec()
+	if _, ok := have[s.index]; !ok {
+		if err := d.sets.create(s.index, spec); err != nil {
+			return fmt.Errorf("ipset %q: create: %w", s.index, err)
+		}
+		return nil
+	}
+	d.log.WithField("set", s.index).Warn("the index set exists with other parameters; making it afresh (its clients are indexed again)")
+	tmp := tempSetName(s.index)
+	if err := d.sets.destroy(tmp); err != nil {
+		return fmt.Errorf("ipset %q: destroy leftover %q: %w", s.index, tmp, err)
+	}
+	if err := d.sets.create(tmp, spec); err != nil {
+		return fmt.Errorf("ipset %q: create %q: %w", s.index, tmp, err)
+	}
+	if err := d.sets.swap(s.index, tmp); err != nil {
+		_ = d.sets.destroy(tmp)
+		return fmt.Errorf("ipset %q: swap with %q: %w", s.index, tmp, err)
+	}
+	if err := d.sets.destroy(tmp); err != nil {
+		d.log.WithFields(logrus.Fields{"set": tmp, "err": err}).Warn("cannot destroy the old index set")
+	}
+	return nil
 }
 
 // ensureSet creates set name, or rebuilds it when it exists with another
@@ -312,9 +389,9 @@ func (d *Dataplane) families(ctx context.Context, svcs []*service) []family {
 // (the table changed behind handoff's back), the table is read and
 // planned again. The canary verifies every table every CanaryInterval.
 func (d *Dataplane) syncRules(ctx context.Context, fam family, svcs []*service, verify bool) ([]string, error) {
-	want := render(fam, svcs)
+	want := render(fam, svcs, d.layout)
 	var changes []string
-	for _, t := range []table{natTable, filterTable} {
+	for _, t := range tables {
 		var c []string
 		var err error
 		if !verify && d.cache[fam][t] != nil {
@@ -337,7 +414,9 @@ func (d *Dataplane) syncRules(ctx context.Context, fam family, svcs []*service, 
 
 // syncTable brings table t of family fam to the chains want and returns
 // the changes it made. It plans from the table as iptables-save shows it,
-// or, with trusted set, as the cache says it was last written. When a
+// or, with trusted set, as the cache says it was last written. After a
+// write it reads the table back, so that the cache holds the kernel's
+// form of every chain and jump for the canary to compare with. When a
 // restore planned from iptables-save fails, the cache of the table is
 // dropped.
 func (d *Dataplane) syncTable(ctx context.Context, fam family, t table, want []chain, trusted bool) ([]string, error) {
@@ -353,46 +432,52 @@ func (d *Dataplane) syncTable(ctx context.Context, fam family, t table, want []c
 		cur = parseSave(out)
 	}
 	p := planTable(t, want, cache, cur, func(c string) bool { return c == chainProbe })
-	var c []string
-	if !p.empty() {
-		c = p.reasons
-		for _, j := range p.jumps {
-			c = append(c, "jump missing: "+j)
+	if p.empty() {
+		if cache == nil {
+			// Nothing to write, nothing known: what is there is right.
+			cache = &tableCache{}
+			cache.readBack(t, want, cur)
+			d.cache[fam][t] = cache
 		}
-		for _, r := range p.remove {
-			c = append(c, r+" removed")
-		}
-		data := p.text()
-		if err := d.ipt[fam].restore(ctx, data); err != nil {
-			werr := fmt.Errorf("kernel: %s %s table: %w", fam, t, err)
-			var re *restoreError
-			rejected := errors.As(err, &re) && re.line > 0
-			if trusted {
-				// The caller reads the table and tries again. When the
-				// tool rejected a line, nothing was written and the cache
-				// still says what was; else (killed, say) perhaps all was.
-				if !rejected {
-					d.cache[fam][t] = nil
-				}
-				return nil, werr
-			}
-			d.cache[fam][t] = nil
-			f := logrus.Fields{"family": fam.String(), "table": string(t), "err": err}
-			if re != nil {
-				f["input"] = "\n" + linesAround(data, re.line, 2)
-			}
-			if msg := werr.Error(); msg != d.errMsg {
-				d.errMsg = msg // log the restore input once per distinct failure
-				d.log.WithFields(f).Error("applying rules failed")
+		return nil, nil
+	}
+	c := p.reasons
+	for _, r := range p.remove {
+		c = append(c, r+" removed")
+	}
+	data := p.text()
+	if err := d.ipt[fam].restore(ctx, data); err != nil {
+		werr := fmt.Errorf("kernel: %s %s table: %w", fam, t, err)
+		var re *restoreError
+		rejected := errors.As(err, &re) && re.line > 0
+		if trusted {
+			// The caller reads the table and tries again. When the
+			// tool rejected a line, nothing was written and the cache
+			// still says what was; else (killed, say) perhaps all was.
+			if !rejected {
+				d.cache[fam][t] = nil
 			}
 			return nil, werr
 		}
-		d.log.WithFields(logrus.Fields{"family": fam.String(), "table": string(t), "changes": strings.Join(c, "; ")}).Debug("applied rules")
+		d.cache[fam][t] = nil
+		f := logrus.Fields{"family": fam.String(), "table": string(t), "err": err}
+		if re != nil {
+			f["input"] = "\n" + linesAround(data, re.line, 2)
+		}
+		if msg := werr.Error(); msg != d.errMsg {
+			d.errMsg = msg // log the restore input once per distinct failure
+			d.log.WithFields(f).Error("applying rules failed")
+		}
+		return nil, werr
 	}
-	cache = make(map[string]string, len(want))
-	for _, ch := range want {
-		cache[ch.name] = ch.text()
+	d.log.WithFields(logrus.Fields{"family": fam.String(), "table": string(t), "changes": strings.Join(c, "; ")}).Debug("applied rules")
+	out, err := d.ipt[fam].save(ctx, t, false)
+	if err != nil {
+		d.cache[fam][t] = nil // written, but not known: read next time
+		return nil, fmt.Errorf("kernel: %s %s table: reading back: %w", fam, t, err)
 	}
+	cache = &tableCache{}
+	cache.readBack(t, want, parseSave(out))
 	d.cache[fam][t] = cache
 	changes := make([]string, len(c))
 	for i, ch := range c {
@@ -401,20 +486,19 @@ func (d *Dataplane) syncTable(ctx context.Context, fam family, t table, want []c
 	return changes, nil
 }
 
-// cachedTable is table t as handoff last wrote it: the chains of cache,
-// and the jumps into them from the built-in chains.
-func cachedTable(t table, cache map[string]string) saved {
-	s := saved{exists: true, chains: make(map[string][]string, len(cache))}
-	for name, text := range cache {
-		var rules []string
-		if text != "" {
-			rules = strings.Split(text, "\n")
-		}
+// cachedTable is table t as handoff last wrote it: its chains and the
+// jumps into them from the built-in chains, as the kernel showed them.
+func cachedTable(t table, cache *tableCache) saved {
+	s := saved{exists: true, chains: make(map[string][]string, len(cache.kernel))}
+	for name, rules := range cache.kernel {
 		s.chains[name] = rules
 	}
 	for _, j := range baseJumps {
-		if j.table == t {
-			s.chains[j.builtin] = append(s.chains[j.builtin], "-A "+j.builtin+" -j "+j.target)
+		if j.table != t {
+			continue
+		}
+		if r, ok := cache.jumps[j.key()]; ok {
+			s.chains[j.builtin] = append(s.chains[j.builtin], r)
 		}
 	}
 	return s
@@ -433,6 +517,7 @@ func (d *Dataplane) canaryLoop(ctx context.Context, every time.Duration) {
 			return
 		case <-t.C:
 			d.checkCanary(ctx)
+			d.collectIndexes(ctx)
 		}
 	}
 }
@@ -453,6 +538,7 @@ func (d *Dataplane) checkCanary(ctx context.Context) {
 		}
 		return
 	}
+	d.repairs.Add(uint64(len(changes)))
 	switch {
 	case len(changes) > 0:
 		d.log.WithFields(logrus.Fields{"changes": strings.Join(changes, "; ")}).

@@ -66,27 +66,29 @@ func TestNSSetHeaders(t *testing.T) {
 	}
 }
 
-// setsAndTargets sums up nat chain HO-SVC-<svc> of iptables-save output:
-// for each rule, the set it matches and its target's address.
+// setsAndTargets sums up the nat chains of each service (HO-SVC-<svc> and
+// its dispatch tree) in iptables-save output, sorted:
+// for each rule matching a pin set, the set and its target's address.
 func setsAndTargets(save string) map[string][]string {
 	out := map[string][]string{}
 	for name, rules := range parseSave([]byte(save)).chains {
 		if !strings.HasPrefix(name, svcPrefix) {
 			continue
 		}
+		svc, _, _ := strings.Cut(name, ".") // a dispatch tree's chains belong to the service chain
 		for _, r := range rules {
 			args := splitArgs(r)
 			i, j := slices.Index(args, "--match-set"), slices.Index(args, "--to-destination")
 			if i < 0 || i+1 >= len(args) {
-				out[name] = append(out[name], "?")
-				continue
+				continue // the tree's own rules: they depend on the slots
 			}
 			to := "refresh"
 			if j >= 0 && j+1 < len(args) {
 				to = args[j+1]
 			}
-			out[name] = append(out[name], args[i+1]+" "+to)
+			out[svc] = append(out[svc], args[i+1]+" "+to)
 		}
+		slices.Sort(out[svc])
 	}
 	return out
 }
@@ -138,6 +140,7 @@ func TestNSSyncReload1000(t *testing.T) {
 		sets := strings.Fields(ns.Run(t, "ipset", "list", "-n"))
 		var wantSets []string
 		for _, s := range to.Services {
+			wantSets = append(wantSets, indexSetName(s.Name, ipv4))
 			for _, b := range s.Backends {
 				wantSets = append(wantSets, dataplane.SetName(s.Name, b.Name, false))
 			}
@@ -179,8 +182,8 @@ func TestNSSyncRereadsOnFailure(t *testing.T) {
 	restores := ct[ipv4].restores.Load()
 	st.Services = st.Services[1:] // web goes
 	mustSync(t, d, st)
-	if n := ct[ipv4].restores.Load() - restores; n != 3 {
-		t.Errorf("%d ipv4 restores, want 3 (nat from the cache, nat as read, filter)", n)
+	if n := ct[ipv4].restores.Load() - restores; n != 4 {
+		t.Errorf("%d ipv4 restores, want 4 (mangle, nat from the cache, nat as read, filter)", n)
 	}
 	nat := ns.Run(t, "iptables-save", "-t", "nat")
 	if strings.Contains(nat, "HO-SVC-web") || !strings.Contains(nat, ":FOREIGN") {

@@ -28,10 +28,23 @@ func svc(name, listen string, ttl time.Duration, snat bool, bes ...string) datap
 	return s
 }
 
+// compileSlots compiles st and numbers its backends as a first Sync does.
+func compileSlots(t *testing.T, st dataplane.State) []*service {
+	t.Helper()
+	svcs, err := compile(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := (slotTable{}).assign(svcs, defaultLayout); err != nil {
+		t.Fatal(err)
+	}
+	return svcs
+}
+
 // renderText is the rules of a rendering, table by table.
 func renderText(r rendered) string {
 	var b strings.Builder
-	for _, t := range []table{natTable, filterTable} {
+	for _, t := range tables {
 		b.WriteString("*" + string(t) + "\n")
 		for _, c := range r[t] {
 			for _, rule := range c.rules {
@@ -52,13 +65,16 @@ func TestRender(t *testing.T) {
 		desc: "ipv4",
 		fam:  ipv4,
 		svc:  svc("web", "198.18.1.1:80", 30*time.Minute, false, "be1", "198.19.1.11:8080", "be2", "198.19.1.12:8080"),
-		want: `*nat
+		want: `*mangle
+-A HANDOFF-MARK -d 198.18.1.1/32 -p tcp -m tcp --dport 80 -m comment --comment "handoff web mark" -j SET --map-set hoi-web src --map-mark
+*nat
 -A HANDOFF-PREROUTING -d 198.18.1.1/32 -p tcp -m tcp --dport 80 -m comment --comment "handoff web service" -j HO-SVC-web
 -A HANDOFF-OUTPUT -d 198.18.1.1/32 -p tcp -m tcp --dport 80 -m comment --comment "handoff web service" -j HO-SVC-web
--A HO-SVC-web -p tcp -m set --match-set ho-web-be1 src -m comment --comment "handoff web/be1 refresh" -j SET --add-set ho-web-be1 src --exist --timeout 1800
--A HO-SVC-web -p tcp -m set --match-set ho-web-be1 src -m comment --comment "handoff web/be1 dnat" -j DNAT --to-destination 198.19.1.11:8080
--A HO-SVC-web -p tcp -m set --match-set ho-web-be2 src -m comment --comment "handoff web/be2 refresh" -j SET --add-set ho-web-be2 src --exist --timeout 1800
--A HO-SVC-web -p tcp -m set --match-set ho-web-be2 src -m comment --comment "handoff web/be2 dnat" -j DNAT --to-destination 198.19.1.12:8080
+-A HO-SVC-web -m mark --mark 0x0/0xfff00000 -m comment --comment "handoff web new clients" -j RETURN
+-A HO-SVC-web -p tcp -m mark --mark 0x100000/0xfff00000 -m set --match-set ho-web-be1 src -m comment --comment "handoff web/be1 refresh" -j SET --add-set ho-web-be1 src --exist --timeout 1800
+-A HO-SVC-web -p tcp -m mark --mark 0x100000/0xfff00000 -m set --match-set ho-web-be1 src -m comment --comment "handoff web/be1 dnat" -j DNAT --to-destination 198.19.1.11:8080
+-A HO-SVC-web -p tcp -m mark --mark 0x200000/0xfff00000 -m set --match-set ho-web-be2 src -m comment --comment "handoff web/be2 refresh" -j SET --add-set ho-web-be2 src --exist --timeout 1800
+-A HO-SVC-web -p tcp -m mark --mark 0x200000/0xfff00000 -m set --match-set ho-web-be2 src -m comment --comment "handoff web/be2 dnat" -j DNAT --to-destination 198.19.1.12:8080
 *filter
 -A HANDOFF-FORWARD -p tcp -m conntrack --ctstate DNAT --ctproto tcp --ctorigdst 198.18.1.1/32 --ctorigdstport 80 -m comment --comment "handoff web forward" -j ACCEPT
 `,
@@ -66,11 +82,14 @@ func TestRender(t *testing.T) {
 		desc: "ipv6",
 		fam:  ipv6,
 		svc:  svc("web6", "[2001:2:0:1::1]:443", time.Hour, false, "a", "[2001:2:0:2::11]:8443"),
-		want: `*nat
+		want: `*mangle
+-A HANDOFF-MARK -d 2001:2:0:1::1/128 -p tcp -m tcp --dport 443 -m comment --comment "handoff web6 mark" -j SET --map-set hoi6-web6 src --map-mark
+*nat
 -A HANDOFF-PREROUTING -d 2001:2:0:1::1/128 -p tcp -m tcp --dport 443 -m comment --comment "handoff web6 service" -j HO-SVC-web6
 -A HANDOFF-OUTPUT -d 2001:2:0:1::1/128 -p tcp -m tcp --dport 443 -m comment --comment "handoff web6 service" -j HO-SVC-web6
--A HO-SVC-web6 -p tcp -m set --match-set ho6-web6-a src -m comment --comment "handoff web6/a refresh" -j SET --add-set ho6-web6-a src --exist --timeout 3600
--A HO-SVC-web6 -p tcp -m set --match-set ho6-web6-a src -m comment --comment "handoff web6/a dnat" -j DNAT --to-destination [2001:2:0:2::11]:8443
+-A HO-SVC-web6 -m mark --mark 0x0/0xfff00000 -m comment --comment "handoff web6 new clients" -j RETURN
+-A HO-SVC-web6 -p tcp -m mark --mark 0x100000/0xfff00000 -m set --match-set ho6-web6-a src -m comment --comment "handoff web6/a refresh" -j SET --add-set ho6-web6-a src --exist --timeout 3600
+-A HO-SVC-web6 -p tcp -m mark --mark 0x100000/0xfff00000 -m set --match-set ho6-web6-a src -m comment --comment "handoff web6/a dnat" -j DNAT --to-destination [2001:2:0:2::11]:8443
 *filter
 -A HANDOFF-FORWARD -p tcp -m conntrack --ctstate DNAT --ctproto tcp --ctorigdst 2001:2:0:1::1/128 --ctorigdstport 443 -m comment --comment "handoff web6 forward" -j ACCEPT
 `,
@@ -78,12 +97,15 @@ func TestRender(t *testing.T) {
 		desc: "unspecified VIP with snat",
 		fam:  ipv4,
 		svc:  svc("any", "0.0.0.0:25", 90*time.Second, true, "m1", "198.19.1.11:2525"),
-		want: `*nat
+		want: `*mangle
+-A HANDOFF-MARK -p tcp -m tcp --dport 25 -m addrtype --dst-type LOCAL -m comment --comment "handoff any mark" -j SET --map-set hoi-any src --map-mark
+*nat
 -A HANDOFF-PREROUTING -p tcp -m tcp --dport 25 -m addrtype --dst-type LOCAL -m comment --comment "handoff any service" -j HO-SVC-any
 -A HANDOFF-OUTPUT -p tcp -m tcp --dport 25 -m addrtype --dst-type LOCAL -m comment --comment "handoff any service" -j HO-SVC-any
 -A HANDOFF-POSTROUTING -p tcp -m conntrack --ctstate DNAT --ctproto tcp --ctorigdstport 25 --ctreplsrc 198.19.1.11/32 --ctreplsrcport 2525 -m comment --comment "handoff any/m1 snat" -j MASQUERADE
--A HO-SVC-any -p tcp -m set --match-set ho-any-m1 src -m comment --comment "handoff any/m1 refresh" -j SET --add-set ho-any-m1 src --exist --timeout 90
--A HO-SVC-any -p tcp -m set --match-set ho-any-m1 src -m comment --comment "handoff any/m1 dnat" -j DNAT --to-destination 198.19.1.11:2525
+-A HO-SVC-any -m mark --mark 0x0/0xfff00000 -m comment --comment "handoff any new clients" -j RETURN
+-A HO-SVC-any -p tcp -m mark --mark 0x100000/0xfff00000 -m set --match-set ho-any-m1 src -m comment --comment "handoff any/m1 refresh" -j SET --add-set ho-any-m1 src --exist --timeout 90
+-A HO-SVC-any -p tcp -m mark --mark 0x100000/0xfff00000 -m set --match-set ho-any-m1 src -m comment --comment "handoff any/m1 dnat" -j DNAT --to-destination 198.19.1.11:2525
 *filter
 -A HANDOFF-FORWARD -p tcp -m conntrack --ctstate DNAT --ctproto tcp --ctorigdstport 25 --ctreplsrc 198.19.1.11/32 --ctreplsrcport 2525 -m comment --comment "handoff any/m1 forward" -j ACCEPT
 `,
@@ -91,11 +113,14 @@ func TestRender(t *testing.T) {
 		desc: "snat, ttl 0 (no refresh rule)",
 		fam:  ipv4,
 		svc:  svc("db", "198.18.1.2:5432", 0, true, "p", "198.19.1.13:5432"),
-		want: `*nat
+		want: `*mangle
+-A HANDOFF-MARK -d 198.18.1.2/32 -p tcp -m tcp --dport 5432 -m comment --comment "handoff db mark" -j SET --map-set hoi-db src --map-mark
+*nat
 -A HANDOFF-PREROUTING -d 198.18.1.2/32 -p tcp -m tcp --dport 5432 -m comment --comment "handoff db service" -j HO-SVC-db
 -A HANDOFF-OUTPUT -d 198.18.1.2/32 -p tcp -m tcp --dport 5432 -m comment --comment "handoff db service" -j HO-SVC-db
 -A HANDOFF-POSTROUTING -p tcp -m conntrack --ctstate DNAT --ctproto tcp --ctorigdst 198.18.1.2/32 --ctorigdstport 5432 -m comment --comment "handoff db snat" -j MASQUERADE
--A HO-SVC-db -p tcp -m set --match-set ho-db-p src -m comment --comment "handoff db/p dnat" -j DNAT --to-destination 198.19.1.13:5432
+-A HO-SVC-db -m mark --mark 0x0/0xfff00000 -m comment --comment "handoff db new clients" -j RETURN
+-A HO-SVC-db -p tcp -m mark --mark 0x100000/0xfff00000 -m set --match-set ho-db-p src -m comment --comment "handoff db/p dnat" -j DNAT --to-destination 198.19.1.13:5432
 *filter
 -A HANDOFF-FORWARD -p tcp -m conntrack --ctstate DNAT --ctproto tcp --ctorigdst 198.18.1.2/32 --ctorigdstport 5432 -m comment --comment "handoff db forward" -j ACCEPT
 `,
@@ -103,26 +128,26 @@ func TestRender(t *testing.T) {
 		desc: "ipv4-mapped listen address is IPv4",
 		fam:  ipv4,
 		svc:  svc("m", "[::ffff:198.18.1.3]:80", time.Second/2, false, "x", "[::ffff:198.19.1.11]:80"),
-		want: `*nat
+		want: `*mangle
+-A HANDOFF-MARK -d 198.18.1.3/32 -p tcp -m tcp --dport 80 -m comment --comment "handoff m mark" -j SET --map-set hoi-m src --map-mark
+*nat
 -A HANDOFF-PREROUTING -d 198.18.1.3/32 -p tcp -m tcp --dport 80 -m comment --comment "handoff m service" -j HO-SVC-m
 -A HANDOFF-OUTPUT -d 198.18.1.3/32 -p tcp -m tcp --dport 80 -m comment --comment "handoff m service" -j HO-SVC-m
--A HO-SVC-m -p tcp -m set --match-set ho-m-x src -m comment --comment "handoff m/x refresh" -j SET --add-set ho-m-x src --exist --timeout 1
--A HO-SVC-m -p tcp -m set --match-set ho-m-x src -m comment --comment "handoff m/x dnat" -j DNAT --to-destination 198.19.1.11:80
+-A HO-SVC-m -m mark --mark 0x0/0xfff00000 -m comment --comment "handoff m new clients" -j RETURN
+-A HO-SVC-m -p tcp -m mark --mark 0x100000/0xfff00000 -m set --match-set ho-m-x src -m comment --comment "handoff m/x refresh" -j SET --add-set ho-m-x src --exist --timeout 1
+-A HO-SVC-m -p tcp -m mark --mark 0x100000/0xfff00000 -m set --match-set ho-m-x src -m comment --comment "handoff m/x dnat" -j DNAT --to-destination 198.19.1.11:80
 *filter
 -A HANDOFF-FORWARD -p tcp -m conntrack --ctstate DNAT --ctproto tcp --ctorigdst 198.18.1.3/32 --ctorigdstport 80 -m comment --comment "handoff m forward" -j ACCEPT
 `,
 	}} {
 		t.Run(c.desc, func(t *testing.T) {
-			svcs, err := compile(dataplane.State{Services: []dataplane.Service{c.svc}})
-			if err != nil {
-				t.Fatal(err)
-			}
-			r := render(c.fam, svcs)
+			svcs := compileSlots(t, dataplane.State{Services: []dataplane.Service{c.svc}})
+			r := render(c.fam, svcs, defaultLayout)
 			if got := renderText(r); got != c.want {
 				t.Errorf("got\n%s\nwant\n%s", got, c.want)
 			}
-			other := render(1-c.fam, svcs)
-			if got := renderText(other); got != "*nat\n*filter\n" {
+			other := render(1-c.fam, svcs, defaultLayout)
+			if got := renderText(other); got != "*mangle\n*nat\n*filter\n" {
 				t.Errorf("other family got rules:\n%s", got)
 			}
 			// Every chain of a rendering exists: base chains and canary
@@ -243,7 +268,7 @@ func TestSyncRemovesServiceInOrder(t *testing.T) {
 	// The fake refuses to destroy a set a rule still uses and to delete a
 	// chain a rule still jumps to, so success means the order held; check
 	// it anyway.
-	want := []string{"restore ipv4 nat", "restore ipv4 filter", "destroy ho-api-x"}
+	want := []string{"restore ipv4 mangle", "restore ipv4 nat", "restore ipv4 filter", "destroy ho-api-x", "destroy hoi-api"}
 	if !slices.Equal(k.log, want) {
 		t.Errorf("operations %v, want %v", k.log, want)
 	}
