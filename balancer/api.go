@@ -44,7 +44,11 @@ type ServiceStatus struct {
 	// "pin-failed", and "unclassified/<reason>" (no-match, timeout,
 	// too-long, malformed, closed), "rejected/<reason>" when
 	// on_unclassified is reject.
-	Classified       map[string]uint64 `json:"classified"`
+	Classified map[string]uint64 `json:"classified"`
+	// FirstConnections counts new clients' first connections by how they
+	// were served: "in-kernel" (SYN held until pinned), "transparent"
+	// (proxied from the client's address), "proxied", "reset".
+	FirstConnections map[string]uint64 `json:"first_connections"`
 	Migrations       uint64            `json:"migrations"`        // backend-down evacuations, failbacks and drain migrations
 	MigratedClients  uint64            `json:"migrated_clients"`  // clients those moved
 	MigrationSeconds float64           `json:"migration_seconds"` // their total duration

@@ -33,6 +33,19 @@ func (s *service) classify(ctx context.Context, snap *snapshot, c net.Conn, clie
 	} else {
 		d, err = snap.router.Decide(client, key, s.e.view)
 	}
+	return s.decided(d, peeked, err)
+}
+
+// decideSource decides the backend of a client of a service that
+// classifies by source address, from its address alone: a held SYN
+// carries no bytes.
+func (s *service) decideSource(snap *snapshot, client netip.Addr) (decision, error) {
+	d, err := snap.router.Decide(client, classifier.SourceKey(client), s.e.view)
+	return s.decided(d, nil, err)
+}
+
+// decided turns the router's decision into the service's.
+func (s *service) decided(d classifier.Decision, peeked []byte, err error) (decision, error) {
 	if err != nil {
 		return decision{}, err
 	}

@@ -60,6 +60,23 @@ type Options struct {
 	// Forwarded, when set, reads the kernel's DNAT rule counters keyed by
 	// (service, backend) for Status.
 	Forwarded func(ctx context.Context) (map[dataplane.BackendRef]Forwarded, error)
+	// Transparent makes the first connections the engine proxies in kernel
+	// mode come from the clients' own addresses (proxy.DialTransparent),
+	// and asks the data plane for the routing that needs. cmd/handoff sets
+	// it when the process may open transparent sockets.
+	Transparent bool
+	// HoldSYNs makes services that classify by source address hold their
+	// new clients' first SYNs in the kernel until pinned, where the data
+	// plane can (it implements SYNHolder and its queue binds).
+	HoldSYNs bool
+}
+
+// SYNHolder is a data plane that can hold the first SYN of a new client
+// in the kernel until decide pins the client (kernel.Dataplane).
+type SYNHolder interface {
+	// HoldSYNs binds the queue of held SYNs; serve reads it until ctx
+	// ends, calling decide from several goroutines.
+	HoldSYNs() (serve func(ctx context.Context, decide func(context.Context, dataplane.HeldSYN) (backend string, ok bool)) error, err error)
 }
 
 // Forwarded is the traffic the kernel forwarded to one backend: the packets
@@ -71,8 +88,11 @@ type Forwarded struct {
 // Engine runs the services of one config. Create it with New, start it with
 // Run. Its methods are safe for concurrent use.
 type Engine struct {
-	dp     Dataplane
-	kernel bool
+	dp          Dataplane
+	kernel      bool
+	transparent bool
+	holdSYNs    bool        // asked for
+	holding     atomic.Bool // the queue is bound: Sync holds SYNs
 	log    *logrus.Entry
 	listen ListenFunc
 	onPin  func(string, time.Duration)
@@ -105,8 +125,10 @@ func New(o Options) (*Engine, error) {
 		return nil, errors.New("balancer: Config and Dataplane are required")
 	}
 	e := &Engine{
-		dp:        o.Dataplane,
-		kernel:    o.Kernel,
+		dp:          o.Dataplane,
+		kernel:      o.Kernel,
+		transparent: o.Transparent && o.Kernel,
+		holdSYNs:    o.HoldSYNs && o.Kernel,
 		log:       o.Logger,
 		listen:    o.Listen,
 		onPin:     o.ObservePin,
@@ -173,6 +195,7 @@ func (e *Engine) Run(ctx context.Context) error {
 			return err
 		}
 	}
+	serveHeld := e.bindHeld()
 	if err := e.dp.Sync(ctx, e.desired(cfg)); err != nil {
 		closeAll(svcs)
 		return fmt.Errorf("data plane sync: %w", err)
@@ -200,6 +223,13 @@ func (e *Engine) Run(ctx context.Context) error {
 
 	var loops sync.WaitGroup
 	defer loops.Wait()
+	if serveHeld != nil {
+		loops.Go(func() {
+			if err := serveHeld(ctx, e.decideHeld); err != nil {
+				e.log.WithError(err).Error("the held-SYN queue failed: new clients' first SYNs go to the listener")
+			}
+		})
+	}
 	if every := cfg.Log.SummaryInterval; every > 0 {
 		loops.Go(func() { tick(ctx, every, func() { e.logSummary(ctx) }) })
 	}
@@ -306,7 +336,7 @@ func closeAll(svcs []*service) {
 
 // desired renders the data plane state of a config.
 func (e *Engine) desired(cfg *config.Config) dataplane.State {
-	st := dataplane.State{Services: make([]dataplane.Service, 0, len(cfg.Services))}
+	st := dataplane.State{Services: make([]dataplane.Service, 0, len(cfg.Services)), Transparent: e.transparent}
 	for i := range cfg.Services {
 		sc := &cfg.Services[i]
 		ds := dataplane.Service{
@@ -315,6 +345,7 @@ func (e *Engine) desired(cfg *config.Config) dataplane.State {
 			ClientTTL:  sc.ClientTTL,
 			SNAT:       sc.SNAT,
 			MaxClients: sc.MaxClients,
+			HoldSYN:    e.holding.Load() && sc.Classify == config.ClassifySource,
 		}
 		for _, p := range sc.Pools {
 			for _, b := range p.Backends {

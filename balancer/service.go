@@ -22,11 +22,14 @@ import (
 // its config, router and backends. A reload that keeps the listen address
 // swaps the snapshot; handlers keep the one they started with.
 type service struct {
-	e      *Engine
-	name   string
-	log    *logrus.Entry
-	counts *serviceCounters
-	snap   atomic.Pointer[snapshot]
+	e    *Engine
+	name string
+	log  *logrus.Entry
+	// decisions shares one decision among a new client's racing first
+	// connections and held SYNs.
+	decisions decisions
+	counts    *serviceCounters
+	snap      atomic.Pointer[snapshot]
 
 	noBackend   atomic.Bool // the last new client found no usable backend
 	countFailed atomic.Bool // the last recount of pins failed (kernel mode)
@@ -242,6 +245,15 @@ func reset(c *net.TCPConn) {
 	c.Close()
 }
 
+// clientAddrPort is the source address (unmapped) and port of c.
+func clientAddrPort(c net.Conn) netip.AddrPort {
+	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		ap := a.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	return netip.AddrPort{}
+}
+
 // clientAddr is the unmapped source address of c.
 func clientAddr(c net.Conn) netip.Addr {
 	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
@@ -271,7 +283,9 @@ func (l *connLog) debug() bool { return l.s.log.Logger.IsLevelEnabled(logrus.Deb
 
 // handle runs one connection: in userspace mode a pinned client goes
 // straight to its backend; otherwise the client is classified, pinned, and
-// its first connection is reset (kernel mode, reset) or proxied.
+// its first connection is reset (kernel mode, reset) or proxied. The
+// client's other connections that race in meanwhile follow the same
+// decision and are proxied.
 func (s *service) handle(ctx context.Context, snap *snapshot, c *net.TCPConn) {
 	accepted := time.Now()
 	client := clientAddr(c)
@@ -288,22 +302,75 @@ func (s *service) handle(ctx context.Context, snap *snapshot, c *net.TCPConn) {
 		}
 	}
 
+	for attempt := 0; ; attempt++ {
+		f, leader := s.decisions.begin(client)
+		if leader {
+			s.lead(ctx, snap, c, client, f, accepted, log)
+			return
+		}
+		d, ok := f.wait(ctx)
+		if ok && !d.backend.down.Load() && s.backend(d.backend.name) == d.backend {
+			s.first(snap, FirstProxied)
+			s.proxy(ctx, snap, c, d.backend, d.key, d.label, nil, log)
+			return
+		}
+		if ok {
+			s.decisions.forget(client) // its backend went down or away since
+		}
+		if attempt == 2 || ctx.Err() != nil {
+			reset(c)
+			return
+		}
+	}
+}
+
+// lead classifies and pins a new client on its first connection, records
+// the decision in f for the connections racing in, and serves the
+// connection.
+func (s *service) lead(ctx context.Context, snap *snapshot, c *net.TCPConn, client netip.Addr, f *flight, accepted time.Time, log *connLog) {
 	d, err := s.classify(ctx, snap, c, client)
-	if errors.Is(err, classifier.ErrNoBackend) {
+	if err == nil {
+		err = s.pin(ctx, d, client, accepted, log)
+	} else {
+		s.unclassified(err, d, log)
+	}
+	s.decisions.finish(client, f, d, err == nil)
+	if err != nil {
+		reset(c)
+		return
+	}
+	if s.e.kernel && snap.cfg.FirstConnection == config.FirstReset {
+		s.first(snap, FirstReset)
+		reset(c)
+		return
+	}
+	s.first(snap, FirstProxied)
+	s.proxy(ctx, snap, c, d.backend, d.key, d.label, d.peeked, log)
+}
+
+// unclassified counts and logs a new client that got no decision.
+func (s *service) unclassified(err error, d decision, log *connLog) {
+	switch {
+	case errors.Is(err, classifier.ErrNoBackend):
 		s.counts.noBackend.Add(1)
 		if s.noBackend.CompareAndSwap(false, true) {
 			log.get().WithError(err).Error("no usable backend: new clients are reset and not pinned")
 		}
-		reset(c)
-		return
-	}
-	if err != nil {
+	case errors.Is(err, classifier.ErrNoRoute):
+		s.counts.noRoute.Add(1)
+		if log.debug() {
+			log.get().WithError(err).Debug("no route and no default pool: reset")
+		}
+	default:
 		if log.debug() {
 			log.get().WithError(err).Debug("unclassified: reset")
 		}
-		reset(c)
-		return
 	}
+}
+
+// pin pins client as d says and counts it. It fails when the data plane
+// refuses, and when d's backend went down meanwhile (the pin is undone).
+func (s *service) pin(ctx context.Context, d decision, client netip.Addr, since time.Time, log *connLog) error {
 	if s.noBackend.CompareAndSwap(true, false) {
 		log.get().WithField("backend", d.backend.name).Info("a usable backend is back: new clients are pinned again")
 	}
@@ -315,8 +382,7 @@ func (s *service) handle(ctx context.Context, snap *snapshot, c *net.TCPConn) {
 			l.Warn("pin failed: reset")
 		}
 		s.counts.pinFailed.Add(1)
-		reset(c)
-		return
+		return err
 	}
 	if d.backend.down.Load() {
 		// The backend went down while this client was being pinned: the
@@ -327,22 +393,34 @@ func (s *service) handle(ctx context.Context, snap *snapshot, c *net.TCPConn) {
 		if err := s.e.dp.Unpin(ctx, s.name, d.backend.name, client); err != nil {
 			log.get().WithError(err).WithField("backend", d.backend.name).Warn("unpinning a client of a backend that went down while it was pinned")
 		}
-		reset(c)
-		return
+		return fmt.Errorf("backend %s went down while the client was pinned", d.backend.name)
 	}
 	d.backend.pins.Add(1)
 	s.counts.pinned.Add(1)
 	if s.e.onPin != nil {
-		s.e.onPin(s.name, time.Since(accepted))
+		s.e.onPin(s.name, time.Since(since))
 	}
 	if log.debug() {
 		log.get().WithFields(logrus.Fields{"backend": d.backend.name, "key": d.label}).Debug("pinned")
 	}
-	if s.e.kernel && snap.cfg.FirstConnection == config.FirstReset {
-		reset(c)
-		return
+	return nil
+}
+
+// first counts a new client's first connection by how it was served; a
+// proxied one counts as transparent when the proxy dials from the client's
+// address.
+func (s *service) first(snap *snapshot, how FirstOutcome) {
+	if how == FirstProxied && s.transparent(snap) {
+		how = FirstTransparent
 	}
-	s.proxy(ctx, snap, c, d.backend, d.key, d.label, d.peeked, log)
+	s.counts.first[how].Add(1)
+}
+
+// transparent reports whether the proxy dials the service's backends from
+// the clients' own addresses: kernel mode, transparent dials available,
+// and backends that route their replies through this host (not snat).
+func (s *service) transparent(snap *snapshot) bool {
+	return s.e.kernel && s.e.transparent && !snap.cfg.SNAT
 }
 
 func (s *service) backend(name string) *backend {
@@ -357,7 +435,7 @@ func (s *service) backend(name string) *backend {
 // is re-pinned there (label is its pin's comment), so it sees one successful
 // connection.
 func (s *service) proxy(ctx context.Context, snap *snapshot, c *net.TCPConn, b *backend, key, label string, peeked []byte, log *connLog) {
-	bc, b := s.dialBackend(ctx, snap, b, key, label, clientAddr(c), log)
+	bc, b := s.dialBackend(ctx, snap, b, key, label, clientAddrPort(c), log)
 	if bc == nil {
 		reset(c)
 		return
@@ -393,12 +471,13 @@ const maxDialAttempts = 3
 
 // dialBackend connects to b, or to the next candidates of b's pool when b
 // refuses. It returns nil when every attempt failed.
-func (s *service) dialBackend(ctx context.Context, snap *snapshot, b *backend, key, label string, client netip.Addr, log *connLog) (*net.TCPConn, *backend) {
+func (s *service) dialBackend(ctx context.Context, snap *snapshot, b *backend, key, label string, from netip.AddrPort, log *connLog) (*net.TCPConn, *backend) {
+	client := from.Addr()
 	first := b
 	tried := map[string]bool{}
 	for attempt := 0; b != nil && attempt < maxDialAttempts; attempt++ {
 		tried[b.name] = true
-		bc, err := proxy.Dial(ctx, b.addr, snap.cfg.Timeouts.Connect)
+		bc, err := s.dial(ctx, snap, b, from)
 		if err == nil {
 			if b != first {
 				s.repin(ctx, client, first, b, label, log)
@@ -412,6 +491,15 @@ func (s *service) dialBackend(ctx context.Context, snap *snapshot, b *backend, k
 		b = s.nextCandidate(snap, b.pool, key, tried)
 	}
 	return nil, nil
+}
+
+// dial connects to b: from the client's address and port when the
+// service dials transparently, else from this host's.
+func (s *service) dial(ctx context.Context, snap *snapshot, b *backend, from netip.AddrPort) (*net.TCPConn, error) {
+	if !s.transparent(snap) {
+		return proxy.Dial(ctx, b.addr, snap.cfg.Timeouts.Connect)
+	}
+	return proxy.DialTransparent(ctx, from, b.addr, snap.cfg.Timeouts.Connect)
 }
 
 func (s *service) nextCandidate(snap *snapshot, pool, key string, tried map[string]bool) *backend {

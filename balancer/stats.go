@@ -11,12 +11,37 @@ import (
 const (
 	ResultPinned    = "pinned"     // classified and pinned
 	ResultNoBackend = "no-backend" // its pool had no usable backend: reset, not pinned
+	ResultNoRoute   = "no-route"   // no route matched and the service has no default pool: reset
 	ResultPinFailed = "pin-failed" // the data plane refused the pin (full table, error): reset
 	// "unclassified/<reason>": the key could not be read; the client went to
 	// the default pool. "rejected/<reason>": the same with
 	// on_unclassified: reject (reset, not pinned). Reasons are those of
 	// classifier.Reason: no-match, timeout, too-long, malformed, closed.
 )
+
+// FirstOutcome is how a new client's first connection was served.
+type FirstOutcome int
+
+// First-connection outcomes, as Status.FirstConnections names them.
+const (
+	// FirstInKernel: its SYN was held in the kernel until the pin existed,
+	// then took the DNAT rule like every later connection (classify:
+	// source, kernel mode); the listener never saw it.
+	FirstInKernel FirstOutcome = iota
+	// FirstTransparent: proxied from the client's own address (kernel
+	// mode), so the backend sees the client on every connection.
+	FirstTransparent
+	// FirstProxied: proxied from this host's address (userspace mode,
+	// snat services, or where transparent dials are unavailable).
+	FirstProxied
+	// FirstReset: reset (first_connection: reset); the retry goes in-kernel.
+	FirstReset
+	firstOutcomes
+)
+
+var firstNames = [firstOutcomes]string{"in-kernel", "transparent", "proxied", "reset"}
+
+func (o FirstOutcome) String() string { return firstNames[o] }
 
 // stats holds the engine's counters that are not per backend. The admin
 // package exports them as metrics.
@@ -37,7 +62,8 @@ type migrationStats struct {
 // results are atomics, bumped on the accept path without a lock; the
 // unclassified ones, keyed by reason, take a lock.
 type serviceCounters struct {
-	pinned, noBackend, pinFailed atomic.Uint64
+	pinned, noBackend, noRoute, pinFailed atomic.Uint64
+	first                                 [firstOutcomes]atomic.Uint64
 
 	mu      sync.Mutex
 	unclass map[string]uint64 // "unclassified/<reason>" or "rejected/<reason>"
@@ -80,7 +106,7 @@ func (c *serviceCounters) results() map[string]uint64 {
 	if out == nil {
 		out = map[string]uint64{}
 	}
-	for k, v := range map[string]uint64{ResultPinned: c.pinned.Load(), ResultNoBackend: c.noBackend.Load(), ResultPinFailed: c.pinFailed.Load()} {
+	for k, v := range map[string]uint64{ResultPinned: c.pinned.Load(), ResultNoBackend: c.noBackend.Load(), ResultNoRoute: c.noRoute.Load(), ResultPinFailed: c.pinFailed.Load()} {
 		if v > 0 {
 			out[k] = v
 		}
@@ -117,8 +143,15 @@ func (s *stats) reload(result string) {
 func (s *stats) fill(ss *ServiceStatus) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	ss.FirstConnections = map[string]uint64{}
+	for _, n := range firstNames {
+		ss.FirstConnections[n] = 0
+	}
 	if c := s.svcs[ss.Name]; c != nil {
 		ss.Classified = c.results()
+		for i := range c.first {
+			ss.FirstConnections[firstNames[i]] = c.first[i].Load()
+		}
 	} else {
 		ss.Classified = map[string]uint64{}
 	}

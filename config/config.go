@@ -28,8 +28,8 @@ type FirstConnection string
 
 // First-connection handling.
 const (
-	FirstReset FirstConnection = "reset" // RST; the retry is DNATed in-kernel
-	FirstProxy FirstConnection = "proxy" // splice the first connection to the backend
+	FirstProxy FirstConnection = "proxy" // the default: splice the first connection to the backend (from the client's address in kernel mode)
+	FirstReset FirstConnection = "reset" // RST; the retry is DNATed in-kernel: for clients that retry (browsers) only
 )
 
 // Classify names how a client's classification key is extracted.
@@ -144,6 +144,10 @@ const (
 	DefaultHTTPPath        = "/healthz"
 	DefaultExpectStatus    = 200
 	DefaultWeight          = 1
+	DefaultMarkMask        = 0xfff00000 // 12 bits: 4,094 backends per service
+	DefaultQueue           = 18511
+	DefaultRouteTable      = 18511
+	DefaultRulePriority    = 18511
 	HashRangeModulus       = 1000 // hash_range buckets: hash(key) mod 1000
 )
 
@@ -154,8 +158,20 @@ type Config struct {
 	Mode     Mode
 	Log      Log
 	Admin    Admin
+	Kernel   Kernel
 	StateDir string
 	Services []Service
+}
+
+// Kernel places the kernel data plane's objects that share a namespace
+// with other software: bits of the packet mark, an NFQUEUE number, a route
+// table and a routing rule priority. The defaults avoid those of
+// kube-proxy, Docker and Tailscale.
+type Kernel struct {
+	MarkMask     uint32 // mark bits carrying a new connection's backend; contiguous, at least 4
+	Queue        int    // NFQUEUE number of held SYNs (classify: source)
+	RouteTable   int    // route table of transparent dials, owned by handoff
+	RulePriority int    // priority of the ip rule that looks the table up
 }
 
 // Log configures logging.

@@ -34,7 +34,7 @@ var (
 	modes         = []Mode{ModeAuto, ModeKernel, ModeUserspace}
 	logLevels     = []LogLevel{LogTrace, LogDebug, LogInfo, LogWarn, LogError}
 	logFormats    = []LogFormat{LogText, LogJSON}
-	firstConns    = []FirstConnection{FirstReset, FirstProxy}
+	firstConns    = []FirstConnection{FirstProxy, FirstReset}
 	unclassified  = []OnUnclassified{UnclassifiedDefault, UnclassifiedReject}
 	backendDown   = []OnBackendDown{BackendDownRehash, BackendDownReclassify}
 	proxyProtocol = []ProxyProtocol{ProxyProtocolOff, ProxyProtocolV1, ProxyProtocolV2}
@@ -43,7 +43,8 @@ var (
 )
 
 var (
-	topKeys      = []string{"mode", "log", "admin", "state_dir", "services"}
+	topKeys      = []string{"mode", "log", "admin", "kernel", "state_dir", "services"}
+	kernelKeys   = []string{"mark_mask", "queue", "route_table", "rule_priority"}
 	logKeys      = []string{"level", "format", "summary_interval"}
 	adminKeys    = []string{"listen", "token_file", "pprof"}
 	serviceKeys  = []string{"name", "listen", "first_connection", "client_ttl", "snat", "max_clients", "classify", "payload", "on_unclassified", "on_backend_down", "timeouts", "max_connections", "proxy_protocol", "health", "routes", "pools", "balance", "backends", "failback"}
@@ -121,6 +122,8 @@ func (p *parser) config(root *yaml.Node) *Config {
 	var adminAddrs []netip.AddrPort
 	c.Admin.Listen, adminAddrs = p.adminListen(af, c.Admin.TokenFile)
 
+	c.Kernel = p.kernel(f.sub("kernel", kernelKeys))
+
 	var sn *yaml.Node
 	c.StateDir, sn = f.str("state_dir", DefaultStateDir)
 	if sn != nil && !filepath.IsAbs(c.StateDir) {
@@ -143,7 +146,39 @@ func (p *parser) config(root *yaml.Node) *Config {
 		}
 	}
 	p.crossServices(c, pos, adminAddrs)
+	if slots, err := dataplane.MarkSlots(c.Kernel.MarkMask); err == nil {
+		for i, s := range c.Services {
+			n := 0
+			for _, pl := range s.Pools {
+				n += len(pl.Backends)
+			}
+			if n > slots {
+				p.at(pos[i].name, fmt.Sprintf("service %q", s.Name), "backends", "%d backends, but kernel.mark_mask %#x numbers at most %d per service", n, c.Kernel.MarkMask, slots)
+			}
+		}
+	}
 	return c
+}
+
+// kernel reads the kernel section.
+func (p *parser) kernel(kf *fields) Kernel {
+	k := Kernel{}
+	mask, mn := kf.integer("mark_mask", DefaultMarkMask, 1, math.MaxUint32)
+	k.MarkMask = uint32(mask)
+	if mn != nil {
+		if _, err := dataplane.MarkSlots(k.MarkMask); err != nil {
+			kf.errorf(mn, "mark_mask", "%v", err)
+			k.MarkMask = DefaultMarkMask
+		}
+	}
+	k.Queue, _ = kf.integer("queue", DefaultQueue, 1, math.MaxUint16)
+	var tn *yaml.Node
+	k.RouteTable, tn = kf.integer("route_table", DefaultRouteTable, 1, 0x7fffffff)
+	if k.RouteTable >= 253 && k.RouteTable <= 255 {
+		kf.errorf(tn, "route_table", "%d is one of the kernel's own tables (default, main, local); choose another", k.RouteTable)
+	}
+	k.RulePriority, _ = kf.integer("rule_priority", DefaultRulePriority, 1, 32765)
+	return k
 }
 
 // adminListen checks admin.listen and returns it with the addresses it
@@ -231,7 +266,7 @@ func (p *parser) service(c *Config, i int, n *yaml.Node) (*Service, *svcPos) {
 		}
 	}
 
-	s.FirstConnection, _ = enum(f, "first_connection", FirstReset, firstConns)
+	s.FirstConnection, _ = enum(f, "first_connection", FirstProxy, firstConns)
 	if ttl, tn := f.duration("client_ttl", DefaultClientTTL); tn != nil {
 		switch {
 		case ttl%time.Second != 0:

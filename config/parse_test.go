@@ -119,7 +119,7 @@ func TestParseErrors(t *testing.T) {
 		{desc: "IPv6 unspecified and specific", yaml: "services:\n  - name: a\n    listen: \"[::]:443\"\n  - name: b\n    listen: \"[2001:2::1]:443\"\n", pos: "5:13", msg: "conflicts with the listen address [::]:443"},
 
 		// Service scalars.
-		{desc: "bad first_connection", yaml: svc("    first_connection: drop\n"), pos: "4:23", msg: `first_connection: "drop" is not one of reset, proxy`},
+		{desc: "bad first_connection", yaml: svc("    first_connection: drop\n"), pos: "4:23", msg: `first_connection: "drop" is not one of proxy, reset`},
 		{desc: "client_ttl fraction of a second", yaml: svc("    client_ttl: 1.5s\n"), pos: "4:17", msg: "client_ttl: 1.5s is not whole seconds"},
 		{desc: "client_ttl above ipset's maximum", yaml: svc("    client_ttl: 600h\n"), pos: "4:17", msg: "client_ttl: 600h is more than 596h31m23s (2147483s, ipset's largest timeout)"},
 		{desc: "client_ttl negative", yaml: svc("    client_ttl: -1m\n"), pos: "4:17", msg: "client_ttl: -1m is negative"},
@@ -345,7 +345,7 @@ func TestDesignExample(t *testing.T) {
 	web := Service{
 		Name:            "web",
 		Listen:          netip.MustParseAddrPort("198.18.1.1:80"),
-		FirstConnection: FirstReset,
+		FirstConnection: FirstProxy,
 		ClientTTL:       30 * time.Minute,
 		SNAT:            false,
 		MaxClients:      1048576,
@@ -382,6 +382,7 @@ func TestDesignExample(t *testing.T) {
 		Mode:     ModeAuto,
 		Log:      Log{Level: "info", Format: "text", SummaryInterval: 5 * time.Second},
 		Admin:    Admin{Listen: "127.0.0.1:9900"},
+		Kernel:   Kernel{MarkMask: DefaultMarkMask, Queue: DefaultQueue, RouteTable: DefaultRouteTable, RulePriority: DefaultRulePriority},
 		StateDir: "/var/lib/handoff",
 		Services: []Service{web},
 	}
@@ -402,11 +403,12 @@ func TestDefaults(t *testing.T) {
 		Mode:     ModeAuto,
 		Log:      Log{Level: "info", Format: "text", SummaryInterval: DefaultSummaryInterval},
 		Admin:    Admin{Listen: DefaultAdminListen},
+		Kernel:   Kernel{MarkMask: DefaultMarkMask, Queue: DefaultQueue, RouteTable: DefaultRouteTable, RulePriority: DefaultRulePriority},
 		StateDir: DefaultStateDir,
 		Services: []Service{{
 			Name:            "web",
 			Listen:          netip.MustParseAddrPort("198.18.1.1:80"),
-			FirstConnection: FirstReset,
+			FirstConnection: FirstProxy,
 			ClientTTL:       DefaultClientTTL,
 			MaxClients:      DefaultMaxClients,
 			Classify:        ClassifySource,
@@ -656,7 +658,7 @@ func TestExamples(t *testing.T) {
 	}
 	check("web-source-ip.yaml", func(c *Config) bool {
 		s := c.Services[0]
-		return c.Mode == ModeKernel && s.Classify == ClassifySource && s.FirstConnection == FirstReset && s.Pools[0].Balance == BalanceMaglev
+		return c.Mode == ModeKernel && s.Classify == ClassifySource && s.Pools[0].Balance == BalanceMaglev
 	})
 	check("game-payload.yaml", func(c *Config) bool {
 		s := c.Services[0]

@@ -9,6 +9,8 @@ package dataplane
 
 import (
 	"errors"
+	"fmt"
+	"math/bits"
 	"net/netip"
 	"time"
 )
@@ -30,6 +32,10 @@ var ErrFull = errors.New("client table full")
 // out the difference.
 type State struct {
 	Services []Service
+	// Transparent asks for the routing that delivers the replies of
+	// connections the proxy dials from clients' addresses (kernel data
+	// plane only).
+	Transparent bool
 }
 
 // Service is one balanced service as the data plane sees it.
@@ -40,6 +46,10 @@ type Service struct {
 	SNAT       bool           // masquerade forwarded traffic toward backends
 	MaxClients int            // per-backend pin limit (ipset maxelem)
 	Backends   []Backend      // every backend of every pool, healthy or not
+	// HoldSYN holds the first SYN of a new client in the kernel until the
+	// client is pinned (services classifying by source address; kernel
+	// data plane only), instead of passing it to the listener.
+	HoldSYN bool
 }
 
 // Backend is one real server of a service.
@@ -85,3 +95,34 @@ func ServiceChain(service string) string { return "HO-SVC-" + service }
 
 // MaxChainNameLen is the longest iptables chain name.
 const MaxChainNameLen = 28
+
+// HeldSYN is the first SYN of a new client that the kernel data plane
+// holds until the client is pinned (Service.HoldSYN).
+type HeldSYN struct {
+	Service string
+	Client  netip.Addr     // unmapped
+	VIP     netip.AddrPort // the address and port the client connects to
+}
+
+// MinMarkBits is the narrowest packet-mark field the kernel data plane
+// numbers backends in.
+const MinMarkBits = 4
+
+// MarkSlots checks a mark mask, the bits of the packet mark that carry a
+// new connection's backend from the mangle table to the nat table (one
+// contiguous run of at least MinMarkBits), and returns how many backends
+// one service may have under it: the field's values but 0 (no backend)
+// and all ones (reserved for transparent dials).
+func MarkSlots(mask uint32) (int, error) {
+	if mask == 0 {
+		return 0, errors.New("mark mask is 0")
+	}
+	field := mask >> bits.TrailingZeros32(mask)
+	if field&(field+1) != 0 {
+		return 0, fmt.Errorf("mark mask %#x: the bits must be contiguous", mask)
+	}
+	if bits.OnesCount32(mask) < MinMarkBits {
+		return 0, fmt.Errorf("mark mask %#x: at least %d bits are needed", mask, MinMarkBits)
+	}
+	return int(field) - 1, nil
+}

@@ -15,8 +15,9 @@ import (
 // rules of other chains that jump into handoff's chains (the built-in
 // jumps), then the chains HANDOFF-* and HO-SVC-* of the mangle, nat and
 // filter tables, IPv4 and IPv6, then the ipsets ho-*, ho6-*, hoi-* and
-// hoi6-*. Foreign rules,
-// chains and sets are left alone. Cleanup is idempotent; run it while no
+// hoi6-*, and last the policy routing of transparent dials (the rules
+// that look up Options.RouteTable, and its routes). Foreign rules, chains
+// and sets are left alone. Cleanup is idempotent; run it while no
 // handoff daemon runs in the namespace (its canary would restore them).
 func Cleanup(ctx context.Context, o Options) error {
 	ns, err := openNS(o.NetNS)
@@ -44,7 +45,31 @@ func Cleanup(ctx context.Context, o Options) error {
 		defer s.close()
 		sets = s
 	}
-	return errors.Join(append(errs, cleanup(ctx, ipts, sets, o.logger()))...)
+	errs = append(errs, cleanup(ctx, ipts, sets, o.logger()))
+	if r, err := newNLRouting(ns); err != nil {
+		errs = append(errs, fmt.Errorf("kernel: cleanup: %w", err))
+	} else {
+		defer r.close()
+		errs = append(errs, cleanupRouting(o, r))
+	}
+	return errors.Join(errs...)
+}
+
+// cleanupRouting removes the rules and routes of transparent dials.
+func cleanupRouting(o Options, r routing) error {
+	layout, err := o.markLayout()
+	if err != nil {
+		return fmt.Errorf("kernel: cleanup: %w", err)
+	}
+	d := &Dataplane{o: o, log: o.logger(), layout: layout, routing: r}
+	changes, err := d.syncRouting([]family{ipv4, ipv6}, false)
+	for _, c := range changes {
+		d.log.WithField("change", c).Info("removed handoff routing")
+	}
+	if err != nil {
+		return fmt.Errorf("kernel: cleanup: %w", err)
+	}
+	return nil
 }
 
 // cleanup removes handoff's rules and chains from each non-nil iptables,

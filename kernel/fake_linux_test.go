@@ -31,7 +31,7 @@ var builtinChains = map[table][]string{
 // standardTargets are targets that are not chains.
 var standardTargets = map[string]bool{
 	"ACCEPT": true, "DROP": true, "RETURN": true, "REJECT": true, "DNAT": true, "SNAT": true,
-	"MASQUERADE": true, "SET": true, "LOG": true, "MARK": true,
+	"MASQUERADE": true, "SET": true, "LOG": true, "MARK": true, "CONNMARK": true, "NFQUEUE": true,
 }
 
 type fakeSet struct {
@@ -75,7 +75,10 @@ type fakeKernel struct {
 	saves   int // save calls
 	// lastWalk is the cost of the last synLands: rules looked at and set
 	// lookups made.
-	lastWalk struct{ rules, lookups int }
+	lastWalk struct {
+		rules, lookups int
+		held           bool // the SYN went to the held-SYN queue
+	}
 	creates  int // create calls
 	batches  int // addBatch calls
 }
@@ -520,7 +523,9 @@ func (k *fakeKernel) synLands(src netip.Addr, dst netip.AddrPort) (netip.AddrPor
 	defer k.mu.Unlock()
 	fam := familyOf(dst.Addr())
 	w := &synWalk{k: k, src: src, dst: dst}
-	if _, _, err := w.walk(k.tables[fam][mangleTable], "PREROUTING", 0); err != nil {
+	_, verdict, err := w.walk(k.tables[fam][mangleTable], "PREROUTING", 0)
+	k.lastWalk.held = verdict == "NFQUEUE"
+	if err != nil || k.lastWalk.held {
 		return netip.AddrPort{}, false, err
 	}
 	to, verdict, err := w.walk(k.tables[fam][natTable], "PREROUTING", 0)
@@ -552,6 +557,7 @@ rules:
 	for _, r := range ft.rules[chain] {
 		w.rules++
 		args := splitArgs(r)[2:]
+		module := ""
 		for i := 0; i < len(args); i++ {
 			a := args[i]
 			next := func() string { i++; return args[i] }
@@ -561,7 +567,17 @@ rules:
 					continue rules
 				}
 			case "-m":
-				next()
+				module = next()
+			case "--tcp-flags":
+				if next() != "FIN,SYN,RST,ACK" || next() != "SYN" {
+					return fail("fake cannot interpret the flags of %q", r)
+				}
+			case "!":
+				// Only "! --src-type LOCAL": a client's SYN comes from
+				// elsewhere, so the negation holds.
+				if next() != "--src-type" || next() != "LOCAL" {
+					return fail("fake cannot interpret a negation in %q", r)
+				}
 			case "--comment":
 				next()
 			case "--ctstate":
@@ -584,7 +600,11 @@ rules:
 				vs, ms, _ := strings.Cut(next(), "/")
 				v, _ := strconv.ParseUint(vs, 0, 32)
 				m, _ := strconv.ParseUint(ms, 0, 32)
-				if w.mark&uint32(m) != uint32(v) {
+				mark := w.mark
+				if module == "connmark" {
+					mark = 0 // a new connection's
+				}
+				if mark&uint32(m) != uint32(v) {
 					continue rules
 				}
 			case "--match-set":
@@ -609,6 +629,8 @@ rules:
 						return fail("%v in %q", err, r)
 					}
 					continue rules
+				case "NFQUEUE":
+					return netip.AddrPort{}, "NFQUEUE", nil
 				case "RETURN":
 					return netip.AddrPort{}, "", nil
 				case "ACCEPT":

@@ -49,6 +49,46 @@ type Options struct {
 	// one contiguous run of at least 4 bits, which bounds the backends of
 	// one service to 2^bits-2. Zero means DefaultMarkMask.
 	MarkMask uint32
+	// Queue is the NFQUEUE number of the held SYNs of services that hold
+	// them (dataplane.Service.HoldSYN). Zero means DefaultQueue.
+	Queue uint16
+	// RouteTable and RulePriority place the policy routing of
+	// transparent dials (dataplane.State.Transparent): the route table
+	// handoff owns, and the priority of the rule that looks it up. Zero
+	// means DefaultRouteTable and DefaultRulePriority.
+	RouteTable, RulePriority int
+}
+
+// DefaultQueue is the NFQUEUE number handoff holds SYNs in by default.
+const DefaultQueue = 18511
+
+// The policy routing of transparent dials, by default: the route table
+// handoff owns and the priority of its rule (before the main table's
+// 32766).
+const (
+	DefaultRouteTable   = 18511
+	DefaultRulePriority = 18511
+)
+
+func (o Options) routeTable() int {
+	if o.RouteTable == 0 {
+		return DefaultRouteTable
+	}
+	return o.RouteTable
+}
+
+func (o Options) rulePriority() int {
+	if o.RulePriority == 0 {
+		return DefaultRulePriority
+	}
+	return o.RulePriority
+}
+
+func (o Options) queue() uint16 {
+	if o.Queue == 0 {
+		return DefaultQueue
+	}
+	return o.Queue
 }
 
 // DefaultMarkMask is the mark field handoff uses unless told otherwise:

@@ -46,8 +46,9 @@ type Dataplane struct {
 	o     Options
 	log   *logrus.Entry
 	ns    netns.NsHandle // not open: the caller's namespace
-	sets  ipsets
-	flows flowDeleter
+	sets    ipsets
+	flows   flowDeleter
+	routing routing // nil: transparent dials unsupported
 	ipt   [2]iptables // by family
 	close func()      // releases sets and flows
 
@@ -68,6 +69,8 @@ type Dataplane struct {
 	// syncMu serializes Sync and the canary; it guards the fields below.
 	syncMu sync.Mutex
 	last   []*service // the desired state; nil before the first Sync
+	// transparent is the last State's Transparent.
+	transparent bool
 	slots  slotTable  // nil until learnt from the kernel by the first Sync
 	dirty  bool       // the last attempt to apply last failed
 	errMsg string     // the last sync error logged, to log each once
@@ -81,6 +84,7 @@ type Dataplane struct {
 	staleWarned map[string]bool
 
 	counts countCache // what Counters last read
+	held   heldStats
 
 	// repairs counts the drifts found and repaired: chains, rules, jumps
 	// and sets changed behind handoff's back, and index sets emptied.
@@ -115,9 +119,16 @@ func New(ctx context.Context, o Options) (*Dataplane, error) {
 		closeNS(ns)
 		return nil, fmt.Errorf("kernel: listing ipsets: %w", err)
 	}
+	r, err := newNLRouting(ns)
+	if err != nil {
+		s.close()
+		closeNS(ns)
+		return nil, fmt.Errorf("kernel: %w", err)
+	}
 	d := newDataplane(o, s, s, [2]iptables{execTables{ipv4, ns}, execTables{ipv6, ns}})
 	d.ns = ns
-	d.close = s.close
+	d.routing = r
+	d.close = func() { s.close(); r.close() }
 	d.start(ctx)
 	return d, nil
 }

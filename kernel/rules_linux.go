@@ -2,7 +2,6 @@ package kernel
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"math/bits"
 	"net/netip"
@@ -24,7 +23,9 @@ const (
 	chainOutput      = "HANDOFF-OUTPUT"
 	chainPostrouting = "HANDOFF-POSTROUTING"
 	chainForward     = "HANDOFF-FORWARD"
-	chainMark        = "HANDOFF-MARK" // mangle: a new connection's backend mark from the index
+	chainMark        = "HANDOFF-MARK"  // mangle: a new connection's backend mark from the index
+	chainDial        = "HANDOFF-DIAL"  // mangle: marks the connections the proxy dials transparently
+	chainReply       = "HANDOFF-REPLY" // mangle: marks their replies, for the local route
 	chainCanary      = "HANDOFF-CANARY"
 	chainProbe       = "HANDOFF-PROBE" // Probe's scratch chain
 	commentPrefix    = "handoff"
@@ -47,13 +48,20 @@ type baseJump struct {
 const newConns = "-m conntrack --ctstate NEW"
 
 // baseJumps are the jumps that hook handoff's chains into the kernel's.
-var baseJumps = []baseJump{
-	{mangleTable, "PREROUTING", chainMark, newConns},
-	{mangleTable, "OUTPUT", chainMark, newConns},
-	{natTable, "PREROUTING", chainPrerouting, ""},
-	{natTable, "OUTPUT", chainOutput, ""},
-	{natTable, "POSTROUTING", chainPostrouting, ""},
-	{filterTable, "FORWARD", chainForward, ""},
+// The mark of transparent dials (l.reserved) chooses which replies take
+// HANDOFF-REPLY: one comparison of the connection's mark per packet.
+func baseJumps(l markLayout) []baseJump {
+	reply := "-m connmark --mark " + l.reservedMatch()
+	return []baseJump{
+		{mangleTable, "PREROUTING", chainMark, newConns},
+		{mangleTable, "OUTPUT", chainMark, newConns},
+		{mangleTable, "OUTPUT", chainDial, newConns + " -m addrtype ! --src-type LOCAL"},
+		{mangleTable, "PREROUTING", chainReply, reply},
+		{natTable, "PREROUTING", chainPrerouting, ""},
+		{natTable, "OUTPUT", chainOutput, ""},
+		{natTable, "POSTROUTING", chainPostrouting, ""},
+		{filterTable, "FORWARD", chainForward, ""},
+	}
 }
 
 // jumpLine is the restore line that inserts j at the top of its chain.
@@ -80,6 +88,7 @@ type service struct {
 	snat     bool
 	maxelem  uint32
 	index    string // the dispatch index set: hoi-<svc> or hoi6-<svc>
+	hold     bool   // queue the SYNs of unpinned clients (Hold)
 	backends []backend
 	byName   map[string]*backend
 }
@@ -143,6 +152,7 @@ func compile(st dataplane.State) ([]*service, error) {
 			snat:    ds.SNAT,
 			maxelem: uint32(ds.MaxClients),
 			index:   indexSetName(ds.Name, familyOf(vip.Addr())),
+			hold:    ds.HoldSYN,
 			byName:  map[string]*backend{},
 		}
 		for _, db := range ds.Backends {
@@ -209,7 +219,7 @@ type rendered map[table][]chain
 // costs the same whatever the number of backends: one index lookup, at
 // most 16 mark comparisons per level (three levels for 4,095 backends)
 // and the two set lookups of one backend.
-func render(fam family, svcs []*service, l markLayout) rendered {
+func render(fam family, svcs []*service, l markLayout, queue uint16) rendered {
 	pre := chain{name: chainPrerouting}
 	out := chain{name: chainOutput}
 	post := chain{name: chainPostrouting}
@@ -220,16 +230,27 @@ func render(fam family, svcs []*service, l markLayout) rendered {
 		if s.fam != fam {
 			continue
 		}
+		// match is the service's packets; syn its packets opening a
+		// connection.
 		match := "-p tcp -m tcp --dport " + strconv.Itoa(int(s.vip.Port()))
+		syn := match + " --tcp-flags FIN,SYN,RST,ACK SYN"
 		if s.vip.Addr().IsUnspecified() {
 			match += " -m addrtype --dst-type LOCAL"
+			syn += " -m addrtype --dst-type LOCAL"
 		} else {
 			match = "-d " + hostCIDR(s.vip.Addr()) + " " + match
+			syn = "-d " + hostCIDR(s.vip.Addr()) + " " + syn
 		}
 		jump := match + " " + comment(commentPrefix+" "+s.name+" service") + " -j " + dataplane.ServiceChain(s.name)
 		pre.add(jump)
 		out.add(jump)
 		mark.add(match + " " + comment(commentPrefix+" "+s.name+" mark") + " -j SET --map-set " + s.index + " src --map-mark")
+		if s.hold {
+			// A new client's SYN waits in the queue for its pin; with
+			// nothing reading the queue it passes (--queue-bypass).
+			mark.add(syn + " " + l.match(0, l.slotBits(0)) + " " + comment(commentPrefix+" "+s.name+" hold") +
+				" -j NFQUEUE --queue-num " + strconv.Itoa(int(queue)) + " --queue-bypass")
+		}
 		svcChains = append(svcChains, s.dispatch(l)...)
 
 		// Forwarded flows of this service: by VIP when it is one address,
@@ -253,9 +274,18 @@ func render(fam family, svcs []*service, l markLayout) rendered {
 			}
 		}
 	}
+	// Transparent dials: a connection the proxy opens from a client's
+	// address (a source that is not the host's, in OUTPUT) gets the
+	// reserved mark in its connection mark, and its replies get it as
+	// their packet mark, which the routing rule of route table
+	// Options.RouteTable delivers locally, to the proxy's socket.
+	dial := chain{name: chainDial}
+	dial.add(comment(commentPrefix+" transparent dial") + " -j CONNMARK --set-xmark " + l.reservedMatch())
+	reply := chain{name: chainReply}
+	reply.add(comment(commentPrefix+" transparent reply") + " -j MARK --set-xmark " + l.reservedMatch())
 	canary := chain{name: chainCanary}
 	return rendered{
-		mangleTable: {mark, canary},
+		mangleTable: {mark, dial, reply, canary},
 		natTable:    append([]chain{pre, out, post, canary}, svcChains...),
 		filterTable: {fwd, canary},
 	}
@@ -472,7 +502,7 @@ type tableCache struct {
 
 // readBack records in c what the kernel shows of want and of the base
 // jumps of t.
-func (c *tableCache) readBack(t table, want []chain, cur saved) {
+func (c *tableCache) readBack(t table, want []chain, cur saved, jumps []baseJump) {
 	c.rendered = make(map[string]string, len(want))
 	c.kernel = make(map[string][]string, len(want))
 	c.jumps = map[string]string{}
@@ -480,7 +510,7 @@ func (c *tableCache) readBack(t table, want []chain, cur saved) {
 		c.rendered[ch.name] = ch.text()
 		c.kernel[ch.name] = cur.chains[ch.name]
 	}
-	for _, j := range baseJumps {
+	for _, j := range jumps {
 		if j.table != t {
 			continue
 		}
@@ -512,7 +542,7 @@ func (s saved) jumpRules(j baseJump) []string {
 // rewritten; owned chains not wanted are removed (keep says which
 // unwanted owned chains to leave alone); missing base jumps are inserted,
 // and edited or repeated ones replaced. cache may be nil (nothing known).
-func planTable(t table, want []chain, cache *tableCache, cur saved, keep func(string) bool) *restorePlan {
+func planTable(t table, want []chain, cache *tableCache, cur saved, jumps []baseJump, keep func(string) bool) *restorePlan {
 	if cache == nil {
 		cache = &tableCache{}
 	}
@@ -545,7 +575,7 @@ func planTable(t table, want []chain, cache *tableCache, cur saved, keep func(st
 	slices.Sort(stale)
 	p.flush, p.remove = stale, stale
 	p.unlink = unlinkLines(cur, stale)
-	for _, j := range baseJumps {
+	for _, j := range jumps {
 		if j.table != t {
 			continue
 		}
@@ -639,23 +669,12 @@ type markLayout struct {
 	shift uint   // the field's lowest bit
 }
 
-// minMarkBits is the narrowest mark field: 15 backends per service.
-const minMarkBits = 4
-
-// newMarkLayout checks mask: one run of at least minMarkBits set bits.
+// newMarkLayout checks mask (dataplane.MarkSlots).
 func newMarkLayout(mask uint32) (markLayout, error) {
-	if mask == 0 {
-		return markLayout{}, errors.New("mark mask is 0")
+	if _, err := dataplane.MarkSlots(mask); err != nil {
+		return markLayout{}, err
 	}
-	shift := uint(bits.TrailingZeros32(mask))
-	field := mask >> shift
-	if field&(field+1) != 0 {
-		return markLayout{}, fmt.Errorf("mark mask %#x: the bits must be contiguous", mask)
-	}
-	if bits.OnesCount32(mask) < minMarkBits {
-		return markLayout{}, fmt.Errorf("mark mask %#x: at least %d bits are needed", mask, minMarkBits)
-	}
-	return markLayout{mask: mask, shift: shift}, nil
+	return markLayout{mask: mask, shift: uint(bits.TrailingZeros32(mask))}, nil
 }
 
 // maxSlot is the largest slot: the field's all-ones value is reserved
@@ -668,6 +687,15 @@ func (l markLayout) slotBits(from uint) uint32 { return (l.mask >> l.shift) &^ (
 // match is the rule option matching slot bits v under mask m (slot space).
 func (l markLayout) match(v, m uint32) string {
 	return "-m mark --mark 0x" + strconv.FormatUint(uint64(v<<l.shift), 16) + "/0x" + strconv.FormatUint(uint64(m<<l.shift), 16)
+}
+
+// reserved is the field's all-ones value, which no slot takes: the mark
+// of transparent dials and their replies.
+func (l markLayout) reserved() uint32 { return l.mask }
+
+// reservedMatch is "V/M" of the reserved mark, as mark options take it.
+func (l markLayout) reservedMatch() string {
+	return "0x" + strconv.FormatUint(uint64(l.mask), 16) + "/0x" + strconv.FormatUint(uint64(l.mask), 16)
 }
 
 // mark is the index entry's skbinfo mark of slot.

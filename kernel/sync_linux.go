@@ -38,6 +38,7 @@ func (d *Dataplane) Sync(ctx context.Context, st dataplane.State) error {
 	}
 	d.syncMu.Lock()
 	defer d.syncMu.Unlock()
+	d.transparent = st.Transparent
 	_, err = d.syncLocked(ctx, svcs, false)
 	d.counts.reset() // rules may have come or gone
 	return err
@@ -138,6 +139,11 @@ func (d *Dataplane) syncLocked(ctx context.Context, svcs []*service, verify bool
 		if err != nil {
 			return changes, err
 		}
+	}
+	c, err := d.syncRouting(fams, d.transparent)
+	changes = append(changes, c...)
+	if err != nil {
+		return changes, err
 	}
 
 	// (4) Sets nobody refers to any more.
@@ -389,7 +395,7 @@ func (d *Dataplane) families(ctx context.Context, svcs []*service) []family {
 // (the table changed behind handoff's back), the table is read and
 // planned again. The canary verifies every table every CanaryInterval.
 func (d *Dataplane) syncRules(ctx context.Context, fam family, svcs []*service, verify bool) ([]string, error) {
-	want := render(fam, svcs, d.layout)
+	want := render(fam, svcs, d.layout, d.o.queue())
 	var changes []string
 	for _, t := range tables {
 		var c []string
@@ -423,7 +429,7 @@ func (d *Dataplane) syncTable(ctx context.Context, fam family, t table, want []c
 	cache := d.cache[fam][t]
 	var cur saved
 	if trusted {
-		cur = cachedTable(t, cache)
+		cur = cachedTable(t, cache, baseJumps(d.layout))
 	} else {
 		out, err := d.ipt[fam].save(ctx, t, false)
 		if err != nil {
@@ -431,12 +437,13 @@ func (d *Dataplane) syncTable(ctx context.Context, fam family, t table, want []c
 		}
 		cur = parseSave(out)
 	}
-	p := planTable(t, want, cache, cur, func(c string) bool { return c == chainProbe })
+	jumps := baseJumps(d.layout)
+	p := planTable(t, want, cache, cur, jumps, func(c string) bool { return c == chainProbe })
 	if p.empty() {
 		if cache == nil {
 			// Nothing to write, nothing known: what is there is right.
 			cache = &tableCache{}
-			cache.readBack(t, want, cur)
+			cache.readBack(t, want, cur, jumps)
 			d.cache[fam][t] = cache
 		}
 		return nil, nil
@@ -477,7 +484,7 @@ func (d *Dataplane) syncTable(ctx context.Context, fam family, t table, want []c
 		return nil, fmt.Errorf("kernel: %s %s table: reading back: %w", fam, t, err)
 	}
 	cache = &tableCache{}
-	cache.readBack(t, want, parseSave(out))
+	cache.readBack(t, want, parseSave(out), jumps)
 	d.cache[fam][t] = cache
 	changes := make([]string, len(c))
 	for i, ch := range c {
@@ -488,12 +495,12 @@ func (d *Dataplane) syncTable(ctx context.Context, fam family, t table, want []c
 
 // cachedTable is table t as handoff last wrote it: its chains and the
 // jumps into them from the built-in chains, as the kernel showed them.
-func cachedTable(t table, cache *tableCache) saved {
+func cachedTable(t table, cache *tableCache, jumps []baseJump) saved {
 	s := saved{exists: true, chains: make(map[string][]string, len(cache.kernel))}
 	for name, rules := range cache.kernel {
 		s.chains[name] = rules
 	}
-	for _, j := range baseJumps {
+	for _, j := range jumps {
 		if j.table != t {
 			continue
 		}

@@ -28,6 +28,12 @@ func svc(name, listen string, ttl time.Duration, snat bool, bes ...string) datap
 	return s
 }
 
+// transparentRules are the mangle rules of transparent dials, rendered
+// whatever the services.
+const transparentRules = `-A HANDOFF-DIAL -m comment --comment "handoff transparent dial" -j CONNMARK --set-xmark 0xfff00000/0xfff00000
+-A HANDOFF-REPLY -m comment --comment "handoff transparent reply" -j MARK --set-xmark 0xfff00000/0xfff00000
+`
+
 // compileSlots compiles st and numbers its backends as a first Sync does.
 func compileSlots(t *testing.T, st dataplane.State) []*service {
 	t.Helper()
@@ -67,6 +73,8 @@ func TestRender(t *testing.T) {
 		svc:  svc("web", "198.18.1.1:80", 30*time.Minute, false, "be1", "198.19.1.11:8080", "be2", "198.19.1.12:8080"),
 		want: `*mangle
 -A HANDOFF-MARK -d 198.18.1.1/32 -p tcp -m tcp --dport 80 -m comment --comment "handoff web mark" -j SET --map-set hoi-web src --map-mark
+-A HANDOFF-DIAL -m comment --comment "handoff transparent dial" -j CONNMARK --set-xmark 0xfff00000/0xfff00000
+-A HANDOFF-REPLY -m comment --comment "handoff transparent reply" -j MARK --set-xmark 0xfff00000/0xfff00000
 *nat
 -A HANDOFF-PREROUTING -d 198.18.1.1/32 -p tcp -m tcp --dport 80 -m comment --comment "handoff web service" -j HO-SVC-web
 -A HANDOFF-OUTPUT -d 198.18.1.1/32 -p tcp -m tcp --dport 80 -m comment --comment "handoff web service" -j HO-SVC-web
@@ -84,6 +92,8 @@ func TestRender(t *testing.T) {
 		svc:  svc("web6", "[2001:2:0:1::1]:443", time.Hour, false, "a", "[2001:2:0:2::11]:8443"),
 		want: `*mangle
 -A HANDOFF-MARK -d 2001:2:0:1::1/128 -p tcp -m tcp --dport 443 -m comment --comment "handoff web6 mark" -j SET --map-set hoi6-web6 src --map-mark
+-A HANDOFF-DIAL -m comment --comment "handoff transparent dial" -j CONNMARK --set-xmark 0xfff00000/0xfff00000
+-A HANDOFF-REPLY -m comment --comment "handoff transparent reply" -j MARK --set-xmark 0xfff00000/0xfff00000
 *nat
 -A HANDOFF-PREROUTING -d 2001:2:0:1::1/128 -p tcp -m tcp --dport 443 -m comment --comment "handoff web6 service" -j HO-SVC-web6
 -A HANDOFF-OUTPUT -d 2001:2:0:1::1/128 -p tcp -m tcp --dport 443 -m comment --comment "handoff web6 service" -j HO-SVC-web6
@@ -99,6 +109,8 @@ func TestRender(t *testing.T) {
 		svc:  svc("any", "0.0.0.0:25", 90*time.Second, true, "m1", "198.19.1.11:2525"),
 		want: `*mangle
 -A HANDOFF-MARK -p tcp -m tcp --dport 25 -m addrtype --dst-type LOCAL -m comment --comment "handoff any mark" -j SET --map-set hoi-any src --map-mark
+-A HANDOFF-DIAL -m comment --comment "handoff transparent dial" -j CONNMARK --set-xmark 0xfff00000/0xfff00000
+-A HANDOFF-REPLY -m comment --comment "handoff transparent reply" -j MARK --set-xmark 0xfff00000/0xfff00000
 *nat
 -A HANDOFF-PREROUTING -p tcp -m tcp --dport 25 -m addrtype --dst-type LOCAL -m comment --comment "handoff any service" -j HO-SVC-any
 -A HANDOFF-OUTPUT -p tcp -m tcp --dport 25 -m addrtype --dst-type LOCAL -m comment --comment "handoff any service" -j HO-SVC-any
@@ -115,6 +127,8 @@ func TestRender(t *testing.T) {
 		svc:  svc("db", "198.18.1.2:5432", 0, true, "p", "198.19.1.13:5432"),
 		want: `*mangle
 -A HANDOFF-MARK -d 198.18.1.2/32 -p tcp -m tcp --dport 5432 -m comment --comment "handoff db mark" -j SET --map-set hoi-db src --map-mark
+-A HANDOFF-DIAL -m comment --comment "handoff transparent dial" -j CONNMARK --set-xmark 0xfff00000/0xfff00000
+-A HANDOFF-REPLY -m comment --comment "handoff transparent reply" -j MARK --set-xmark 0xfff00000/0xfff00000
 *nat
 -A HANDOFF-PREROUTING -d 198.18.1.2/32 -p tcp -m tcp --dport 5432 -m comment --comment "handoff db service" -j HO-SVC-db
 -A HANDOFF-OUTPUT -d 198.18.1.2/32 -p tcp -m tcp --dport 5432 -m comment --comment "handoff db service" -j HO-SVC-db
@@ -130,6 +144,8 @@ func TestRender(t *testing.T) {
 		svc:  svc("m", "[::ffff:198.18.1.3]:80", time.Second/2, false, "x", "[::ffff:198.19.1.11]:80"),
 		want: `*mangle
 -A HANDOFF-MARK -d 198.18.1.3/32 -p tcp -m tcp --dport 80 -m comment --comment "handoff m mark" -j SET --map-set hoi-m src --map-mark
+-A HANDOFF-DIAL -m comment --comment "handoff transparent dial" -j CONNMARK --set-xmark 0xfff00000/0xfff00000
+-A HANDOFF-REPLY -m comment --comment "handoff transparent reply" -j MARK --set-xmark 0xfff00000/0xfff00000
 *nat
 -A HANDOFF-PREROUTING -d 198.18.1.3/32 -p tcp -m tcp --dport 80 -m comment --comment "handoff m service" -j HO-SVC-m
 -A HANDOFF-OUTPUT -d 198.18.1.3/32 -p tcp -m tcp --dport 80 -m comment --comment "handoff m service" -j HO-SVC-m
@@ -142,12 +158,12 @@ func TestRender(t *testing.T) {
 	}} {
 		t.Run(c.desc, func(t *testing.T) {
 			svcs := compileSlots(t, dataplane.State{Services: []dataplane.Service{c.svc}})
-			r := render(c.fam, svcs, defaultLayout)
+			r := render(c.fam, svcs, defaultLayout, DefaultQueue)
 			if got := renderText(r); got != c.want {
 				t.Errorf("got\n%s\nwant\n%s", got, c.want)
 			}
-			other := render(1-c.fam, svcs, defaultLayout)
-			if got := renderText(other); got != "*mangle\n*nat\n*filter\n" {
+			other := render(1-c.fam, svcs, defaultLayout, DefaultQueue)
+			if got := renderText(other); got != "*mangle\n"+transparentRules+"*nat\n*filter\n" {
 				t.Errorf("other family got rules:\n%s", got)
 			}
 			// Every chain of a rendering exists: base chains and canary

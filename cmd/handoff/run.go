@@ -19,6 +19,7 @@ import (
 	"github.com/handoff-lb/handoff/dataplane"
 	"github.com/handoff-lb/handoff/fallback"
 	"github.com/handoff-lb/handoff/kernel"
+	"github.com/handoff-lb/handoff/proxy"
 )
 
 func newRunCmd() *cobra.Command {
@@ -101,6 +102,18 @@ func run(parent context.Context, path string, cfg *config.Config, mode config.Mo
 		LoadConfig: func() (*config.Config, error) { return config.Load(path) },
 		ObservePin: func(service string, took time.Duration) { srv.ObservePin(service, took) },
 	}
+	if kernelMode {
+		// Source-classified services hold new clients' first SYNs in the
+		// kernel; the first connections the others proxy come from the
+		// clients' own addresses where this process may open transparent
+		// sockets.
+		opts.HoldSYNs = true
+		if err := proxy.CanDialTransparent(); err != nil {
+			log.WithError(err).Warn("first connections are proxied from this host's address: transparent dials need CAP_NET_ADMIN")
+		} else {
+			opts.Transparent = true
+		}
+	}
 	if kdp, ok := dp.(*kernel.Dataplane); ok {
 		opts.Forwarded = func(ctx context.Context) (map[dataplane.BackendRef]balancer.Forwarded, error) {
 			cs, err := kdp.Counters(ctx)
@@ -179,7 +192,14 @@ func openDataplane(ctx context.Context, mode config.Mode, cfg *config.Config, lo
 		// Probe ip6tables as well when a service is IPv6: without it the
 		// probe would pass and the first sync fail, so auto mode would exit
 		// instead of falling back.
-		ko := kernel.Options{Logger: log.WithField("component", "kernel"), IPv6: hasIPv6(cfg)}
+		ko := kernel.Options{
+			Logger:       log.WithField("component", "kernel"),
+			IPv6:         hasIPv6(cfg),
+			MarkMask:     cfg.Kernel.MarkMask,
+			Queue:        uint16(cfg.Kernel.Queue),
+			RouteTable:   cfg.Kernel.RouteTable,
+			RulePriority: cfg.Kernel.RulePriority,
+		}
 		err := kernel.Probe(ctx, ko)
 		if err == nil {
 			dp, err := kernel.New(ctx, ko)
