@@ -93,13 +93,13 @@ type Engine struct {
 	transparent bool
 	holdSYNs    bool        // asked for
 	holding     atomic.Bool // the queue is bound: Sync holds SYNs
-	log    *logrus.Entry
-	listen ListenFunc
-	onPin  func(string, time.Duration)
-	view   *view
-	stats  stats
-	health atomic.Pointer[healthcheck.Monitor] // created by Run
-	state  atomic.Pointer[State]               // nil: StateStarting
+	log         *logrus.Entry
+	listen      ListenFunc
+	onPin       func(string, time.Duration)
+	view        *view
+	stats       stats
+	health      atomic.Pointer[healthcheck.Monitor] // created by Run
+	state       atomic.Pointer[State]               // nil: StateStarting
 
 	version   string
 	stateDir  string
@@ -129,16 +129,16 @@ func New(o Options) (*Engine, error) {
 		kernel:      o.Kernel,
 		transparent: o.Transparent && o.Kernel,
 		holdSYNs:    o.HoldSYNs && o.Kernel,
-		log:       o.Logger,
-		listen:    o.Listen,
-		onPin:     o.ObservePin,
-		view:      newView(o.Kernel),
-		version:   o.Version,
-		stateDir:  o.StateDir,
-		load:      o.LoadConfig,
-		forwarded: o.Forwarded,
-		fileCfg:   o.Config,
-		services:  map[string]*service{},
+		log:         o.Logger,
+		listen:      o.Listen,
+		onPin:       o.ObservePin,
+		view:        newView(o.Kernel),
+		version:     o.Version,
+		stateDir:    o.StateDir,
+		load:        o.LoadConfig,
+		forwarded:   o.Forwarded,
+		fileCfg:     o.Config,
+		services:    map[string]*service{},
 	}
 	if e.log == nil {
 		e.log = logrus.NewEntry(logrus.StandardLogger())

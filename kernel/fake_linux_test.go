@@ -79,8 +79,8 @@ type fakeKernel struct {
 		rules, lookups int
 		held           bool // the SYN went to the held-SYN queue
 	}
-	creates  int // create calls
-	batches  int // addBatch calls
+	creates int // create calls
+	batches int // addBatch calls
 }
 
 func newFakeKernel() *fakeKernel {

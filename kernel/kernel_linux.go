@@ -43,14 +43,14 @@ type flowDeleter interface {
 // stops it. Close leaves every kernel object in place for the next run to
 // adopt; Cleanup removes them.
 type Dataplane struct {
-	o     Options
-	log   *logrus.Entry
-	ns    netns.NsHandle // not open: the caller's namespace
+	o       Options
+	log     *logrus.Entry
+	ns      netns.NsHandle // not open: the caller's namespace
 	sets    ipsets
 	flows   flowDeleter
-	routing routing // nil: transparent dials unsupported
-	ipt   [2]iptables // by family
-	close func()      // releases sets and flows
+	routing routing     // nil: transparent dials unsupported
+	ipt     [2]iptables // by family
+	close   func()      // releases sets and flows
 
 	// mu guards the fields below it. Pin, Unpin, Lookup and Count hold it
 	// for reading while they talk to the kernel (Pins only to look up the
@@ -71,9 +71,9 @@ type Dataplane struct {
 	last   []*service // the desired state; nil before the first Sync
 	// transparent is the last State's Transparent.
 	transparent bool
-	slots  slotTable  // nil until learnt from the kernel by the first Sync
-	dirty  bool       // the last attempt to apply last failed
-	errMsg string     // the last sync error logged, to log each once
+	slots       slotTable // nil until learnt from the kernel by the first Sync
+	dirty       bool      // the last attempt to apply last failed
+	errMsg      string    // the last sync error logged, to log each once
 	// cache holds, by family and table, what Sync last wrote and read
 	// back; nil means unknown (read the table first).
 	cache  [2]map[table]*tableCache
