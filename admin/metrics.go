@@ -72,11 +72,12 @@ type statusCollector struct {
 
 	pinTime *prometheus.HistogramVec
 
-	up, buildInfo, open                                         *prometheus.Desc
-	classified, refused, migrations, migrated, migrationSeconds *prometheus.Desc
-	reloads                                                     *prometheus.Desc
-	pins, fill, backendUp, draining, active                     *prometheus.Desc
-	proxiedConns, proxiedBytes, fwdPackets, fwdBytes            *prometheus.Desc
+	up, buildInfo, open                              *prometheus.Desc
+	classified, first, refused, migrations, migrated *prometheus.Desc
+	migrationSeconds                                 *prometheus.Desc
+	reloads                                          *prometheus.Desc
+	pins, fill, backendUp, draining, active          *prometheus.Desc
+	proxiedConns, proxiedBytes, fwdPackets, fwdBytes *prometheus.Desc
 }
 
 func newStatusCollector(ctl Reader, version string, log *logrus.Entry) *statusCollector {
@@ -100,7 +101,8 @@ func newStatusCollector(ctl Reader, version string, log *logrus.Entry) *statusCo
 		buildInfo: d("handoff_build_info", "Always 1; the labels tell the version, the data plane mode (kernel | userspace) and the Go version.", []string{"version", "mode", "goversion"}, nil),
 		open:      d("handoff_service_open", "1 when the service's listener accepts new clients.", svc, nil),
 
-		classified:       d("handoff_classifications_total", "New clients classified, by result: pinned, no-backend, pin-failed, unclassified/<reason>, rejected/<reason>.", []string{"service", "result"}, nil),
+		classified:       d("handoff_classifications_total", "New clients classified, by result: pinned, no-backend, no-route, pin-failed, unclassified/<reason>, rejected/<reason>.", []string{"service", "result"}, nil),
+		first:            d("handoff_first_connections_total", "New clients' first connections by how they were served: in-kernel (SYN held until pinned), transparent (proxied from the client's address), proxied, reset.", []string{"service", "outcome"}, nil),
 		refused:          d("handoff_connections_refused_total", "Connections reset at once because max_connections were live.", svc, nil),
 		migrations:       d("handoff_migrations_total", "Migrations of clients between backends: backend-down evacuations, failbacks and drain migrations.", svc, nil),
 		migrated:         d("handoff_migrated_clients_total", "Clients moved by migrations.", svc, nil),
@@ -122,7 +124,7 @@ func newStatusCollector(ctl Reader, version string, log *logrus.Entry) *statusCo
 func (c *statusCollector) descs() []*prometheus.Desc {
 	return []*prometheus.Desc{
 		c.up, c.buildInfo, c.open,
-		c.classified, c.refused, c.migrations, c.migrated, c.migrationSeconds, c.reloads,
+		c.classified, c.first, c.refused, c.migrations, c.migrated, c.migrationSeconds, c.reloads,
 		c.pins, c.fill, c.backendUp, c.draining, c.active,
 		c.proxiedConns, c.proxiedBytes, c.fwdPackets, c.fwdBytes,
 	}
@@ -173,6 +175,9 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 		emit(c.open, prometheus.GaugeValue, bit(s.Open), s.Name)
 		for _, result := range slices.Sorted(maps.Keys(s.Classified)) {
 			emit(c.classified, prometheus.CounterValue, float64(s.Classified[result]), s.Name, result)
+		}
+		for _, outcome := range slices.Sorted(maps.Keys(s.FirstConnections)) {
+			emit(c.first, prometheus.CounterValue, float64(s.FirstConnections[outcome]), s.Name, outcome)
 		}
 		emit(c.refused, prometheus.CounterValue, float64(s.Refused), s.Name)
 		emit(c.migrations, prometheus.CounterValue, float64(s.Migrations), s.Name)

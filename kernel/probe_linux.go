@@ -18,9 +18,11 @@ import (
 // "kernel mode unavailable: creating ipset ho-_probe-42: operation not
 // permitted (need CAP_NET_ADMIN)".
 //
-// It creates and removes a scratch ipset (ho-_probe-<pid>) and a scratch
-// nat chain (HANDOFF-PROBE) whose rules use the set, SET and DNAT targets,
-// for IPv4 and, when o.IPv6 is set, IPv6: the chain is written with
+// It creates and removes two scratch ipsets (ho-_probe-<pid>, a pin set,
+// and ho-_probe-<pid>i, an index), a scratch mangle chain (HANDOFF-PROBE)
+// that maps the index's mark, and a scratch nat chain (HANDOFF-PROBE)
+// whose rules match the mark and use the pin set, SET and DNAT targets,
+// for IPv4 and, when o.IPv6 is set, IPv6: the chains are written with
 // iptables-restore, as Sync writes, then checked (iptables -C) and
 // removed with the iptables command through go-iptables, which so checks
 // that iptables runs and sees what iptables-restore wrote. Its scratch
@@ -77,7 +79,30 @@ func probe(ctx context.Context, o Options) (err error) {
 			return nil
 		})
 
+		index := set + "i"
+		if err := s.create(index, setSpec{family: fam, maxelem: 16, index: true}); err != nil {
+			return fmt.Errorf("creating ipset %s (hash:ip skbinfo): %w%s", index, err, capHint(err))
+		}
+		undo = append(undo, func() error {
+			if err := s.destroy(index); err != nil {
+				return fmt.Errorf("removing ipset %s: %w", index, err)
+			}
+			return nil
+		})
+
 		ipt := execTables{fam, ns}
+		mangle := "*mangle\n:" + chainProbe + " - [0:0]\n-A " + chainProbe + " -p tcp " + comment(commentPrefix+" probe") +
+			" -j SET --map-set " + index + " src --map-mark\nCOMMIT\n"
+		if err := ipt.restore(ctx, []byte(mangle)); err != nil {
+			return fmt.Errorf("creating mangle chain %s with %w%s", chainProbe, err, capHint(err))
+		}
+		undo = append(undo, func() error {
+			remove := "*mangle\n:" + chainProbe + " - [0:0]\n-X " + chainProbe + "\nCOMMIT\n"
+			if err := ipt.restore(context.WithoutCancel(ctx), []byte(remove)); err != nil {
+				return fmt.Errorf("removing mangle chain %s with %w", chainProbe, err)
+			}
+			return nil
+		})
 		gt, err := newGoTables(ns, fam)
 		if err != nil {
 			return err
@@ -86,7 +111,7 @@ func probe(ctx context.Context, o Options) (err error) {
 		if fam == ipv6 {
 			to = "[::1]:9"
 		}
-		in := "-A " + chainProbe + " -p tcp -m set --match-set " + set + " src " + comment(commentPrefix+" probe")
+		in := "-A " + chainProbe + " -p tcp -m mark --mark 0x100000/0xfff00000 -m set --match-set " + set + " src " + comment(commentPrefix+" probe")
 		rules := []string{
 			in + " -j SET --add-set " + set + " src --exist --timeout 1",
 			in + " -j DNAT --to-destination " + to,
