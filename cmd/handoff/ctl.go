@@ -186,11 +186,14 @@ func printStatus(out io.Writer, st balancer.Status) error {
 		fmt.Fprintln(w, "\nno services")
 		return w.Flush()
 	}
-	fmt.Fprintln(w, "\nSERVICE\tLISTEN\tOPEN\tPINNED\tACTIVE\tREFUSED\tFIRST: IN-KERNEL\tTRANSPARENT\tPROXIED\tRESET")
+	fmt.Fprintln(w, "\nSERVICE\tLISTEN\tOPEN\tPINNED\tACTIVE\tREFUSED")
+	for _, s := range st.Services {
+		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%d\t%d\n", s.Name, s.Listen, yesNo(s.Open), s.Pinned, s.Active, s.Refused)
+	}
+	fmt.Fprintln(w, "\nFIRST CONNECTIONS\tIN-KERNEL\tTRANSPARENT\tPROXIED\tRESET")
 	for _, s := range st.Services {
 		f := s.FirstConnections
-		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\n", s.Name, s.Listen, yesNo(s.Open), s.Pinned, s.Active, s.Refused,
-			f["in-kernel"], f["transparent"], f["proxied"], f["reset"])
+		fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d\n", s.Name, f["in-kernel"], f["transparent"], f["proxied"], f["reset"])
 	}
 	fmt.Fprintln(w, "\nSERVICE\tBACKEND\tADDRESS\tPOOL\tHEALTH\tDRAINING\tPINNED\tACTIVE\tBYTES")
 	for _, s := range st.Services {

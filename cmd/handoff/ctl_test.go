@@ -24,7 +24,8 @@ const ctlStatusJSON = `{
   "reloads": {"ok": 4},
   "services": [
     {"name": "web-frontend", "listen": "203.0.113.10:443", "open": true, "classify": "sni", "max_clients": 65536,
-     "pinned": 11425, "active": 859, "refused": 12, "classified": {}, "migrations": 0, "migrated_clients": 0, "migration_seconds": 0,
+     "pinned": 11425, "active": 859, "refused": 12, "classified": {},
+     "first_connections": {"in-kernel": 0, "transparent": 9030, "proxied": 12, "reset": 1}, "migrations": 0, "migrated_clients": 0, "migration_seconds": 0,
      "backends": [
        {"name": "web-eu-1", "address": "10.20.0.11:8443", "pool": "default", "weight": 1, "health": "up", "draining": false,
         "registered": false, "pinned": 7320, "active": 541, "connections": 210433, "bytes_in": 1073741824, "bytes_out": 2147483648,
@@ -55,6 +56,10 @@ uptime   3d 4h
 SERVICE       LISTEN              OPEN  PINNED  ACTIVE  REFUSED
 web-frontend  203.0.113.10:443    yes   11425   859     12
 game          198.51.100.20:7777  no    3       0       0
+
+FIRST CONNECTIONS  IN-KERNEL  TRANSPARENT  PROXIED  RESET
+web-frontend       0          9030         12       1
+game               0          0            0        0
 
 SERVICE       BACKEND    ADDRESS          POOL      HEALTH  DRAINING  PINNED  ACTIVE  BYTES
 web-frontend  web-eu-1   10.20.0.11:8443  default   up      no        7320    541     4.0 GiB
