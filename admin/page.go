@@ -408,6 +408,7 @@ footer a { color: inherit; }
         {{- if .MaxClients}}<span>max <b>{{num .MaxClients}}</b> per backend</span>{{end}}
         <span>active <b>{{num .Active}}</b></span>
         {{- if .Migrations}}<span>migrations <b>{{.Migrations}}</b> ({{num .MigratedClients}} clients)</span>{{end}}
+        {{- with .FirstConnections}}<span>first connections: in-kernel <b>{{index . "in-kernel"}}</b>, transparent <b>{{index . "transparent"}}</b>, proxied <b>{{index . "proxied"}}</b>, reset <b>{{index . "reset"}}</b></span>{{end}}
       </div>
     </header>
     {{- if .Backends}}
