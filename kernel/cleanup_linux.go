@@ -45,7 +45,7 @@ func Cleanup(ctx context.Context, o Options) error {
 		defer s.close()
 		sets = s
 	}
-	errs = append(errs, cleanup(ctx, ipts, sets, o.logger()))
+	errs = append(errs, cleanup(ctx, ipts, sets, o.CleanupPrefixed, o.logger()))
 	if r, err := newNLRouting(ns); err != nil {
 		errs = append(errs, fmt.Errorf("kernel: cleanup: %w", err))
 	} else {
@@ -73,9 +73,13 @@ func cleanupRouting(o Options, r routing) error {
 }
 
 // cleanup removes handoff's rules and chains from each non-nil iptables,
-// then its sets (unless sets is nil).
-func cleanup(ctx context.Context, ipts [2]iptables, sets ipsets, log *logrus.Entry) error {
+// then its sets (unless sets is nil): the fixed chains and those the
+// registry lists, and the sets it lists, and with all also the chains
+// and sets that merely carry handoff's prefixes (an older handoff's, or
+// whose registry was lost). Others are reported and left alone.
+func cleanup(ctx context.Context, ipts [2]iptables, sets ipsets, all bool, log *logrus.Entry) error {
 	var errs []error
+	ownedSets := map[string]bool{}
 	for fam, ipt := range ipts {
 		if ipt == nil {
 			continue
@@ -87,17 +91,29 @@ func cleanup(ctx context.Context, ipts [2]iptables, sets ipsets, log *logrus.Ent
 				continue
 			}
 			cur := parseSave(out)
-			var gone []string
+			if family(fam) == ipv4 && t == natTable {
+				ownedSets = cur.registered(ownsSet)
+			}
+			own := cur.owner()
+			var gone, left []string
 			for name := range cur.chains {
-				if owned(name) {
+				switch {
+				case own.owns(name) || (all && prefixed(name)):
 					gone = append(gone, name)
+				case prefixed(name):
+					left = append(left, name)
 				}
+			}
+			if len(left) > 0 {
+				slices.Sort(left)
+				log.WithFields(logrus.Fields{"family": family(fam).String(), "table": string(t), "chains": strings.Join(left, ",")}).
+					Warn("chains named like handoff's are not in its registry: left alone (--prefixed removes them)")
 			}
 			if len(gone) == 0 {
 				continue
 			}
 			slices.Sort(gone)
-			p := &restorePlan{table: t, flush: gone, unlink: unlinkLines(cur, gone), remove: gone}
+			p := &restorePlan{table: t, flush: gone, unlink: unlinkLines(cur, owner{registered: setOf(gone)}, gone), remove: gone}
 			if err := ipt.restore(ctx, p.text()); err != nil {
 				errs = append(errs, fmt.Errorf("kernel: cleanup: %s %s table: %w", family(fam), t, err))
 				continue
@@ -112,8 +128,13 @@ func cleanup(ctx context.Context, ipts [2]iptables, sets ipsets, log *logrus.Ent
 	if err != nil {
 		return errors.Join(append(errs, fmt.Errorf("kernel: cleanup: listing ipsets: %w", err))...)
 	}
+	var left []string
 	for _, name := range names {
 		if !isHandoffSet(name) {
+			continue
+		}
+		if !ownedSets[name] && !isTempSet(name) && !isProbeSet(name) && !all {
+			left = append(left, name)
 			continue
 		}
 		if err := sets.destroy(name); err != nil {
@@ -122,5 +143,16 @@ func cleanup(ctx context.Context, ipts [2]iptables, sets ipsets, log *logrus.Ent
 		}
 		log.WithField("set", name).Info("removed handoff ipset")
 	}
+	if len(left) > 0 {
+		log.WithField("sets", strings.Join(left, ",")).Warn("ipsets named like handoff's are not in its registry: left alone (--prefixed removes them)")
+	}
 	return errors.Join(errs...)
+}
+
+func setOf(names []string) map[string]bool {
+	m := make(map[string]bool, len(names))
+	for _, n := range names {
+		m[n] = true
+	}
+	return m
 }

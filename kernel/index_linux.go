@@ -80,7 +80,7 @@ func (d *Dataplane) learnSlots(ctx context.Context, fams []family) (slotTable, e
 			return nil, fmt.Errorf("kernel: %s nat table: %w", fam, err)
 		}
 		for name, rules := range parseSave(out).chains {
-			if !owned(name) {
+			if !prefixed(name) {
 				continue
 			}
 			for _, r := range rules {

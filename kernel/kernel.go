@@ -57,6 +57,10 @@ type Options struct {
 	// handoff owns, and the priority of the rule that looks it up. Zero
 	// means DefaultRouteTable and DefaultRulePriority.
 	RouteTable, RulePriority int
+	// CleanupPrefixed makes Cleanup also remove the chains and sets that
+	// only carry handoff's name prefixes, which its registry does not
+	// list (an older handoff's, or whose registry was lost).
+	CleanupPrefixed bool
 }
 
 // DefaultQueue is the NFQUEUE number handoff holds SYNs in by default.

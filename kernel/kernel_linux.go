@@ -82,6 +82,9 @@ type Dataplane struct {
 	// staleWarned holds stale sets whose destruction failed and was
 	// logged at warning level.
 	staleWarned map[string]bool
+	// foreignWarned holds the objects named like handoff's but not in its
+	// registry that were reported.
+	foreignWarned map[string]bool
 
 	counts countCache // what Counters last read
 	held   heldStats
@@ -535,6 +538,12 @@ func probeSetName(fam family, pid int) string {
 		p = "ho6-"
 	}
 	return p + probeTag + strconv.Itoa(pid)
+}
+
+// isTempSet reports whether name is a scratch set of a rebuild.
+func isTempSet(name string) bool {
+	return strings.HasPrefix(name, "ho-"+tempTag) || strings.HasPrefix(name, "ho6-"+tempTag) ||
+		strings.HasPrefix(name, "hoi-"+tempTag) || strings.HasPrefix(name, "hoi6-"+tempTag)
 }
 
 // tempSetName is the scratch set used while rebuilding set name.

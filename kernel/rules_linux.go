@@ -73,10 +73,60 @@ func (j baseJump) line() string {
 	return "-I " + j.builtin + " 1 " + m + comment(commentPrefix+" jump") + " -j " + j.target
 }
 
-// owned reports whether chain belongs to handoff.
-func owned(chain string) bool {
+// prefixed reports whether a chain's name is in handoff's namespace. Such
+// a chain is handoff's only when it is one of the fixed chains or the
+// registry of its table lists it (saved.ownsChain): another program's
+// HANDOFF-LOCAL is not.
+func prefixed(chain string) bool {
 	return strings.HasPrefix(chain, ownedPrefix) || strings.HasPrefix(chain, svcPrefix)
 }
+
+// fixedChains are the chains of every handoff data plane.
+var fixedChains = map[string]bool{
+	chainPrerouting: true, chainOutput: true, chainPostrouting: true, chainForward: true,
+	chainMark: true, chainDial: true, chainReply: true, chainCanary: true,
+}
+
+// The registry: the canary chain of each table lists, in rules that only
+// carry a comment (the chain is never jumped to, so they do nothing), the
+// chains handoff made in that table, and the IPv4 nat table's canary the
+// ipsets it made. Objects whose names merely share handoff's prefixes
+// are not in it, and are left alone.
+const (
+	ownsChain = "chain"
+	ownsSet   = "set"
+)
+
+// registryRule is the canary rule that registers object name of kind.
+func registryRule(kind, name string) string {
+	return comment(commentPrefix + " owns " + kind + " " + name)
+}
+
+// registered returns the objects of kind that the canary chain of s
+// lists.
+func (s saved) registered(kind string) map[string]bool {
+	out := map[string]bool{}
+	prefix := commentPrefix + " owns " + kind + " "
+	for _, r := range s.chains[chainCanary] {
+		args := splitArgs(r)
+		if i := slices.Index(args, "--comment"); i >= 0 && i+1 < len(args) {
+			if name, ok := strings.CutPrefix(args[i+1], prefix); ok {
+				out[name] = true
+			}
+		}
+	}
+	return out
+}
+
+// owner tells which chains of a table are handoff's.
+type owner struct {
+	registered map[string]bool
+}
+
+func (s saved) owner() owner { return owner{registered: s.registered(ownsChain)} }
+
+// owns reports whether chain is handoff's: fixed, or registered.
+func (o owner) owns(chain string) bool { return fixedChains[chain] || o.registered[chain] }
 
 // service is a dataplane.Service checked and reduced to what the kernel
 // needs.
@@ -283,11 +333,24 @@ func render(fam family, svcs []*service, l markLayout, queue uint16) rendered {
 	dial.add(comment(commentPrefix+" transparent dial") + " -j CONNMARK --set-xmark " + l.reservedMatch())
 	reply := chain{name: chainReply}
 	reply.add(comment(commentPrefix+" transparent reply") + " -j MARK --set-xmark " + l.reservedMatch())
-	canary := chain{name: chainCanary}
+	// The registry of each table: its chains beyond the fixed ones, and
+	// in the IPv4 nat table every set of every service.
+	natCanary := chain{name: chainCanary}
+	for _, c := range svcChains {
+		natCanary.add(registryRule(ownsChain, c.name))
+	}
+	if fam == ipv4 {
+		for _, s := range svcs {
+			natCanary.add(registryRule(ownsSet, s.index))
+			for _, b := range s.backends {
+				natCanary.add(registryRule(ownsSet, b.set))
+			}
+		}
+	}
 	return rendered{
-		mangleTable: {mark, dial, reply, canary},
-		natTable:    append([]chain{pre, out, post, canary}, svcChains...),
-		filterTable: {fwd, canary},
+		mangleTable: {mark, dial, reply, {name: chainCanary}},
+		natTable:    append([]chain{pre, out, post, natCanary}, svcChains...),
+		filterTable: {fwd, {name: chainCanary}},
 	}
 }
 
@@ -446,6 +509,7 @@ type restorePlan struct {
 	flush   []string // chains declared only: stale chains about to go
 	unlink  []string // "-D" lines for rules of other chains jumping to stale ones
 	unjump  []string // "-D" lines of edited base jumps
+	foreign []string // chains with handoff's prefix that are not handoff's: left alone
 	jumps   []string // "-I" lines of missing base jumps
 	remove  []string // chains deleted at the end
 	reasons []string // why each chain is written, for logs
@@ -567,14 +631,21 @@ func planTable(t table, want []chain, cache *tableCache, cur saved, jumps []base
 		p.write = append(p.write, c)
 	}
 	var stale []string
+	own := cur.owner()
 	for name := range cur.chains {
-		if owned(name) && !wanted[name] && (keep == nil || !keep(name)) {
+		if wanted[name] || !prefixed(name) || (keep != nil && keep(name)) {
+			continue
+		}
+		if own.owns(name) {
 			stale = append(stale, name)
+		} else {
+			p.foreign = append(p.foreign, name)
 		}
 	}
 	slices.Sort(stale)
+	slices.Sort(p.foreign)
 	p.flush, p.remove = stale, stale
-	p.unlink = unlinkLines(cur, stale)
+	p.unlink = unlinkLines(cur, own, stale)
 	for _, j := range jumps {
 		if j.table != t {
 			continue
@@ -610,7 +681,7 @@ func firstDiff(got, want []string) string {
 // unlinkLines returns "-D" lines deleting every rule outside handoff's
 // chains that jumps to one of the chains in gone. Rules inside handoff's
 // chains go when those chains are flushed or rewritten.
-func unlinkLines(cur saved, gone []string) []string {
+func unlinkLines(cur saved, own owner, gone []string) []string {
 	if len(gone) == 0 {
 		return nil
 	}
@@ -621,7 +692,7 @@ func unlinkLines(cur saved, gone []string) []string {
 	}
 	slices.Sort(names)
 	for _, name := range names {
-		if owned(name) {
+		if own.owns(name) {
 			continue
 		}
 		for _, r := range cur.chains[name] {

@@ -132,6 +132,13 @@ func (d *Dataplane) syncLocked(ctx context.Context, svcs []*service, verify bool
 		return nil, err
 	}
 
+	// The sets the registry lists before the rules rewrite it: those of
+	// removed services and backends are destroyed below.
+	registered, err := d.registeredSets(ctx)
+	if err != nil {
+		return changes, err
+	}
+
 	// (2) and (3) Rules and jumps, family by family.
 	for _, fam := range fams {
 		c, err := d.syncRules(ctx, fam, svcs, verify)
@@ -146,10 +153,15 @@ func (d *Dataplane) syncLocked(ctx context.Context, svcs []*service, verify bool
 		return changes, err
 	}
 
-	// (4) Sets nobody refers to any more.
+	// (4) Sets of handoff's that nobody refers to any more. Sets that
+	// merely share handoff's prefixes are left alone.
 	for _, h := range existing {
 		name := h.name
 		if !isHandoffSet(name) || wanted[name] || isProbeSet(name) {
+			continue
+		}
+		if !registered[name] && !isTempSet(name) {
+			d.warnForeign("set", name)
 			continue
 		}
 		if err := d.sets.destroy(name); err != nil {
@@ -170,6 +182,33 @@ func (d *Dataplane) syncLocked(ctx context.Context, svcs []*service, verify bool
 		d.log.WithField("set", name).Info("destroyed the ipset of a removed backend")
 	}
 	return changes, nil
+}
+
+// registeredSets returns the sets the registry (the IPv4 nat canary)
+// lists, as handoff last wrote it or, unknown, as the kernel has it.
+func (d *Dataplane) registeredSets(ctx context.Context) (map[string]bool, error) {
+	if c := d.cache[ipv4][natTable]; c != nil {
+		return cachedTable(natTable, c, nil).registered(ownsSet), nil
+	}
+	out, err := d.ipt[ipv4].save(ctx, natTable, false)
+	if err != nil {
+		return nil, fmt.Errorf("kernel: ipv4 nat table: %w", err)
+	}
+	return parseSave(out).registered(ownsSet), nil
+}
+
+// warnForeign says once that an object shares handoff's prefix without
+// being handoff's, and is left alone.
+func (d *Dataplane) warnForeign(kind, name string) {
+	key := kind + " " + name
+	if d.foreignWarned[key] {
+		return
+	}
+	if d.foreignWarned == nil {
+		d.foreignWarned = map[string]bool{}
+	}
+	d.foreignWarned[key] = true
+	d.log.WithField(kind, name).Warn("a " + kind + " named like handoff's is not in handoff's registry: left alone (handoff cleanup --prefixed removes it)")
 }
 
 // setChange describes a set made or remade by a Sync.
@@ -370,8 +409,10 @@ func (d *Dataplane) families(ctx context.Context, svcs []*service) []family {
 	if !d.v6 && !d.v6seen {
 		d.v6seen = true
 		if out, err := d.ipt[ipv6].save(ctx, natTable, false); err == nil {
-			for name := range parseSave(out).chains {
-				if owned(name) && name != chainProbe {
+			cur := parseSave(out)
+			own := cur.owner()
+			for name := range cur.chains {
+				if own.owns(name) && name != chainProbe {
 					d.v6 = true
 					break
 				}
@@ -439,6 +480,9 @@ func (d *Dataplane) syncTable(ctx context.Context, fam family, t table, want []c
 	}
 	jumps := baseJumps(d.layout)
 	p := planTable(t, want, cache, cur, jumps, func(c string) bool { return c == chainProbe })
+	for _, name := range p.foreign {
+		d.warnForeign("chain", fam.String()+" "+string(t)+" "+name)
+	}
 	if p.empty() {
 		if cache == nil {
 			// Nothing to write, nothing known: what is there is right.

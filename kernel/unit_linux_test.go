@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -78,6 +79,10 @@ func TestRender(t *testing.T) {
 *nat
 -A HANDOFF-PREROUTING -d 198.18.1.1/32 -p tcp -m tcp --dport 80 -m comment --comment "handoff web service" -j HO-SVC-web
 -A HANDOFF-OUTPUT -d 198.18.1.1/32 -p tcp -m tcp --dport 80 -m comment --comment "handoff web service" -j HO-SVC-web
+-A HANDOFF-CANARY -m comment --comment "handoff owns chain HO-SVC-web"
+-A HANDOFF-CANARY -m comment --comment "handoff owns set hoi-web"
+-A HANDOFF-CANARY -m comment --comment "handoff owns set ho-web-be1"
+-A HANDOFF-CANARY -m comment --comment "handoff owns set ho-web-be2"
 -A HO-SVC-web -m mark --mark 0x0/0xfff00000 -m comment --comment "handoff web new clients" -j RETURN
 -A HO-SVC-web -p tcp -m mark --mark 0x100000/0xfff00000 -m set --match-set ho-web-be1 src -m comment --comment "handoff web/be1 refresh" -j SET --add-set ho-web-be1 src --exist --timeout 1800
 -A HO-SVC-web -p tcp -m mark --mark 0x100000/0xfff00000 -m set --match-set ho-web-be1 src -m comment --comment "handoff web/be1 dnat" -j DNAT --to-destination 198.19.1.11:8080
@@ -97,6 +102,7 @@ func TestRender(t *testing.T) {
 *nat
 -A HANDOFF-PREROUTING -d 2001:2:0:1::1/128 -p tcp -m tcp --dport 443 -m comment --comment "handoff web6 service" -j HO-SVC-web6
 -A HANDOFF-OUTPUT -d 2001:2:0:1::1/128 -p tcp -m tcp --dport 443 -m comment --comment "handoff web6 service" -j HO-SVC-web6
+-A HANDOFF-CANARY -m comment --comment "handoff owns chain HO-SVC-web6"
 -A HO-SVC-web6 -m mark --mark 0x0/0xfff00000 -m comment --comment "handoff web6 new clients" -j RETURN
 -A HO-SVC-web6 -p tcp -m mark --mark 0x100000/0xfff00000 -m set --match-set ho6-web6-a src -m comment --comment "handoff web6/a refresh" -j SET --add-set ho6-web6-a src --exist --timeout 3600
 -A HO-SVC-web6 -p tcp -m mark --mark 0x100000/0xfff00000 -m set --match-set ho6-web6-a src -m comment --comment "handoff web6/a dnat" -j DNAT --to-destination [2001:2:0:2::11]:8443
@@ -115,6 +121,9 @@ func TestRender(t *testing.T) {
 -A HANDOFF-PREROUTING -p tcp -m tcp --dport 25 -m addrtype --dst-type LOCAL -m comment --comment "handoff any service" -j HO-SVC-any
 -A HANDOFF-OUTPUT -p tcp -m tcp --dport 25 -m addrtype --dst-type LOCAL -m comment --comment "handoff any service" -j HO-SVC-any
 -A HANDOFF-POSTROUTING -p tcp -m conntrack --ctstate DNAT --ctproto tcp --ctorigdstport 25 --ctreplsrc 198.19.1.11/32 --ctreplsrcport 2525 -m comment --comment "handoff any/m1 snat" -j MASQUERADE
+-A HANDOFF-CANARY -m comment --comment "handoff owns chain HO-SVC-any"
+-A HANDOFF-CANARY -m comment --comment "handoff owns set hoi-any"
+-A HANDOFF-CANARY -m comment --comment "handoff owns set ho-any-m1"
 -A HO-SVC-any -m mark --mark 0x0/0xfff00000 -m comment --comment "handoff any new clients" -j RETURN
 -A HO-SVC-any -p tcp -m mark --mark 0x100000/0xfff00000 -m set --match-set ho-any-m1 src -m comment --comment "handoff any/m1 refresh" -j SET --add-set ho-any-m1 src --exist --timeout 90
 -A HO-SVC-any -p tcp -m mark --mark 0x100000/0xfff00000 -m set --match-set ho-any-m1 src -m comment --comment "handoff any/m1 dnat" -j DNAT --to-destination 198.19.1.11:2525
@@ -133,6 +142,9 @@ func TestRender(t *testing.T) {
 -A HANDOFF-PREROUTING -d 198.18.1.2/32 -p tcp -m tcp --dport 5432 -m comment --comment "handoff db service" -j HO-SVC-db
 -A HANDOFF-OUTPUT -d 198.18.1.2/32 -p tcp -m tcp --dport 5432 -m comment --comment "handoff db service" -j HO-SVC-db
 -A HANDOFF-POSTROUTING -p tcp -m conntrack --ctstate DNAT --ctproto tcp --ctorigdst 198.18.1.2/32 --ctorigdstport 5432 -m comment --comment "handoff db snat" -j MASQUERADE
+-A HANDOFF-CANARY -m comment --comment "handoff owns chain HO-SVC-db"
+-A HANDOFF-CANARY -m comment --comment "handoff owns set hoi-db"
+-A HANDOFF-CANARY -m comment --comment "handoff owns set ho-db-p"
 -A HO-SVC-db -m mark --mark 0x0/0xfff00000 -m comment --comment "handoff db new clients" -j RETURN
 -A HO-SVC-db -p tcp -m mark --mark 0x100000/0xfff00000 -m set --match-set ho-db-p src -m comment --comment "handoff db/p dnat" -j DNAT --to-destination 198.19.1.13:5432
 *filter
@@ -149,6 +161,9 @@ func TestRender(t *testing.T) {
 *nat
 -A HANDOFF-PREROUTING -d 198.18.1.3/32 -p tcp -m tcp --dport 80 -m comment --comment "handoff m service" -j HO-SVC-m
 -A HANDOFF-OUTPUT -d 198.18.1.3/32 -p tcp -m tcp --dport 80 -m comment --comment "handoff m service" -j HO-SVC-m
+-A HANDOFF-CANARY -m comment --comment "handoff owns chain HO-SVC-m"
+-A HANDOFF-CANARY -m comment --comment "handoff owns set hoi-m"
+-A HANDOFF-CANARY -m comment --comment "handoff owns set ho-m-x"
 -A HO-SVC-m -m mark --mark 0x0/0xfff00000 -m comment --comment "handoff m new clients" -j RETURN
 -A HO-SVC-m -p tcp -m mark --mark 0x100000/0xfff00000 -m set --match-set ho-m-x src -m comment --comment "handoff m/x refresh" -j SET --add-set ho-m-x src --exist --timeout 1
 -A HO-SVC-m -p tcp -m mark --mark 0x100000/0xfff00000 -m set --match-set ho-m-x src -m comment --comment "handoff m/x dnat" -j DNAT --to-destination 198.19.1.11:80
@@ -163,7 +178,10 @@ func TestRender(t *testing.T) {
 				t.Errorf("got\n%s\nwant\n%s", got, c.want)
 			}
 			other := render(1-c.fam, svcs, defaultLayout, DefaultQueue)
-			if got := renderText(other); got != "*mangle\n"+transparentRules+"*nat\n*filter\n" {
+			// The other family's tables have no rule of the service; the
+			// IPv4 nat registry lists the sets of every family's services.
+			got := regexp.MustCompile(`(?m)^.*handoff owns set.*\n`).ReplaceAllString(renderText(other), "")
+			if got != "*mangle\n"+transparentRules+"*nat\n*filter\n" {
 				t.Errorf("other family got rules:\n%s", got)
 			}
 			// Every chain of a rendering exists: base chains and canary
@@ -251,13 +269,14 @@ func TestSyncNoOpWritesNothing(t *testing.T) {
 	if k.restore != restores || !slices.Equal(k.log, before) {
 		t.Errorf("no-op Sync changed things: %d restores, log %v", k.restore-restores, k.log[len(before):])
 	}
-	// Changing one service rewrites only its chain.
+	// Changing one service rewrites only its chain (and the registry,
+	// which lists its sets).
 	st := twoServices()
 	st.Services[0].Backends = st.Services[0].Backends[:1]
 	var input []byte
 	d.ipt[ipv4] = recordingTables{d.ipt[ipv4], &input}
 	mustSync(t, d, st)
-	if got := string(input); !strings.Contains(got, ":HO-SVC-web - [0:0]") || strings.Contains(got, "HO-SVC-api") || strings.Contains(got, "HANDOFF-PREROUTING") {
+	if got := string(input); !strings.Contains(got, ":HO-SVC-web - [0:0]") || strings.Contains(got, ":HO-SVC-api") || strings.Contains(got, "HANDOFF-PREROUTING") {
 		t.Errorf("restore after removing a backend:\n%s", got)
 	}
 }
@@ -305,18 +324,24 @@ func TestSyncRemovesServiceInOrder(t *testing.T) {
 	}
 }
 
+// TestSyncLeavesForeignObjects checks that the first Sync removes the
+// chains and sets a previous run registered and no longer wants, with the
+// foreign rules jumping to them, and leaves foreign objects, those named
+// like handoff's included.
 func TestSyncLeavesForeignObjects(t *testing.T) {
 	d, k := newFakeDataplane(Options{})
 	ctx := context.Background()
 	ipt := fakeTables{k, ipv4}
-	if err := ipt.restore(ctx, []byte("*nat\n:FOREIGN - [0:0]\n-A PREROUTING -p udp -j FOREIGN\n-A FOREIGN -j RETURN\n:HO-SVC-old - [0:0]\n-A FOREIGN -j HO-SVC-old\nCOMMIT\n")); err != nil {
+	if err := ipt.restore(ctx, []byte("*nat\n:FOREIGN - [0:0]\n:HANDOFF-CANARY - [0:0]\n-A PREROUTING -p udp -j FOREIGN\n-A FOREIGN -j RETURN\n:HO-SVC-old - [0:0]\n:HO-SVC-other - [0:0]\n-A FOREIGN -j HO-SVC-old\n-A FOREIGN -j HO-SVC-other\n"+
+		"-A HANDOFF-CANARY "+registryRule(ownsChain, "HO-SVC-old")+"\n-A HANDOFF-CANARY "+registryRule(ownsSet, "ho-old-x")+"\nCOMMIT\n")); err != nil {
 		t.Fatal(err)
 	}
-	fakeSets{k}.create("foreign", setSpec{})
-	fakeSets{k}.create("ho-old-x", setSpec{})
+	for _, set := range []string{"foreign", "ho-old-x", "ho-other-x"} {
+		fakeSets{k}.create(set, setSpec{})
+	}
 	mustSync(t, d, twoServices())
 	nat := k.tableText(ipv4, natTable)
-	for _, want := range []string{"-A PREROUTING -p udp -j FOREIGN", "-A FOREIGN -j RETURN", ":FOREIGN -"} {
+	for _, want := range []string{"-A PREROUTING -p udp -j FOREIGN", "-A FOREIGN -j RETURN", ":FOREIGN -", ":HO-SVC-other -", "-A FOREIGN -j HO-SVC-other"} {
 		if !strings.Contains(nat, want) {
 			t.Errorf("foreign %q gone:\n%s", want, nat)
 		}
@@ -325,7 +350,7 @@ func TestSyncLeavesForeignObjects(t *testing.T) {
 		t.Errorf("stale chain HO-SVC-old (and the jump to it) remain:\n%s", nat)
 	}
 	names, _ := fakeSets{k}.names()
-	if !slices.Contains(names, "foreign") || slices.Contains(names, "ho-old-x") {
+	if !slices.Contains(names, "foreign") || !slices.Contains(names, "ho-other-x") || slices.Contains(names, "ho-old-x") {
 		t.Errorf("sets after Sync: %v", names)
 	}
 }
@@ -407,7 +432,7 @@ func TestCanaryRepairsDrift(t *testing.T) {
 	ipt := fakeTables{k, ipv4}
 	for _, drift := range []string{
 		"*nat\n-F HANDOFF-PREROUTING\nCOMMIT\n",
-		"*nat\n-X HANDOFF-CANARY\nCOMMIT\n",
+		"*nat\n-F HANDOFF-CANARY\n-X HANDOFF-CANARY\nCOMMIT\n",
 		"*nat\n-D PREROUTING -m comment --comment \"handoff jump\" -j HANDOFF-PREROUTING\nCOMMIT\n",
 	} {
 		logs.Reset()
@@ -671,32 +696,77 @@ func TestCleanupWithFake(t *testing.T) {
 	st.Services = append(st.Services, svc("v6", "[2001:2:0:1::1]:80", time.Hour, false, "a", "[2001:2:0:2::11]:80"))
 	mustSync(t, d, st)
 	ipt := fakeTables{k, ipv4}
-	if err := ipt.restore(ctx, []byte("*nat\n:FOREIGN - [0:0]\n-A PREROUTING -p udp -j FOREIGN\n-A FOREIGN -j HANDOFF-OUTPUT\nCOMMIT\n")); err != nil {
+	// Foreign objects, two of them named like handoff's.
+	if err := ipt.restore(ctx, []byte("*nat\n:FOREIGN - [0:0]\n:HANDOFF-LOCAL - [0:0]\n-A PREROUTING -p udp -j FOREIGN\n-A FOREIGN -j HANDOFF-OUTPUT\n-A PREROUTING -p udp -j HANDOFF-LOCAL\nCOMMIT\n")); err != nil {
 		t.Fatal(err)
 	}
 	fakeSets{k}.create("foreign", setSpec{})
+	fakeSets{k}.create("ho-foreign", setSpec{})
 	ipts := [2]iptables{fakeTables{k, ipv4}, fakeTables{k, ipv6}}
 	for i := range 2 {
 		restores := k.restore
-		if err := cleanup(ctx, ipts, fakeSets{k}, quietLogger()); err != nil {
+		if err := cleanup(ctx, ipts, fakeSets{k}, false, quietLogger()); err != nil {
 			t.Fatalf("cleanup #%d: %v", i+1, err)
 		}
 		if i == 1 && k.restore != restores {
 			t.Errorf("second cleanup ran %d restores", k.restore-restores)
 		}
 		for _, fam := range []family{ipv4, ipv6} {
-			for _, tb := range []table{natTable, filterTable} {
-				if txt := k.tableText(fam, tb); strings.Contains(txt, "HANDOFF") || strings.Contains(txt, "HO-SVC") {
+			for _, tb := range tables {
+				txt := k.tableText(fam, tb)
+				txt = strings.ReplaceAll(strings.ReplaceAll(txt, ":HANDOFF-LOCAL - [0:0]\n", ""), "-A PREROUTING -p udp -j HANDOFF-LOCAL\n", "")
+				if strings.Contains(txt, "HANDOFF") || strings.Contains(txt, "HO-SVC") {
 					t.Errorf("%s %s after cleanup:\n%s", fam, tb, txt)
 				}
 			}
 		}
-		if nat := k.tableText(ipv4, natTable); !strings.Contains(nat, "-A PREROUTING -p udp -j FOREIGN") || !strings.Contains(nat, ":FOREIGN") {
+		if nat := k.tableText(ipv4, natTable); !strings.Contains(nat, "-A PREROUTING -p udp -j FOREIGN") || !strings.Contains(nat, ":FOREIGN") ||
+			!strings.Contains(nat, ":HANDOFF-LOCAL") || !strings.Contains(nat, "-A PREROUTING -p udp -j HANDOFF-LOCAL") {
 			t.Errorf("foreign rules gone:\n%s", nat)
 		}
-		if names, _ := (fakeSets{k}).names(); !slices.Equal(names, []string{"foreign"}) {
+		if names, _ := (fakeSets{k}).names(); !slices.Equal(names, []string{"foreign", "ho-foreign"}) {
 			t.Errorf("sets after cleanup: %v", names)
 		}
+	}
+	// --prefixed takes the objects named like handoff's too.
+	if err := cleanup(ctx, ipts, fakeSets{k}, true, quietLogger()); err != nil {
+		t.Fatal(err)
+	}
+	if nat := k.tableText(ipv4, natTable); strings.Contains(nat, "HANDOFF-LOCAL") || !strings.Contains(nat, ":FOREIGN") {
+		t.Errorf("after cleanup --prefixed:\n%s", nat)
+	}
+	if names, _ := (fakeSets{k}).names(); !slices.Equal(names, []string{"foreign"}) {
+		t.Errorf("sets after cleanup --prefixed: %v", names)
+	}
+}
+
+// TestSyncLeavesForeignPrefixed checks that a Sync removes the chains and
+// sets of a removed service, which its registry lists, but leaves the
+// chains and sets that merely share handoff's prefixes, with their jumps.
+func TestSyncLeavesForeignPrefixed(t *testing.T) {
+	d, k := newFakeDataplane(Options{})
+	ctx := context.Background()
+	mustSync(t, d, twoServices())
+	if err := (fakeTables{k, ipv4}).restore(ctx, []byte("*nat\n:HANDOFF-LOCAL - [0:0]\n:HO-SVC-other - [0:0]\n-A PREROUTING -p udp -j HANDOFF-LOCAL\n-A HO-SVC-other -j ACCEPT\nCOMMIT\n")); err != nil {
+		t.Fatal(err)
+	}
+	fakeSets{k}.create("ho-foreign", setSpec{})
+	st := twoServices()
+	st.Services = st.Services[:1] // api goes
+	d.checkCanary(ctx)            // a check reads every table, foreign chains included
+	mustSync(t, d, st)
+	nat := k.tableText(ipv4, natTable)
+	for _, want := range []string{":HANDOFF-LOCAL", "-A PREROUTING -p udp -j HANDOFF-LOCAL", ":HO-SVC-other", "-A HO-SVC-other -j ACCEPT"} {
+		if !strings.Contains(nat, want) {
+			t.Errorf("nat lost the foreign %q:\n%s", want, nat)
+		}
+	}
+	if strings.Contains(nat, "HO-SVC-api") {
+		t.Errorf("nat kept the removed service's chain:\n%s", nat)
+	}
+	names, _ := fakeSets{k}.names()
+	if !slices.Contains(names, "ho-foreign") || slices.Contains(names, "ho-api-x") || slices.Contains(names, "hoi-api") {
+		t.Errorf("sets after removing api: %v", names)
 	}
 }
 
