@@ -4,6 +4,7 @@ package kernel
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 
@@ -81,3 +82,12 @@ func (d *Dataplane) Counters(ctx context.Context) (map[dataplane.BackendRef]Coun
 
 // Close does nothing.
 func (d *Dataplane) Close() error { return nil }
+
+// ErrOwned says that another process owns handoff's kernel objects.
+var ErrOwned = errors.New("another handoff owns the kernel objects of this network namespace")
+
+// Own returns dataplane.ErrUnsupported off Linux.
+func Own(o Options) (release func(), err error) { return nil, dataplane.ErrUnsupported }
+
+// Owner returns 0 off Linux.
+func Owner(o Options) int { return 0 }

@@ -18,6 +18,7 @@ import (
 	"github.com/handoff-lb/handoff/config"
 	"github.com/handoff-lb/handoff/dataplane"
 	"github.com/handoff-lb/handoff/fallback"
+	"github.com/handoff-lb/handoff/internal/statelock"
 	"github.com/handoff-lb/handoff/kernel"
 	"github.com/handoff-lb/handoff/proxy"
 )
@@ -76,6 +77,15 @@ func run(parent context.Context, path string, cfg *config.Config, mode config.Mo
 		}
 	}
 
+	// One daemon per state_dir, and one per network namespace's kernel
+	// objects (openDataplane claims those): a second would rewrite the
+	// first one's rules and state, and neither would repair.
+	unlock, err := statelock.Lock(cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+
 	dp, kernelMode, err := openDataplane(ctx, mode, cfg, log)
 	if err != nil {
 		return err
@@ -114,7 +124,8 @@ func run(parent context.Context, path string, cfg *config.Config, mode config.Mo
 			opts.Transparent = true
 		}
 	}
-	if kdp, ok := dp.(*kernel.Dataplane); ok {
+	if k, ok := dp.(ownedKernel); ok {
+		kdp := k.Dataplane
 		opts.Forwarded = func(ctx context.Context) (map[dataplane.BackendRef]balancer.Forwarded, error) {
 			cs, err := kdp.Counters(ctx)
 			out := make(map[dataplane.BackendRef]balancer.Forwarded, len(cs))
@@ -200,20 +211,15 @@ func openDataplane(ctx context.Context, mode config.Mode, cfg *config.Config, lo
 			RouteTable:   cfg.Kernel.RouteTable,
 			RulePriority: cfg.Kernel.RulePriority,
 		}
-		err := kernel.Probe(ctx, ko)
-		if err == nil {
-			dp, err := kernel.New(ctx, ko)
-			if err == nil {
-				return dp, true, nil
-			}
-			if mode == config.ModeKernel {
-				return nil, false, err
-			}
-			log.WithError(err).Warn("kernel data plane failed to start; running in userspace mode")
-		} else {
-			if mode == config.ModeKernel {
-				return nil, false, err
-			}
+		dp, err := openKernel(ctx, ko)
+		switch {
+		case err == nil:
+			return dp, true, nil
+		case mode == config.ModeKernel || errors.Is(err, kernel.ErrOwned):
+			// Auto mode too when another daemon owns the namespace: it
+			// serves it, and this one must not compete in userspace.
+			return nil, false, err
+		default:
 			log.WithField("reason", err.Error()).Warn("kernel path unusable; running in userspace mode")
 		}
 	}
@@ -222,6 +228,37 @@ func openDataplane(ctx context.Context, mode config.Mode, cfg *config.Config, lo
 		return nil, false, err
 	}
 	return dp, false, nil
+}
+
+// openKernel claims the namespace's kernel objects, probes the kernel path
+// and opens the kernel data plane.
+func openKernel(ctx context.Context, ko kernel.Options) (ownedDataplane, error) {
+	release, err := kernel.Own(ko)
+	if err != nil {
+		return nil, err
+	}
+	if err := kernel.Probe(ctx, ko); err != nil {
+		release()
+		return nil, err
+	}
+	dp, err := kernel.New(ctx, ko)
+	if err != nil {
+		release()
+		return nil, err
+	}
+	return ownedKernel{dp, release}, nil
+}
+
+// ownedKernel is the kernel data plane with the claim on its namespace,
+// which Close gives up.
+type ownedKernel struct {
+	*kernel.Dataplane
+	release func()
+}
+
+func (k ownedKernel) Close() error {
+	defer k.release()
+	return k.Dataplane.Close()
 }
 
 // hasIPv6 reports whether a service of cfg listens on IPv6.
