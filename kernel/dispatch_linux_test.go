@@ -308,3 +308,27 @@ func TestCollectIndexes(t *testing.T) {
 		}
 	}
 }
+
+// TestHoldRule checks that the SYN of an unpinned client of a service that
+// holds SYNs goes to the queue, and that a pinned client's does not.
+func TestHoldRule(t *testing.T) {
+	d, k := newFakeDataplane(Options{})
+	s := wideService(20)
+	s.HoldSYN = true
+	other := svc("api", "198.18.1.2:443", time.Hour, false, "x", "198.19.1.13:443")
+	mustSync(t, d, dataplane.State{Services: []dataplane.Service{s, other}})
+	c := netip.MustParseAddr("198.18.0.11")
+	if _, ok, err := k.synLands(c, webVIP); ok || err != nil || !k.lastWalk.held {
+		t.Errorf("unpinned client of web: landed %v, held %v, %v; want held", ok, k.lastWalk.held, err)
+	}
+	if _, ok, err := k.synLands(c, netip.MustParseAddrPort("198.18.1.2:443")); ok || err != nil || k.lastWalk.held {
+		t.Errorf("unpinned client of api (no hold): landed %v, held %v, %v; want the listener", ok, k.lastWalk.held, err)
+	}
+	mustPin(t, d, dataplane.Pin{Service: "web", Backend: "b19", Client: c})
+	if to, ok, err := k.synLands(c, webVIP); !ok || err != nil || k.lastWalk.held || to.Addr() != netip.MustParseAddr("198.19.0.20") {
+		t.Errorf("pinned client of web: %v, %v, held %v, %v", to, ok, k.lastWalk.held, err)
+	}
+	if !strings.Contains(k.tableText(ipv4, mangleTable), "-j NFQUEUE --queue-num 18511 --queue-bypass") {
+		t.Errorf("mangle:\n%s", k.tableText(ipv4, mangleTable))
+	}
+}

@@ -6,17 +6,20 @@ package kernel
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/handoff-lb/handoff/dataplane"
 	"github.com/handoff-lb/handoff/internal/nstest"
+	"github.com/handoff-lb/handoff/proxy"
 )
 
 // wideLabState is labState's web (IPv4) with n backends: b<i> for i < n-1
@@ -247,5 +250,158 @@ func TestNSCanaryRepairsDrift(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestNSHoldSYN holds the first SYN of new clients of a service in the
+// real kernel's queue: the decision pins each client once, its first
+// connection and every later one reach the backend with the client's own
+// address, and once nothing serves the queue new clients' SYNs pass to
+// the listener (nothing listens here: refused at once, never held).
+func TestNSHoldSYN(t *testing.T) {
+	nstest.RequireRoot(t)
+	tp := nstest.NewTopology(t, 2)
+	clients4, clients6 := tp.AddClients(t, 3)
+	seen4, seen6 := labBackends(t, tp)
+	d, _ := newNSDataplane(t, tp.LB, Options{})
+	st := labState(2, time.Hour, 1000)
+	for i := range st.Services {
+		st.Services[i].HoldSYN = true
+	}
+	serve, err := d.HoldSYNs()
+	if err != nil {
+		t.Fatalf("HoldSYNs: %v", err)
+	}
+	mustSync(t, d, st)
+	var decided atomic.Int64
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() {
+		served <- serve(ctx, func(ctx context.Context, syn dataplane.HeldSYN) (string, bool) {
+			decided.Add(1)
+			if err := d.Pin(ctx, dataplane.Pin{Service: syn.Service, Backend: "be1", Client: syn.Client, Key: "src=" + syn.Client.String()}); err != nil {
+				t.Errorf("Pin: %v", err)
+				return "", false
+			}
+			return "be1", true
+		})
+	}()
+	for _, c := range []struct {
+		name    string
+		clients []netip.Addr
+		vip     netip.AddrPort
+		seen    []<-chan netip.AddrPort
+	}{
+		{"ipv4", clients4, netip.AddrPortFrom(nstest.LBClient4, 80), seen4},
+		{"ipv6", clients6, netip.AddrPortFrom(nstest.LBClient6, 80), seen6},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			before := decided.Load()
+			for _, cl := range c.clients {
+				for i := range 3 {
+					conn, err := dialVIP(context.Background(), tp, cl, c.vip)
+					if err != nil {
+						t.Fatalf("client %s connection %d: %v", cl, i, err)
+					}
+					conn.Close()
+					select {
+					case got := <-c.seen[1]:
+						if got.Addr() != cl {
+							t.Errorf("be1 saw %s, want the client's %s", got, cl)
+						}
+					case <-time.After(3 * time.Second):
+						t.Fatalf("client %s connection %d reached no backend", cl, i)
+					}
+				}
+			}
+			if n := decided.Load() - before; n != int64(len(c.clients)) {
+				t.Errorf("%d decisions for %d new clients, want one each", n, len(c.clients))
+			}
+		})
+	}
+	cancel()
+	if err := <-served; err != nil {
+		t.Errorf("serve: %v", err)
+	}
+	// Nothing reads the queue: a new client's SYN passes unheld.
+	others, _ := tp.AddClients(t, 1)
+	start := time.Now()
+	if conn, err := dialVIP(context.Background(), tp, others[0], netip.AddrPortFrom(nstest.LBClient4, 80)); err == nil {
+		conn.Close()
+		t.Error("a new client reached a backend with nothing deciding")
+	}
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("the SYN of a new client waited %v with nothing reading the queue", took)
+	}
+}
+
+// TestNSTransparentDial dials a backend from a client's address inside the
+// balancer's namespace, as the proxy does for a first connection, and
+// checks that the backend sees the client and that its replies come back
+// to the socket through the rule and route Sync installs; that the canary
+// restores a deleted rule; and that both go when no longer asked for.
+func TestNSTransparentDial(t *testing.T) {
+	nstest.RequireRoot(t)
+	tp := nstest.NewTopology(t, 1)
+	seen4, seen6 := labBackends(t, tp)
+	d, _ := newNSDataplane(t, tp.LB, Options{})
+	st := labState(1, time.Hour, 100)
+	st.Transparent = true
+	mustSync(t, d, st)
+	dial := func(t *testing.T, from netip.AddrPort, to netip.AddrPort, seen <-chan netip.AddrPort) {
+		t.Helper()
+		err := tp.LB.Do(func() error {
+			c, err := proxy.DialTransparent(context.Background(), from, to, 3*time.Second)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(3 * time.Second))
+			if _, err := c.Write([]byte("ping\n")); err != nil {
+				return err
+			}
+			buf := make([]byte, 5)
+			if _, err := io.ReadFull(c, buf); err != nil {
+				return fmt.Errorf("reading the echo: %w", err)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("transparent dial from %s to %s: %v", from, to, err)
+		}
+		if got := <-seen; got != from {
+			t.Errorf("the backend saw %s, want the client's %s", got, from)
+		}
+	}
+	t.Run("ipv4", func(t *testing.T) {
+		dial(t, netip.AddrPortFrom(nstest.Client4, 40001), netip.AddrPortFrom(nstest.Backend4(0), 8080), seen4[0])
+	})
+	t.Run("ipv6", func(t *testing.T) {
+		dial(t, netip.AddrPortFrom(nstest.Client6, 40001), netip.AddrPortFrom(nstest.Backend6(0), 8080), seen6[0])
+	})
+	rule := "fwmark 0xfff00000/0xfff00000 lookup 18511"
+	for _, fam := range []string{"-4", "-6"} {
+		if out := tp.LB.Run(t, "ip", fam, "rule"); !strings.Contains(out, rule) {
+			t.Errorf("ip %s rule:\n%s", fam, out)
+		}
+		if out := tp.LB.Run(t, "ip", fam, "route", "show", "table", "18511"); !strings.Contains(out, "local default dev lo") {
+			t.Errorf("ip %s route show table 18511:\n%s", fam, out)
+		}
+	}
+	tp.LB.Run(t, "ip", "-4", "rule", "del", "fwmark", "0xfff00000/0xfff00000", "lookup", "18511")
+	before := d.Repairs()
+	d.checkCanary(context.Background())
+	if out := tp.LB.Run(t, "ip", "-4", "rule"); !strings.Contains(out, rule) || d.Repairs() == before {
+		t.Errorf("after deleting the rule and a canary check (repairs %d):\n%s", d.Repairs()-before, out)
+	}
+	st.Transparent = false
+	mustSync(t, d, st)
+	for _, fam := range []string{"-4", "-6"} {
+		if out := tp.LB.Run(t, "ip", fam, "rule"); strings.Contains(out, "18511") {
+			t.Errorf("ip %s rule after Transparent went:\n%s", fam, out)
+		}
+		if out := tp.LB.Run(t, "ip", fam, "route", "show", "table", "18511"); strings.TrimSpace(out) != "" {
+			t.Errorf("ip %s route show table 18511 after Transparent went:\n%s", fam, out)
+		}
 	}
 }
