@@ -8,11 +8,12 @@ import (
 )
 
 // decisions makes the decision about a new client once, however many of
-// its connections race in: the first connection to meet a client (through
-// the listener, or as a held SYN) decides and pins; the others wait for
-// that decision and follow it. A decision is remembered for a few seconds
-// after it is made, for connections whose SYN passed the kernel's rules
-// before the pin existed and which the listener accepts after.
+// its connections race in: the first connection classified (through the
+// listener, or a held SYN) pins the client; the others, classified by
+// then, wait only for that pin and follow its decision. A decision is
+// remembered for a few seconds after it is made, for connections whose
+// SYN passed the kernel's rules before the pin existed and which the
+// listener accepts after.
 //
 // Memory is bounded: decisions live in two generations, swapped every
 // recentFor or once the newer one holds maxRecent clients, so at most

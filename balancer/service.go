@@ -302,16 +302,27 @@ func (s *service) handle(ctx context.Context, snap *snapshot, c *net.TCPConn) {
 		}
 	}
 
+	// Every connection reads its own first bytes; the first to be
+	// classified pins the client, and the others follow its decision (a
+	// client's racing connections may ask for different names: one
+	// decision, one pin, per client). Waiting happens only while a pin is
+	// being made, never while another connection's bytes are awaited.
+	d, err := s.classify(ctx, snap, c, client)
+	if err != nil {
+		s.unclassified(err, d, log)
+		reset(c)
+		return
+	}
 	for attempt := 0; ; attempt++ {
 		f, leader := s.decisions.begin(client)
 		if leader {
-			s.lead(ctx, snap, c, client, f, accepted, log)
+			s.lead(ctx, snap, c, client, f, d, accepted, log)
 			return
 		}
-		d, ok := f.wait(ctx)
-		if ok && !d.backend.down.Load() && s.backend(d.backend.name) == d.backend {
+		fd, ok := f.wait(ctx)
+		if ok && !fd.backend.down.Load() && s.backend(fd.backend.name) == fd.backend {
 			s.first(snap, FirstProxied)
-			s.proxy(ctx, snap, c, d.backend, d.key, d.label, nil, log)
+			s.proxy(ctx, snap, c, fd.backend, fd.key, fd.label, d.peeked, log)
 			return
 		}
 		if ok {
@@ -324,16 +335,10 @@ func (s *service) handle(ctx context.Context, snap *snapshot, c *net.TCPConn) {
 	}
 }
 
-// lead classifies and pins a new client on its first connection, records
-// the decision in f for the connections racing in, and serves the
-// connection.
-func (s *service) lead(ctx context.Context, snap *snapshot, c *net.TCPConn, client netip.Addr, f *flight, accepted time.Time, log *connLog) {
-	d, err := s.classify(ctx, snap, c, client)
-	if err == nil {
-		err = s.pin(ctx, d, client, accepted, log)
-	} else {
-		s.unclassified(err, d, log)
-	}
+// lead pins a new client as d says, records the decision in f for the
+// connections racing in, and serves the connection.
+func (s *service) lead(ctx context.Context, snap *snapshot, c *net.TCPConn, client netip.Addr, f *flight, d decision, accepted time.Time, log *connLog) {
+	err := s.pin(ctx, d, client, accepted, log)
 	s.decisions.finish(client, f, d, err == nil)
 	if err != nil {
 		reset(c)
