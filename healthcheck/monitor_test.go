@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -19,6 +20,9 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if n := os.Getenv(listenerEnv); n != "" {
+		os.Exit(serveListeners(n))
+	}
 	goleak.VerifyTestMain(m)
 }
 

@@ -437,7 +437,7 @@ func TestUserspaceE2E(t *testing.T) {
 
 	t.Run("restart keeps pins", func(t *testing.T) {
 		if len(home) == 0 || victim < 0 {
-			t.Skip("needs the pins of the earlier subtests")
+			t.Fatal("needs the pins of the earlier subtests, which failed")
 		}
 		d.stop(syscall.SIGTERM)
 		if code := d.cmd.ProcessState.ExitCode(); code != 0 {

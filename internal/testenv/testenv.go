@@ -1,0 +1,39 @@
+// Package testenv decides whether a test may skip. Every skip in the
+// repository goes through Skip: outside CI it skips with the reason, and
+// under CI=true it fails with it, because a test that CI does not run
+// proves nothing.
+package testenv
+
+import (
+	"fmt"
+	"os"
+	"testing"
+)
+
+// CI reports whether the tests run in CI (the environment variable CI is
+// "true"), where a skip is a failure.
+func CI() bool { return os.Getenv("CI") == "true" }
+
+// Perf reports whether HANDOFF_PERF=1 asks measurement tests for their
+// large sizes. Without it they run at a smaller size; they never skip.
+func Perf() bool { return os.Getenv("HANDOFF_PERF") == "1" }
+
+// Race reports whether the race detector is built in. Tests that cannot
+// measure under it live in files built with !race, which scripts/test.sh
+// runs in a step of their own.
+const Race = race
+
+// Skip skips t with reason, or under CI=true fails it with the reason.
+func Skip(t testing.TB, reason string) {
+	t.Helper()
+	if CI() {
+		t.Fatal(reason + " (CI=true: a skip is a failure)")
+	}
+	t.Skip(reason)
+}
+
+// Skipf is Skip with a formatted reason.
+func Skipf(t testing.TB, format string, args ...any) {
+	t.Helper()
+	Skip(t, fmt.Sprintf(format, args...))
+}
