@@ -1,7 +1,7 @@
 // Package nstest gives root tests their own network namespaces: a fresh
 // named namespace per call, veth links between namespaces, and the standard
 // handoff lab (client, balancer, backends) addressed from 198.18.0.0/15 and
-// 2001:2::/48. Serve runs a test server on any listener.
+// 2001:2::/48. Serve and AcceptClose run test servers on any listener.
 //
 // Every namespace is deleted by t.Cleanup, so a test never leaves one behind
 // and never touches the host's own namespace. Namespaces need root on Linux;
@@ -315,4 +315,11 @@ func Serve(t testing.TB, ln net.Listener, handle func(c net.Conn)) {
 		mu.Unlock()
 		wg.Wait()
 	})
+}
+
+// AcceptClose accepts on ln until ln closes and closes every connection at
+// once: a backend that is up (a TCP health check passes) and says nothing.
+// ln is closed and the accept loop waited for when the test ends.
+func AcceptClose(t testing.TB, ln net.Listener) {
+	Serve(t, ln, func(net.Conn) {})
 }
