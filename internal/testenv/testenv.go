@@ -7,6 +7,10 @@ package testenv
 import (
 	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
 )
 
@@ -36,4 +40,50 @@ func Skip(t testing.TB, reason string) {
 func Skipf(t testing.TB, format string, args ...any) {
 	t.Helper()
 	Skip(t, fmt.Sprintf(format, args...))
+}
+
+var builds struct {
+	sync.Mutex
+	dir  string
+	bins map[bool]string // race → binary
+}
+
+// HandoffBinary returns the handoff command built for the tests that run
+// the real binary, with the race detector when race is set. It builds each
+// kind once per test process, into a directory RemoveBinaries deletes.
+func HandoffBinary(race bool) (string, error) {
+	builds.Lock()
+	defer builds.Unlock()
+	if bin, ok := builds.bins[race]; ok {
+		return bin, nil
+	}
+	if builds.dir == "" {
+		dir, err := os.MkdirTemp("", "handoff-bin-")
+		if err != nil {
+			return "", err
+		}
+		builds.dir, builds.bins = dir, map[bool]string{}
+	}
+	name, args := "handoff", []string{"build"}
+	if race {
+		name, args = "handoff-race", append(args, "-race")
+	}
+	bin := filepath.Join(builds.dir, name)
+	args = append(args, "-o", bin, "github.com/handoff-lb/handoff/cmd/handoff")
+	if b, err := exec.Command("go", args...).CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, b)
+	}
+	builds.bins[race] = bin
+	return bin, nil
+}
+
+// RemoveBinaries deletes what HandoffBinary built; TestMain calls it once
+// the tests ran.
+func RemoveBinaries() {
+	builds.Lock()
+	defer builds.Unlock()
+	if builds.dir != "" {
+		os.RemoveAll(builds.dir)
+		builds.dir, builds.bins = "", nil
+	}
 }
