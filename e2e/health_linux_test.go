@@ -95,6 +95,23 @@ func (d *daemon) up(t *testing.T, start time.Time, backend string) map[string]st
 	return d.transition(t, start, upBound, "backend up", "moved_back", "service", "web", "backend", backend)
 }
 
+// wantNoFlows checks that no conntrack entry of a flow to vip points at be:
+// a dead backend's flows are cut at once.
+func (l *lab) wantNoFlows(t *testing.T, vip netip.AddrPort, be backend) {
+	t.Helper()
+	if f := flowsTo(t, l.LB, vip, be.addr); len(f) != 0 {
+		t.Errorf("conntrack entries still point at %s:\n%s", be.name, strings.Join(f, "\n"))
+	}
+}
+
+// wantCount checks the numeric field k of a transition's log line.
+func wantCount(t *testing.T, ev map[string]string, k string, want int) {
+	t.Helper()
+	if n := intField(t, ev, k); n != want {
+		t.Errorf("%s: %s=%d, want %d", ev["msg"], k, n, want)
+	}
+}
+
 // intField parses a numeric log field.
 func intField(t *testing.T, ev map[string]string, k string) int {
 	t.Helper()
@@ -140,15 +157,11 @@ func TestHealthKillRehash(t *testing.T) {
 	ev := d.down(t, killed, "be1")
 	t.Logf("be1 killed: set empty after %s; event: moved=%s flows_cut=%s took=%s reason=%q",
 		took.Round(time.Millisecond), ev["moved"], ev["flows_cut"], ev["took"], ev["reason"])
-	if n := intField(t, ev, "moved"); n != len(movers) {
-		t.Errorf("moved=%d, want %d", n, len(movers))
-	}
+	wantCount(t, ev, "moved", len(movers))
 	if n := intField(t, ev, "flows_cut"); n < len(movers) {
 		t.Errorf("flows_cut=%d, want ≥ %d (one long-lived flow per client)", n, len(movers))
 	}
-	if f := flowsTo(t, l.LB, vip, bes[0].addr); len(f) != 0 {
-		t.Errorf("conntrack entries still point at be1:\n%s", strings.Join(f, "\n"))
-	}
+	l.wantNoFlows(t, vip, bes[0])
 
 	after := readSets(t, l.LB)
 	landed := map[string]int{}
@@ -216,12 +229,8 @@ func TestHealthHotStandby(t *testing.T) {
 	took := waitUntil(t, killed, downBound, "all clients on the standby", allOn("standby", "primary"))
 	down := d.down(t, killed, "primary")
 	t.Logf("primary killed: clients on the standby after %s; event: moved=%s flows_cut=%s took=%s", took.Round(time.Millisecond), down["moved"], down["flows_cut"], down["took"])
-	if n := intField(t, down, "moved"); n != len(clients) {
-		t.Errorf("moved=%d, want %d", n, len(clients))
-	}
-	if f := flowsTo(t, l.LB, vip, bes[0].addr); len(f) != 0 {
-		t.Errorf("conntrack entries still point at the primary:\n%s", strings.Join(f, "\n"))
-	}
+	wantCount(t, down, "moved", len(clients))
+	l.wantNoFlows(t, vip, bes[0])
 	for _, c := range clients {
 		if g, err := l.greet(c, vip); err != nil || g != (answer{"standby", c.String()}) {
 			t.Errorf("client %s while the primary is down: %s, %v; want the standby, in-kernel", c, g, err)
@@ -237,9 +246,7 @@ func TestHealthHotStandby(t *testing.T) {
 	took = waitUntil(t, back, upBound, "all clients back on the primary", allOn("primary", "standby"))
 	up := d.up(t, back, "primary")
 	t.Logf("primary restarted: clients back after %s; event: moved_back=%s took=%s reason=%q", took.Round(time.Millisecond), up["moved_back"], up["took"], up["reason"])
-	if n := intField(t, up, "moved_back"); n != len(clients) {
-		t.Errorf("moved_back=%d, want %d", n, len(clients))
-	}
+	wantCount(t, up, "moved_back", len(clients))
 	if want := fmt.Sprintf("rise %d/%d", checkRise, checkRise); up["reason"] != want {
 		t.Errorf("failback reason %q, want %q", up["reason"], want)
 	}
@@ -285,12 +292,8 @@ func TestHealthReclassify(t *testing.T) {
 	})
 	ev := d.down(t, killed, "be1")
 	t.Logf("be1 killed: set empty after %s; event: moved=%s flows_cut=%s took=%s", took.Round(time.Millisecond), ev["moved"], ev["flows_cut"], ev["took"])
-	if n := intField(t, ev, "moved"); n != len(movers) {
-		t.Errorf("moved=%d (unpinned), want %d", n, len(movers))
-	}
-	if f := flowsTo(t, l.LB, vip, bes[0].addr); len(f) != 0 {
-		t.Errorf("conntrack entries still point at be1:\n%s", strings.Join(f, "\n"))
-	}
+	wantCount(t, ev, "moved", len(movers))
+	l.wantNoFlows(t, vip, bes[0])
 	after := readSets(t, l.LB)
 	for _, c := range movers {
 		if in := after.setsOf(c); len(in) != 0 {
@@ -408,9 +411,7 @@ func TestHealthNoHealthyBackend(t *testing.T) {
 	if got := readSets(t, l.LB).members("ho-web-be1"); !slices.Equal(got, pins) {
 		t.Errorf("pins of a pool without a usable backend changed: %v -> %v", pins, got)
 	}
-	if f := flowsTo(t, l.LB, vip, bes[0].addr); len(f) != 0 {
-		t.Errorf("conntrack entries still point at be1:\n%s", strings.Join(f, "\n"))
-	}
+	l.wantNoFlows(t, vip, bes[0])
 	if evs := d.waitLines(time.Second, 1, "pool has no usable backend: its pins stay; new clients are reset", "service", "web"); len(evs) != 1 || evs[0]["clients"] != strconv.Itoa(len(old)) {
 		t.Errorf("pool without a usable backend logged %v, want once with clients=%d", evs, len(old))
 	}

@@ -37,7 +37,7 @@ var (
 	families = []family{ipv4, ipv6}
 )
 
-// at is the VIP's port.
+// at returns the VIP with port.
 func (f family) at(port uint16) netip.AddrPort { return netip.AddrPortFrom(f.vip, port) }
 
 // set is the name of the set of a service's backend.
