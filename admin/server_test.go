@@ -21,6 +21,7 @@ import (
 	logtest "github.com/sirupsen/logrus/hooks/test"
 
 	"github.com/handoff-lb/handoff/balancer"
+	"github.com/handoff-lb/handoff/internal/testenv"
 )
 
 const testToken = "s3cret-t0ken"
@@ -820,7 +821,7 @@ func TestObservePinNil(t *testing.T) {
 
 func TestTokenFileModeWarning(t *testing.T) {
 	if runtime.GOOS == "windows" {
-		t.Skip("no Unix modes")
+		testenv.Skip(t, "no Unix modes")
 	}
 	for _, mode := range []os.FileMode{0o600, 0o644} {
 		log, hook := testLogger()

@@ -4,7 +4,6 @@ import (
 	"context"
 	"net"
 	"net/netip"
-	"os"
 	"testing"
 	"time"
 
@@ -15,6 +14,7 @@ import (
 	"github.com/handoff-lb/handoff/dataplane"
 	"github.com/handoff-lb/handoff/healthcheck"
 	"github.com/handoff-lb/handoff/internal/nstest"
+	"github.com/handoff-lb/handoff/internal/testenv"
 	"github.com/handoff-lb/handoff/kernel"
 )
 
@@ -26,7 +26,7 @@ import (
 func TestMigrateKernel(t *testing.T) {
 	nstest.RequireRoot(t)
 	n := 20_000
-	if os.Getenv("HANDOFF_PERF") == "1" {
+	if testenv.Perf() {
 		n = 100_000
 	}
 	ns := nstest.New(t, "mig-")

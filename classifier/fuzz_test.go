@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"regexp/syntax"
+	"slices"
 	"strings"
 	"testing"
 
@@ -142,13 +143,17 @@ func FuzzPayload(f *testing.F) {
 	})
 }
 
-// TestWriteFuzzCorpus regenerates the committed seed corpora under
-// testdata/fuzz from real ClientHellos and requests. Run it with
-// HANDOFF_WRITE_FUZZ_CORPUS=1.
+// TestWriteFuzzCorpus checks the committed seed corpora under
+// testdata/fuzz against what it generates from real ClientHellos and
+// requests: the same files, with the same argument types (a ClientHello's
+// random bytes differ from run to run). With HANDOFF_WRITE_FUZZ_CORPUS=1 it
+// regenerates them instead.
 func TestWriteFuzzCorpus(t *testing.T) {
-	if os.Getenv("HANDOFF_WRITE_FUZZ_CORPUS") == "" {
-		t.Skip("set HANDOFF_WRITE_FUZZ_CORPUS=1 to regenerate testdata/fuzz")
+	root, regenerate := t.TempDir(), os.Getenv("HANDOFF_WRITE_FUZZ_CORPUS") == "1"
+	if regenerate {
+		root = filepath.Join("testdata", "fuzz")
 	}
+	var written []string
 	write := func(fuzz, name string, args ...any) {
 		var b strings.Builder
 		b.WriteString("go test fuzz v1\n")
@@ -162,13 +167,14 @@ func TestWriteFuzzCorpus(t *testing.T) {
 				fmt.Fprintf(&b, "uint16(%d)\n", a)
 			}
 		}
-		dir := filepath.Join("testdata", "fuzz", fuzz)
+		dir := filepath.Join(root, fuzz)
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			t.Fatal(err)
 		}
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(b.String()), 0o644); err != nil {
 			t.Fatal(err)
 		}
+		written = append(written, filepath.Join(fuzz, name))
 	}
 	tls13 := helloFor(t, "a.example")
 	write("FuzzSNI", "tls13", tls13)
@@ -196,4 +202,36 @@ func TestWriteFuzzCorpus(t *testing.T) {
 	write("FuzzPayload", "utf8", `(?i)^name=(\pL+)\s`, uint16(100), []byte("name=Élan\xc3\xa9 "))
 	write("FuzzPayload", "binary", `^\x00\x01(..)`, uint16(8), []byte("\x00\x01\xff\xfe"))
 	write("FuzzPayload", "lazy", `<(.+?)>`, uint16(32), []byte("..<a>b>"))
+	if !regenerate {
+		checkCorpus(t, root, written)
+	}
+}
+
+// checkCorpus compares the generated corpus files (paths under generated)
+// with the committed ones under testdata/fuzz: each must be there, with the
+// same argument types line by line.
+func checkCorpus(t *testing.T, generated string, files []string) {
+	t.Helper()
+	types := func(b []byte) []string {
+		var out []string
+		for _, l := range strings.Split(string(b), "\n") {
+			typ, _, _ := strings.Cut(l, "(")
+			out = append(out, typ)
+		}
+		return out
+	}
+	for _, f := range files {
+		want, err := os.ReadFile(filepath.Join(generated, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := os.ReadFile(filepath.Join("testdata", "fuzz", f))
+		if err != nil {
+			t.Errorf("seed %s: %v (regenerate: HANDOFF_WRITE_FUZZ_CORPUS=1 go test -run TestWriteFuzzCorpus)", f, err)
+			continue
+		}
+		if g, w := types(got), types(want); !slices.Equal(g, w) {
+			t.Errorf("seed %s has arguments %q, the generator writes %q (regenerate: HANDOFF_WRITE_FUZZ_CORPUS=1 go test -run TestWriteFuzzCorpus)", f, g, w)
+		}
+	}
 }

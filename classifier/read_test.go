@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/handoff-lb/handoff/config"
+	"github.com/handoff-lb/handoff/internal/testenv"
 )
 
 // pair returns the two ends of a loopback TCP connection: client, server.
@@ -186,7 +187,7 @@ func TestReadContext(t *testing.T) {
 // TestReadManySilent: a thousand silent clients don't delay a normal one.
 func TestReadManySilent(t *testing.T) {
 	if testing.Short() {
-		t.Skip("opens 2000 sockets")
+		testenv.Skip(t, "opens 2000 sockets")
 	}
 	const silent = 1000
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/handoff-lb/handoff/config"
+	"github.com/handoff-lb/handoff/internal/testenv"
 )
 
 // serve runs handle for every connection accepted on a fresh loopback
@@ -24,7 +25,7 @@ func serve(t testing.TB, network, addr string, handle func(c net.Conn, done <-ch
 	t.Helper()
 	ln, err := net.Listen(network, addr)
 	if err != nil {
-		t.Skipf("listen %s %s: %v", network, addr, err)
+		testenv.Skipf(t, "listen %s %s: %v", network, addr, err)
 	}
 	done := make(chan struct{})
 	var wg sync.WaitGroup

@@ -6,45 +6,41 @@ import (
 	"bufio"
 	"fmt"
 	"io"
-	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"runtime"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/handoff-lb/handoff/config"
+	"github.com/handoff-lb/handoff/internal/testenv"
 )
 
-// listenerEnv makes the test binary a backend process for
-// TestCPU1000Backends.
-const listenerEnv = "HANDOFF_HEALTHCHECK_LISTENERS"
-
-// TestCPU1000Backends measures what the health loop costs: 1,000 TCP
-// targets checked every second for five seconds, against a handful of
-// loopback listeners. The listeners run in a child process so that this
-// process's CPU time (getrusage) is the health loop's alone, kernel work on
-// its sockets included. The budget, 5% of one core, is enforced only
-// without the race detector and on a host that is not overloaded.
+// TestCPU1000Backends measures what the health loop costs: TCP targets
+// checked every second, against a handful of loopback listeners. The
+// listeners run in a child process so that this process's CPU time
+// (getrusage) is the health loop's alone, kernel work on its sockets
+// included. With HANDOFF_PERF=1 it checks 1,000 targets for five seconds
+// against the budget, 5% of one core, enforced only without the race
+// detector and on a host that is not overloaded: a CPU budget is a
+// measurement, and a shared, noisy CI machine would fail it for reasons
+// unrelated to the code. Without HANDOFF_PERF it checks 200 targets for two
+// seconds and holds them to the check rate only.
 func TestCPU1000Backends(t *testing.T) {
 	if testing.Short() {
-		t.Skip("takes ~7s; skipped with -short")
-	}
-	if os.Getenv("HANDOFF_PERF") == "" {
-		// A CPU budget is a measurement, not a unit test: on a shared, noisy
-		// CI machine it would fail for reasons unrelated to the code.
-		t.Skip("CPU measurement; run with HANDOFF_PERF=1 on a quiet host")
+		testenv.Skip(t, "takes ~7s; skipped with -short")
 	}
 	const (
-		targets   = 1000
 		listeners = 4
-		measure   = 5 * time.Second
 		budget    = 0.05 // of one core
 	)
+	targets, measure := 200, 2*time.Second
+	if testenv.Perf() {
+		targets, measure = 1000, 5*time.Second
+	}
 	addrs := startListeners(t, listeners)
 
 	m := New(Options{})
@@ -80,12 +76,15 @@ func TestCPU1000Backends(t *testing.T) {
 	rate := float64(n1-n0) / wall.Seconds()
 	t.Logf("%d TCP targets at 1s: %.0f checks/s, CPU %v (user %v, system %v) in %v = %.2f%% of one core, %.1f µs per check (race=%v)",
 		targets, rate, cpu.Round(time.Millisecond), user.Round(time.Millisecond), sys.Round(time.Millisecond),
-		wall.Round(time.Millisecond), 100*share, float64(cpu.Microseconds())/float64(n1-n0), raceEnabled)
-	if rate < 0.5*targets {
+		wall.Round(time.Millisecond), 100*share, float64(cpu.Microseconds())/float64(n1-n0), testenv.Race)
+	if rate < 0.5*float64(targets) {
 		t.Errorf("%.0f checks/s, want about %d", rate, targets)
 	}
 	switch load, busy := overloaded(); {
-	case raceEnabled:
+	case !testenv.Perf():
+		t.Logf("budget %.0f%% checked with HANDOFF_PERF=1 only", 100*budget)
+	case testenv.Race:
+		t.Logf("budget %.0f%% not checked: the race detector inflates CPU time", 100*budget)
 	case busy:
 		t.Logf("budget %.0f%% not checked: load average %.1f on %d CPUs inflates CPU time", 100*budget, load, runtime.NumCPU())
 	case share > budget:
@@ -111,7 +110,7 @@ func overloaded() (load float64, busy bool) {
 // returns their addresses. The child exits when the test ends.
 func startListeners(t *testing.T, n int) []netip.AddrPort {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestListenerProcess$", "-test.count=1")
+	cmd := exec.Command(os.Args[0]) // TestMain runs serveListeners
 	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%d", listenerEnv, n))
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
@@ -143,38 +142,6 @@ func startListeners(t *testing.T, n int) []netip.AddrPort {
 	}
 	go func() { _, _ = io.Copy(io.Discard, stdout) }() // the child's PASS line
 	return addrs
-}
-
-// TestListenerProcess is the child of TestCPU1000Backends: it serves
-// accept-and-close listeners until its stdin closes.
-func TestListenerProcess(t *testing.T) {
-	var n int
-	if _, err := fmt.Sscan(os.Getenv(listenerEnv), &n); err != nil {
-		t.Skip("helper process of TestCPU1000Backends")
-	}
-	var wg sync.WaitGroup
-	lc := net.ListenConfig{KeepAlive: -1}
-	for range n {
-		ln, err := lc.Listen(t.Context(), "tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ln.Close()
-		fmt.Printf("listening %s\n", ln.Addr())
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				c.Close()
-			}
-		}()
-	}
-	_, _ = io.Copy(io.Discard, os.Stdin)
-	t.Cleanup(wg.Wait)
 }
 
 // cpuTime returns the user and system CPU time this process has used.

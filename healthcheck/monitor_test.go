@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -16,9 +17,13 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/handoff-lb/handoff/config"
+	"github.com/handoff-lb/handoff/internal/nstest"
 )
 
 func TestMain(m *testing.M) {
+	if n := os.Getenv(listenerEnv); n != "" {
+		os.Exit(serveListeners(n))
+	}
 	goleak.VerifyTestMain(m)
 }
 
@@ -588,20 +593,7 @@ func TestKilledBackend(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
-	defer wg.Wait()
-	defer ln.Close()
+	nstest.AcceptClose(t, ln)
 
 	h := config.Health{Check: config.CheckTCP, Interval: 100 * time.Millisecond, Timeout: 100 * time.Millisecond, Rise: 1, Fall: 3}
 	m, rec := newMonitor(t, nil)

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"regexp"
 	"slices"
 	"strconv"
@@ -20,6 +19,7 @@ import (
 
 	"github.com/handoff-lb/handoff/dataplane"
 	"github.com/handoff-lb/handoff/internal/nstest"
+	"github.com/handoff-lb/handoff/internal/testenv"
 )
 
 // savedEntries returns the entries of set as `ipset save` shows them.
@@ -317,7 +317,7 @@ func TestNSCountSkipsTimedOut(t *testing.T) {
 // phases and the median, and fails when the median exceeds one second.
 func TestNSRepin(t *testing.T) {
 	nstest.RequireRoot(t)
-	n, runs, perf := 5000, 1, os.Getenv("HANDOFF_PERF") == "1"
+	n, runs, perf := 5000, 1, testenv.Perf()
 	if perf {
 		n, runs = 100000, 3
 	}

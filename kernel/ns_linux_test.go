@@ -24,6 +24,7 @@ import (
 
 	"github.com/handoff-lb/handoff/dataplane"
 	"github.com/handoff-lb/handoff/internal/nstest"
+	"github.com/handoff-lb/handoff/internal/testenv"
 )
 
 // countingTables counts restore calls of a real iptables.
@@ -736,7 +737,7 @@ func TestNSProbeWithoutNetAdmin(t *testing.T) {
 	nstest.RequireRoot(t)
 	setpriv, err := exec.LookPath("setpriv")
 	if err != nil {
-		t.Skip("needs setpriv (util-linux)")
+		testenv.Skip(t, "needs setpriv (util-linux)")
 	}
 	ns := nstest.New(t, "k-")
 	cmd := exec.Command(setpriv, "--inh-caps=-net_admin", "--bounding-set=-net_admin",

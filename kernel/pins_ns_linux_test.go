@@ -17,10 +17,11 @@ import (
 
 	"github.com/handoff-lb/handoff/dataplane"
 	"github.com/handoff-lb/handoff/internal/nstest"
+	"github.com/handoff-lb/handoff/internal/testenv"
 )
 
 // perf reports whether the slow, large variants of tests are asked for.
-func perf() bool { return os.Getenv("HANDOFF_PERF") == "1" }
+func perf() bool { return testenv.Perf() }
 
 // walkClient is the i'th client of the big walks: 2001:2:0:ff00::/64 + i.
 func walkClient(i int) netip.Addr {

@@ -72,7 +72,11 @@ func (d *Dataplane) syncLocked(ctx context.Context, svcs []*service, verify bool
 		}
 		d.slots = t
 	}
+	// Under d.mu: assign writes the backends' slots, and the canary's sync
+	// passes d.last, the services Pin and Count read meanwhile.
+	d.mu.Lock()
 	fill, err := d.slots.assign(svcs, d.layout)
+	d.mu.Unlock()
 	if err != nil {
 		return nil, fmt.Errorf("kernel: %w", err)
 	}

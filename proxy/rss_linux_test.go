@@ -1,3 +1,5 @@
+//go:build linux && !race
+
 package proxy_test
 
 import (
@@ -14,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/handoff-lb/handoff/internal/testenv"
 	"github.com/handoff-lb/handoff/proxy"
 )
 
@@ -21,10 +24,12 @@ import (
 // through every one, lets them sit idle, and reports how much the resident
 // memory of this process grew per connection. The clients and the backend
 // run in a peer process, so the figure is the proxy's alone: its two sockets,
-// the caller's goroutine and Splice's. Skipped with -short and -race.
+// the caller's goroutine and Splice's. The race detector distorts memory,
+// so this file builds only without it: scripts/test.sh runs it in a step
+// of its own.
 func TestIdleRSS(t *testing.T) {
-	if testing.Short() || raceEnabled {
-		t.Skip("slow; measures memory, which -race distorts")
+	if testing.Short() {
+		testenv.Skip(t, "slow: proxies 10,000 connections")
 	}
 	const target = 40 << 10 // bytes per idle connection
 	n := 10000

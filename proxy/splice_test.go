@@ -19,6 +19,7 @@ import (
 	"github.com/pires/go-proxyproto"
 
 	"github.com/handoff-lb/handoff/config"
+	"github.com/handoff-lb/handoff/internal/testenv"
 	"github.com/handoff-lb/handoff/proxy"
 )
 
@@ -452,7 +453,7 @@ func TestSpliceProxyProtocol(t *testing.T) {
 			t.Run(network+"/"+string(version), func(t *testing.T) {
 				if network == "tcp6" {
 					if ln, err := net.Listen("tcp6", "[::1]:0"); err != nil {
-						t.Skip("no IPv6 loopback:", err)
+						testenv.Skipf(t, "no IPv6 loopback: %v", err)
 					} else {
 						ln.Close()
 					}

@@ -5,9 +5,10 @@
 # renders the status page), then runs
 # gofmt, go vet (also for darwin, freebsd and windows), cross-OS builds
 # (darwin amd64/arm64, freebsd, windows), staticcheck, and go test -race over
-# every package, including the root network-namespace tests. Run it as
-# root: root tests skip without root, and under CI=true a skipped root test
-# fails the run.
+# every package, including the root network-namespace tests, then, without
+# -race, the tests that only build without it (memory measurements the race
+# detector would distort). Run it as root: root tests skip without root,
+# and under CI=true every skip fails the run (internal/testenv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin:/usr/sbin:/sbin"
@@ -55,3 +56,18 @@ go tool staticcheck ./...
 
 step "go test -race ./..."
 go test -race -count=1 -timeout 9m ./...
+
+# A test file built with //go:build ...!race holds tests that measure what
+# the race detector distorts (memory); -race leaves them out, so they run
+# here, without it, and only they.
+step "go test without -race: the tests of !race files"
+declare -A norace=()
+while IFS= read -r f; do
+	pkg=./$(dirname "$f")/
+	for name in $(sed -n 's/^func \(Test[A-Za-z0-9_]*\)(.*/\1/p' "$f"); do
+		norace[$pkg]+="${norace[$pkg]:+|}$name"
+	done
+done < <(grep -l '^//go:build.*!race' $(git ls-files '*_test.go' 2>/dev/null || find . -name '*_test.go'))
+for pkg in "${!norace[@]}"; do
+	go test -count=1 -timeout 5m -run "^(${norace[$pkg]})\$" "$pkg"
+done

@@ -10,7 +10,9 @@ import (
 )
 
 // TestOneLineErrors: an unreadable config and a port in use each end the
-// daemon with exit 1 and one line that names the cause.
+// daemon with exit 1 and one line that names the cause. The port in use is
+// one the test holds itself, and the admin API is off, so no other port
+// can be the one in use.
 func TestOneLineErrors(t *testing.T) {
 	busy, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
@@ -21,7 +23,7 @@ func TestOneLineErrors(t *testing.T) {
 	inUse := filepath.Join(dir, "in-use.yaml")
 	os.WriteFile(inUse, []byte(`mode: userspace
 state_dir: `+filepath.Join(dir, "state")+`
-admin: {listen: 127.0.0.1:9999}
+admin: {listen: "off"}
 services:
   - name: web
     listen: `+busy.Addr().String()+`
@@ -33,7 +35,7 @@ services:
 		desc, config, want string
 	}{
 		{"unreadable config", filepath.Join(dir, "missing.yaml"), "missing.yaml"},
-		{"port in use", inUse, "address already in use"},
+		{"port in use", inUse, "listen " + busy.Addr().String() + ": bind: address already in use"},
 	} {
 		t.Run(tc.desc, func(t *testing.T) {
 			cmd := exec.Command(binary(t), "run", "-c", tc.config)

@@ -1,7 +1,7 @@
 // Package nstest gives root tests their own network namespaces: a fresh
 // named namespace per call, veth links between namespaces, and the standard
 // handoff lab (client, balancer, backends) addressed from 198.18.0.0/15 and
-// 2001:2::/48.
+// 2001:2::/48. Serve and AcceptClose run test servers on any listener.
 //
 // Every namespace is deleted by t.Cleanup, so a test never leaves one behind
 // and never touches the host's own namespace. Namespaces need root on Linux;
@@ -27,6 +27,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/handoff-lb/handoff/internal/netnsutil"
+	"github.com/handoff-lb/handoff/internal/testenv"
 )
 
 // Prefix starts the name of every namespace this package creates.
@@ -35,29 +36,20 @@ const Prefix = "hok-"
 // maxNameLen is the longest name `ip netns` and interface names allow.
 const maxNameLen = 15
 
-// RequireRoot skips t unless the test runs as root on Linux. When the
-// environment variable CI is "true", a missing privilege fails the test
-// instead: in CI a skipped namespace test is a failure.
+// RequireRoot skips t unless the test runs as root on Linux with the ip
+// command; under CI=true it fails instead (testenv.Skip).
 func RequireRoot(t testing.TB) {
 	t.Helper()
-	var reason string
 	switch {
 	case runtime.GOOS != "linux":
-		t.Skip("network namespaces need Linux")
+		testenv.Skip(t, "network namespaces need Linux")
 	case os.Geteuid() != 0:
-		reason = "needs root for network namespaces; run as root"
+		testenv.Skip(t, "needs root for network namespaces; run as root")
 	default:
 		if _, err := exec.LookPath("ip"); err != nil {
-			reason = "needs the ip command (iproute2)"
+			testenv.Skip(t, "needs the ip command (iproute2)")
 		}
 	}
-	if reason == "" {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal(reason + " (CI=true: not skipping)")
-	}
-	t.Skip(reason)
 }
 
 // NS is a named network namespace owned by one test. It is deleted when the
@@ -288,6 +280,7 @@ func runCmdInput(stdin, name string, args ...string) (string, error) {
 // the test ends, ln and every connection still open are closed and the
 // handlers waited for.
 func Serve(t testing.TB, ln net.Listener, handle func(c net.Conn)) {
+	t.Helper()
 	var (
 		wg    sync.WaitGroup
 		mu    sync.Mutex
@@ -322,4 +315,11 @@ func Serve(t testing.TB, ln net.Listener, handle func(c net.Conn)) {
 		mu.Unlock()
 		wg.Wait()
 	})
+}
+
+// AcceptClose accepts on ln until ln closes and closes every connection at
+// once: a backend that is up (a TCP health check passes) and says nothing.
+// ln is closed and the accept loop waited for when the test ends.
+func AcceptClose(t testing.TB, ln net.Listener) {
+	Serve(t, ln, func(net.Conn) {})
 }
