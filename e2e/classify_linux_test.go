@@ -29,9 +29,10 @@ import (
 
 // classifyService is one service of classifyConfig.
 type classifyService struct {
-	name  string
-	port  uint16
-	reset bool // first_connection: reset (else proxy)
+	name   string
+	port   uint16
+	reset  bool // first_connection: reset (else proxy)
+	source bool // classify: source: in kernel mode the first SYN is held, never met by the listener
 }
 
 // The services of classifyConfig. Their backends are the lab's backend
@@ -40,7 +41,7 @@ var (
 	payService    = classifyService{name: "pay", port: 7000}               // payload, station-7 → be0, default be1; unclassified → default
 	sniService    = classifyService{name: "tls", port: 443, reset: true}   // sni: a.example → be0, *.b.example → be1, default be2
 	hostService   = classifyService{name: "web", port: 80}                 // http-host: a.example → be0, default be1
-	hashService   = classifyService{name: "hash", port: 8000, reset: true} // source, hash_range [0, 499] → be0, default be1
+	hashService   = classifyService{name: "hash", port: 8000, reset: true, source: true} // source, hash_range [0, 499] → be0, default be1
 	rejectService = classifyService{name: "rej", port: 7001}               // payload, on_unclassified: reject, timeout rejectTimeout
 
 	classifyServices = []classifyService{payService, sniService, hostService, hashService, rejectService}
@@ -236,12 +237,18 @@ func talkCtx() (context.Context, context.CancelFunc) {
 }
 
 // first is a new client's first contact with s; it returns the backend that
-// served it. In kernel mode a reset service resets the first connection and
-// the retry must reach the backend in-kernel (it sees the client's own
-// address); otherwise the first connection is proxied (the backend sees the
-// balancer).
+// served it. In kernel mode the first SYN of a source-classified service's
+// client is held until it is pinned and goes in-kernel, a reset service
+// resets the first connection and the retry must reach the backend
+// in-kernel, and a proxied first connection comes from the client's own
+// address (a transparent dial): every connection the backend sees comes
+// from the client. In userspace mode the first connection is proxied from
+// the balancer's address.
 func (l *classifyLab) first(t *testing.T, s classifyService, src netip.Addr, talk talk) string {
 	t.Helper()
+	if l.kernel && s.source {
+		return l.again(t, s, src, talk)
+	}
 	if l.kernel && s.reset {
 		ctx, cancel := talkCtx()
 		a, err := talk(ctx, l, src, l.addr(s))
@@ -257,8 +264,12 @@ func (l *classifyLab) first(t *testing.T, s classifyService, src netip.Addr, tal
 	if err != nil {
 		t.Fatalf("%s: client %s: first connection: %v", s.name, src, err)
 	}
-	if a.seen != ipv4.lbBack.String() {
-		t.Errorf("%s: client %s: proxied first connection reached %s, want it from the balancer's %s", s.name, src, a, ipv4.lbBack)
+	want := ipv4.lbBack.String()
+	if l.kernel {
+		want = src.String()
+	}
+	if a.seen != want {
+		t.Errorf("%s: client %s: proxied first connection reached %s, want it from %s", s.name, src, a, want)
 	}
 	return a.backend
 }

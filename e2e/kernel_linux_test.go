@@ -21,38 +21,38 @@ import (
 // kernelConfig is a kernel-mode daemon whose service web on f's VIP, port
 // 80, pins a client to be1 or be2 by maglev and meets it first as first
 // says (reset or proxy).
-func kernelConfig(f family, first string) (cfg daemonConfig, vip netip.AddrPort, bes []backend) {
+func kernelConfig(f family, first string, fields ...string) (cfg daemonConfig, vip netip.AddrPort, bes []backend) {
 	vip, bes = f.at(80), backends(f, 80, "be1", "be2")
-	return webConfig("kernel", vip, bes, "first_connection: "+first, "health: {check: none}", "balance: maglev"), vip, bes
+	return webConfig("kernel", vip, bes, append([]string{"first_connection: " + first, "health: {check: none}", "balance: maglev"}, fields...)...), vip, bes
 }
 
-// TestKernelResetMode: a new client's first connection is reset, its retry
-// reaches a backend in-kernel that sees the client's own address, and the
-// client is in exactly that backend's set, with its key as the comment.
-// Ten clients stick, both backends are used.
-func TestKernelResetMode(t *testing.T) {
+// TestKernelHeldSYN: a new client of a source-classified service never
+// meets the listener: its first SYN waits in the kernel until it is pinned
+// and then reaches a backend in-kernel, which sees the client's own
+// address on that first connection and every later one; the client is in
+// exactly that backend's set, with its key as the comment. Ten clients
+// stick, both backends are used, and every first connection is counted
+// in-kernel.
+func TestKernelHeldSYN(t *testing.T) {
 	for _, fam := range families {
 		t.Run(fam.name, func(t *testing.T) {
 			l := newLab(t, 2, 10)
-			cfg, vip, bes := kernelConfig(fam, "reset")
+			cfg, vip, bes := kernelConfig(fam, "reset") // reset is never used: no SYN reaches the listener
 			l.greeters(t, bes)
 			d := startDaemon(t, l.LB, writeConfig(t, cfg), vip, "--mode", "kernel")
 
 			used := map[string]bool{}
 			for _, c := range l.clients(fam) {
-				if g, err := l.greet(c, vip); err == nil {
-					t.Fatalf("client %s: first connection answered by %s, want a reset", c, g)
-				}
 				g, err := l.greet(c, vip)
 				if err != nil {
-					t.Fatalf("client %s: retry failed: %v\n%s", c, err, d.log())
+					t.Fatalf("client %s: first connection failed: %v\n%s", c, err, d.log())
 				}
 				if g.seen != c.String() {
-					t.Errorf("client %s: backend saw %s, want the client's own address", c, g.seen)
+					t.Errorf("client %s: backend saw %s on the first connection, want the client's own address", c, g.seen)
 				}
 				for i := range 3 {
 					if g2, err := l.greet(c, vip); err != nil || g2 != g {
-						t.Fatalf("client %s: connection %d got %s, %v; first was %s", c, i+3, g2, err, g)
+						t.Fatalf("client %s: connection %d got %s, %v; first was %s", c, i+2, g2, err, g)
 					}
 				}
 				// The refresh rule (SET --exist) ran on each in-kernel
@@ -66,22 +66,59 @@ func TestKernelResetMode(t *testing.T) {
 			if len(used) != 2 {
 				t.Errorf("10 clients used %v, want both backends", used)
 			}
-			// Userspace met each client once: the later connections were in-kernel.
-			if n := len(d.lines("pinned")); n != l.n {
-				t.Errorf("the listener pinned %d times for %d clients", n, l.n)
+			st := newAdminAPI(t, l.LB, adminListen, "").status()
+			if got := st.Services[0].FirstConnections; got["in-kernel"] != uint64(l.n) || got["reset"]+got["proxied"]+got["transparent"] != 0 {
+				t.Errorf("first connections %v, want %d in-kernel and nothing else", got, l.n)
 			}
 		})
 	}
 }
 
-// TestKernelProxyMode: the first connection is spliced to the backend
-// (half-closed echo included); the next one is in-kernel to the same backend.
+// TestKernelResetMode: a new client of a service that reads its first
+// bytes (payload) and resets its first connection: that connection is
+// reset, the retry reaches a backend in-kernel that sees the client's own
+// address, and only the connection that made the decision is reset.
+func TestKernelResetMode(t *testing.T) {
+	for _, fam := range families {
+		t.Run(fam.name, func(t *testing.T) {
+			l := newLab(t, 2, 3)
+			cfg, vip, bes := kernelConfig(fam, "reset", payloadHello...)
+			l.greeters(t, bes)
+			d := startDaemon(t, l.LB, writeConfig(t, cfg), vip, "--mode", "kernel")
+			for _, c := range l.clients(fam) {
+				ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+				got, err := l.exchange(ctx, c, vip, "HELLO\n")
+				cancel()
+				if err == nil {
+					t.Fatalf("client %s: first connection answered %q, want a reset", c, got)
+				}
+				ctx, cancel = context.WithTimeout(context.Background(), 3*time.Second)
+				got, err = l.exchange(ctx, c, vip, "HELLO\n")
+				cancel()
+				if err != nil {
+					t.Fatalf("client %s: retry failed: %v\n%s", c, err, d.log())
+				}
+				if line, _, _ := strings.Cut(got, "\n"); parseAnswer(line).seen != c.String() {
+					t.Errorf("client %s: retry answered %q, want in-kernel, seeing the client", c, got)
+				}
+			}
+		})
+	}
+}
+
+// payloadHello classifies by a payload that starts with HELLO.
+var payloadHello = []string{"classify: payload", `payload: {pattern: '^HELLO', max_bytes: 64, timeout: 2s}`}
+
+// TestKernelProxyMode: a payload service proxies the first connection
+// (half-closed echo included) from the client's own address (a
+// transparent dial), so the backend sees the client on it too; the next
+// one is in-kernel to the same backend.
 func TestKernelProxyMode(t *testing.T) {
 	for _, fam := range families {
 		t.Run(fam.name, func(t *testing.T) {
 			l := newLab(t, 2, 1)
 			c := fam.client(0)
-			cfg, vip, bes := kernelConfig(fam, "proxy")
+			cfg, vip, bes := kernelConfig(fam, "proxy", payloadHello...)
 			l.greeters(t, bes)
 			startDaemon(t, l.LB, writeConfig(t, cfg), vip, "--mode", "kernel")
 
@@ -92,7 +129,7 @@ func TestKernelProxyMode(t *testing.T) {
 				t.Fatal(err)
 			}
 			conn.SetDeadline(time.Now().Add(5 * time.Second))
-			msg := strings.Repeat("x", 100000)
+			msg := "HELLO\n" + strings.Repeat("x", 100000)
 			go func() {
 				io.WriteString(conn, msg)
 				conn.(*net.TCPConn).CloseWrite()
@@ -107,11 +144,13 @@ func TestKernelProxyMode(t *testing.T) {
 				t.Fatalf("half-closed echo returned %d bytes, want %d", len(rest), len(msg))
 			}
 			proxied := parseAnswer(first)
-			if proxied.seen == c.String() {
-				t.Errorf("first (proxied) connection came from the client address; want the balancer's")
+			if proxied.seen != c.String() {
+				t.Errorf("first (proxied) connection came from %s; want the client's own %s", proxied.seen, c)
 			}
-			if g, err := l.greet(c, vip); err != nil || g != (answer{proxied.backend, c.String()}) {
-				t.Errorf("second connection: %s, %v; want %s seeing %s (in-kernel)", g, err, proxied.backend, c)
+			got, err := l.exchange(ctx, c, vip, "HELLO\n")
+			line, _, _ := strings.Cut(got, "\n")
+			if g := parseAnswer(line); err != nil || g != (answer{proxied.backend, c.String()}) {
+				t.Errorf("second connection: %q, %v; want %s seeing %s (in-kernel)", got, err, proxied.backend, c)
 			}
 		})
 	}
