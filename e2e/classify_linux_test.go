@@ -38,11 +38,11 @@ type classifyService struct {
 // The services of classifyConfig. Their backends are the lab's backend
 // hosts be0, be1 and be2, each serving every port (TLS on 443).
 var (
-	payService    = classifyService{name: "pay", port: 7000}               // payload, station-7 → be0, default be1; unclassified → default
-	sniService    = classifyService{name: "tls", port: 443, reset: true}   // sni: a.example → be0, *.b.example → be1, default be2
-	hostService   = classifyService{name: "web", port: 80}                 // http-host: a.example → be0, default be1
+	payService    = classifyService{name: "pay", port: 7000}                             // payload, station-7 → be0, default be1; unclassified → default
+	sniService    = classifyService{name: "tls", port: 443, reset: true}                 // sni: a.example → be0, *.b.example → be1, default be2
+	hostService   = classifyService{name: "web", port: 80}                               // http-host: a.example → be0, default be1
 	hashService   = classifyService{name: "hash", port: 8000, reset: true, source: true} // source, hash_range [0, 499] → be0, default be1
-	rejectService = classifyService{name: "rej", port: 7001}               // payload, on_unclassified: reject, timeout rejectTimeout
+	rejectService = classifyService{name: "rej", port: 7001}                             // payload, on_unclassified: reject, timeout rejectTimeout
 
 	classifyServices = []classifyService{payService, sniService, hostService, hashService, rejectService}
 )

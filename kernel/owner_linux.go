@@ -94,4 +94,3 @@ func inNamespace(path string, fn func() error) error {
 	defer ns.Close()
 	return inNetNS(ns, fn)
 }
-
