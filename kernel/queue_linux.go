@@ -183,7 +183,6 @@ type queue struct {
 
 	mu  sync.Mutex // serializes sends
 	seq uint32
-	req []byte
 
 	closeOnce sync.Once
 }
