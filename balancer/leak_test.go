@@ -69,7 +69,11 @@ func TestNoGoroutineLeak(t *testing.T) {
 			Timeouts:        config.Timeouts{Connect: time.Second, Idle: idle},
 			MaxConnections:  10000,
 			ProxyProtocol:   "off",
-			Health:          config.Health{Check: config.CheckTCP, Interval: 50 * time.Millisecond, Timeout: 200 * time.Millisecond, Rise: 1, Fall: 3},
+			// Checks run often, so their goroutines are there to leak,
+			// but never mark a backend down: under -race on a loaded
+			// machine three 200 ms timeouts in a row happened, and the
+			// clients of a down backend are reset.
+			Health: config.Health{Check: config.CheckTCP, Interval: 50 * time.Millisecond, Timeout: 2 * time.Second, Rise: 1, Fall: 1000},
 			Pools: []config.Pool{{Name: "default", Balance: config.BalanceMaglev,
 				Backends: []config.Backend{{Name: be.name, Address: be.addr(), Weight: 1}}}},
 		}
