@@ -652,12 +652,15 @@ func TestNSCanaryRestores(t *testing.T) {
 		cmd  []string
 	}{
 		{"flush HANDOFF-PREROUTING", []string{"iptables", "-t", "nat", "-F", "HANDOFF-PREROUTING"}},
-		{"delete the canary", []string{"sh", "-c", "iptables -t nat -F HANDOFF-CANARY && iptables -t nat -X HANDOFF-CANARY"}},
+		// In one transaction: between a separate -F and -X the daemon may
+		// already have refilled the chain, and -X of a full chain fails.
+		{"delete the canary", []string{"sh", "-c", "printf '*nat\\n-F HANDOFF-CANARY\\n-X HANDOFF-CANARY\\nCOMMIT\\n' | iptables-restore --noflush"}},
 		{"flush the nat table", []string{"iptables", "-t", "nat", "-F"}},
 		{"delete a jump", []string{"iptables", "-t", "nat", "-D", "PREROUTING", "-m", "comment", "--comment", "handoff jump", "-j", "HANDOFF-PREROUTING"}},
 		{"flush ip6tables filter", []string{"ip6tables", "-F"}},
 		// The rules that use a set must go before it can.
-		{"destroy a set", []string{"sh", "-c", "iptables -t nat -F HO-SVC-web && ipset destroy ho-web-be0"}},
+		// The daemon may put the rules back between the two commands; try again then.
+		{"destroy a set", []string{"sh", "-c", "for i in 1 2 3 4 5; do iptables -t nat -F HO-SVC-web && ipset destroy ho-web-be0 2>/dev/null && exit 0; done; exit 1"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			ns.Run(t, c.cmd...)
