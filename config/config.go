@@ -159,6 +159,7 @@ type Config struct {
 	Log      Log
 	Admin    Admin
 	Kernel   Kernel
+	Metrics  Metrics
 	StateDir string
 	Services []Service
 }
@@ -179,14 +180,34 @@ type Log struct {
 	Level           LogLevel
 	Format          LogFormat
 	SummaryInterval time.Duration // periodic info summary; 0 disables it
+	// Access logs one line per proxied connection and per pin event, at
+	// info level; kernel-forwarded connections are never logged.
+	Access bool
+}
+
+// Metrics configures the optional listener that serves only /metrics and
+// the health probes, without authentication.
+type Metrics struct {
+	Listen string // host:port; "" when off
 }
 
 // AdminOff as admin.listen turns the admin API off.
 const AdminOff = "off"
 
+// AdminUnixPrefix starts an admin.listen that names a unix socket
+// ("unix:/run/handoff/admin.sock").
+const AdminUnixPrefix = "unix:"
+
+// DefaultAdminSocket is the socket the CLI tries when neither a flag nor
+// the config names the admin API.
+const DefaultAdminSocket = "/run/handoff/admin.sock"
+
 // Admin configures the admin HTTP server.
 type Admin struct {
-	Listen    string // host:port; non-loopback requires TokenFile; "" when off
+	// Listen is host:port (non-loopback requires TokenFile), or
+	// "unix:" and an absolute socket path (mode 0600, no token needed);
+	// "" when off.
+	Listen    string
 	TokenFile string
 	Pprof     bool
 }

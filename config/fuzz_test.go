@@ -80,7 +80,7 @@ func checkInvariants(t *testing.T, c *Config) {
 			!slices.Contains(unclassified, s.OnUnclassified) || !slices.Contains(backendDown, s.OnBackendDown) || !slices.Contains(proxyProtocol, s.ProxyProtocol) {
 			t.Errorf("service %s: enums %+v", s.Name, s)
 		}
-		if s.ProxyProtocol != ProxyProtocolOff && c.Mode != ModeUserspace {
+		if s.ProxyProtocol != ProxyProtocolOff && c.Mode == ModeKernel {
 			t.Errorf("service %s: proxy_protocol %s in mode %s", s.Name, s.ProxyProtocol, c.Mode)
 		}
 		if s.ClientTTL < 0 || s.ClientTTL%time.Second != 0 || s.ClientTTL > MaxClientTTL {

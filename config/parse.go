@@ -1,7 +1,9 @@
 package config
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"math"
 	"net"
 	"net/netip"
@@ -43,9 +45,10 @@ var (
 )
 
 var (
-	topKeys      = []string{"mode", "log", "admin", "kernel", "state_dir", "services"}
+	topKeys      = []string{"mode", "log", "admin", "metrics", "kernel", "state_dir", "services"}
+	metricsKeys  = []string{"listen"}
 	kernelKeys   = []string{"mark_mask", "queue", "route_table", "rule_priority"}
-	logKeys      = []string{"level", "format", "summary_interval"}
+	logKeys      = []string{"level", "format", "summary_interval", "access"}
 	adminKeys    = []string{"listen", "token_file", "pprof"}
 	serviceKeys  = []string{"name", "listen", "first_connection", "client_ttl", "snat", "max_clients", "classify", "payload", "on_unclassified", "on_backend_down", "timeouts", "max_connections", "proxy_protocol", "health", "routes", "pools", "balance", "backends", "failback"}
 	shorthand    = []string{"balance", "backends", "failback"}
@@ -65,13 +68,16 @@ var (
 )
 
 // Load reads and parses the config file at path. An unreadable file is one
-// error naming the path; otherwise the error is Parse's.
+// error naming the path; otherwise the error is Parse's, plus what a
+// deployed file must also get right: admin.token_file exists and holds a
+// token, and every pool has at least one backend (a pool without one
+// resets every new client).
 func Load(path string) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
-	return Parse(path, data)
+	return parse(path, data, true)
 }
 
 // Parse parses and validates a config, applying defaults. file names the
@@ -84,7 +90,15 @@ func Load(path string) (*Config, error) {
 // anchors), and failback may be written on the service with the balance
 // and backends shorthand.
 func Parse(file string, data []byte) (*Config, error) {
-	p := &parser{file: file}
+	return parse(file, data, false)
+}
+
+// parse is Parse; with files it also checks what a deployed file must
+// hold and Parse leaves to the caller, as Load does: the files the config
+// names exist and can be read (admin.token_file), and every pool has a
+// backend.
+func parse(file string, data []byte, files bool) (*Config, error) {
+	p := &parser{file: file, files: files}
 	var c *Config
 	if root := p.decode(data); root != nil {
 		c = p.config(root)
@@ -115,12 +129,22 @@ func (p *parser) config(root *yaml.Node) *Config {
 	c.Log.Level, _ = enum(lf, "level", LogInfo, logLevels)
 	c.Log.Format, _ = enum(lf, "format", LogText, logFormats)
 	c.Log.SummaryInterval, _ = lf.duration("summary_interval", DefaultSummaryInterval)
+	c.Log.Access = lf.boolean("access", true)
 
 	af := f.sub("admin", adminKeys)
-	c.Admin.TokenFile, _ = af.str("token_file", "")
+	var tfn *yaml.Node
+	c.Admin.TokenFile, tfn = af.str("token_file", "")
+	if tfn != nil && p.files && c.Admin.TokenFile != "" {
+		if err := checkTokenFile(c.Admin.TokenFile); err != nil {
+			af.errorf(tfn, "token_file", "%v", err)
+		}
+	}
 	c.Admin.Pprof = af.boolean("pprof", false)
 	var adminAddrs []netip.AddrPort
 	c.Admin.Listen, adminAddrs = p.adminListen(af, c.Admin.TokenFile)
+	mf := f.sub("metrics", metricsKeys)
+	var metricsAddrs []netip.AddrPort
+	c.Metrics.Listen, metricsAddrs = p.metricsListen(mf, adminAddrs)
 
 	c.Kernel = p.kernel(f.sub("kernel", kernelKeys))
 
@@ -145,7 +169,7 @@ func (p *parser) config(root *yaml.Node) *Config {
 			pos = append(pos, sp)
 		}
 	}
-	p.crossServices(c, pos, adminAddrs)
+	p.crossServices(c, pos, adminAddrs, metricsAddrs)
 	if slots, err := dataplane.MarkSlots(c.Kernel.MarkMask); err == nil {
 		for i, s := range c.Services {
 			n := 0
@@ -181,6 +205,22 @@ func (p *parser) kernel(kf *fields) Kernel {
 	return k
 }
 
+// checkTokenFile checks that the admin token file can be read and holds a
+// token, as the admin server will want it.
+func checkTokenFile(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("%s does not exist; create it with a random token, e.g. head -c 32 /dev/urandom | base64 > %s; chmod 600 %s", path, path, path)
+		}
+		return err
+	}
+	if strings.TrimSpace(string(b)) == "" {
+		return fmt.Errorf("%s is empty; it must hold the token", path)
+	}
+	return nil
+}
+
 // adminListen checks admin.listen and returns it with the addresses it
 // binds, when they are IP addresses.
 func (p *parser) adminListen(af *fields, tokenFile string) (string, []netip.AddrPort) {
@@ -191,18 +231,59 @@ func (p *parser) adminListen(af *fields, tokenFile string) (string, []netip.Addr
 	if listen == AdminOff {
 		return "", nil
 	}
+	if path, ok := strings.CutPrefix(listen, AdminUnixPrefix); ok {
+		if !filepath.IsAbs(path) {
+			af.errorf(ln, "listen", "%q: the socket path %q is not absolute", listen, path)
+		}
+		return listen, nil // a socket of mode 0600 needs no token
+	}
+	aps, loopback, ok := listenAddrs(af, ln, "listen", listen)
+	if !ok {
+		return listen, nil
+	}
+	if !loopback && tokenFile == "" {
+		af.errorf(ln, "listen", "%q is not a loopback address, so admin.token_file is required", listen)
+	}
+	return listen, aps
+}
+
+// metricsListen checks metrics.listen ("" or absent: off) and returns it
+// with the addresses it binds.
+func (p *parser) metricsListen(mf *fields, admin []netip.AddrPort) (string, []netip.AddrPort) {
+	listen, ln := mf.str("listen", "")
+	if ln == nil || listen == "" || listen == AdminOff {
+		return "", nil
+	}
+	aps, _, ok := listenAddrs(mf, ln, "listen", listen)
+	if !ok {
+		return listen, nil
+	}
+	for _, a := range aps {
+		for _, b := range admin {
+			if a.Port() == b.Port() && (a.Addr() == b.Addr() || a.Addr().IsUnspecified() || b.Addr().IsUnspecified()) {
+				mf.errorf(ln, "listen", "%q conflicts with admin.listen", listen)
+				return listen, nil
+			}
+		}
+	}
+	return listen, aps
+}
+
+// listenAddrs parses the host:port of an HTTP listener and returns the
+// addresses it binds and whether they are all loopback; ok is false after
+// an error (recorded).
+func listenAddrs(f *fields, ln *yaml.Node, key, listen string) (aps []netip.AddrPort, loopback, ok bool) {
 	host, port, err := net.SplitHostPort(listen)
 	if err != nil {
-		af.errorf(ln, "listen", "%q is not host:port (IPv6 as [addr]:port)", listen)
-		return listen, nil
+		f.errorf(ln, key, "%q is not host:port (IPv6 as [addr]:port)", listen)
+		return nil, false, false
 	}
 	pn, err := strconv.ParseUint(port, 10, 16)
 	if err != nil || pn == 0 {
-		af.errorf(ln, "listen", "%q: port %q is not a number 1..65535", listen, port)
-		return listen, nil
+		f.errorf(ln, key, "%q: port %q is not a number 1..65535", listen, port)
+		return nil, false, false
 	}
 	var addrs []netip.Addr
-	loopback := false
 	switch a, err := netip.ParseAddr(host); {
 	case host == "localhost":
 		loopback = true
@@ -214,14 +295,11 @@ func (p *parser) adminListen(af *fields, tokenFile string) (string, []netip.Addr
 		loopback = a.IsLoopback()
 		addrs = []netip.Addr{a}
 	}
-	if !loopback && tokenFile == "" {
-		af.errorf(ln, "listen", "%q is not a loopback address, so admin.token_file is required", listen)
-	}
-	aps := make([]netip.AddrPort, len(addrs))
+	aps = make([]netip.AddrPort, len(addrs))
 	for i, a := range addrs {
 		aps[i] = netip.AddrPortFrom(a, uint16(pn))
 	}
-	return listen, aps
+	return aps, loopback, true
 }
 
 func (p *parser) service(c *Config, i int, n *yaml.Node) (*Service, *svcPos) {
@@ -296,8 +374,11 @@ func (p *parser) service(c *Config, i int, n *yaml.Node) (*Service, *svcPos) {
 
 	var ppn *yaml.Node
 	s.ProxyProtocol, ppn = enum(f, "proxy_protocol", ProxyProtocolOff, proxyProtocol)
-	if ppn != nil && s.ProxyProtocol != ProxyProtocolOff && c.Mode != ModeUserspace && c.Mode != "" {
-		f.errorf(ppn, "proxy_protocol", "%s needs mode: userspace; connections forwarded in the kernel carry no PROXY header (mode is %s)", s.ProxyProtocol, c.Mode)
+	// Only mode: kernel contradicts it: in auto mode such a service makes
+	// the daemon run in userspace (KernelBlockers), and --mode userspace
+	// overrides the file's mode.
+	if ppn != nil && s.ProxyProtocol != ProxyProtocolOff && c.Mode == ModeKernel {
+		f.errorf(ppn, "proxy_protocol", "%s needs userspace mode; connections forwarded in the kernel carry no PROXY header (mode is %s)", s.ProxyProtocol, c.Mode)
 	}
 
 	p.health(f, s)
@@ -409,7 +490,14 @@ func (p *parser) pools(f *fields, s *Service, pos *svcPos, nameOK bool) {
 		pool := Pool{Name: name}
 		pool.Balance, _ = enum(pf, "balance", BalanceMaglev, balances)
 		pool.Failback = pf.boolean("failback", pool.Balance == BalanceHotStandby)
-		items, _ := pf.list("backends")
+		items, list := pf.list("backends")
+		if p.files && len(items) == 0 && !pf.bad && (list != nil || !pf.has("backends")) {
+			n := list
+			if n == nil {
+				n = pf.pos("backends")
+			}
+			pf.errorf(n, "backends", "none; a pool needs at least one backend (backends registered through the API join a pool that has one)")
+		}
 		for j, it := range items {
 			b, bn := p.backend(s, f.where, pf.where, j, it)
 			if b == nil {
@@ -685,7 +773,7 @@ func (p *parser) hashRange(mf *fields) *[2]int {
 
 // crossServices checks what spans services: names, listen addresses,
 // ipset names.
-func (p *parser) crossServices(c *Config, pos []*svcPos, admin []netip.AddrPort) {
+func (p *parser) crossServices(c *Config, pos []*svcPos, admin, metrics []netip.AddrPort) {
 	names := map[string]*yaml.Node{}
 	type owner struct {
 		svc, be string
@@ -711,6 +799,12 @@ func (p *parser) crossServices(c *Config, pos []*svcPos, admin []netip.AddrPort)
 			for _, a := range admin {
 				if overlaps(s.Listen, a) {
 					p.at(sp.listen, where, "listen", "%s conflicts with admin.listen %s", s.Listen, c.Admin.Listen)
+					break
+				}
+			}
+			for _, a := range metrics {
+				if overlaps(s.Listen, a) {
+					p.at(sp.listen, where, "listen", "%s conflicts with metrics.listen %s", s.Listen, c.Metrics.Listen)
 					break
 				}
 			}

@@ -139,7 +139,12 @@ func TestParseErrors(t *testing.T) {
 		{desc: "health.interval overflowing", yaml: svc("    health: {interval: 2400000h}\n"), pos: "4:24", msg: "health.interval: 2400000h is too long"},
 		{desc: "proxy_protocol as YAML boolean", yaml: "mode: userspace\n" + svc("    proxy_protocol: false\n"), pos: "5:21", msg: `proxy_protocol: "false" is not one of off, v1, v2`},
 		{desc: "proxy_protocol v3", yaml: "mode: userspace\n" + svc("    proxy_protocol: v3\n"), pos: "5:21", msg: `proxy_protocol: "v3" is not one of off, v1, v2`},
-		{desc: "proxy_protocol outside userspace mode", yaml: svc("    proxy_protocol: v2\n"), pos: "4:21", msg: "proxy_protocol: v2 needs mode: userspace; connections forwarded in the kernel carry no PROXY header (mode is auto)"},
+		{desc: "proxy_protocol in kernel mode", yaml: "mode: kernel\n" + svc("    proxy_protocol: v2\n"), pos: "5:21", msg: "proxy_protocol: v2 needs userspace mode; connections forwarded in the kernel carry no PROXY header (mode is kernel)"},
+		{desc: "admin on a relative unix socket", yaml: "admin: {listen: \"unix:admin.sock\"}\n" + svc(""), pos: "1:17", msg: `admin.listen: "unix:admin.sock": the socket path "admin.sock" is not absolute`},
+		{desc: "metrics without a port", yaml: "metrics: {listen: \"198.18.0.1\"}\n" + svc(""), pos: "1:19", msg: `metrics.listen: "198.18.0.1" is not host:port`},
+		{desc: "metrics on the admin address", yaml: "metrics: {listen: \"127.0.0.1:9900\"}\n" + svc(""), pos: "1:19", msg: `metrics.listen: "127.0.0.1:9900" conflicts with admin.listen`},
+		{desc: "service on the metrics address", yaml: "metrics: {listen: \"0.0.0.0:80\"}\n" + svc(""), pos: "4:13", msg: `service "web": listen: 198.18.1.1:80 conflicts with metrics.listen 0.0.0.0:80`},
+		{desc: "log.access not a boolean", yaml: "log: {access: sometimes}\n" + svc(""), pos: "1:15", msg: `log.access: expected true or false`},
 
 		// Payload.
 		{desc: "classify payload without pattern", yaml: svc("    classify: payload\n"), pos: "4:15", msg: "payload.pattern: required when classify is payload"},
@@ -380,7 +385,7 @@ func TestDesignExample(t *testing.T) {
 	want := &Config{
 		Path:     "design.yaml",
 		Mode:     ModeAuto,
-		Log:      Log{Level: "info", Format: "text", SummaryInterval: 5 * time.Second},
+		Log:      Log{Level: "info", Format: "text", SummaryInterval: 5 * time.Second, Access: true},
 		Admin:    Admin{Listen: "127.0.0.1:9900"},
 		Kernel:   Kernel{MarkMask: DefaultMarkMask, Queue: DefaultQueue, RouteTable: DefaultRouteTable, RulePriority: DefaultRulePriority},
 		StateDir: "/var/lib/handoff",
@@ -401,7 +406,7 @@ func TestDefaults(t *testing.T) {
 	want := &Config{
 		Path:     "min.yaml",
 		Mode:     ModeAuto,
-		Log:      Log{Level: "info", Format: "text", SummaryInterval: DefaultSummaryInterval},
+		Log:      Log{Level: "info", Format: "text", SummaryInterval: DefaultSummaryInterval, Access: true},
 		Admin:    Admin{Listen: DefaultAdminListen},
 		Kernel:   Kernel{MarkMask: DefaultMarkMask, Queue: DefaultQueue, RouteTable: DefaultRouteTable, RulePriority: DefaultRulePriority},
 		StateDir: DefaultStateDir,
@@ -554,6 +559,17 @@ func TestParseGood(t *testing.T) {
 			}
 		}},
 		{"proxy protocol in userspace mode", "mode: userspace\n" + svc("    proxy_protocol: v1\n"), nil},
+		{"proxy protocol in auto mode (--mode userspace overrides it; auto runs in userspace)", svc("    proxy_protocol: v1\n"), nil},
+		{"admin on a unix socket, without a token", "admin: {listen: \"unix:/run/handoff/admin.sock\"}\n" + svc(""), func(t *testing.T, c *Config) {
+			if c.Admin.Listen != "unix:/run/handoff/admin.sock" {
+				t.Errorf("admin.listen %q", c.Admin.Listen)
+			}
+		}},
+		{"metrics on every address, access log off", "metrics: {listen: \":9100\"}\nlog: {access: off}\n" + svc(""), func(t *testing.T, c *Config) {
+			if c.Metrics.Listen != ":9100" || c.Log.Access {
+				t.Errorf("metrics.listen %q, log.access %v", c.Metrics.Listen, c.Log.Access)
+			}
+		}},
 		{"proxy_protocol off is a string", svc("    proxy_protocol: off\n"), nil},
 		{"integer spellings", svc("    max_clients: 0x10000\n    max_connections: 1_000\n"), func(t *testing.T, c *Config) {
 			if c.Services[0].MaxClients != 65536 || c.Services[0].MaxConnections != 1000 {
@@ -629,6 +645,15 @@ func TestExamples(t *testing.T) {
 	for _, f := range files {
 		t.Run(filepath.Base(f), func(t *testing.T) {
 			c, err := Load(f)
+			var es Errors
+			if errors.As(err, &es) && len(es) == 1 && strings.Contains(es[0].Msg, "admin.token_file: /run/secrets/") {
+				// The example's token is a container secret, absent here.
+				data, rerr := os.ReadFile(f)
+				if rerr != nil {
+					t.Fatal(rerr)
+				}
+				c, err = Parse(f, data)
+			}
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -698,6 +723,53 @@ func TestLoad(t *testing.T) {
 	var one Error
 	if !errors.As(err, &one) || one != es[0] || one.Line != 1 || one.Column != 1 {
 		t.Errorf("errors.As(Error) = %v", one)
+	}
+}
+
+// TestLoadDeployable: Load refuses, with positions, what Parse leaves to
+// the caller: a token file that is missing or empty, and a pool without a
+// backend.
+func TestLoadDeployable(t *testing.T) {
+	dir := t.TempDir()
+	token := filepath.Join(dir, "token")
+	empty := filepath.Join(dir, "empty")
+	if err := os.WriteFile(token, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(empty, []byte(" \n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	backends := "    backends: [{name: b0, address: 198.19.0.1:80}]\n"
+	tests := []struct {
+		desc, yaml, want string // want: "" or LINE:COL: message substring
+	}{
+		{"token file present", "admin: {listen: \"0.0.0.0:9900\", token_file: " + token + "}\n" + svc(backends), ""},
+		{"token file missing", "admin: {listen: \"0.0.0.0:9900\", token_file: " + filepath.Join(dir, "nope") + "}\n" + svc(backends), "1:45: admin.token_file: " + filepath.Join(dir, "nope") + " does not exist"},
+		{"token file empty", "admin: {token_file: " + empty + "}\n" + svc(backends), "1:21: admin.token_file: " + empty + " is empty"},
+		{"no backends", svc(""), "2:5: service \"web\": backends: none; a pool needs at least one backend"},
+		{"empty backends", svc("    backends: []\n"), "4:15: service \"web\": backends: none"},
+		{"a pool without backends", svc("    pools:\n      - {name: default, backends: [{name: a, address: 198.19.0.1:80}]}\n      - {name: spare}\n"), "6:9: service \"web\": pool \"spare\": backends: none"},
+	}
+	for i, tt := range tests {
+		t.Run(tt.desc, func(t *testing.T) {
+			f := filepath.Join(dir, fmt.Sprintf("c%d.yaml", i))
+			if err := os.WriteFile(f, []byte(tt.yaml), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			_, err := Load(f)
+			if tt.want == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), f+":"+tt.want) {
+				t.Fatalf("Load = %v, want %s:%s", err, f, tt.want)
+			}
+			if _, err := Parse(f, []byte(tt.yaml)); err != nil {
+				t.Errorf("Parse refuses it too: %v", err)
+			}
+		})
 	}
 }
 

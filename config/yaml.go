@@ -31,8 +31,9 @@ const (
 
 // parser collects the errors of one Parse.
 type parser struct {
-	file string
-	errs Errors
+	file  string
+	files bool // check the files the config names (Load)
+	errs  Errors
 }
 
 // errorf records an error at n (1:1 when n carries no position).

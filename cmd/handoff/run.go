@@ -109,7 +109,15 @@ func run(parent context.Context, path string, cfg *config.Config, mode config.Mo
 		Logger:     log,
 		Version:    version,
 		StateDir:   cfg.StateDir,
-		LoadConfig: func() (*config.Config, error) { return config.Load(path) },
+		LoadConfig: func() (*config.Config, error) {
+			c, err := config.Load(path)
+			if err == nil && kernelMode {
+				if err := needsUserspace(c); err != nil {
+					return nil, err
+				}
+			}
+			return c, err
+		},
 		ObservePin: func(service string, took time.Duration) { srv.ObservePin(service, took) },
 	}
 	if kernelMode {
@@ -200,6 +208,15 @@ type ownedDataplane interface {
 // required (kernel), else the userspace table.
 func openDataplane(ctx context.Context, mode config.Mode, cfg *config.Config, log *logrus.Entry) (ownedDataplane, bool, error) {
 	if mode != config.ModeUserspace {
+		if err := needsUserspace(cfg); err != nil {
+			if mode == config.ModeKernel {
+				return nil, false, err
+			}
+			log.WithField("reason", err.Error()).Warn("running in userspace mode")
+			mode = config.ModeUserspace
+		}
+	}
+	if mode != config.ModeUserspace {
 		// Probe ip6tables as well when a service is IPv6: without it the
 		// probe would pass and the first sync fail, so auto mode would exit
 		// instead of falling back.
@@ -228,6 +245,18 @@ func openDataplane(ctx context.Context, mode config.Mode, cfg *config.Config, lo
 		return nil, false, err
 	}
 	return dp, false, nil
+}
+
+// needsUserspace returns why cfg cannot run on the kernel data plane:
+// services that send a PROXY protocol header, which kernel-forwarded
+// connections cannot carry.
+func needsUserspace(cfg *config.Config) error {
+	for _, s := range cfg.Services {
+		if s.ProxyProtocol != config.ProxyProtocolOff && s.ProxyProtocol != "" {
+			return fmt.Errorf("service %s: proxy_protocol %s needs userspace mode (kernel-forwarded connections carry no PROXY header)", s.Name, s.ProxyProtocol)
+		}
+	}
+	return nil
 }
 
 // openKernel claims the namespace's kernel objects, probes the kernel path
