@@ -103,12 +103,12 @@ func run(parent context.Context, path string, cfg *config.Config, mode config.Mo
 
 	var srv *admin.Server // set before the engine runs; ObservePin on nil does nothing
 	opts := balancer.Options{
-		Config:     cfg,
-		Dataplane:  dp,
-		Kernel:     kernelMode,
-		Logger:     log,
-		Version:    version,
-		StateDir:   cfg.StateDir,
+		Config:    cfg,
+		Dataplane: dp,
+		Kernel:    kernelMode,
+		Logger:    log,
+		Version:   version,
+		StateDir:  cfg.StateDir,
 		LoadConfig: func() (*config.Config, error) {
 			c, err := config.Load(path)
 			if err == nil && kernelMode {
