@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net/netip"
 	"time"
+
+	"github.com/handoff-lb/handoff/dataplane"
 )
 
 // Errors of the control methods (Status, Clients, PinClient, …). The admin
@@ -19,13 +21,23 @@ var (
 // Status is a point-in-time view of the engine: what `handoff status` and
 // GET /api/v1/status show, and what the metrics are read from.
 type Status struct {
-	Mode     string            `json:"mode"`  // kernel | userspace
-	State    State             `json:"state"` // starting | serving | stopping
-	Version  string            `json:"version"`
-	Started  time.Time         `json:"started"`
-	Uptime   float64           `json:"uptime_seconds"`
-	Reloads  map[string]uint64 `json:"reloads"` // by result: ok | invalid | failed
-	Services []ServiceStatus   `json:"services"`
+	Mode    string            `json:"mode"`  // kernel | userspace
+	State   State             `json:"state"` // starting | serving | stopping
+	Version string            `json:"version"`
+	Started time.Time         `json:"started"`
+	Uptime  float64           `json:"uptime_seconds"`
+	Reloads map[string]uint64 `json:"reloads"` // by result: ok | invalid | failed
+	// LastReload is the outcome of the last reload; nil before the first.
+	LastReload *ReloadResult `json:"last_reload,omitempty"`
+	// Sync counts and times the data plane's syncs, when it keeps count.
+	Sync     *dataplane.SyncStats `json:"sync,omitempty"`
+	Services []ServiceStatus      `json:"services"`
+}
+
+// ReloadResult is the outcome of one reload.
+type ReloadResult struct {
+	OK bool      `json:"ok"`
+	At time.Time `json:"at"`
 }
 
 // ServiceStatus is one service in a Status.
@@ -52,7 +64,14 @@ type ServiceStatus struct {
 	Migrations       uint64            `json:"migrations"`        // backend-down evacuations, failbacks and drain migrations
 	MigratedClients  uint64            `json:"migrated_clients"`  // clients those moved
 	MigrationSeconds float64           `json:"migration_seconds"` // their total duration
-	Backends         []BackendStatus   `json:"backends"`
+	// PinsAdded counts the pins of new clients and hand pins; PinsUnpinned
+	// the pins removed through the API; PinsExpired the pins that ended
+	// otherwise (client_ttl passed, or dropped with their backend), derived
+	// from the pin counts each time a status is taken.
+	PinsAdded    uint64          `json:"pins_added"`
+	PinsUnpinned uint64          `json:"pins_unpinned"`
+	PinsExpired  uint64          `json:"pins_expired"`
+	Backends     []BackendStatus `json:"backends"`
 }
 
 // BackendStatus is one backend in a ServiceStatus.
@@ -74,9 +93,15 @@ type BackendStatus struct {
 	Connections uint64  `json:"connections"` // proxied connections served
 	BytesIn     uint64  `json:"bytes_in"`    // client → backend, proxied
 	BytesOut    uint64  `json:"bytes_out"`   // backend → client, proxied
-	// Kernel-forwarded traffic, from the DNAT rule's counters (kernel mode).
+	// Kernel-forwarded traffic (kernel mode): packets and bytes of the
+	// backend's flows both ways, from rules that see every packet.
 	Packets      uint64 `json:"forwarded_packets"`
 	ForwardBytes uint64 `json:"forwarded_bytes"`
+	// Health checks run and failed since the backend's checks started, and
+	// how long the last one took.
+	HealthChecks       uint64  `json:"health_checks"`
+	HealthFailedChecks uint64  `json:"health_failed_checks"`
+	HealthLatency      float64 `json:"health_latency_seconds"`
 }
 
 // ClientPin is one pin as the API lists it.

@@ -43,7 +43,13 @@ type Options struct {
 	// is proxied and Lookup decides stickiness.
 	Kernel bool
 	Logger *logrus.Entry
-	Listen ListenFunc // default: proxy.Listen
+	// AccessLog, when set, gets one info line per proxied connection
+	// (client, backend, bytes each way, duration, how it ended) and per pin
+	// event (pinned, pinned by hand, migrated, unpinned through the API).
+	// Kernel-forwarded connections never reach the engine, so never
+	// appear.
+	AccessLog *logrus.Entry
+	Listen    ListenFunc // default: proxy.Listen
 	// ObservePin, when set, is called after every pin of a new client with
 	// the time from accept to the data plane's acknowledgement (the
 	// classification included). It must be fast and safe for concurrent use.
@@ -94,6 +100,7 @@ type Engine struct {
 	holdSYNs    bool        // asked for
 	holding     atomic.Bool // the queue is bound: Sync holds SYNs
 	log         *logrus.Entry
+	access      *logrus.Entry // nil: no access log
 	listen      ListenFunc
 	onPin       func(string, time.Duration)
 	view        *view
@@ -130,6 +137,7 @@ func New(o Options) (*Engine, error) {
 		transparent: o.Transparent && o.Kernel,
 		holdSYNs:    o.HoldSYNs && o.Kernel,
 		log:         o.Logger,
+		access:      o.AccessLog,
 		listen:      o.Listen,
 		onPin:       o.ObservePin,
 		view:        newView(o.Kernel),

@@ -116,7 +116,7 @@ func (s *service) relocate(ctx context.Context, from *backend, moves []dataplane
 		errs = append(errs, err)
 		for _, np := range moves {
 			if s.e.dp.Pin(ctx, np) == nil && s.e.dp.Unpin(ctx, s.name, from.name, np.Client) == nil {
-				s.countMove(from, np.Backend)
+				s.countMove(from, np)
 				moved++
 			}
 		}
@@ -134,18 +134,20 @@ func (s *service) relocate(ctx context.Context, from *backend, moves []dataplane
 				continue
 			}
 		}
-		s.countMove(from, np.Backend)
+		s.countMove(from, np)
 		moved++
 	}
 	return moved, errors.Join(errs...)
 }
 
-// countMove updates the pin counts of a client that moved.
-func (s *service) countMove(from *backend, to string) {
+// countMove updates the pin counts of a client that moved from from to
+// p.Backend, and logs the move.
+func (s *service) countMove(from *backend, p dataplane.Pin) {
 	from.pins.Add(-1)
-	if nb := s.backend(to); nb != nil {
+	if nb := s.backend(p.Backend); nb != nil {
 		nb.pins.Add(1)
 	}
+	s.accessPin("migrated", p.Client, p.Backend, from.name, p.Key)
 }
 
 // failback moves clients to a backend that came back, in pools with

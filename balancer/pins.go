@@ -71,6 +71,8 @@ func (e *Engine) PinClient(ctx context.Context, service string, client netip.Add
 		return err
 	}
 	b.pins.Add(1)
+	s.counts.added.Add(1)
+	s.accessPin("pinned-by-hand", client, backend, "", ManualKey)
 	if err := s.unpinExcept(ctx, client, backend); err != nil {
 		return fmt.Errorf("removing the previous pin: %w", err)
 	}
@@ -89,8 +91,13 @@ func (e *Engine) UnpinClient(ctx context.Context, service string, client netip.A
 	if client, err = s.checkClient(client); err != nil {
 		return err
 	}
+	old, had, _ := e.dp.Lookup(ctx, service, client)
 	if err := s.unpinExcept(ctx, client, ""); err != nil {
 		return err
+	}
+	if had {
+		s.counts.unpinned.Add(1)
+		s.accessPin("unpinned", client, "", old.Backend, "")
 	}
 	s.log.WithField("client", client).Info("unpinned by hand")
 	return nil

@@ -402,6 +402,8 @@ func (s *service) pin(ctx context.Context, d decision, client netip.Addr, since 
 	}
 	d.backend.pins.Add(1)
 	s.counts.pinned.Add(1)
+	s.counts.added.Add(1)
+	s.accessPin("pinned", client, d.backend.name, "", d.label)
 	if s.e.onPin != nil {
 		s.e.onPin(s.name, time.Since(since))
 	}
@@ -442,6 +444,9 @@ func (s *service) backend(name string) *backend {
 func (s *service) proxy(ctx context.Context, snap *snapshot, c *net.TCPConn, b *backend, key, label string, peeked []byte, log *connLog) {
 	bc, b := s.dialBackend(ctx, snap, b, key, label, clientAddrPort(c), log)
 	if bc == nil {
+		if s.e.access != nil {
+			s.e.access.WithFields(logrus.Fields{"event": "connection", "service": s.name, "client": clientAddrPort(c).String(), "end": "no backend answered"}).Info("reset")
+		}
 		reset(c)
 		return
 	}
@@ -458,10 +463,16 @@ func (s *service) proxy(ctx context.Context, snap *snapshot, c *net.TCPConn, b *
 	if log.debug() {
 		log.get().WithField("backend", b.name).Debug("proxying")
 	}
-	st, err := proxy.Splice(ctx, c, bc, proxy.SpliceOptions{Idle: snap.cfg.Timeouts.Idle, Replay: peeked})
-	b.bytesIn.Add(uint64(st.ClientToBackend))
-	b.bytesOut.Add(uint64(st.BackendToClient))
+	start := time.Now()
+	st, err := proxy.Splice(ctx, c, bc, proxy.SpliceOptions{Idle: snap.cfg.Timeouts.Idle, Replay: peeked, ToBackend: &b.bytesIn, ToClient: &b.bytesOut})
 	b.conns.Add(1)
+	if s.e.access != nil {
+		s.e.access.WithFields(logrus.Fields{
+			"event": "connection", "service": s.name, "client": clientAddrPort(c).String(), "backend": b.name,
+			"bytes_in": st.ClientToBackend, "bytes_out": st.BackendToClient,
+			"duration": time.Since(start).Round(time.Microsecond).String(), "end": endOf(ctx, err),
+		}).Info("proxied")
+	}
 	if log.debug() {
 		l := log.get().WithFields(logrus.Fields{"backend": b.name, "bytes_in": st.ClientToBackend, "bytes_out": st.BackendToClient})
 		if err != nil {
@@ -469,6 +480,38 @@ func (s *service) proxy(ctx context.Context, snap *snapshot, c *net.TCPConn, b *
 		}
 		l.Debug("proxied connection ended")
 	}
+}
+
+// endOf names how a proxied connection ended, for the access log.
+func endOf(ctx context.Context, err error) string {
+	switch {
+	case err == nil:
+		return "closed"
+	case errors.Is(err, proxy.ErrIdle):
+		return "idle-timeout"
+	case ctx.Err() != nil && errors.Is(err, ctx.Err()):
+		return "shutdown"
+	}
+	return "error: " + err.Error()
+}
+
+// accessPin writes a pin event to the access log: pinned, pinned-by-hand,
+// migrated (from names the old backend), unpinned.
+func (s *service) accessPin(event string, client netip.Addr, backend, from, key string) {
+	if s.e.access == nil {
+		return
+	}
+	f := logrus.Fields{"event": event, "service": s.name, "client": client.String()}
+	if backend != "" {
+		f["backend"] = backend
+	}
+	if from != "" {
+		f["from"] = from
+	}
+	if key != "" {
+		f["key"] = key
+	}
+	s.e.access.WithFields(f).Info("pin")
 }
 
 // maxDialAttempts bounds how many backends one connection tries.

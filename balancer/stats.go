@@ -46,10 +46,11 @@ func (o FirstOutcome) String() string { return firstNames[o] }
 // stats holds the engine's counters that are not per backend. The admin
 // package exports them as metrics.
 type stats struct {
-	mu      sync.Mutex
-	svcs    map[string]*serviceCounters // kept across reloads by service name
-	migr    map[string]*migrationStats
-	reloads map[string]uint64 // ok | invalid | failed
+	mu         sync.Mutex
+	svcs       map[string]*serviceCounters // kept across reloads by service name
+	migr       map[string]*migrationStats
+	reloads    map[string]uint64 // ok | invalid | failed
+	lastReload *ReloadResult
 }
 
 type migrationStats struct {
@@ -64,6 +65,11 @@ type migrationStats struct {
 type serviceCounters struct {
 	pinned, noBackend, noRoute, pinFailed atomic.Uint64
 	first                                 [firstOutcomes]atomic.Uint64
+	added, unpinned                       atomic.Uint64 // pins made (new clients, by hand), removed through the API
+
+	// expiry derives PinsExpired from the pin counts; Status updates it.
+	expiryMu sync.Mutex
+	expiry   expiry
 
 	mu      sync.Mutex
 	unclass map[string]uint64 // "unclassified/<reason>" or "rejected/<reason>"
@@ -136,7 +142,47 @@ func (s *stats) reload(result string) {
 		s.reloads = map[string]uint64{}
 	}
 	s.reloads[result]++
+	s.lastReload = &ReloadResult{OK: result == "ok", At: time.Now()}
 	s.mu.Unlock()
+}
+
+func (s *stats) lastReloadResult() *ReloadResult {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.lastReload == nil {
+		return nil
+	}
+	r := *s.lastReload
+	return &r
+}
+
+// expiry derives how many pins ended without the engine removing them:
+// between two looks, the pins that should be there (those seen last time,
+// plus those added, less those unpinned through the API) but are not.
+type expiry struct {
+	seen                  bool
+	live, added, unpinned uint64 // at the last look
+	expired               uint64
+}
+
+// observeExpiry updates the expiry count of c from live, the service's pin
+// count, read between the counter readings addedBefore and c.added's value
+// now: pins added meanwhile may or may not be in live, so that many are
+// forgiven.
+func (c *serviceCounters) observeExpiry(live int64, addedBefore uint64) uint64 {
+	added, unpinned := c.added.Load(), c.unpinned.Load()
+	c.expiryMu.Lock()
+	defer c.expiryMu.Unlock()
+	x := &c.expiry
+	l := uint64(max(live, 0))
+	if x.seen {
+		want := int64(x.live) + int64(added-x.added) - int64(unpinned-x.unpinned)
+		if gone := want - int64(l) - int64(added-addedBefore); gone > 0 {
+			x.expired += uint64(gone)
+		}
+	}
+	x.seen, x.live, x.added, x.unpinned = true, l, added, unpinned
+	return x.expired
 }
 
 // fill copies the counters of service into ss.
@@ -154,6 +200,9 @@ func (s *stats) fill(ss *ServiceStatus) {
 		}
 	} else {
 		ss.Classified = map[string]uint64{}
+	}
+	if c := s.svcs[ss.Name]; c != nil {
+		ss.PinsAdded, ss.PinsUnpinned = c.added.Load(), c.unpinned.Load()
 	}
 	if m := s.migr[ss.Name]; m != nil {
 		ss.Migrations, ss.MigratedClients, ss.MigrationSeconds = m.count, m.clients, m.took.Seconds()

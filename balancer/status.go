@@ -16,7 +16,11 @@ func (e *Engine) Status(ctx context.Context) (Status, error) {
 	e.mu.Lock()
 	started := e.start
 	e.mu.Unlock()
-	st := Status{Mode: "userspace", State: e.State(), Version: e.version, Started: started, Reloads: e.stats.reloadCounts()}
+	st := Status{Mode: "userspace", State: e.State(), Version: e.version, Started: started, Reloads: e.stats.reloadCounts(), LastReload: e.stats.lastReloadResult()}
+	if r, ok := e.dp.(syncStatser); ok {
+		ss := r.SyncStats()
+		st.Sync = &ss
+	}
 	if e.kernel {
 		st.Mode = "kernel"
 	}
@@ -63,7 +67,7 @@ func (e *Engine) Status(ctx context.Context) (Status, error) {
 		if a := s.addr(); a != nil {
 			ss.Open, ss.Listen = true, a.String()
 		}
-		e.stats.fill(&ss)
+		addedBefore := s.counts.added.Load()
 		counts, err := e.dp.Count(ctx, sc.Name)
 		if err != nil {
 			return Status{}, fmt.Errorf("service %s: counting pins: %w", sc.Name, err)
@@ -98,6 +102,7 @@ func (e *Engine) Status(ctx context.Context) (Status, error) {
 				bs.Since, bs.Reason = b.changedAt, b.reason
 				b.mu.Unlock()
 				if h, ok := health[k]; ok {
+					bs.HealthChecks, bs.HealthFailedChecks, bs.HealthLatency = h.Checks, h.FailedChecks, h.Latency.Seconds()
 					if bs.Since.IsZero() {
 						bs.Since = h.Since
 					}
@@ -110,7 +115,14 @@ func (e *Engine) Status(ctx context.Context) (Status, error) {
 				ss.Backends = append(ss.Backends, bs)
 			}
 		}
+		e.stats.fill(&ss)
+		ss.PinsExpired = s.counts.observeExpiry(ss.Pinned, addedBefore)
 		st.Services = append(st.Services, ss)
 	}
 	return st, nil
+}
+
+// syncStatser is a data plane that counts its syncs (both do).
+type syncStatser interface {
+	SyncStats() dataplane.SyncStats
 }

@@ -54,6 +54,7 @@ type Options struct {
 // All methods are safe for concurrent use. Lookup takes only a read lock of
 // one of 64 shards, so lookups of different clients do not contend.
 type Dataplane struct {
+	syncs        dataplane.SyncRecorder
 	log          *logrus.Entry
 	now          func() time.Time
 	base         time.Time // expiries are nanoseconds since base (monotonic when now is time.Now)
@@ -174,18 +175,23 @@ func (d *Dataplane) Close() error {
 // MaxClients pins, since New. It is a counter for metrics.
 func (d *Dataplane) Refused() uint64 { return d.refused.Load() }
 
+// SyncStats returns the counts and durations of the Syncs so far.
+func (d *Dataplane) SyncStats() dataplane.SyncStats { return d.syncs.Stats() }
+
 // Sync declares the services and backends. It remembers each service's
 // ClientTTL and MaxClients (0 or less: no limit) for later Pin and Lookup
 // calls, and drops the pins of services and backends s no longer declares. A
 // backend is known by its service and name; changing its address keeps its
 // pins. Lowering MaxClients keeps the pins already there. The first Sync also
 // restores the pins loaded from disk.
-func (d *Dataplane) Sync(ctx context.Context, s dataplane.State) error {
+func (d *Dataplane) Sync(ctx context.Context, s dataplane.State) (err error) {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	d.syncMu.Lock()
 	defer d.syncMu.Unlock()
+	start := time.Now()
+	defer func() { d.syncs.Record(time.Since(start), err) }()
 
 	old := d.cfg.Load()
 	next := &table{services: make(map[string]*service, len(s.Services))}

@@ -86,6 +86,10 @@ type Status struct {
 	Successes int       // consecutive passed checks
 	Failures  int       // consecutive failed checks
 	Expires   time.Time // registration deadline; zero without a TTL
+	// Checks and FailedChecks count the checks run and failed since the
+	// target was added; Latency is how long the last one took.
+	Checks, FailedChecks uint64
+	Latency              time.Duration
 }
 
 // Options configure a Monitor. Every field is optional.
@@ -147,6 +151,9 @@ type target struct {
 	fail    int // consecutive failures
 	lastErr error
 	last    time.Time // last check or report
+
+	checks, failed uint64        // checks run and failed
+	latency        time.Duration // of the last check
 
 	ttl     time.Duration
 	expires time.Time // zero: no TTL
@@ -335,7 +342,7 @@ func (m *Monitor) loop(t *target, r *run, spec Target, c Checker) {
 		ctx, cancel := context.WithTimeout(r.ctx, h.Timeout)
 		err := c.Check(ctx, spec.Addr)
 		cancel()
-		m.record(t, r, err)
+		m.record(t, r, err, time.Since(start))
 		timer.Reset(max(0, time.Until(next(start, h.Interval))))
 	}
 }
@@ -396,11 +403,16 @@ func next(start time.Time, interval time.Duration) time.Time {
 }
 
 // record applies one check result of run r.
-func (m *Monitor) record(t *target, r *run, err error) {
+func (m *Monitor) record(t *target, r *run, err error, took time.Duration) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if t.run != r {
 		return // stopped or replaced while the check ran
+	}
+	t.checks++
+	t.latency = took
+	if err != nil {
+		t.failed++
 	}
 	if err != nil && m.log.Logger.IsLevelEnabled(logrus.DebugLevel) {
 		m.log.WithFields(logrus.Fields{"service": t.spec.Service, "backend": t.spec.Backend, "err": err}).Debug("health check failed")
@@ -537,6 +549,10 @@ func (m *Monitor) Snapshot() []Status {
 			Successes: t.ok,
 			Failures:  t.fail,
 			Expires:   t.expires,
+
+			Checks:       t.checks,
+			FailedChecks: t.failed,
+			Latency:      t.latency,
 		}
 		if t.lastErr != nil {
 			s.LastErr = t.lastErr.Error()

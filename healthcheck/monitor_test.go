@@ -686,6 +686,12 @@ func TestSnapshot(t *testing.T) {
 	var got []string
 	for _, st := range m.Snapshot() {
 		got = append(got, fmt.Sprintf("%s/%s %s up=%v fails=%d err=%q", st.Service, st.Backend, st.Addr, st.Up, st.Failures, st.LastErr))
+		if st.Backend == "a" && (st.FailedChecks != 1 || st.Checks < st.FailedChecks) {
+			t.Errorf("web/a: %d checks, %d failed; want 1 failed", st.Checks, st.FailedChecks)
+		}
+		if st.Backend != "a" && st.FailedChecks != 0 {
+			t.Errorf("%s/%s: %d failed checks", st.Service, st.Backend, st.FailedChecks)
+		}
 	}
 	want := []string{
 		`api/z 127.0.0.1:3 up=true fails=0 err=""`,

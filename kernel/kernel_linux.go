@@ -92,6 +92,8 @@ type Dataplane struct {
 	// repairs counts the drifts found and repaired: chains, rules, jumps
 	// and sets changed behind handoff's back, and index sets emptied.
 	repairs atomic.Uint64
+	// syncs counts and times every apply: Syncs and canary checks.
+	syncs dataplane.SyncRecorder
 
 	stop context.CancelFunc
 	done chan struct{}
@@ -203,6 +205,10 @@ func (d *Dataplane) start(ctx context.Context) {
 // Repairs returns how many differences between the kernel and the
 // desired state the canary found and repaired since New.
 func (d *Dataplane) Repairs() uint64 { return d.repairs.Load() }
+
+// SyncStats returns the counts and durations of the Syncs and canary
+// checks so far, and the repairs among them.
+func (d *Dataplane) SyncStats() dataplane.SyncStats { return d.syncs.Stats() }
 
 // Close stops the canary and releases the netlink sockets and the
 // namespace handle. Kernel objects stay. Close is idempotent.

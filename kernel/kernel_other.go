@@ -83,6 +83,9 @@ func (d *Dataplane) Counters(ctx context.Context) (map[dataplane.BackendRef]Coun
 // Close does nothing.
 func (d *Dataplane) Close() error { return nil }
 
+// SyncStats returns nothing: there is no kernel data plane here.
+func (d *Dataplane) SyncStats() dataplane.SyncStats { return dataplane.SyncStats{} }
+
 // ErrOwned says that another process owns handoff's kernel objects.
 var ErrOwned = errors.New("another handoff owns the kernel objects of this network namespace")
 

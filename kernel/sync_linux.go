@@ -39,7 +39,9 @@ func (d *Dataplane) Sync(ctx context.Context, st dataplane.State) error {
 	d.syncMu.Lock()
 	defer d.syncMu.Unlock()
 	d.transparent = st.Transparent
+	start := time.Now()
 	_, err = d.syncLocked(ctx, svcs, false)
+	d.syncs.Record(time.Since(start), err)
 	d.counts.reset() // rules may have come or gone
 	return err
 }
@@ -585,7 +587,9 @@ func (d *Dataplane) checkCanary(ctx context.Context) {
 		return
 	}
 	wasDirty := d.dirty
+	start := time.Now()
 	changes, err := d.syncLocked(ctx, d.last, true)
+	d.syncs.Record(time.Since(start), err)
 	if err != nil {
 		if ctx.Err() == nil && err.Error() != d.errMsg {
 			d.errMsg = err.Error()
@@ -594,6 +598,7 @@ func (d *Dataplane) checkCanary(ctx context.Context) {
 		return
 	}
 	d.repairs.Add(uint64(len(changes)))
+	d.syncs.Repaired(len(changes))
 	switch {
 	case len(changes) > 0:
 		d.log.WithFields(logrus.Fields{"changes": strings.Join(changes, "; ")}).

@@ -38,6 +38,10 @@ type SpliceOptions struct {
 	// Replay is written to the backend before anything else: the bytes the
 	// classifier already read from the client. Splice only reads it.
 	Replay []byte
+	// ToBackend and ToClient, when set, receive the bytes of each direction
+	// as they are written, so a long connection's traffic shows while it
+	// lasts. Splice only adds to them.
+	ToBackend, ToClient *atomic.Uint64
 }
 
 // Stats counts the bytes a Splice call moved.
@@ -67,7 +71,7 @@ type Stats struct {
 // Splice runs one direction in the calling goroutine and the other in a
 // goroutine it waits for.
 func Splice(ctx context.Context, client, backend *net.TCPConn, o SpliceOptions) (Stats, error) {
-	s := &session{client: client, backend: backend, idle: o.Idle, slack: o.Idle / 16, start: time.Now()}
+	s := &session{client: client, backend: backend, idle: o.Idle, slack: o.Idle / 16, start: time.Now(), toBackend: o.ToBackend, toClient: o.ToClient}
 	defer s.closeBoth()
 	if err := ctx.Err(); err != nil {
 		return Stats{}, err
@@ -85,6 +89,7 @@ func Splice(ctx context.Context, client, backend *net.TCPConn, o SpliceOptions) 
 	if len(o.Replay) > 0 {
 		n, err := backend.Write(o.Replay)
 		st.ClientToBackend = int64(n)
+		count(o.ToBackend, int64(n))
 		if err != nil {
 			if err = s.classify(err); err != ErrIdle {
 				err = fmt.Errorf("replay to backend: %w", err)
@@ -120,6 +125,8 @@ type session struct {
 	idle, slack     time.Duration
 	start           time.Time // the clock below counts nanoseconds since start (monotonic)
 
+	toBackend, toClient *atomic.Uint64 // SpliceOptions' counters, may be nil
+
 	eofs  atomic.Int32 // directions that reached EOF
 	last  atomic.Int64 // when a byte last moved either way
 	armed atomic.Int64 // when the deadlines were last pushed back
@@ -133,11 +140,18 @@ type session struct {
 // copyClientToBackend and copyBackendToClient are named so that goroutine
 // dumps say which way a stuck copy goes.
 func (s *session) copyClientToBackend() int64 {
-	return s.copyHalf(s.backend, s.client, "client", "backend")
+	return s.copyHalf(s.backend, s.client, "client", "backend", s.toBackend)
 }
 
 func (s *session) copyBackendToClient(done chan<- int64) {
-	done <- s.copyHalf(s.client, s.backend, "backend", "client")
+	done <- s.copyHalf(s.client, s.backend, "backend", "client", s.toClient)
+}
+
+// count adds n to c, when set.
+func count(c *atomic.Uint64, n int64) {
+	if c != nil && n > 0 {
+		c.Add(uint64(n))
+	}
 }
 
 // copyHalf is the copy loop of one direction: wait until src has bytes (or
@@ -146,7 +160,7 @@ func (s *session) copyBackendToClient(done chan<- int64) {
 // already: then closing both, which Splice does next, sends that FIN (each
 // socket's input was read to EOF, so close is orderly) and saves a system
 // call. On an error it aborts the session.
-func (s *session) copyHalf(dst, src *net.TCPConn, from, to string) (written int64) {
+func (s *session) copyHalf(dst, src *net.TCPConn, from, to string, counter *atomic.Uint64) (written int64) {
 	p, err := newPump(dst, src)
 	if err != nil {
 		s.abort(fmt.Errorf("%s: %w", from, err))
@@ -174,9 +188,11 @@ func (s *session) copyHalf(dst, src *net.TCPConn, from, to string) (written int6
 		s.touch() // bytes arrived
 		n, err := p.flush()
 		written += n
+		count(counter, n)
 		for s.retry(err) {
 			n, err = p.flush()
 			written += n
+			count(counter, n)
 		}
 		if err != nil {
 			if err = s.classify(err); err != ErrIdle {

@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -522,5 +523,34 @@ func TestSpliceManyConcurrent(t *testing.T) {
 		if r := p.result(t); r.err != nil {
 			t.Error(r.err)
 		}
+	}
+}
+
+// TestSpliceCountsAsItFlows: the counters of SpliceOptions show the bytes
+// of a connection that is still open, replayed bytes included, and end
+// equal to the returned Stats.
+func TestSpliceCountsAsItFlows(t *testing.T) {
+	var toBackend, toClient atomic.Uint64
+	be := startBackend(t, "", echo)
+	p := startProxy(t, be, proxyConfig{opts: proxy.SpliceOptions{Replay: []byte("hi"), ToBackend: &toBackend, ToClient: &toClient}})
+	c := dial(t, p.addr)
+	msg := bytes.Repeat([]byte("x"), 300_000)
+	go c.Write(msg)
+	got := make([]byte, 2+len(msg))
+	if _, err := io.ReadFull(c, got); err != nil {
+		t.Fatal(err)
+	}
+	// The connection is open and idle: every byte is counted (the count
+	// follows each write at once, so allow it a moment).
+	for i := 0; i < 100 && toClient.Load() < uint64(len(got)); i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if b, cl := toBackend.Load(), toClient.Load(); b != uint64(len(got)) || cl != uint64(len(got)) {
+		t.Fatalf("while open: %d bytes to the backend, %d to the client; want %d each", b, cl, len(got))
+	}
+	c.Close()
+	r := p.result(t)
+	if uint64(r.st.ClientToBackend) != toBackend.Load() || uint64(r.st.BackendToClient) != toClient.Load() {
+		t.Errorf("Stats %+v, counters %d %d", r.st, toBackend.Load(), toClient.Load())
 	}
 }
