@@ -36,6 +36,7 @@ type Client struct {
 	base    string // scheme://host:port, no trailing slash
 	baseErr error  // a base URL that could not be parsed
 	token   string
+	shown   string // the address for messages, when not base (a unix socket)
 	http    *http.Client
 	timeout time.Duration // requestTimeout; tests shorten it
 	idle    time.Duration // streamIdle; tests shorten it
@@ -47,32 +48,55 @@ type Client struct {
 // means this machine's loopback. token, when not "", is sent as
 // "Authorization: Bearer <token>". A baseURL that cannot be used makes every
 // call fail with the reason.
+//
+// "unix:PATH" (as admin.listen writes a socket) reaches the API over that
+// unix socket.
 func NewClient(baseURL, token string) *Client {
-	base, err := normalizeBase(baseURL)
-	return &Client{
-		base:    base,
-		baseErr: err,
-		token:   token,
-		timeout: requestTimeout,
-		idle:    streamIdle,
-		http: &http.Client{
-			Transport: &http.Transport{
-				Proxy:                 http.ProxyFromEnvironment,
-				DialContext:           (&net.Dialer{Timeout: dialTimeout}).DialContext,
-				TLSHandshakeTimeout:   dialTimeout,
-				ResponseHeaderTimeout: requestTimeout,
-				MaxIdleConns:          4,
-				IdleConnTimeout:       time.Minute,
-			},
-			// The API never redirects a client that sends the bearer token;
-			// following a redirect would send it elsewhere.
-			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-		},
+	d := &net.Dialer{Timeout: dialTimeout}
+	if path, ok := strings.CutPrefix(strings.TrimSpace(baseURL), unixPrefix); ok {
+		c := &Client{base: "http://localhost", token: token, shown: strings.TrimSpace(baseURL)}
+		if path == "" {
+			c.baseErr = errors.New(`admin API address "unix:": no socket path`)
+		}
+		return c.init(func(ctx context.Context, _, _ string) (net.Conn, error) { return d.DialContext(ctx, "unix", path) })
 	}
+	base, err := normalizeBase(baseURL)
+	c := &Client{base: base, baseErr: err, token: token}
+	return c.init(d.DialContext)
+}
+
+// unixPrefix starts an address that names a unix socket (config.AdminUnixPrefix).
+const unixPrefix = "unix:"
+
+// init sets the client's bounds and HTTP client, which dials with dial.
+func (c *Client) init(dial func(ctx context.Context, network, addr string) (net.Conn, error)) *Client {
+	c.timeout, c.idle = requestTimeout, streamIdle
+	c.http = &http.Client{
+		Transport: &http.Transport{
+			Proxy:                 http.ProxyFromEnvironment,
+			DialContext:           dial,
+			TLSHandshakeTimeout:   dialTimeout,
+			ResponseHeaderTimeout: requestTimeout,
+			MaxIdleConns:          4,
+			IdleConnTimeout:       time.Minute,
+		},
+		// The API never redirects a client that sends the bearer token;
+		// following a redirect would send it elsewhere.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	if c.shown != "" {
+		c.http.Transport.(*http.Transport).Proxy = nil // a socket goes through no proxy
+	}
+	return c
 }
 
 // BaseURL returns the API's address as the client uses it, for messages.
-func (c *Client) BaseURL() string { return c.base }
+func (c *Client) BaseURL() string {
+	if c.shown != "" {
+		return c.shown
+	}
+	return c.base
+}
 
 // normalizeBase turns an admin address into scheme://host:port.
 func normalizeBase(s string) (string, error) {
@@ -149,12 +173,12 @@ func (c *Client) Clients(ctx context.Context, service, backend string, limit int
 		if cause := context.Cause(ctx); cause != nil {
 			err = cause
 		}
-		return fmt.Errorf("the client list from %s ended early: %w", c.base, err)
+		return fmt.Errorf("the client list from %s ended early: %w", c.BaseURL(), err)
 	}
 	if tok, err := dec.Token(); err != nil {
 		return fail(err)
 	} else if d, ok := tok.(json.Delim); !ok || d != '[' {
-		return fmt.Errorf("the client list from %s: want a JSON array, found %v", c.base, tok)
+		return fmt.Errorf("the client list from %s: want a JSON array, found %v", c.BaseURL(), tok)
 	}
 	for dec.More() {
 		var p balancer.ClientPin
@@ -354,7 +378,7 @@ func (c *Client) unreachable(ctx context.Context, err error) error {
 		}
 		err = inner
 	}
-	return fmt.Errorf("cannot reach the admin API at %s: %w", c.base, err)
+	return fmt.Errorf("cannot reach the admin API at %s: %w", c.BaseURL(), err)
 }
 
 // apiError reads a 4xx or 5xx answer.

@@ -7,8 +7,10 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/handoff-lb/handoff/balancer"
+	"github.com/handoff-lb/handoff/dataplane"
 )
 
 // fakeController behaves like the engine for the services and backends of
@@ -29,11 +31,14 @@ type fakeController struct {
 func newFake() *fakeController {
 	return &fakeController{
 		status: balancer.Status{
-			Mode:    "kernel",
-			State:   balancer.StateServing,
-			Version: "",
-			Uptime:  12.5,
-			Reloads: map[string]uint64{"ok": 3, "invalid": 1},
+			Mode:       "kernel",
+			State:      balancer.StateServing,
+			Version:    "",
+			Uptime:     12.5,
+			Reloads:    map[string]uint64{"ok": 3, "invalid": 1},
+			LastReload: &balancer.ReloadResult{OK: false, At: time.Unix(1700000000, 0)},
+			Sync: &dataplane.SyncStats{Syncs: 12, Failures: 1, Seconds: 0.5, Repairs: 3, LastOK: time.Unix(1700000100, 0),
+				Counts: []uint64{0, 0, 2, 5, 9, 10, 11, 11, 11, 12, 12, 12, 12, 12}},
 			Services: []balancer.ServiceStatus{{
 				Name:       "web",
 				Listen:     "198.18.1.1:80",
@@ -52,13 +57,16 @@ func newFake() *fakeController {
 				Migrations:       2,
 				MigratedClients:  40,
 				MigrationSeconds: 0.25,
+				PinsAdded:        300,
+				PinsUnpinned:     2,
+				PinsExpired:      7,
 				Backends: []balancer.BackendStatus{
 					{Name: "be1", Address: "198.19.1.11:80", Pool: "default", Weight: 2, Health: "up",
 						Pinned: 250, Active: 5, Connections: 100, BytesIn: 1000, BytesOut: 50000,
-						Packets: 777, ForwardBytes: 88888},
+						Packets: 777, ForwardBytes: 88888, HealthChecks: 50, HealthLatency: 0.002},
 					{Name: "be2", Address: "198.19.1.12:80", Pool: "default", Weight: 1, Health: "down",
 						Draining: true, Registered: true, Pinned: 50, Active: 2, Connections: 10,
-						BytesIn: 10, BytesOut: 20, Packets: 3, ForwardBytes: 4},
+						BytesIn: 10, BytesOut: 20, Packets: 3, ForwardBytes: 4, HealthChecks: 60, HealthFailedChecks: 4, HealthLatency: 1},
 				},
 			}, {
 				Name:       "v6",

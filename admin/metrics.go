@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/handoff-lb/handoff/balancer"
+	"github.com/handoff-lb/handoff/dataplane"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -78,6 +79,11 @@ type statusCollector struct {
 	reloads                                          *prometheus.Desc
 	pins, fill, backendUp, draining, active          *prometheus.Desc
 	proxiedConns, proxiedBytes, fwdPackets, fwdBytes *prometheus.Desc
+
+	lastReloadOK, lastReloadTime                        *prometheus.Desc
+	syncs, syncFailures, syncSeconds, repairs, lastSync *prometheus.Desc
+	checks, checkFailures, checkSeconds                 *prometheus.Desc
+	pinsAdded, pinsUnpinned, pinsExpired, pinsMigrated  *prometheus.Desc
 }
 
 func newStatusCollector(ctl Reader, version string, log *logrus.Entry) *statusCollector {
@@ -117,7 +123,22 @@ func newStatusCollector(ctl Reader, version string, log *logrus.Entry) *statusCo
 		proxiedConns: d("handoff_proxied_connections_total", "Connections proxied in userspace.", be, nil),
 		proxiedBytes: d("handoff_proxied_bytes_total", "Bytes proxied in userspace; direction in is client to backend, out is backend to client.", []string{"service", "backend", "direction"}, nil),
 		fwdPackets:   d("handoff_forwarded_packets_total", "Packets the kernel's DNAT rule for the backend matched (kernel mode).", be, nil),
-		fwdBytes:     d("handoff_forwarded_bytes_total", "Bytes the kernel's DNAT rule for the backend matched (kernel mode).", be, nil),
+		fwdBytes:     d("handoff_forwarded_bytes_total", "Bytes of the backend's kernel-forwarded flows, both ways, counted by rules that see every packet (kernel mode).", be, nil),
+
+		lastReloadOK:   d("handoff_config_last_reload_successful", "1 when the last config reload succeeded (or none was made since the start), else 0.", nil, nil),
+		lastReloadTime: d("handoff_config_last_reload_timestamp_seconds", "When the last config reload was made (the start, before the first), Unix time.", nil, nil),
+		syncs:          d("handoff_rule_syncs_total", "Times the data plane applied the desired state: syncs and periodic checks.", nil, nil),
+		syncFailures:   d("handoff_rule_sync_failures_total", "Syncs and checks of the data plane that failed (retried every check interval).", nil, nil),
+		syncSeconds:    d("handoff_rule_sync_seconds", "Duration of the data plane's syncs and checks.", nil, nil),
+		repairs:        d("handoff_rule_repairs_total", "Drifts of the kernel objects from the desired state that the canary check found and repaired.", nil, nil),
+		lastSync:       d("handoff_rule_last_sync_success_timestamp_seconds", "When the data plane last applied the desired state successfully, Unix time.", nil, nil),
+		checks:         d("handoff_health_checks_total", "Health checks run against the backend.", be, nil),
+		checkFailures:  d("handoff_health_check_failures_total", "Health checks of the backend that failed.", be, nil),
+		checkSeconds:   d("handoff_health_check_seconds", "How long the backend's last health check took.", be, nil),
+		pinsAdded:      d("handoff_pins_added_total", "Pins made: new clients and pins by hand.", svc, nil),
+		pinsUnpinned:   d("handoff_pins_unpinned_total", "Pins removed through the API.", svc, nil),
+		pinsExpired:    d("handoff_pins_expired_total", "Pins that ended otherwise: client_ttl passed, or dropped with their backend (derived from the pin counts at each scrape).", svc, nil),
+		pinsMigrated:   d("handoff_pins_migrated_total", "Pins moved to another backend by migrations.", svc, nil),
 	}
 }
 
@@ -127,6 +148,9 @@ func (c *statusCollector) descs() []*prometheus.Desc {
 		c.classified, c.first, c.refused, c.migrations, c.migrated, c.migrationSeconds, c.reloads,
 		c.pins, c.fill, c.backendUp, c.draining, c.active,
 		c.proxiedConns, c.proxiedBytes, c.fwdPackets, c.fwdBytes,
+		c.lastReloadOK, c.lastReloadTime, c.syncs, c.syncFailures, c.syncSeconds, c.repairs, c.lastSync,
+		c.checks, c.checkFailures, c.checkSeconds,
+		c.pinsAdded, c.pinsUnpinned, c.pinsExpired, c.pinsMigrated,
 	}
 }
 
@@ -171,6 +195,28 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, result := range slices.Sorted(maps.Keys(st.Reloads)) {
 		emit(c.reloads, prometheus.CounterValue, float64(st.Reloads[result]), result)
 	}
+	if r := st.LastReload; r != nil {
+		emit(c.lastReloadOK, prometheus.GaugeValue, bit(r.OK))
+		emit(c.lastReloadTime, prometheus.GaugeValue, unixSeconds(r.At))
+	} else {
+		emit(c.lastReloadOK, prometheus.GaugeValue, 1)
+		emit(c.lastReloadTime, prometheus.GaugeValue, unixSeconds(st.Started))
+	}
+	if sy := st.Sync; sy != nil {
+		emit(c.syncs, prometheus.CounterValue, float64(sy.Syncs))
+		emit(c.syncFailures, prometheus.CounterValue, float64(sy.Failures))
+		emit(c.repairs, prometheus.CounterValue, float64(sy.Repairs))
+		emit(c.lastSync, prometheus.GaugeValue, unixSeconds(sy.LastOK))
+		buckets := make(map[float64]uint64, len(dataplane.SyncBuckets))
+		for i, b := range dataplane.SyncBuckets {
+			if i < len(sy.Counts) {
+				buckets[b] = sy.Counts[i]
+			}
+		}
+		if m, err := prometheus.NewConstHistogram(c.syncSeconds, sy.Syncs, sy.Seconds, buckets); err == nil {
+			ch <- m
+		}
+	}
 	for _, s := range st.Services {
 		emit(c.open, prometheus.GaugeValue, bit(s.Open), s.Name)
 		for _, result := range slices.Sorted(maps.Keys(s.Classified)) {
@@ -183,6 +229,10 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 		emit(c.migrations, prometheus.CounterValue, float64(s.Migrations), s.Name)
 		emit(c.migrated, prometheus.CounterValue, float64(s.MigratedClients), s.Name)
 		emit(c.migrationSeconds, prometheus.CounterValue, s.MigrationSeconds, s.Name)
+		emit(c.pinsAdded, prometheus.CounterValue, float64(s.PinsAdded), s.Name)
+		emit(c.pinsUnpinned, prometheus.CounterValue, float64(s.PinsUnpinned), s.Name)
+		emit(c.pinsExpired, prometheus.CounterValue, float64(s.PinsExpired), s.Name)
+		emit(c.pinsMigrated, prometheus.CounterValue, float64(s.MigratedClients), s.Name)
 		for _, b := range s.Backends {
 			emit(c.pins, prometheus.GaugeValue, float64(b.Pinned), s.Name, b.Name)
 			if s.MaxClients > 0 {
@@ -196,6 +246,9 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 			emit(c.proxiedBytes, prometheus.CounterValue, float64(b.BytesOut), s.Name, b.Name, "out")
 			emit(c.fwdPackets, prometheus.CounterValue, float64(b.Packets), s.Name, b.Name)
 			emit(c.fwdBytes, prometheus.CounterValue, float64(b.ForwardBytes), s.Name, b.Name)
+			emit(c.checks, prometheus.CounterValue, float64(b.HealthChecks), s.Name, b.Name)
+			emit(c.checkFailures, prometheus.CounterValue, float64(b.HealthFailedChecks), s.Name, b.Name)
+			emit(c.checkSeconds, prometheus.GaugeValue, b.HealthLatency, s.Name, b.Name)
 		}
 	}
 }
@@ -225,6 +278,14 @@ func (c *statusCollector) prunePinTime(svcs []balancer.ServiceStatus) {
 	for _, name := range gone {
 		c.pinTime.DeleteLabelValues(name)
 	}
+}
+
+// unixSeconds is t as Unix time in seconds; 0 for the zero time.
+func unixSeconds(t time.Time) float64 {
+	if t.IsZero() {
+		return 0
+	}
+	return float64(t.UnixNano()) / 1e9
 }
 
 func bit(b bool) float64 {

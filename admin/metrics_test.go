@@ -118,6 +118,30 @@ func TestMetrics(t *testing.T) {
 		`handoff_proxied_bytes_total{backend="a",direction="out",service="v6"}`: 0,
 		`handoff_forwarded_packets_total{backend="a",service="v6"}`:             0,
 		`handoff_forwarded_bytes_total{backend="a",service="v6"}`:               0,
+
+		`handoff_config_last_reload_successful{}`:                       0,
+		`handoff_config_last_reload_timestamp_seconds{}`:                1700000000,
+		`handoff_rule_syncs_total{}`:                                    12,
+		`handoff_rule_sync_failures_total{}`:                            1,
+		`handoff_rule_repairs_total{}`:                                  3,
+		`handoff_rule_last_sync_success_timestamp_seconds{}`:            1700000100,
+		`handoff_health_checks_total{` + be1 + `}`:                      50,
+		`handoff_health_checks_total{` + be2 + `}`:                      60,
+		`handoff_health_check_failures_total{` + be1 + `}`:              0,
+		`handoff_health_check_failures_total{` + be2 + `}`:              4,
+		`handoff_health_check_seconds{` + be1 + `}`:                     0.002,
+		`handoff_health_check_seconds{` + be2 + `}`:                     1,
+		`handoff_health_checks_total{backend="a",service="v6"}`:         0,
+		`handoff_health_check_failures_total{backend="a",service="v6"}`: 0,
+		`handoff_health_check_seconds{backend="a",service="v6"}`:        0,
+		`handoff_pins_added_total{` + web + `}`:                         300,
+		`handoff_pins_unpinned_total{` + web + `}`:                      2,
+		`handoff_pins_expired_total{` + web + `}`:                       7,
+		`handoff_pins_migrated_total{` + web + `}`:                      40,
+		`handoff_pins_added_total{service="v6"}`:                        0,
+		`handoff_pins_unpinned_total{service="v6"}`:                     0,
+		`handoff_pins_expired_total{service="v6"}`:                      0,
+		`handoff_pins_migrated_total{service="v6"}`:                     0,
 	}
 	// Label order in the keys above is loose; normalise it.
 	want = normalise(want)
@@ -144,6 +168,7 @@ func TestMetrics(t *testing.T) {
 		"handoff_pins":                   dto.MetricType_GAUGE,
 		"handoff_proxied_bytes_total":    dto.MetricType_COUNTER,
 		"handoff_classification_seconds": dto.MetricType_HISTOGRAM,
+		"handoff_rule_sync_seconds":      dto.MetricType_HISTOGRAM,
 	} {
 		if mf := mfs[name]; mf == nil || mf.GetType() != typ {
 			t.Errorf("%s: type %v, want %v", name, mf.GetType(), typ)
@@ -165,6 +190,10 @@ func TestMetrics(t *testing.T) {
 		if b.GetUpperBound() == 0.0025 && b.GetCumulativeCount() != 0 || b.GetUpperBound() == 0.005 && b.GetCumulativeCount() != 2 {
 			t.Errorf("web bucket le=%v: %d", b.GetUpperBound(), b.GetCumulativeCount())
 		}
+	}
+
+	if h := mfs["handoff_rule_sync_seconds"].GetMetric()[0].GetHistogram(); h.GetSampleCount() != 12 || h.GetSampleSum() != 0.5 || h.GetBucket()[3].GetCumulativeCount() != 5 {
+		t.Errorf("sync histogram: %v", h)
 	}
 
 	// The Go and process collectors.

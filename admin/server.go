@@ -17,6 +17,7 @@ import (
 	"net/http/pprof"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -52,8 +53,14 @@ type Options struct {
 	Controller Controller
 	// Listen is the host:port to serve on. A host that is not loopback
 	// (127.0.0.0/8, ::1, "localhost"; "" means every interface) requires
-	// TokenFile.
+	// TokenFile. "unix:" and an absolute path serves on a unix socket of
+	// mode 0600 instead (its directory is created, mode 0750), which needs
+	// no token. "" serves no API, only MetricsListen.
 	Listen string
+	// MetricsListen, when set, is a second host:port that serves only
+	// GET /metrics, /healthz and /readyz, without authentication: for a
+	// Prometheus that must not hold a token that can change state.
+	MetricsListen string
 	// TokenFile holds the bearer token, read once by New; surrounding
 	// whitespace is ignored. "" turns authentication off, which only a
 	// loopback Listen allows.
@@ -80,6 +87,25 @@ func (o Options) Check() error {
 // check validates Listen and TokenFile and returns the SHA-256 of the token
 // (zero when authentication is off).
 func (o Options) check() (token [sha256.Size]byte, err error) {
+	if o.MetricsListen != "" {
+		if _, port, err := net.SplitHostPort(o.MetricsListen); err != nil {
+			return token, fmt.Errorf("metrics.listen %q: want host:port", o.MetricsListen)
+		} else if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+			return token, fmt.Errorf("metrics.listen %q: port %q: want a number from 0 to 65535", o.MetricsListen, port)
+		}
+	}
+	if o.Listen == "" && o.MetricsListen != "" {
+		return token, nil
+	}
+	if path, ok := strings.CutPrefix(o.Listen, config.AdminUnixPrefix); ok {
+		if !filepath.IsAbs(path) {
+			return token, fmt.Errorf("admin.listen %q: the socket path must be absolute", o.Listen)
+		}
+		if o.TokenFile == "" {
+			return token, nil
+		}
+		return readToken(o.TokenFile)
+	}
 	host, port, err := net.SplitHostPort(o.Listen)
 	if err != nil {
 		return token, fmt.Errorf("admin.listen %q: want host:port", o.Listen)
@@ -93,16 +119,21 @@ func (o Options) check() (token [sha256.Size]byte, err error) {
 		}
 		return token, nil
 	}
-	b, err := os.ReadFile(o.TokenFile)
+	return readToken(o.TokenFile)
+}
+
+// readToken reads a token file and returns the SHA-256 of the token.
+func readToken(path string) (token [sha256.Size]byte, err error) {
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return token, fmt.Errorf("admin.token_file: %w", err)
 	}
 	t := strings.TrimSpace(string(b))
 	switch {
 	case t == "":
-		return token, fmt.Errorf("admin.token_file %s is empty", o.TokenFile)
+		return token, fmt.Errorf("admin.token_file %s is empty", path)
 	case strings.ContainsFunc(t, func(r rune) bool { return r <= ' ' || r == 0x7f }):
-		return token, fmt.Errorf("admin.token_file %s: the token must be one word of printable characters", o.TokenFile)
+		return token, fmt.Errorf("admin.token_file %s: the token must be one word of printable characters", path)
 	}
 	return sha256.Sum256([]byte(t)), nil
 }
@@ -123,6 +154,8 @@ func isLoopback(host string) bool {
 type Server struct {
 	ctl     Controller
 	listen  string
+	mlisten string // MetricsListen
+	unix    bool   // listen is a unix socket
 	log     *logrus.Entry
 	version string
 	auth    bool
@@ -131,6 +164,7 @@ type Server struct {
 	handler http.Handler
 	metrics *metrics
 	addr    atomic.Pointer[string]
+	maddr   atomic.Pointer[string]
 }
 
 // New checks opts (see Options.Check) and builds the server; it does not
@@ -146,6 +180,8 @@ func New(opts Options) (*Server, error) {
 	s := &Server{
 		ctl:     opts.Controller,
 		listen:  opts.Listen,
+		mlisten: opts.MetricsListen,
+		unix:    strings.HasPrefix(opts.Listen, config.AdminUnixPrefix),
 		log:     opts.Logger,
 		version: opts.Version,
 		auth:    opts.TokenFile != "",
@@ -175,6 +211,15 @@ func (s *Server) Addr() string {
 	return ""
 }
 
+// MetricsAddr returns the address the metrics listener serves on, or ""
+// before Serve has bound it (or without MetricsListen).
+func (s *Server) MetricsAddr() string {
+	if a := s.maddr.Load(); a != nil {
+		return *a
+	}
+	return ""
+}
+
 // ObservePin records how long a new client of service took from accept to
 // the data plane's acknowledgement of its pin, for
 // handoff_classification_seconds. It is safe for concurrent use and cheap
@@ -187,46 +232,141 @@ func (s *Server) ObservePin(service string, took time.Duration) {
 	s.metrics.observePin(service, took)
 }
 
-// Serve listens on Options.Listen and serves until ctx ends, then shuts down
-// gracefully: it stops accepting, lets running requests finish for up to
-// shutdownTimeout, then closes what is left. It returns nil after a shutdown
-// and the error otherwise (the address is taken, …). Call it once.
+// Serve listens on Options.Listen (and MetricsListen) and serves until
+// ctx ends, then shuts down gracefully: it stops accepting, lets running
+// requests finish for up to shutdownTimeout, then closes what is left. It
+// returns nil after a shutdown and the error otherwise (the address is
+// taken, …). Call it once.
 func (s *Server) Serve(ctx context.Context) error {
-	ln, err := new(net.ListenConfig).Listen(ctx, "tcp", s.listen)
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil // stopped before it started
+	type served struct {
+		srv *http.Server
+		log *logrus.Entry
+	}
+	var all []served
+	exited := make(chan error, 2) // one per server, when its Serve returns
+	waiting := 0                  // servers whose exit was not read yet
+	stop := func() {
+		sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+		defer cancel()
+		for _, sv := range all {
+			if err := sv.srv.Shutdown(sctx); err != nil {
+				sv.log.WithError(err).Warn("admin API: requests still running at shutdown were cut")
+				_ = sv.srv.Close()
+			}
 		}
-		return fmt.Errorf("admin: %w", err)
+		for ; waiting > 0; waiting-- {
+			<-exited
+		}
+		s.log.Debug("admin API stopped")
 	}
-	addr := ln.Addr().String()
-	s.addr.Store(&addr)
-	srv := &http.Server{
-		Handler:           s,
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		// No WriteTimeout: client lists and CPU profiles stream for long.
-		ErrorLog: log.New(serverLog{s.log}, "", 0),
+	start := func(listen string, h http.Handler, addr *atomic.Pointer[string], what string) error {
+		ln, err := s.bind(ctx, listen)
+		if err != nil {
+			return err
+		}
+		a := ln.Addr().String()
+		if s.unix && listen == s.listen {
+			a = listen
+		}
+		addr.Store(&a)
+		srv := &http.Server{
+			Handler:           h,
+			ReadHeaderTimeout: 10 * time.Second,
+			IdleTimeout:       2 * time.Minute,
+			// No WriteTimeout: client lists and CPU profiles stream for long.
+			ErrorLog: log.New(serverLog{s.log}, "", 0),
+		}
+		sv := served{srv, s.log.WithField("listen", a)}
+		all = append(all, sv)
+		waiting++
+		go func() { exited <- srv.Serve(ln) }()
+		if what == "admin API" {
+			sv.log.WithField("auth", s.auth).Info("admin API listening")
+		} else {
+			sv.log.Info(what + " listening")
+		}
+		return nil
 	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ln) }()
-	log := s.log.WithField("listen", addr)
-	log.WithField("auth", s.auth).Info("admin API listening")
-
+	if s.listen != "" {
+		if err := start(s.listen, s, &s.addr, "admin API"); err != nil {
+			return s.startFailed(ctx, err, stop)
+		}
+	}
+	if s.mlisten != "" {
+		if err := start(s.mlisten, s.metricsOnly(), &s.maddr, "metrics"); err != nil {
+			return s.startFailed(ctx, err, stop)
+		}
+	}
 	select {
-	case err := <-done:
+	case err := <-exited:
+		waiting--
+		stop()
 		return fmt.Errorf("admin: %w", err)
 	case <-ctx.Done():
 	}
-	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
-	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
-		log.WithError(err).Warn("admin API: requests still running at shutdown were cut")
-		_ = srv.Close()
-	}
-	<-done
-	log.Debug("admin API stopped")
+	stop()
 	return nil
+}
+
+// startFailed stops what started and returns err, or nil when ctx ended
+// first (stopped before it started).
+func (s *Server) startFailed(ctx context.Context, err error, stop func()) error {
+	stop()
+	if ctx.Err() != nil {
+		return nil
+	}
+	return fmt.Errorf("admin: %w", err)
+}
+
+// bind listens on a host:port, or on a unix socket for "unix:PATH": its
+// directory is created (0750), a stale socket left by a process that died
+// is replaced (a live one is an error), and the socket is mode 0600.
+func (s *Server) bind(ctx context.Context, listen string) (net.Listener, error) {
+	path, ok := strings.CutPrefix(listen, config.AdminUnixPrefix)
+	if !ok {
+		return new(net.ListenConfig).Listen(ctx, "tcp", listen)
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+		return nil, err
+	}
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode().Type() != os.ModeSocket {
+			return nil, fmt.Errorf("%s exists and is not a socket", path)
+		}
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("%s: another process serves on it", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, err
+		}
+	}
+	ln, err := new(net.ListenConfig).Listen(ctx, "unix", path)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return ln, nil
+}
+
+// metricsOnly is the handler of the metrics listener: GET and HEAD of
+// /metrics, /healthz and /readyz, nothing else, without authentication or
+// a Host check (it changes nothing and tells what /metrics tells).
+func (s *Server) metricsOnly() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /metrics", s.metrics.ServeHTTP)
+	mux.HandleFunc("GET /healthz", s.healthz)
+	mux.HandleFunc("GET /readyz", s.readyz)
+	for _, p := range []string{"/metrics", "/healthz", "/readyz"} {
+		mux.Handle(p, methodNotAllowed([]string{"GET", "HEAD"}))
+	}
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no endpoint %s %s on the metrics listener (it serves /metrics, /healthz and /readyz)", r.Method, r.URL.Path))
+	})
+	return s.logRequests(mux)
 }
 
 // ServeHTTP serves one request: logging, authentication and routing.
@@ -373,8 +513,8 @@ func unauthorized(w http.ResponseWriter, msg string) {
 // re-pointed at 127.0.0.1 (DNS rebinding) must not reach an
 // unauthenticated API. The probes (/healthz, /readyz) are exempt.
 func (s *Server) checkHost(next http.Handler) http.Handler {
-	if s.auth {
-		return next
+	if s.auth || s.unix {
+		return next // a browser cannot reach a unix socket
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		host := r.Host

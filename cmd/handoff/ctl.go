@@ -37,7 +37,7 @@ type apiFlags struct {
 
 func addAPIFlags(cmd *cobra.Command, f *apiFlags) {
 	addConfigFlag(cmd, &f.config)
-	cmd.Flags().StringVar(&f.admin, "admin", "", "admin API, host:port or URL (default: the config's admin.listen, then http://"+config.DefaultAdminListen+")")
+	cmd.Flags().StringVar(&f.admin, "admin", "", "admin API, host:port, URL or unix:PATH (default: the config's admin.listen, then unix:"+config.DefaultAdminSocket+" when it exists, then http://"+config.DefaultAdminListen+")")
 	cmd.Flags().StringVar(&f.tokenFile, "token-file", "", "file holding the API's bearer token (default: the config's admin.token_file)")
 	cmd.Flags().BoolVar(&f.json, "json", false, "print JSON, for scripts")
 }
@@ -63,7 +63,7 @@ func (f *apiFlags) client(cmd *cobra.Command) (*admin.Client, error) {
 		}
 	}
 	if addr == "" {
-		addr = config.DefaultAdminListen
+		addr = defaultAdmin()
 	}
 	token := ""
 	if tokenFile != "" {
@@ -74,6 +74,18 @@ func (f *apiFlags) client(cmd *cobra.Command) (*admin.Client, error) {
 		token = strings.TrimSpace(string(b))
 	}
 	return admin.NewClient(addr, token), nil
+}
+
+// defaultSocket is the admin socket the CLI looks for (a variable for tests).
+var defaultSocket = config.DefaultAdminSocket
+
+// defaultAdmin is the API's address when no flag or config names one: the
+// default socket when it exists, else the default TCP address.
+func defaultAdmin() string {
+	if fi, err := os.Stat(defaultSocket); err == nil && fi.Mode().Type() == os.ModeSocket {
+		return config.AdminUnixPrefix + defaultSocket
+	}
+	return config.DefaultAdminListen
 }
 
 // configAdmin reads the admin section of the config that -c, then

@@ -4,14 +4,56 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
+	"runtime/debug"
 
 	"github.com/spf13/cobra"
 
 	"github.com/handoff-lb/handoff/config"
 )
 
-// version is set at build time with -ldflags "-X main.version=...".
+// version is set at build time with -ldflags "-X main.version=..."
+// (scripts/release.sh does); otherwise it is the module version that go
+// install recorded, or "dev".
 var version = "dev"
+
+func init() {
+	if bi, ok := debug.ReadBuildInfo(); ok && version == "dev" && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		version = bi.Main.Version
+	}
+}
+
+// buildInfo is what handoff version prints.
+type buildInfo struct {
+	Version   string `json:"version"`
+	Module    string `json:"module"`
+	Commit    string `json:"commit"`   // VCS revision; "" when built outside a checkout
+	Date      string `json:"date"`     // of the commit
+	Modified  bool   `json:"modified"` // built from a tree with uncommitted changes
+	GoVersion string `json:"go"`
+	Platform  string `json:"platform"`
+}
+
+// readBuildInfo reads the binary's build information.
+func readBuildInfo() buildInfo {
+	b := buildInfo{Version: version, GoVersion: runtime.Version(), Platform: runtime.GOOS + "/" + runtime.GOARCH}
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return b
+	}
+	b.Module = bi.Main.Path
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			b.Commit = s.Value
+		case "vcs.time":
+			b.Date = s.Value
+		case "vcs.modified":
+			b.Modified = s.Value == "true"
+		}
+	}
+	return b
+}
 
 // exitError ends the process with code after printing msg (if any) to stderr.
 type exitError struct {
@@ -63,13 +105,32 @@ func loadConfig(flag string) (path string, cfg *config.Config, err error) {
 }
 
 func newVersionCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:   "version",
-		Short: "Print the version",
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "version [--json]",
+		Short: "Print the version, the module and its VCS revision",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			fmt.Fprintln(cmd.OutOrStdout(), "handoff", version)
+			b := readBuildInfo()
+			if asJSON {
+				return printJSON(cmd.OutOrStdout(), b)
+			}
+			commit := b.Commit
+			if commit == "" {
+				commit = "unknown"
+			}
+			if b.Modified {
+				commit += " (modified)"
+			}
+			w := cmd.OutOrStdout()
+			fmt.Fprintf(w, "handoff %s\nmodule   %s\ncommit   %s\n", b.Version, b.Module, commit)
+			if b.Date != "" {
+				fmt.Fprintf(w, "date     %s\n", b.Date)
+			}
+			fmt.Fprintf(w, "go       %s %s\n", b.GoVersion, b.Platform)
 			return nil
 		},
 	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON, for scripts")
+	return cmd
 }

@@ -65,13 +65,15 @@ func run(parent context.Context, path string, cfg *config.Config, mode config.Mo
 	defer stop()
 
 	adminOpts := admin.Options{
-		Listen:    cfg.Admin.Listen,
-		TokenFile: cfg.Admin.TokenFile,
-		Pprof:     cfg.Admin.Pprof,
-		Logger:    log.WithField("component", "admin"),
-		Version:   version,
+		Listen:        cfg.Admin.Listen,
+		MetricsListen: cfg.Metrics.Listen,
+		TokenFile:     cfg.Admin.TokenFile,
+		Pprof:         cfg.Admin.Pprof,
+		Logger:        log.WithField("component", "admin"),
+		Version:       version,
 	}
-	if cfg.Admin.Listen != "" {
+	serveHTTP := cfg.Admin.Listen != "" || cfg.Metrics.Listen != ""
+	if serveHTTP {
 		if err := adminOpts.Check(); err != nil {
 			return err // before the kernel is touched
 		}
@@ -150,7 +152,7 @@ func run(parent context.Context, path string, cfg *config.Config, mode config.Mo
 
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	if cfg.Admin.Listen != "" {
+	if serveHTTP {
 		adminOpts.Controller = eng
 		adminOpts.Page = admin.StatusPage(eng)
 		if srv, err = admin.New(adminOpts); err != nil {
@@ -298,6 +300,16 @@ func hasIPv6(cfg *config.Config) bool {
 		}
 	}
 	return false
+}
+
+// accessLog is the access logger of cfg (log.access), in the format of
+// the process log and at info level whatever log.level says; nil when
+// log.access is off.
+func accessLog(cfg *config.Config) *logrus.Entry {
+	if !cfg.Log.Access {
+		return nil
+	}
+	return newLogger(config.LogInfo, cfg.Log.Format).WithField("log", "access")
 }
 
 // newLogger builds the process logger; level and format were validated.
