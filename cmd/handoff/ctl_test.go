@@ -16,6 +16,7 @@ import (
 	"testing"
 
 	"github.com/handoff-lb/handoff/balancer"
+	"github.com/handoff-lb/handoff/config"
 )
 
 // ctlStatusJSON is what the fake API answers to GET /api/v1/status.
@@ -456,5 +457,37 @@ func TestStreamTable(t *testing.T) {
 		if lines[i] != w {
 			t.Errorf("line %d: %q, want %q", i, lines[i], w)
 		}
+	}
+}
+
+// TestCtlDefaultSocket: without --admin and a config naming the API, the
+// CLI talks to the default unix socket when it exists, and to the default
+// TCP address otherwise.
+func TestCtlDefaultSocket(t *testing.T) {
+	t.Setenv("HANDOFF_CONFIG", "")
+	if _, err := os.Stat("/etc/handoff/handoff.yaml"); err == nil {
+		t.Fatal("/etc/handoff/handoff.yaml exists: this test needs the CLI to find no config")
+	}
+	sock := filepath.Join(t.TempDir(), "admin.sock")
+	old := defaultSocket
+	defaultSocket = sock
+	defer func() { defaultSocket = old }()
+	if got := defaultAdmin(); got != config.DefaultAdminListen {
+		t.Errorf("without the socket: %q", got)
+	}
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	api := &ctlAPI{}
+	srv := &http.Server{Handler: api}
+	go srv.Serve(ln)
+	defer srv.Close()
+	out, errOut, code := runCtl(t, "status")
+	if code != 0 || !strings.Contains(out, "web") {
+		t.Fatalf("status over the default socket: exit %d\n%s%s", code, out, errOut)
+	}
+	if reqs, _ := api.log(); len(reqs) != 1 {
+		t.Errorf("requests %v", reqs)
 	}
 }
