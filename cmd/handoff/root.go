@@ -72,7 +72,7 @@ func newRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newRunCmd(), newValidateCmd(), newCleanupCmd(), newVersionCmd())
+	root.AddCommand(newRunCmd(), newValidateCmd(), newDoctorCmd(), newCleanupCmd(), newVersionCmd())
 	root.AddCommand(newStatusCmd(), newClientsCmd(), newPinCmd(), newUnpinCmd(), newDrainCmd())
 	return root
 }

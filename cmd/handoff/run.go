@@ -219,6 +219,17 @@ func openDataplane(ctx context.Context, mode config.Mode, cfg *config.Config, lo
 		}
 	}
 	if mode != config.ModeUserspace {
+		fs := kernel.Preflight(ctx, preflightOptions(cfg))
+		logFindings(log.WithField("component", "preflight"), fs)
+		if err := kernel.Fatal(fs); err != nil {
+			if mode == config.ModeKernel {
+				return nil, false, err
+			}
+			log.WithField("reason", err.Error()).Warn("kernel path unusable; running in userspace mode")
+			mode = config.ModeUserspace
+		}
+	}
+	if mode != config.ModeUserspace {
 		// Probe ip6tables as well when a service is IPv6: without it the
 		// probe would pass and the first sync fail, so auto mode would exit
 		// instead of falling back.
