@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 	"time"
 
@@ -165,10 +166,14 @@ func run(parent context.Context, path string, cfg *config.Config, mode config.Mo
 		}()
 	}
 
+	sd := systemd{log: log.WithField("component", "systemd")}
 	reload := func() {
-		if err := eng.ReloadConfig(ctx); err == nil {
+		sd.reloading()
+		err := eng.ReloadConfig(ctx)
+		if err == nil {
 			log.Info("config reloaded")
 		} // ReloadConfig logs its failures with every error
+		sd.reloaded(err)
 	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -188,6 +193,13 @@ func run(parent context.Context, path string, cfg *config.Config, mode config.Mo
 	}
 
 	log.WithFields(logrus.Fields{"config": path, "version": version}).Info("handoff starting")
+	var notifier sync.WaitGroup
+	notifier.Go(func() { sd.ready(ctx, eng) })
+	defer func() {
+		cancel(nil)
+		notifier.Wait()
+		sd.stopping()
+	}()
 	if err := eng.Run(ctx); err != nil {
 		return err
 	}

@@ -1,0 +1,79 @@
+package main
+
+import (
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestSystemdNotify: started as a Type=notify service with a watchdog, the
+// daemon says READY=1 once it serves, pings the watchdog, frames a reload
+// with RELOADING=1 and READY=1, and says STOPPING=1 on SIGTERM.
+func TestSystemdNotify(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "notify.sock")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close() // the daemon binds it
+	cfg := filepath.Join(dir, "handoff.yaml")
+	os.WriteFile(cfg, []byte(`mode: userspace
+state_dir: `+filepath.Join(dir, "state")+`
+admin: {listen: "off"}
+services:
+  - name: web
+    listen: 127.0.0.1:`+itoa(port)+`
+    health: {check: none}
+    backends: [{name: be1, address: 127.0.0.1:9}]
+`), 0o644)
+	cmd := exec.Command(binary(t), "run", "-c", cfg)
+	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock, "WATCHDOG_USEC=200000")
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+
+	next := func(want string) {
+		t.Helper()
+		buf := make([]byte, 4096)
+		deadline := time.Now().Add(15 * time.Second)
+		var got []string
+		for {
+			conn.SetReadDeadline(deadline)
+			n, err := conn.Read(buf)
+			if err != nil {
+				t.Fatalf("no %q from the daemon (got %q): %v\n%s", want, got, err, stderr.String())
+			}
+			msg := string(buf[:n])
+			if strings.HasPrefix(msg, want) {
+				return
+			}
+			got = append(got, msg)
+		}
+	}
+	next("READY=1")
+	next("WATCHDOG=1")
+	next("WATCHDOG=1")
+	cmd.Process.Signal(syscall.SIGHUP)
+	next("RELOADING=1\nMONOTONIC_USEC=")
+	next("READY=1")
+	cmd.Process.Signal(syscall.SIGTERM)
+	next("STOPPING=1")
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("exit: %v\n%s", err, stderr.String())
+	}
+}
