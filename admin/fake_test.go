@@ -53,6 +53,7 @@ func newFake() *fakeController {
 					"unclassified/no-match": 5,
 					"rejected/timeout":      1,
 				},
+				FirstConnections: map[string]uint64{"in-kernel": 280, "transparent": 10},
 				Refused:          6,
 				Migrations:       2,
 				MigratedClients:  40,

@@ -81,6 +81,8 @@ func TestMetrics(t *testing.T) {
 		`handoff_classifications_total{result="unclassified/no-match",` + web + `}`: 5,
 		`handoff_classifications_total{result="rejected/timeout",` + web + `}`:      1,
 		`handoff_connections_refused_total{` + web + `}`:                            6,
+		`handoff_first_connections_total{outcome="in-kernel",` + web + `}`:          280,
+		`handoff_first_connections_total{outcome="transparent",` + web + `}`:        10,
 		`handoff_connections_refused_total{service="v6"}`:                           0,
 		`handoff_migrations_total{` + web + `}`:                                     2,
 		`handoff_migrated_clients_total{` + web + `}`:                               40,
