@@ -17,6 +17,10 @@ import (
 // install recorded, or "dev".
 var version = "dev"
 
+// commit is the VCS revision when the build info has none (a container
+// build without .git passes it with -ldflags "-X main.commit=...").
+var commit string
+
 func init() {
 	if bi, ok := debug.ReadBuildInfo(); ok && version == "dev" && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
 		version = bi.Main.Version
@@ -36,7 +40,7 @@ type buildInfo struct {
 
 // readBuildInfo reads the binary's build information.
 func readBuildInfo() buildInfo {
-	b := buildInfo{Version: version, GoVersion: runtime.Version(), Platform: runtime.GOOS + "/" + runtime.GOARCH}
+	b := buildInfo{Version: version, Commit: commit, GoVersion: runtime.Version(), Platform: runtime.GOOS + "/" + runtime.GOARCH}
 	bi, ok := debug.ReadBuildInfo()
 	if !ok {
 		return b

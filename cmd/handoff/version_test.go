@@ -54,3 +54,24 @@ func TestVersion(t *testing.T) {
 		t.Errorf("version: %v\n%s", err, out)
 	}
 }
+
+// TestVersionCommitFlag: a build without VCS data (the container image's,
+// whose context has no .git) reports the commit given with -ldflags.
+func TestVersionCommitFlag(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "handoff")
+	build := exec.Command("go", "build", "-buildvcs=false", "-ldflags", "-X main.version=v1.2.3 -X main.commit=0123abcd", "-o", bin, ".")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	out, err := exec.Command(bin, "version", "--json").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b buildInfo
+	if err := json.Unmarshal(out, &b); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if b.Version != "v1.2.3" || b.Commit != "0123abcd" {
+		t.Errorf("version --json: %+v; want v1.2.3 and commit 0123abcd", b)
+	}
+}
