@@ -26,7 +26,11 @@
 # TIME_WAIT sockets and the lab's conntrack entries are cleared between runs
 # (PAWS and reused NAT tuples would skew connection rates).
 #
-# Usage: sudo [TARGETS="..."] [BASELINE=old-handoff] scripts/bench.sh [ROUNDS=3] [SECONDS=5]
+# The medians go to docs/benchmarks/latest.tsv (RESULTS=file elsewhere,
+# RESULTS= nowhere) and their chart to latest.svg beside it
+# (scripts/benchchart), which docs/benchmarks.md shows.
+#
+# Usage: sudo [TARGETS="..."] [BASELINE=old-handoff] [RESULTS=file] scripts/bench.sh [ROUNDS=3] [SECONDS=5]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin:/usr/sbin:/sbin"
@@ -245,6 +249,25 @@ for t in $TARGETS; do
 done
 echo "(median of $ROUNDS rounds, ${DUR}s each; ratios: tput1 tput8 connrate; haproxy-best: the better of haproxy"
 echo " and haproxy-splice per metric; the last column is the connection rate against haproxy's default mode tcp)"
+
+# The medians, for the chart of docs/benchmarks.md (drawn by
+# scripts/benchchart); RESULTS= (empty) keeps the docs' copy untouched.
+results=${RESULTS-docs/benchmarks/latest.tsv}
+if [ -n "$results" ]; then
+	mkdir -p "$(dirname "$results")"
+	{
+		echo "# date: $(date -u +%Y-%m-%d)"
+		echo "# rounds: $ROUNDS x ${DUR}s"
+		echo "# commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo +changes)"
+		echo "# host: $(nproc) CPUs, Linux $(uname -r)"
+		echo "target tput1 tput8 connrate"
+		for t in $TARGETS; do
+			printf '%s %.2f %.2f %.0f\n' "$t" "${M[$t,tput1]}" "${M[$t,tput8]}" "${M[$t,connrate]}"
+		done
+	} >"$results"
+	go run ./scripts/benchchart -o "${results%.tsv}.svg" "$results"
+	echo "(medians in $results, chart in ${results%.tsv}.svg)"
+fi
 
 # Per-round ratios to HAProxy (the better of haproxy and haproxy-splice in
 # that round, and the connection rate against haproxy alone, as above), and
