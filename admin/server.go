@@ -380,10 +380,10 @@ type route struct {
 	h            http.HandlerFunc
 }
 
-// routes builds the handler chain: request log, cross-origin protection,
-// host check, authentication, then the mux.
-func (s *Server) routes(opts Options) http.Handler {
-	rs := []route{
+// endpoints is the admin API: every route the admin listener serves but
+// the status page and pprof (docs/admin-api.md documents each one).
+func (s *Server) endpoints() []route {
+	return []route{
 		{"GET", "/healthz", s.healthz},
 		{"GET", "/readyz", s.readyz},
 		{"GET", "/metrics", s.metrics.ServeHTTP},
@@ -398,6 +398,12 @@ func (s *Server) routes(opts Options) http.Handler {
 		{"POST", "/api/v1/services/{svc}/close", s.setOpen(false)},
 		{"POST", "/api/v1/reload", s.reload},
 	}
+}
+
+// routes builds the handler chain: request log, cross-origin protection,
+// host check, authentication, then the mux.
+func (s *Server) routes(opts Options) http.Handler {
+	rs := s.endpoints()
 	if opts.Page != nil {
 		rs = append(rs, route{"GET", "/{$}", opts.Page.ServeHTTP})
 	}

@@ -266,7 +266,7 @@ func TestMaglevTableReuse(t *testing.T) {
 // TestMaglevAddBackend: adding one backend to a pool moves only the
 // clients it takes, within maglev's disruption, whatever the pool's size
 // (the table's size changes only when the pool crosses 256, 512, 1024, ...
-// backends; then nearly every client moves, as the README says).
+// backends; then nearly every client moves, as docs/how-it-works.md says).
 func TestMaglevAddBackend(t *testing.T) {
 	for _, n := range []int{10, 100, 255, 300, 511, 1000} {
 		before := mustPool(t, config.BalanceMaglev, names(n)...)

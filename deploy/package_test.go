@@ -77,10 +77,15 @@ func TestPackages(t *testing.T) {
 	dp("-i", deb)
 	bin := filepath.Join(root, "usr/bin/handoff")
 	for _, f := range []string{"usr/bin/handoff", "lib/systemd/system/handoff.service", "etc/handoff/handoff.yaml",
-		"usr/share/doc/handoff/README.md", "usr/share/doc/handoff/monitoring/handoff.rules.yaml"} {
+		"usr/share/doc/handoff/README.md", "usr/share/doc/handoff/monitoring/handoff.rules.yaml",
+		"usr/share/doc/handoff/docs/configuration.md", "usr/share/doc/handoff/docs/status-page.png",
+		"usr/share/doc/handoff/docs/benchmarks/latest.svg"} {
 		if _, err := os.Stat(filepath.Join(root, f)); err != nil {
 			t.Errorf("the package installs no %s: %v", f, err)
 		}
+	}
+	if gos, _ := filepath.Glob(filepath.Join(root, "usr/share/doc/handoff/docs/*.go")); len(gos) > 0 {
+		t.Errorf("the package installs docs/'s Go files: %v", gos)
 	}
 	if out, err := exec.Command(bin, "validate", "-c", filepath.Join(root, "etc/handoff/handoff.yaml")).CombinedOutput(); err != nil {
 		t.Errorf("the packaged handoff validate of the packaged config: %v\n%s", err, out)

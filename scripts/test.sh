@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one test command (README "Testing"; .ci/run calls exactly this).
+# The one test command (docs/development.md "Testing"; .ci/run calls exactly this).
 #
 # Installs the OS packages the tests need when they are missing (chromium
 # renders the status page, promtool checks the alert rules, systemd-analyze

@@ -1,6 +1,6 @@
 // Command handoff is a kernel-offload hybrid TCP load balancer.
 //
-// See README.md for the quickstart and DESIGN.md for the contract of every
+// See README.md for the quickstart and docs/cli.md for the contract of every
 // subcommand.
 package main
 

@@ -12,7 +12,7 @@ import (
 	"github.com/sirupsen/logrus"
 )
 
-// TestWatchConfig saves the config file three times in each way the README
+// TestWatchConfig saves the config file three times in each way docs/operations.md
 // promises to notice, and wants one reload per save that reads what was
 // saved: written in place, an editor's rename-on-save, and a Kubernetes
 // ConfigMap's swap of the ..data symlink. A watcher of the file itself

@@ -52,7 +52,7 @@ func TestSkip(t *testing.T) {
 	}
 }
 
-// TestEverySkipGoesThroughTestenv keeps the README's promise that a skip
+// TestEverySkipGoesThroughTestenv keeps docs/development.md's promise that a skip
 // under CI=true fails: no Go file of the module calls Skip, Skipf or
 // SkipNow of testing itself; they call testenv.Skip.
 func TestEverySkipGoesThroughTestenv(t *testing.T) {
