@@ -142,6 +142,30 @@ func TestUserspace(t *testing.T) {
 		}
 	})
 
+	// log.access is on by default: one line per pin and per proxied
+	// connection, with its bytes each way and how it ended.
+	t.Run("access log", func(t *testing.T) {
+		for c, be := range home["ipv4"] {
+			if pins := d.waitLines(2*time.Second, 1, "pin", "log", "access", "event", "pinned", "service", "web-ipv4", "client", c.String()); len(pins) != 1 || pins[0]["backend"] != be {
+				t.Errorf("client %s: access log pin lines %v, want one to %s", c, pins, be)
+			}
+			// Its six greetings: the client sends nothing, the backend
+			// its greeting line.
+			n := 0
+			for _, l := range d.lines("proxied", "log", "access", "event", "connection", "service", "web-ipv4", "backend", be, "bytes_in", "0", "end", "closed") {
+				if strings.HasPrefix(l["client"], c.String()+":") && l["bytes_out"] != "0" && l["duration"] != "" {
+					n++
+				}
+			}
+			if n != 6 {
+				t.Errorf("client %s: %d access log lines of its 6 greetings from %s", c, n, be)
+			}
+		}
+		if big := d.waitLines(3*time.Second, 1, "proxied", "log", "access", "service", "web-ipv4", "bytes_in", fmt.Sprint(100<<20)); len(big) != 1 {
+			t.Errorf("no access log line of the 100 MB connection with bytes_in %d: %v", 100<<20, big)
+		}
+	})
+
 	t.Run("1000 concurrent", func(t *testing.T) {
 		const n = 1000
 		conns := make([]net.Conn, n)

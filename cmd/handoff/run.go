@@ -122,6 +122,7 @@ func run(parent context.Context, path string, cfg *config.Config, mode config.Mo
 			return c, err
 		},
 		ObservePin: func(service string, took time.Duration) { srv.ObservePin(service, took) },
+		AccessLog:  accessLog(cfg),
 	}
 	if kernelMode {
 		// Source-classified services hold new clients' first SYNs in the
