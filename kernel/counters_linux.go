@@ -13,12 +13,9 @@ import (
 	"github.com/handoff-lb/handoff/dataplane"
 )
 
-// Counters returns the counters of every backend in o.NetNS, keyed by
-// {service, backend}, read with iptables-save -c (IPv4, and IPv6 where
-// ip6tables is installed): the packets of its DNAT rule (in nat, which
-// sees the first packet of each connection: one a connection) and the
-// bytes of its filter rule, which sees every forwarded packet of its
-// connections, both ways.
+// Counters returns the packet and byte counters of every backend's DNAT
+// rule in o.NetNS, keyed by {service, backend}, read with iptables-save -c
+// (IPv4, and IPv6 where ip6tables is installed).
 func Counters(ctx context.Context, o Options) (map[dataplane.BackendRef]Counter, error) {
 	ns, err := openNS(o.NetNS)
 	if err != nil {
@@ -51,13 +48,11 @@ func (d *Dataplane) readCounters(ctx context.Context) (map[dataplane.BackendRef]
 	}
 	out := map[dataplane.BackendRef]Counter{}
 	for _, fam := range fams {
-		for _, t := range []table{natTable, filterTable} {
-			b, err := d.ipt[fam].save(ctx, t, true)
-			if err != nil {
-				return nil, fmt.Errorf("kernel: counters: %w", err)
-			}
-			parseCounters(b, out)
+		b, err := d.ipt[fam].save(ctx, natTable, true)
+		if err != nil {
+			return nil, fmt.Errorf("kernel: counters: %w", err)
 		}
+		parseCounters(b, out)
 	}
 	return out, nil
 }
@@ -69,19 +64,17 @@ func counters(ctx context.Context, ns netns.NsHandle, fams []family) (map[datapl
 		if _, err := exec.LookPath(ipt.bin("save")); err != nil && fam == ipv6 {
 			continue
 		}
-		for _, t := range []table{natTable, filterTable} {
-			b, err := ipt.save(ctx, t, true)
-			if err != nil {
-				return nil, fmt.Errorf("kernel: counters: %w", err)
-			}
-			parseCounters(b, out)
+		b, err := ipt.save(ctx, natTable, true)
+		if err != nil {
+			return nil, fmt.Errorf("kernel: counters: %w", err)
 		}
+		parseCounters(b, out)
 	}
 	return out, nil
 }
 
-// parseCounters reads iptables-save -c output and adds, under {service,
-// backend}, each DNAT rule's packets and each traffic rule's bytes to out.
+// parseCounters reads iptables-save -c output and adds each DNAT rule's
+// counters to out under {service, backend}.
 func parseCounters(b []byte, out map[dataplane.BackendRef]Counter) {
 	for line := range bytes.Lines(b) {
 		l := strings.TrimSpace(string(line))
@@ -97,7 +90,7 @@ func parseCounters(b []byte, out map[dataplane.BackendRef]Counter) {
 			continue
 		}
 		svc, be, what := ruleTag(rest)
-		if what != "dnat" && what != "traffic" {
+		if what != "dnat" {
 			continue
 		}
 		p, err1 := strconv.ParseUint(ps, 10, 64)
@@ -107,11 +100,8 @@ func parseCounters(b []byte, out map[dataplane.BackendRef]Counter) {
 		}
 		k := dataplane.BackendRef{Service: svc, Backend: be}
 		c := out[k]
-		if what == "dnat" {
-			c.Packets += p
-		} else {
-			c.Bytes += n
-		}
+		c.Packets += p
+		c.Bytes += n
 		out[k] = c
 	}
 }

@@ -77,8 +77,7 @@ type fakeKernel struct {
 	// lookups made.
 	lastWalk struct {
 		rules, lookups int
-		held           bool   // the SYN went to the held-SYN queue
-		mark, ctmark   uint32 // the packet's mark and the connection's at the end
+		held           bool // the SYN went to the held-SYN queue
 	}
 	creates int // create calls
 	batches int // addBatch calls
@@ -531,17 +530,15 @@ func (k *fakeKernel) synLands(src netip.Addr, dst netip.AddrPort) (netip.AddrPor
 	}
 	to, verdict, err := w.walk(k.tables[fam][natTable], "PREROUTING", 0)
 	k.lastWalk.rules, k.lastWalk.lookups = w.rules, w.lookups
-	k.lastWalk.mark, k.lastWalk.ctmark = w.mark, w.ctmark
 	return to, verdict == "DNAT", err
 }
 
 // synWalk is one SYN on its way through the tables.
 type synWalk struct {
-	k      *fakeKernel
-	src    netip.Addr
-	dst    netip.AddrPort
-	mark   uint32
-	ctmark uint32 // the connection mark the rules set
+	k    *fakeKernel
+	src  netip.Addr
+	dst  netip.AddrPort
+	mark uint32
 
 	rules, lookups int // the walk's cost so far
 }
@@ -634,15 +631,6 @@ rules:
 					continue rules
 				case "NFQUEUE":
 					return netip.AddrPort{}, "NFQUEUE", nil
-				case "CONNMARK":
-					if next() != "--set-xmark" {
-						return fail("bad CONNMARK in %q", r)
-					}
-					vs, ms, _ := strings.Cut(next(), "/")
-					v, _ := strconv.ParseUint(vs, 0, 32)
-					m, _ := strconv.ParseUint(ms, 0, 32)
-					w.ctmark = w.ctmark&^uint32(m) | uint32(v)
-					continue rules
 				case "RETURN":
 					return netip.AddrPort{}, "", nil
 				case "ACCEPT":

@@ -275,7 +275,7 @@ func render(fam family, svcs []*service, l markLayout, queue uint16) rendered {
 	post := chain{name: chainPostrouting}
 	fwd := chain{name: chainForward}
 	mark := chain{name: chainMark}
-	var svcChains, countChains []chain // nat's dispatch trees, filter's counting trees
+	var svcChains []chain
 	for _, s := range svcs {
 		if s.fam != fam {
 			continue
@@ -301,27 +301,19 @@ func render(fam family, svcs []*service, l markLayout, queue uint16) rendered {
 			mark.add(syn + " " + l.match(0, l.slotBits(0)) + " " + comment(commentPrefix+" "+s.name+" hold") +
 				" -j NFQUEUE --queue-num " + strconv.Itoa(int(queue)) + " --queue-bypass")
 		}
-		svcChains = append(svcChains, s.dispatch(l, "new clients", l.match, s.leaf)...)
-		countChains = append(countChains, s.dispatch(l, "no slot", l.connMatch, s.countLeaf)...)
+		svcChains = append(svcChains, s.dispatch(l)...)
 
 		// Forwarded flows of this service: by VIP when it is one address,
-		// else by the backend the flow was DNATed to. Every packet of
-		// them first walks the service's tree in filter, by the slot the
-		// DNAT leaf left in the connection mark, to its backend's
-		// counting rule, which accepts it; flows without a slot (DNATed
-		// before an upgrade) return and take the rules below.
+		// else by the backend the flow was DNATed to.
 		dnated := "-p tcp -m conntrack --ctstate DNAT --ctproto tcp"
-		count := comment(commentPrefix+" "+s.name+" count") + " -j " + dataplane.ServiceChain(s.name)
 		if !s.vip.Addr().IsUnspecified() {
 			m := dnated + " --ctorigdst " + hostCIDR(s.vip.Addr()) + " --ctorigdstport " + strconv.Itoa(int(s.vip.Port()))
-			fwd.add(m + " " + count)
 			fwd.add(m + " " + comment(commentPrefix+" "+s.name+" forward") + " -j ACCEPT")
 			if s.snat {
 				post.add(m + " " + comment(commentPrefix+" "+s.name+" snat") + " -j MASQUERADE")
 			}
 			continue
 		}
-		fwd.add(dnated + " --ctorigdstport " + strconv.Itoa(int(s.vip.Port())) + " " + count)
 		for _, b := range s.backends {
 			m := dnated + " --ctorigdstport " + strconv.Itoa(int(s.vip.Port())) +
 				" --ctreplsrc " + hostCIDR(b.addr.Addr()) + " --ctreplsrcport " + strconv.Itoa(int(b.addr.Port()))
@@ -347,10 +339,6 @@ func render(fam family, svcs []*service, l markLayout, queue uint16) rendered {
 	for _, c := range svcChains {
 		natCanary.add(registryRule(ownsChain, c.name))
 	}
-	filterCanary := chain{name: chainCanary}
-	for _, c := range countChains {
-		filterCanary.add(registryRule(ownsChain, c.name))
-	}
 	if fam == ipv4 {
 		for _, s := range svcs {
 			natCanary.add(registryRule(ownsSet, s.index))
@@ -362,21 +350,18 @@ func render(fam family, svcs []*service, l markLayout, queue uint16) rendered {
 	return rendered{
 		mangleTable: {mark, dial, reply, {name: chainCanary}},
 		natTable:    append([]chain{pre, out, post, natCanary}, svcChains...),
-		filterTable: append([]chain{fwd, filterCanary}, countChains...),
+		filterTable: {fwd, {name: chainCanary}},
 	}
 }
 
-// dispatch returns the service chain and the tree below it, whose rules
-// match slots with match (the packet mark in nat, the connection mark in
-// filter) and whose leaves leaf writes; its first rule returns packets
-// without a slot (comment unmarked). The tree has
+// dispatch returns the service chain and the tree below it. The tree has
 // as many levels as the largest slot has hexadecimal digits; a chain of
 // level k > 1 sends each group of slots that share their digits above
 // level k-1 to a chain of its own (HO-SVC-<svc>.<those digits>, e.g.
 // HO-SVC-web.3 and HO-SVC-web.3e for slot 0x3e8), and the
 // chains of level 1 hold the leaf rules. Chains with no backend below
 // them are not made.
-func (s *service) dispatch(l markLayout, unmarked string, match func(v, m uint32) string, leaf func(c *chain, l markLayout, b backend)) []chain {
+func (s *service) dispatch(l markLayout) []chain {
 	bes := slices.Clone(s.backends)
 	slices.SortFunc(bes, func(a, b backend) int { return int(a.slot) - int(b.slot) })
 	levels := 1
@@ -386,13 +371,13 @@ func (s *service) dispatch(l markLayout, unmarked string, match func(v, m uint32
 		}
 	}
 	root := chain{name: dataplane.ServiceChain(s.name)}
-	root.add(match(0, l.slotBits(0)) + " " + comment(commentPrefix+" "+s.name+" "+unmarked) + " -j RETURN")
+	root.add(l.match(0, l.slotBits(0)) + " " + comment(commentPrefix+" "+s.name+" new clients") + " -j RETURN")
 	var out []chain
 	var node func(c *chain, level int, bes []backend)
 	node = func(c *chain, level int, bes []backend) {
 		if level == 1 {
 			for _, b := range bes {
-				leaf(c, l, b)
+				s.leaf(c, l, b)
 			}
 			return
 		}
@@ -406,7 +391,7 @@ func (s *service) dispatch(l markLayout, unmarked string, match func(v, m uint32
 			// The digits above the child's level, all of them, so that
 			// chains of different levels never share a name.
 			child := chain{name: fmt.Sprintf("%s.%0*x", dataplane.ServiceChain(s.name), levels-level+1, prefix)}
-			c.add(match(prefix<<shift, l.slotBits(uint(shift))) + " " + comment(commentPrefix+" "+s.name+" dispatch") + " -g " + child.name)
+			c.add(l.match(prefix<<shift, l.slotBits(uint(shift))) + " " + comment(commentPrefix+" "+s.name+" dispatch") + " -g " + child.name)
 			node(&child, level-1, bes[:n])
 			out = append(out, child)
 			bes = bes[n:]
@@ -417,30 +402,16 @@ func (s *service) dispatch(l markLayout, unmarked string, match func(v, m uint32
 }
 
 // leaf adds the rules of backend b to c: refresh the client's pin (a new
-// connection restarts its timeout), put the backend's slot in the
-// connection mark (for counting its packets in filter), and DNAT. The
-// refresh and the DNAT match the pin set, so a stale index entry (the pin
-// expired or moved) falls through to the listener.
+// connection restarts its timeout) and DNAT. Both match the pin set, so
+// a stale index entry (the pin expired or moved) falls through to the
+// listener.
 func (s *service) leaf(c *chain, l markLayout, b backend) {
 	tag := commentPrefix + " " + s.name + "/" + b.name
 	in := "-p tcp " + l.match(b.slot, l.slotBits(0)) + " -m set --match-set " + b.set + " src "
 	if s.ttl > 0 {
 		c.add(in + comment(tag+" refresh") + " -j SET --add-set " + b.set + " src --exist --timeout " + strconv.FormatUint(uint64(s.ttl), 10))
 	}
-	// The slot rule needs no set lookup: a connection it marks whose pin
-	// is gone falls through to the listener, and the local connection's
-	// mark counts nothing.
-	m := l.mark(b.slot)
-	c.add("-p tcp " + l.match(b.slot, l.slotBits(0)) + " " + comment(tag+" slot") + " -j CONNMARK --set-xmark 0x" + strconv.FormatUint(uint64(m.value), 16) + "/0x" + strconv.FormatUint(uint64(m.mask), 16))
 	c.add(in + comment(tag+" dnat") + " -j DNAT --to-destination " + b.addr.String())
-}
-
-// countLeaf adds the filter rule of backend b to c: it accepts the
-// packets of connections DNATed to b, both ways, and its counters are
-// the backend's kernel-forwarded traffic (Counters).
-func (s *service) countLeaf(c *chain, l markLayout, b backend) {
-	tag := commentPrefix + " " + s.name + "/" + b.name
-	c.add(l.connMatch(b.slot, l.slotBits(0)) + " " + comment(tag+" traffic") + " -j ACCEPT")
 }
 
 func (c *chain) add(rule string) { c.rules = append(c.rules, "-A "+c.name+" "+rule) }
@@ -787,11 +758,6 @@ func (l markLayout) slotBits(from uint) uint32 { return (l.mask >> l.shift) &^ (
 // match is the rule option matching slot bits v under mask m (slot space).
 func (l markLayout) match(v, m uint32) string {
 	return "-m mark --mark 0x" + strconv.FormatUint(uint64(v<<l.shift), 16) + "/0x" + strconv.FormatUint(uint64(m<<l.shift), 16)
-}
-
-// connMatch is match for the connection mark.
-func (l markLayout) connMatch(v, m uint32) string {
-	return "-m connmark --mark 0x" + strconv.FormatUint(uint64(v<<l.shift), 16) + "/0x" + strconv.FormatUint(uint64(m<<l.shift), 16)
 }
 
 // reserved is the field's all-ones value, which no slot takes: the mark
