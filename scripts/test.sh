@@ -19,11 +19,17 @@ step() { printf '\n=== %s\n' "$*"; }
 declare -A pkgs=(
 	[iptables]=iptables [ipset]=ipset [conntrack]=conntrack [ip]=iproute2
 	[setpriv]=util-linux [capsh]=libcap2-bin [ss]=iproute2 [chromium]=chromium
+	# the real clients of e2e's TestRealClients
+	[curl]=curl [wget]=wget [openssl]=openssl
 )
 missing=()
 for cmd in "${!pkgs[@]}"; do
 	command -v "$cmd" >/dev/null 2>&1 || missing+=("${pkgs[$cmd]}")
 done
+# Debian's python3 with requests (a pyenv's python3 may come first on PATH)
+if ! /usr/bin/python3 -c 'import requests' 2>/dev/null; then
+	missing+=(python3-requests)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
 	mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
 	if [ "$(id -u)" -eq 0 ]; then
