@@ -168,16 +168,6 @@ func (b *backendLog) add(name, addr string) {
 	b.mu.Unlock()
 }
 
-func (b *backendLog) all() map[string][]string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	out := map[string][]string{}
-	for k, v := range b.seen {
-		out[k] = append([]string(nil), v...)
-	}
-	return out
-}
-
 func (l *clientsLab) cmd(ctx context.Context, name string, args ...string) *exec.Cmd {
 	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", l.Client.Name, name}, args...)...)
 }

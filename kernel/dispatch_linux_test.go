@@ -255,7 +255,6 @@ func TestFillSkipsNewerPins(t *testing.T) {
 	// indexes its pins; meanwhile the client moves to b1.
 	delete(d.slots["web"], "b0")
 	k.onList = func() {
-		k.onList = nil
 		mustPin(t, d, dataplane.Pin{Service: "web", Backend: "b1", Client: c})
 		if err := d.Unpin(context.Background(), "web", "b0", c); err != nil {
 			t.Error(err)

@@ -75,11 +75,11 @@ type ref struct {
 func (d *Dataplane) learnSlots(ctx context.Context, fams []family) (slotTable, error) {
 	t := slotTable{}
 	for _, fam := range fams {
-		out, err := d.ipt[fam].save(ctx, natTable, false)
+		read, err := d.readTables(ctx, fam, true)
 		if err != nil {
-			return nil, fmt.Errorf("kernel: %s nat table: %w", fam, err)
+			return nil, err
 		}
-		for name, rules := range parseSave(out).chains {
+		for name, rules := range read[natTable].chains {
 			if !prefixed(name) {
 				continue
 			}

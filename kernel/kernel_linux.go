@@ -76,7 +76,10 @@ type Dataplane struct {
 	errMsg      string    // the last sync error logged, to log each once
 	// cache holds, by family and table, what Sync last wrote and read
 	// back; nil means unknown (read the table first).
-	cache  [2]map[table]*tableCache
+	cache [2]map[table]*tableCache
+	// pass holds, by family, the tables as read during one sync, until
+	// it writes rules (see readTables).
+	pass   [2]map[table]saved
 	v6     bool // ip6tables is managed
 	v6seen bool // whether ip6tables was checked for leftovers
 	// staleWarned holds stale sets whose destruction failed and was

@@ -430,6 +430,28 @@ type saved struct {
 
 // parseSave reads iptables-save output (with or without counters) of one
 // table.
+// parseTables parses the iptables-save text of several tables.
+func parseTables(b []byte) map[table]saved {
+	out := map[table]saved{}
+	var name table
+	start := -1
+	flush := func(end int) {
+		if start >= 0 {
+			out[name] = parseSave(b[start:end])
+		}
+	}
+	off := 0
+	for line := range bytes.Lines(b) {
+		if l := bytes.TrimSpace(line); len(l) > 1 && l[0] == '*' {
+			flush(off)
+			name, start = table(l[1:]), off
+		}
+		off += len(line)
+	}
+	flush(len(b))
+	return out
+}
+
 func parseSave(b []byte) saved {
 	s := saved{chains: map[string][]string{}}
 	for line := range bytes.Lines(b) {
