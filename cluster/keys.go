@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
-	"time"
 
 	"github.com/handoff-lb/handoff/balancer"
 )
@@ -79,13 +78,6 @@ type pinValue struct {
 	Expires int64  `json:"e,omitempty"` // 0: never
 	Node    string `json:"n"`           // the host that wrote it
 	Written int64  `json:"w"`           // when that host made or refreshed the pin
-}
-
-func (v pinValue) expiresAt() time.Time {
-	if v.Expires == 0 {
-		return time.Time{}
-	}
-	return time.UnixMilli(v.Expires)
 }
 
 func decodePin(b []byte) (pinValue, error) {
