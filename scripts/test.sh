@@ -2,7 +2,8 @@
 # The one test command (README "Testing"; .ci/run calls exactly this).
 #
 # Installs the OS packages the tests need when they are missing (chromium
-# renders the status page), then runs
+# renders the status page; etcd-server, keepalived and conntrackd run the
+# cluster tests), then runs
 # gofmt, go vet (also for darwin, freebsd and windows), cross-OS builds
 # (darwin amd64/arm64, freebsd, windows), staticcheck, and go test -race over
 # every package, including the root network-namespace tests, then, without
@@ -19,6 +20,7 @@ step() { printf '\n=== %s\n' "$*"; }
 declare -A pkgs=(
 	[iptables]=iptables [ipset]=ipset [conntrack]=conntrack [ip]=iproute2
 	[setpriv]=util-linux [capsh]=libcap2-bin [ss]=iproute2 [chromium]=chromium
+	[etcd]=etcd-server [keepalived]=keepalived [conntrackd]=conntrackd
 )
 missing=()
 for cmd in "${!pkgs[@]}"; do
