@@ -88,6 +88,7 @@ type Node struct {
 	// delivered yet: the revision of the write, 0 while it is in flight.
 	// Until then etcd's older values of those keys are not applied here.
 	held    map[string]int64
+	heldQ   []heldKey               // the held keys with a revision, in commit order
 	runtime map[string]runtimeValue // the runtime keys as last seen in etcd
 	rt      balancer.Runtime        // the engine's runtime state as last reported
 	rtDirty bool                    // another host changed the runtime state since it was last applied
@@ -104,9 +105,10 @@ type Node struct {
 
 // localPin is a pin of this host's data plane as the Node knows it.
 type localPin struct {
-	backend string
-	key     string
-	expires int64 // Unix ms; 0: never
+	backend   string
+	key       string
+	expires   int64 // as etcd has it (or will): Unix ms; 0: never
+	refreshed int64 // the expiry this host's data plane gave at the last refresh pass
 }
 
 // op is one pending etcd write: a put (value set) or a delete.

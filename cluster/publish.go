@@ -17,7 +17,7 @@ import (
 // size, a few of them in flight at once.
 const (
 	txnOps         = 128
-	txnParallel    = 4
+	txnParallel    = 8
 	requestTimeout = 5 * time.Second
 	retryMin       = 250 * time.Millisecond
 	retryMax       = 5 * time.Second
@@ -114,17 +114,32 @@ func (n *Node) written(keys []string, rev int64) {
 			delete(n.held, k)
 		} else if r, ok := n.held[k]; ok && r == 0 {
 			n.held[k] = rev
+			n.heldQ = append(n.heldQ, heldKey{rev, k})
 		}
 	}
 }
 
+// heldKey is a written key waiting for the watch, in heldQ.
+type heldKey struct {
+	rev int64
+	key string
+}
+
 // seenLocked releases the held keys the watch has delivered up to rev
 // (a delete of an absent key has no event); mu is held.
+// heldQ is in commit order, nearly the order of revisions: a key behind
+// one of a later revision waits for it, which only delays its release.
 func (n *Node) seenLocked(rev int64) {
-	for k, r := range n.held {
-		if r != 0 && r <= rev {
-			delete(n.held, k)
+	i := 0
+	for ; i < len(n.heldQ) && n.heldQ[i].rev <= rev; i++ {
+		h := n.heldQ[i]
+		if n.held[h.key] == h.rev {
+			delete(n.held, h.key)
 		}
+	}
+	n.heldQ = n.heldQ[i:]
+	if len(n.heldQ) == 0 {
+		n.heldQ = nil
 	}
 }
 

@@ -67,17 +67,20 @@ func (n *Node) refresh(ctx context.Context, eng Engine) {
 			lp, have := n.local[pk]
 			switch {
 			case !have:
-				lp = localPin{backend: p.Backend, key: p.Key, expires: exp}
+				lp = localPin{backend: p.Backend, key: p.Key, expires: exp, refreshed: exp}
 				n.local[pk] = lp
 				n.queuePinLocked(pk, lp, start)
 				adopted++
 			case lp.backend != p.Backend:
 				stale = append(stale, dataplane.Pin{Service: svc, Backend: p.Backend, Client: pk.client})
 			case lp.expires != 0 && exp > lp.expires+threshold:
-				lp.expires = exp
+				lp.expires, lp.refreshed = exp, exp
 				n.local[pk] = lp
 				n.queuePinLocked(pk, lp, start)
 				republished++
+			default:
+				lp.refreshed = exp
+				n.local[pk] = lp
 			}
 			return nil
 		})

@@ -56,7 +56,6 @@ type event struct {
 	key   string
 	value []byte
 	del   bool
-	prev  []byte // the value before a delete, when known
 }
 
 // sync reads every key of the cluster at one revision, in pages, applies
@@ -153,7 +152,7 @@ func (n *Node) seed(ctx context.Context, eng Engine) error {
 func (n *Node) watch(ctx context.Context, eng Engine, rev int64) error {
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	wch := n.cli.Watch(wctx, n.k.root, clientv3.WithPrefix(), clientv3.WithRev(rev), clientv3.WithPrevKV())
+	wch := n.cli.Watch(wctx, n.k.root, clientv3.WithPrefix(), clientv3.WithRev(rev))
 	var evs []event
 	for resp := range wch {
 		if resp.CompactRevision != 0 {
@@ -165,9 +164,6 @@ func (n *Node) watch(ctx context.Context, eng Engine, rev int64) error {
 		evs = evs[:0]
 		for _, ev := range resp.Events {
 			e := event{rev: ev.Kv.ModRevision, key: string(ev.Kv.Key), value: ev.Kv.Value, del: ev.Type == mvccpb.DELETE}
-			if ev.PrevKv != nil {
-				e.prev = ev.PrevKv.Value
-			}
 			evs = append(evs, e)
 		}
 		n.handle(ctx, eng, evs, false)
@@ -317,36 +313,32 @@ func (n *Node) putLocked(key string, pk pinKey, v pinValue, now time.Time) (bala
 	if have {
 		rp.Prev = lp.backend
 	}
-	n.local[pk] = localPin{backend: v.Backend, key: v.Key, expires: v.Expires}
+	np := localPin{backend: v.Backend, key: v.Key, expires: v.Expires}
+	if have && lp.backend == v.Backend {
+		np.refreshed = lp.refreshed
+	}
+	n.local[pk] = np
 	return rp, true
 }
 
 // deletedLocked decides whether a pin deleted from etcd must be removed
-// here; mu is held. A pin that expired in etcd while this host's kernel
-// refreshed it (the client connects through this host) stays, and is
-// written again; one deleted before it expired (unpinned by hand,
+// here; mu is held. What this host holds of the client is etcd's last
+// value (or a write of its own still queued, which wins), so the watch
+// needs no previous values. A pin that expired in etcd while this host's
+// kernel refreshed it (the client connects through this host) stays, and
+// is written again; one deleted before it expired (unpinned by hand,
 // migrated with reclassify) goes.
 func (n *Node) deletedLocked(ev event, pk pinKey, now time.Time) (dataplane.Pin, bool) {
 	lp, have := n.local[pk]
-	if !have {
+	if !have || n.queuedLocked(ev.key) {
 		return dataplane.Pin{}, false
 	}
-	if n.queuedLocked(ev.key) {
+	if lp.expires != 0 && lp.expires <= now.UnixMilli()+1000 && lp.refreshed > lp.expires+refreshSlack.Milliseconds() {
+		lp.expires = lp.refreshed
+		n.local[pk] = lp
+		n.queuePinLocked(pk, lp, now)
+		n.kickLocked()
 		return dataplane.Pin{}, false
-	}
-	if ev.prev != nil {
-		prev, err := decodePin(ev.prev)
-		if err == nil {
-			if prev.Backend != lp.backend {
-				return dataplane.Pin{}, false // this host holds another pin of the client
-			}
-			expired := prev.Expires != 0 && prev.Expires <= now.UnixMilli()+1000
-			if expired && lp.expires > prev.Expires+refreshSlack.Milliseconds() {
-				n.queuePinLocked(pk, lp, now)
-				n.kickLocked()
-				return dataplane.Pin{}, false
-			}
-		}
 	}
 	delete(n.local, pk)
 	return dataplane.Pin{Service: pk.service, Backend: lp.backend, Client: pk.client}, true
