@@ -226,12 +226,15 @@ func (s *service) applyPins(ctx context.Context, pins []RemotePin, res *Applied)
 	s.migrateMu.Lock()
 	defer s.migrateMu.Unlock()
 	snap := s.snap.Load()
+	s.mu.Lock()
+	backends := s.backends // replaced, never changed in place, by install
+	s.mu.Unlock()
 	batch := make([]dataplane.Pin, 0, len(pins))
 	var moves []dataplane.Pin
 	var unpins []RemotePin
 	var errs []error
 	for _, p := range pins {
-		b := s.backend(p.Backend)
+		b := backends[p.Backend]
 		if b == nil {
 			res.Unknown++
 			continue
@@ -271,9 +274,7 @@ func (s *service) applyPins(ctx context.Context, pins []RemotePin, res *Applied)
 		}
 		res.Pinned += len(batch)
 		for _, p := range batch {
-			if b := s.backend(p.Backend); b != nil {
-				b.pins.Add(1)
-			}
+			backends[p.Backend].pins.Add(1)
 		}
 	}
 	if len(moves) > 0 {
@@ -285,7 +286,7 @@ func (s *service) applyPins(ctx context.Context, pins []RemotePin, res *Applied)
 	for _, u := range unpins {
 		if err := s.e.raw.Unpin(ctx, s.name, u.Prev, u.Client); err != nil && !errors.Is(err, dataplane.ErrUnknown) {
 			errs = append(errs, err)
-		} else if b := s.backend(u.Prev); b != nil {
+		} else if b := backends[u.Prev]; b != nil {
 			b.pins.Add(-1)
 		}
 	}

@@ -81,9 +81,11 @@ type Node struct {
 	now     func() time.Time
 	cli     *clientv3.Client
 
-	mu      sync.Mutex
-	local   map[pinKey]localPin // the pins this host's data plane holds, as far as the Node knows
-	pending map[string]op       // etcd writes waiting for the next batch, by key
+	mu       sync.Mutex
+	local    map[pinKey]localPin // the pins this host's data plane holds, as far as the Node knows
+	pending  map[string]op       // etcd writes waiting for the next batch, by key
+	spare    map[string]op       // an empty map for the next queue
+	inflight int                 // writes taken from the queue and not finished
 	// held are keys written by this host whose change the watch has not
 	// delivered yet: the revision of the write, 0 while it is in flight.
 	// Until then etcd's older values of those keys are not applied here.
@@ -241,8 +243,7 @@ func (n *Node) Pinned(pins []dataplane.Pin) {
 
 // queuePinLocked queues the put of a pin this host holds; mu is held.
 func (n *Node) queuePinLocked(pk pinKey, lp localPin, now time.Time) {
-	v := pinValue{Backend: lp.backend, Key: lp.key, Expires: lp.expires, Node: n.cfg.Node, Written: now.UnixMilli()}
-	b, _ := jsonMarshal(v)
+	b := pinValue{Backend: lp.backend, Key: lp.key, Expires: lp.expires, Node: n.cfg.Node, Written: now.UnixMilli()}.encode()
 	n.pending[n.k.pin(pk.service, pk.client)] = op{value: b, expires: lp.expires, queued: now}
 	n.stats.queued.Add(1)
 }

@@ -51,6 +51,7 @@ func (n *Node) publishLoop(ctx context.Context, eng Engine) {
 				break
 			}
 			failed, err := n.write(ctx, batch)
+			n.recycle(batch)
 			if err != nil {
 				n.requeue(failed)
 				if ctx.Err() != nil {
@@ -90,8 +91,20 @@ func (n *Node) take() map[string]op {
 	for k := range b {
 		n.held[k] = 0
 	}
-	n.pending = make(map[string]op, len(b))
+	n.inflight += len(b)
+	n.pending, n.spare = n.spare, nil
+	if n.pending == nil {
+		n.pending = map[string]op{}
+	}
 	return b
+}
+
+// recycle keeps a written batch's map for the next queue.
+func (n *Node) recycle(b map[string]op) {
+	clear(b)
+	n.mu.Lock()
+	n.spare = b
+	n.mu.Unlock()
 }
 
 // queuedLocked reports whether a write of key waits or is being written;
@@ -109,6 +122,7 @@ func (n *Node) queuedLocked(key string) bool {
 func (n *Node) written(keys []string, rev int64) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	n.inflight -= len(keys)
 	for _, k := range keys {
 		if rev == 0 {
 			delete(n.held, k)
@@ -168,12 +182,15 @@ func (n *Node) queued() int {
 func (n *Node) write(ctx context.Context, batch map[string]op) (map[string]op, error) {
 	now := n.now()
 	keys := make([]string, 0, len(batch))
+	var expired []string
 	for k, o := range batch {
 		if !o.del && o.expires != 0 && o.expires <= now.UnixMilli()+1000 {
-			continue // expires before its lease could be granted
+			expired = append(expired, k) // expires before its lease could be granted
+			continue
 		}
 		keys = append(keys, k)
 	}
+	n.written(expired, 0)
 	sort.Strings(keys)
 	ops := make([]clientv3.Op, len(keys))
 	puts := 0
@@ -188,7 +205,12 @@ func (n *Node) write(ctx context.Context, batch map[string]op) (map[string]op, e
 		if o.expires != 0 {
 			id, err := n.leases.get(ctx, n.cli, now, o.expires)
 			if err != nil {
-				return batch, err
+				failed := make(map[string]op, len(keys))
+				for _, k := range keys {
+					failed[k] = batch[k]
+				}
+				n.written(keys, 0)
+				return failed, err
 			}
 			opts = append(opts, clientv3.WithLease(id))
 		}

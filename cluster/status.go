@@ -119,13 +119,7 @@ func (n *Node) Status(context.Context) (Status, error) {
 
 // pendingLocked counts the writes queued or in flight; mu is held.
 func (n *Node) pendingLocked() int {
-	c := len(n.pending)
-	for _, r := range n.held {
-		if r == 0 {
-			c++
-		}
-	}
-	return c
+	return len(n.pending) + n.inflight
 }
 
 // selfStatus is what this host writes into its node key.

@@ -159,5 +159,15 @@ func (s *Server) Stop() {
 	s.cmd = nil
 }
 
+// Pid returns the server's process id (0 while stopped).
+func (s *Server) Pid() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil {
+		return 0
+	}
+	return s.cmd.Process.Pid
+}
+
 // String is the endpoint.
 func (s *Server) String() string { return fmt.Sprintf("etcd %s", s.Endpoint) }
