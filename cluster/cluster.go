@@ -277,13 +277,15 @@ func (n *Node) Flushed(service, backend string) {
 	n.kickLocked()
 }
 
-// RuntimeChanged implements balancer.Replicator: the items that differ
-// from etcd's are written or deleted.
+// RuntimeChanged implements balancer.Replicator: what the change made
+// differ from the engine's previous state is written or deleted. Only the
+// change is published, never the whole state: another host's change that
+// this host has not applied yet is not undone.
 func (n *Node) RuntimeChanged(rt balancer.Runtime) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	n.queueRuntimeLocked(n.runtimeItems(n.rt), n.runtimeItems(rt))
 	n.rt = rt
-	n.queueRuntimeLocked(rt)
 	n.kickLocked()
 }
 
@@ -297,30 +299,35 @@ func (n *Node) Renewed(service, backend string, ttl time.Duration) {
 	n.kickLocked()
 }
 
-// queueRuntimeLocked queues the writes that make etcd's runtime keys
-// hold rt; mu is held.
-func (n *Node) queueRuntimeLocked(rt balancer.Runtime) {
-	want := map[string]runtimeValue{}
+// runtimeItems maps rt to the etcd keys and values that hold it.
+func (n *Node) runtimeItems(rt balancer.Runtime) map[string]runtimeValue {
+	items := map[string]runtimeValue{}
 	for _, r := range rt.Registrations {
 		reg := r
-		want[n.k.registration(r.Service, r.Name)] = runtimeValue{Node: n.cfg.Node, Registration: &reg}
+		items[n.k.registration(r.Service, r.Name)] = runtimeValue{Node: n.cfg.Node, Registration: &reg}
 	}
 	for _, d := range rt.Drains {
-		want[n.k.drain(d.Service, d.Backend)] = runtimeValue{Node: n.cfg.Node}
+		items[n.k.drain(d.Service, d.Backend)] = runtimeValue{Node: n.cfg.Node}
 	}
 	for _, s := range rt.Closed {
-		want[n.k.closed(s)] = runtimeValue{Node: n.cfg.Node}
+		items[n.k.closed(s)] = runtimeValue{Node: n.cfg.Node}
 	}
+	return items
+}
+
+// queueRuntimeLocked queues the writes of what changed from before to
+// after; mu is held.
+func (n *Node) queueRuntimeLocked(before, after map[string]runtimeValue) {
 	now := n.now()
-	for key, v := range want {
-		if have, ok := n.runtime[key]; ok && sameRuntime(have, v) {
+	for key, v := range after {
+		if old, ok := before[key]; ok && sameRuntime(old, v) {
 			continue
 		}
 		b, _ := jsonMarshal(v)
 		n.pending[key] = op{value: b, queued: now}
 	}
-	for key := range n.runtime {
-		if _, ok := want[key]; !ok && !isHeartbeat(n.k, key) {
+	for key := range before {
+		if _, ok := after[key]; !ok {
 			n.pending[key] = op{del: true, queued: now}
 		}
 	}

@@ -184,13 +184,14 @@ func (n *Node) writeNode(ctx context.Context, lease *clientv3.LeaseID) error {
 	return nil
 }
 
-// updateNodes records node keys seen by a sync or the watch.
-func (n *Node) updateNodes(evs []event, sync bool) {
-	if len(evs) == 0 && !sync {
+// updateNodes records node keys seen by a sync or the watch (a sync
+// empties the list first).
+func (n *Node) updateNodes(evs []event) {
+	if len(evs) == 0 {
 		return
 	}
 	var cur []NodeStatus
-	if p := n.nodes.Load(); p != nil && !sync {
+	if p := n.nodes.Load(); p != nil {
 		cur = slices.Clone(*p)
 	}
 	for _, ev := range evs {

@@ -69,6 +69,7 @@ func (n *Node) sync(ctx context.Context, eng Engine) (int64, error) {
 	var evs []event
 	total := 0
 	seeded := false
+	n.nodes.Store(&[]NodeStatus{})
 	for {
 		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(syncPage)}
 		if rev != 0 {
@@ -255,7 +256,7 @@ func (n *Node) handle(ctx context.Context, eng Engine, evs []event, sync bool) {
 	dirty := n.rtDirty
 	n.mu.Unlock()
 
-	n.updateNodes(nodes, sync)
+	n.updateNodes(nodes)
 	for i := 0; i < len(pins); i += applyChunk {
 		chunk := pins[i:min(i+applyChunk, len(pins))]
 		res, err := eng.ApplyPins(ctx, chunk)
