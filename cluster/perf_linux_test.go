@@ -33,6 +33,7 @@ import (
 // of its own.
 type kernelHost struct {
 	ns     *nstest.NS
+	log    *logrus.Entry
 	dp     *kernel.Dataplane
 	eng    *balancer.Engine
 	node   *cluster.Node
@@ -97,10 +98,10 @@ func startKernelHost(t *testing.T, etcd *etcdtest.Server, name string) *kernelHo
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &kernelHost{ns: nstest.New(t, name)}
 	log := logrus.New()
 	log.SetLevel(logrus.WarnLevel)
 	entry := logrus.NewEntry(log).WithField("host", name)
+	h := &kernelHost{ns: nstest.New(t, name), log: entry}
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel
 	if h.dp, err = kernel.New(ctx, kernel.Options{NetNS: h.ns.Path, Logger: entry}); err != nil {
@@ -133,7 +134,7 @@ func (h *kernelHost) stop() {
 	h.cancel()
 	h.wg.Wait()
 	h.node.Close()
-	kernel.Cleanup(context.Background(), kernel.Options{NetNS: h.ns.Path})
+	kernel.Cleanup(context.Background(), kernel.Options{NetNS: h.ns.Path, Logger: h.log})
 	h.dp.Close()
 	h.cancel = nil
 }
@@ -178,10 +179,10 @@ func (h *kernelHost) count(t *testing.T, service string) int {
 	return n
 }
 
-// etcdAlone measures what etcd takes by itself on this machine: 200,000
+// etcdAlone measures what etcd takes by itself on this machine: total
 // pin-sized puts under a lease, in transactions of 128, 8 in flight, with
 // three watchers of the prefix (as three hosts watch).
-func etcdAlone(t *testing.T) {
+func etcdAlone(t *testing.T, total int) {
 	etcd := etcdtest.Start(t, etcdtest.Options{})
 	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{etcd.Endpoint}})
 	if err != nil {
@@ -194,7 +195,7 @@ func etcdAlone(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const total, perTxn, inFlight = 200000, 128, 8
+	const perTxn, inFlight = 128, 8
 	var seen [3]atomic.Int64
 	for w := range seen {
 		go func() {
@@ -230,13 +231,16 @@ func etcdAlone(t *testing.T) {
 	}
 	wg.Wait()
 	for w := range seen {
-		for seen[w].Load() < total && time.Since(start) < time.Minute {
+		for seen[w].Load() < int64(total) && time.Since(start) < time.Minute {
 			time.Sleep(10 * time.Millisecond)
+		}
+		if n := seen[w].Load(); n < int64(total) {
+			t.Errorf("etcd alone: watcher %d saw %d of %d writes within a minute", w, n, total)
 		}
 	}
 	took := time.Since(start)
 	t.Logf("etcd alone: %d key writes, each seen by 3 watchers, in %v: %.0f writes/s, %.1f µs of etcd CPU each",
-		total, took.Round(time.Millisecond), total/took.Seconds(), float64((procCPU(etcd.Pid())-cpu0).Microseconds())/total)
+		total, took.Round(time.Millisecond), float64(total)/took.Seconds(), float64((procCPU(etcd.Pid())-cpu0).Microseconds())/float64(total))
 	etcd.Stop()
 }
 
@@ -277,25 +281,28 @@ func v6Clients(host byte, n int) []netip.Addr {
 }
 
 // TestPerfCluster measures replication on the kernel data plane with a
-// real etcd (HANDOFF_PERF=1, root): the time from a pin made on one host
-// to its presence in the other's sets while 5,000 new clients/s arrive;
-// how long a joining host takes to have 100,000 pins in its sets; and the
-// pins per second two hosts publish and apply without etcd falling behind,
-// with the etcd writes they cost.
+// real etcd (root): the time from a pin made on one host to its presence
+// in the other's sets while 5,000 new clients/s arrive; how long a joining
+// host takes to have 100,000 pins in its sets; and the pins per second two
+// hosts publish and apply without etcd falling behind, with the etcd
+// writes they cost. Those sizes and the time targets hold under
+// HANDOFF_PERF=1; without it the same steps run at a tenth of the rates
+// and a twentieth of the pins, and only what must arrive is checked.
 func TestPerfCluster(t *testing.T) {
-	if !testenv.Perf() {
-		t.Log("a measurement: HANDOFF_PERF=1 runs it")
-		return
-	}
 	nstest.RequireRoot(t)
-	etcdAlone(t)
+	type sizes struct{ alone, lagRate, lagPins, joinPins, perHost, secs int }
+	sz := sizes{alone: 10000, lagRate: 500, lagPins: 1000, joinPins: 5000, perHost: 2500, secs: 2}
+	if testenv.Perf() {
+		sz = sizes{alone: 200000, lagRate: 5000, lagPins: 25000, joinPins: 100000, perHost: 25000, secs: 8}
+	}
+	etcdAlone(t, sz.alone)
 	etcd := etcdtest.Start(t, etcdtest.Options{})
 	a := startKernelHost(t, etcd, "pa")
 	b := startKernelHost(t, etcd, "pb")
 
 	// 1. Lag at 5,000 new clients/s for 5 s.
-	clients := v4Clients(0, 25000)
-	made := a.makePins(t, "web", clients, 5000)
+	clients := v4Clients(0, sz.lagPins)
+	made := a.makePins(t, "web", clients, sz.lagRate)
 	waitFor(t, 10*time.Second, "every pin on b", func() bool { return b.count(t, "web") >= len(clients) })
 	var lags []time.Duration
 	b.probe.mu.Lock()
@@ -305,24 +312,24 @@ func TestPerfCluster(t *testing.T) {
 	b.probe.mu.Unlock()
 	slices.Sort(lags)
 	q := func(f float64) time.Duration { return lags[int(f*float64(len(lags)-1))] }
-	t.Logf("lag at 5,000 pins/s (%d pins): p50 %v, p99 %v, max %v", len(lags), q(.5).Round(time.Microsecond), q(.99).Round(time.Microsecond), lags[len(lags)-1].Round(time.Microsecond))
-	if q(.99) > 100*time.Millisecond {
+	t.Logf("lag at %d pins/s (%d pins): p50 %v, p99 %v, max %v", sz.lagRate, len(lags), q(.5).Round(time.Microsecond), q(.99).Round(time.Microsecond), lags[len(lags)-1].Round(time.Microsecond))
+	if testenv.Perf() && q(.99) > 100*time.Millisecond {
 		t.Errorf("p99 lag %v > 100ms", q(.99))
 	}
 
 	// 2. A host joins a cluster holding 100,000 pins.
-	more := v4Clients(25000, 75000)
+	more := v4Clients(sz.lagPins, sz.joinPins-sz.lagPins)
 	a.makePins(t, "web", more, 50000)
-	waitFor(t, 20*time.Second, "100,000 pins published", func() bool {
+	waitFor(t, 20*time.Second, "every pin published", func() bool {
 		st, _ := a.node.Status(context.Background())
-		return st.Pending == 0 && st.Published >= 100000
+		return st.Pending == 0 && st.Published >= uint64(sz.joinPins)
 	})
 	start := time.Now()
 	c := startKernelHost(t, etcd, "pc")
-	waitFor(t, 20*time.Second, "100,000 pins on the joining host", func() bool { return c.count(t, "web") >= 100000 })
+	waitFor(t, 20*time.Second, "every pin on the joining host", func() bool { return c.count(t, "web") >= sz.joinPins })
 	join := time.Since(start)
-	t.Logf("join: 100,000 pins in the new host's sets %v after it started (engine start included)", join.Round(time.Millisecond))
-	if join > 2*time.Second {
+	t.Logf("join: %d pins in the new host's sets %v after it started (engine start included)", sz.joinPins, join.Round(time.Millisecond))
+	if testenv.Perf() && join > 2*time.Second {
 		t.Errorf("join took %v > 2s", join)
 	}
 
@@ -331,7 +338,7 @@ func TestPerfCluster(t *testing.T) {
 	// 3. Throughput: a and b each publish 25,000 new pins/s for 8 s.
 	stA0, _ := a.node.Status(context.Background())
 	stB0, _ := b.node.Status(context.Background())
-	const perHost, secs = 25000, 8
+	perHost, secs := sz.perHost, sz.secs
 	cpu0, etcd0 := selfCPU(), procCPU(etcd.Pid())
 	start = time.Now()
 	var wg sync.WaitGroup
@@ -358,7 +365,7 @@ func TestPerfCluster(t *testing.T) {
 	t.Logf("throughput: %d pins made in %v (%.0f/s); published by %v (%.0f/s): %d etcd key writes in %d transactions (%.0f writes/s, %.0f txns/s); in both hosts' sets by %v (%.0f/s)",
 		pins, gen.Round(time.Millisecond), float64(pins)/gen.Seconds(), drained.Round(time.Millisecond), float64(pins)/drained.Seconds(),
 		writes, txns, float64(writes)/drained.Seconds(), float64(txns)/drained.Seconds(), all.Round(time.Millisecond), float64(pins)/all.Seconds())
-	if rate := float64(pins) / drained.Seconds(); rate < 50000 {
+	if rate := float64(pins) / drained.Seconds(); testenv.Perf() && rate < 50000 {
 		// Both hosts, their kernels and etcd share this machine's CPUs: the
 		// figure is where they run out, reported rather than failed (see
 		// README, Performance).
