@@ -147,6 +147,9 @@ func TestEtcdOutage(t *testing.T) {
 		st, _ := a.node.Status(ctx(t))
 		return st.Pending >= 2 && st.Etcd.Error != "" && st.Etcd.Errors > 0
 	})
+	for _, h := range []*host{a, b} { // several failed requests: the warning below is logged once for all of them
+		waitFor(t, 15*time.Second, h.name+" failing again", func() bool { st, _ := h.node.Status(ctx(t)); return st.Etcd.Errors >= 2 })
+	}
 
 	etcd.Restart()
 	want := map[string]string{"198.18.0.1": "be1", "198.18.0.2": "be2", "198.18.0.3": "be3", "127.0.0.1": first}
@@ -161,6 +164,14 @@ func TestEtcdOutage(t *testing.T) {
 			return len(got) == len(want)
 		})
 		waitFor(t, 5*time.Second, h.name+" reachable", func() bool { st, _ := h.node.Status(ctx(t)); return st.Etcd.Reachable && st.Pending == 0 })
+	}
+	// Each host said so once, however many requests failed meanwhile.
+	const down, back = "etcd unreachable: serving from local state; pins and changes are queued until it returns", "etcd reachable again: publishing the queued pins and changes"
+	for _, h := range []*host{a, b} {
+		st, _ := h.node.Status(ctx(t))
+		if n, m := h.logged(down), h.logged(back); n != 1 || m != 1 || st.Etcd.Errors < 2 {
+			t.Errorf("%s logged %q %d times and %q %d times over %d etcd errors; want each once over several", h.name, down, n, back, m, st.Etcd.Errors)
+		}
 	}
 	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{etcd.Endpoint}})
 	if err != nil {

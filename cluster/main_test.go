@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+	logtest "github.com/sirupsen/logrus/hooks/test"
 	"go.uber.org/goleak"
 
 	"github.com/handoff-lb/handoff/balancer"
@@ -76,6 +77,7 @@ type host struct {
 	cancel context.CancelFunc
 	done   sync.WaitGroup
 	port   int
+	logs   *logtest.Hook // everything the host logged, info and up
 }
 
 // spec is the test cluster's service config; %d is the listen port, the
@@ -119,10 +121,11 @@ func startHost(t *testing.T, etcd *etcdtest.Server, name string, s spec) *host {
 		t.Fatal(err)
 	}
 	log := logrus.New()
-	log.SetLevel(logrus.WarnLevel)
-	if testing.Verbose() {
-		log.SetLevel(logrus.InfoLevel)
+	log.SetLevel(logrus.InfoLevel)
+	if !testing.Verbose() {
+		log.SetOutput(io.Discard)
 	}
+	h.logs = logtest.NewLocal(log)
 	entry := logrus.NewEntry(log).WithField("host", name)
 	h.node, err = cluster.New(cluster.Options{Config: cfg.Cluster, Logger: entry})
 	if err != nil {
@@ -184,6 +187,17 @@ func (h *host) pins(t *testing.T) map[string]dataplane.Pin {
 		t.Fatal(err)
 	}
 	return out
+}
+
+// logged counts the entries the host logged with message msg.
+func (h *host) logged(msg string) int {
+	n := 0
+	for _, e := range h.logs.AllEntries() {
+		if e.Message == msg {
+			n++
+		}
+	}
+	return n
 }
 
 // ask connects to the host's listener and returns the backend's name.
