@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/handoff-lb/handoff/balancer"
+	"github.com/handoff-lb/handoff/cluster"
 )
 
 // pageRefresh is how often the status page refreshes itself.
@@ -39,7 +40,7 @@ const pageRefresh = 5 * time.Second
 // Content-Security-Policy that allows only its own script (by hash) and
 // same-origin fetches. Authentication is the server's: mount the handler
 // behind it (Options.Page).
-func StatusPage(c Reader) http.Handler {
+func StatusPage(c Reader, cl ClusterReader) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			w.Header().Set("Allow", "GET, HEAD")
@@ -56,6 +57,11 @@ func StatusPage(c Reader) http.Handler {
 		d := newPageData(st, time.Now())
 		if err != nil {
 			d.Err = err.Error()
+		}
+		if cl != nil {
+			if cs, err := cl.Status(ctx); err == nil {
+				d.Cluster = &cs
+			}
 		}
 		var buf bytes.Buffer
 		if err := pageTemplate.Execute(&buf, d); err != nil {
@@ -89,6 +95,7 @@ type pageData struct {
 	Refresh  int // seconds
 	Services []pageService
 	Script   template.JS
+	Cluster  *cluster.Status // nil: not in a cluster
 
 	// Totals over every service.
 	Open, Closed, Backends, Up, Down, Draining int
@@ -269,6 +276,7 @@ var pageTemplate = template.Must(template.New("page").Funcs(template.FuncMap{
 	"num":     groupDigits,
 	"add":     func(a, b uint64) uint64 { return a + b },
 	"hhmmss":  func(t time.Time) string { return t.Format("15:04:05") },
+	"lagms":   func(s float64) string { return fmt.Sprintf("≤ %g ms", s*1000) },
 	"rfc3339": func(t time.Time) string { return t.Format(time.RFC3339) },
 }).Parse(pageHTML))
 
@@ -395,6 +403,31 @@ footer a { color: inherit; }
     <div class="card"><div class="label">Traffic</div><div class="value">{{bytes (add .Proxied .Forwarded)}}</div>
       <div class="sub">{{bytes .Proxied}} proxied{{if .Forwarded}} · {{bytes .Forwarded}} in the kernel{{end}}</div></div>
   </section>
+  {{- with .Cluster}}
+  <section class="svc" id="cluster">
+    <header>
+      <h2>cluster {{.Name}}</h2>
+      <code>node {{.Node}}</code>
+      {{if .Etcd.Reachable}}<span class="badge b-open">etcd reachable</span>{{else}}<span class="badge b-closed" title="{{.Etcd.Error}}">etcd unreachable</span>{{end}}
+      <div class="facts">
+        <span>revision <b>{{.AppliedRevision}}</b></span>
+        <span>pending writes <b>{{num .Pending}}</b></span>
+        <span>published <b>{{num .Published}}</b></span>
+        <span>applied <b>{{num .Applied}}</b></span>
+        <span>lag p99 <b>{{lagms .Lag.P99}}</b></span>
+      </div>
+    </header>
+    <table>
+      <thead><tr><th>Node</th><th>Version</th><th class="n">Pins</th><th class="n">Pending</th><th class="n">Behind</th><th class="n">Lag p99</th><th>Reported</th></tr></thead>
+      <tbody>
+      {{- range .Nodes}}
+        <tr class="up"><td class="name">{{.Node}}{{if .Self}} <span class="badge b-api">this host</span>{{end}}</td><td>{{.Version}}</td>
+          <td class="n">{{num .Pins}}</td><td class="n">{{num .Pending}}</td><td class="n">{{.Behind}}</td><td class="n">{{lagms .LagP99}}</td><td class="mono">{{hhmmss .Updated}}</td></tr>
+      {{- end}}
+      </tbody>
+    </table>
+  </section>
+  {{- end}}
   {{- range .Services}}
   <section class="svc" id="svc-{{.Name}}">
     <header>

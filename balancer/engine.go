@@ -69,6 +69,10 @@ type Options struct {
 	// new clients' first SYNs in the kernel until pinned, where the data
 	// plane can (it implements SYNHolder and its queue binds).
 	HoldSYNs bool
+	// Replicator, when set, is told of every pin and runtime change the
+	// engine makes (a cluster publishes them); see ApplyPins for the
+	// other direction.
+	Replicator Replicator
 }
 
 // SYNHolder is a data plane that can hold the first SYN of a new client
@@ -88,7 +92,9 @@ type Forwarded struct {
 // Engine runs the services of one config. Create it with New, start it with
 // Run. Its methods are safe for concurrent use.
 type Engine struct {
-	dp          Dataplane
+	dp          Dataplane // raw, or raw reporting to repl
+	raw         Dataplane // Options.Dataplane
+	repl        Replicator
 	kernel      bool
 	transparent bool
 	holdSYNs    bool        // asked for
@@ -126,6 +132,8 @@ func New(o Options) (*Engine, error) {
 	}
 	e := &Engine{
 		dp:          o.Dataplane,
+		raw:         o.Dataplane,
+		repl:        o.Replicator,
 		kernel:      o.Kernel,
 		transparent: o.Transparent && o.Kernel,
 		holdSYNs:    o.HoldSYNs && o.Kernel,
@@ -142,6 +150,9 @@ func New(o Options) (*Engine, error) {
 	}
 	if e.log == nil {
 		e.log = logrus.NewEntry(logrus.StandardLogger())
+	}
+	if e.repl != nil {
+		e.dp = replicated{Dataplane: o.Dataplane, r: e.repl, ttl: e.clientTTL}
 	}
 	rt, err := loadRuntime(o.StateDir)
 	if err != nil {

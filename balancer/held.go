@@ -16,7 +16,7 @@ func (e *Engine) bindHeld() func(context.Context, func(context.Context, dataplan
 	if !e.holdSYNs {
 		return nil
 	}
-	h, ok := e.dp.(SYNHolder)
+	h, ok := e.raw.(SYNHolder) // not the replicating wrapper
 	if !ok {
 		return nil
 	}

@@ -66,7 +66,7 @@ func TestNoGoroutineLeak(t *testing.T) {
 			Payload:         config.Payload{MaxBytes: 512, Timeout: time.Second},
 			OnUnclassified:  "default",
 			OnBackendDown:   "rehash",
-			Timeouts:        config.Timeouts{Connect: time.Second, Idle: idle},
+			Timeouts:        config.Timeouts{Connect: 10 * time.Second, Idle: idle}, // a loaded machine under -race stalls dials past 1 s
 			MaxConnections:  10000,
 			ProxyProtocol:   "off",
 			// Checks run often, so their goroutines are there to leak,

@@ -161,6 +161,7 @@ type Config struct {
 	Kernel   Kernel
 	StateDir string
 	Services []Service
+	Cluster  *Cluster // nil: this host on its own
 }
 
 // Kernel places the kernel data plane's objects that share a namespace

@@ -43,7 +43,7 @@ var (
 )
 
 var (
-	topKeys      = []string{"mode", "log", "admin", "kernel", "state_dir", "services"}
+	topKeys      = []string{"mode", "log", "admin", "kernel", "state_dir", "services", "cluster"}
 	kernelKeys   = []string{"mark_mask", "queue", "route_table", "rule_priority"}
 	logKeys      = []string{"level", "format", "summary_interval"}
 	adminKeys    = []string{"listen", "token_file", "pprof"}
@@ -157,6 +157,7 @@ func (p *parser) config(root *yaml.Node) *Config {
 			}
 		}
 	}
+	c.Cluster = p.cluster(f)
 	return c
 }
 

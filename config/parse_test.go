@@ -625,7 +625,7 @@ func TestExamples(t *testing.T) {
 		}
 		return false
 	}
-	files = append(files, "../deploy/container.yaml") // the container image's default
+	files = append(files, "../deploy/container.yaml", "../deploy/cluster/lb1.yaml") // the container image's default; the pair's host
 	for _, f := range files {
 		t.Run(filepath.Base(f), func(t *testing.T) {
 			c, err := Load(f)

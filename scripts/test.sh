@@ -2,7 +2,8 @@
 # The one test command (README "Testing"; .ci/run calls exactly this).
 #
 # Installs the OS packages the tests need when they are missing (chromium
-# renders the status page), then runs
+# renders the status page; etcd-server, keepalived and conntrackd run the
+# cluster tests), then runs
 # gofmt, go vet (also for darwin, freebsd and windows), cross-OS builds
 # (darwin amd64/arm64, freebsd, windows), staticcheck, and go test -race over
 # every package, including the root network-namespace tests, then, without
@@ -21,6 +22,7 @@ declare -A pkgs=(
 	[setpriv]=util-linux [capsh]=libcap2-bin [ss]=iproute2 [chromium]=chromium
 	# the real clients of e2e's TestRealClients
 	[curl]=curl [wget]=wget [openssl]=openssl
+	[etcd]=etcd-server [keepalived]=keepalived [conntrackd]=conntrackd
 )
 missing=()
 for cmd in "${!pkgs[@]}"; do

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 
 	"github.com/handoff-lb/handoff/admin"
 	"github.com/handoff-lb/handoff/balancer"
+	"github.com/handoff-lb/handoff/cluster"
 	"github.com/handoff-lb/handoff/config"
 	"github.com/handoff-lb/handoff/dataplane"
 	"github.com/handoff-lb/handoff/fallback"
@@ -112,6 +114,18 @@ func run(parent context.Context, path string, cfg *config.Config, mode config.Mo
 		LoadConfig: func() (*config.Config, error) { return config.Load(path) },
 		ObservePin: func(service string, took time.Duration) { srv.ObservePin(service, took) },
 	}
+	var node *cluster.Node
+	if cfg.Cluster != nil {
+		// Listeners bind with IP_FREEBIND: a backup binds the VIP before
+		// keepalived moves it here.
+		opts.Listen = proxy.ListenFreebind
+		node, err = cluster.New(cluster.Options{Config: cfg.Cluster, Logger: log, Version: version})
+		if err != nil {
+			return err
+		}
+		defer node.Close()
+		opts.Replicator = node
+	}
 	if kernelMode {
 		// Source-classified services hold new clients' first SYNs in the
 		// kernel; the first connections the others proxy come from the
@@ -144,7 +158,12 @@ func run(parent context.Context, path string, cfg *config.Config, mode config.Mo
 	defer cancel(nil)
 	if cfg.Admin.Listen != "" {
 		adminOpts.Controller = eng
-		adminOpts.Page = admin.StatusPage(eng)
+		if node != nil {
+			adminOpts.Cluster = node
+			adminOpts.Page = admin.StatusPage(eng, node)
+		} else {
+			adminOpts.Page = admin.StatusPage(eng, nil)
+		}
 		if srv, err = admin.New(adminOpts); err != nil {
 			return err
 		}
@@ -178,7 +197,15 @@ func run(parent context.Context, path string, cfg *config.Config, mode config.Mo
 	}
 
 	log.WithFields(logrus.Fields{"config": path, "version": version}).Info("handoff starting")
-	if err := eng.Run(ctx); err != nil {
+	var replicating sync.WaitGroup
+	if node != nil {
+		log.WithFields(logrus.Fields{"cluster": cfg.Cluster.Name, "node": cfg.Cluster.Node, "etcd": cfg.Cluster.Etcd.Endpoints}).Info("joining the cluster")
+		replicating.Go(func() { node.Run(ctx, eng) })
+	}
+	err = eng.Run(ctx)
+	cancel(nil)
+	replicating.Wait()
+	if err != nil {
 		return err
 	}
 	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
