@@ -174,3 +174,102 @@ func TestHeldSYNPerformance(t *testing.T) {
 		}
 	}
 }
+
+// TestTransparentFirstConnectionRate measures, against a daemon built
+// without the race detector in kernel mode, the rate of brand-new clients
+// of two payload-classified services, each client from an address never
+// seen and so each connection proxied: one service's proxy dials the
+// backend from the client's address (transparent), the other's, with
+// snat: true, from the balancer's, as every proxied first connection did
+// before. One request and its answer per connection, 32 at a time, rounds
+// alternating (target: transparent ≥ 0.9× the plain proxy, the margin of
+// this machine's noise, under HANDOFF_PERF=1).
+func TestTransparentFirstConnectionRate(t *testing.T) {
+	bin, err := testenv.HandoffBinary(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := newLab(t, 1, 1)
+	l.ownBlock(t)
+	be := netip.AddrPortFrom(ipv4.backend(0), 80)
+	var sawClient atomic.Int64 // answers to a client's own address
+	nstest.Serve(t, l.Backends[0].Listen(t, "tcp", be.String()), func(c net.Conn) {
+		buf := make([]byte, 256)
+		if _, err := c.Read(buf); err != nil {
+			return
+		}
+		if a := c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr(); manyClients.Contains(a) {
+			sawClient.Add(1)
+		}
+		c.Write([]byte("HTTP/1.0 200 OK\r\n\r\n"))
+	})
+	payload := []string{"classify: payload", `payload: {pattern: '^[A-Z]+ /(\w*)', max_bytes: 256, timeout: 2s}`, "health: {check: none}", "client_ttl: 10m"}
+	tvip, pvip := ipv4.at(80), ipv4.at(81)
+	cfg := daemonConfig{mode: "kernel", logLevel: "warn", services: []service{
+		{"trans", tvip, payload, []backend{{"be0", be}}},
+		{"plain", pvip, append(slices.Clone(payload), "snat: true"), []backend{{"be0", be}}},
+	}}
+	launch(t, l.LB, bin, "run", "-c", writeConfig(t, cfg), "--mode", "kernel")
+	waitListen(t, l.LB, tvip)
+	waitListen(t, l.LB, pvip)
+	time.Sleep(200 * time.Millisecond)
+
+	rounds, roundFor := 3, time.Second
+	if testenv.Perf() {
+		rounds, roundFor = 5, 3*time.Second
+	}
+	var next atomic.Int64
+	rate := func(vip netip.AddrPort) float64 {
+		var n, failed atomic.Int64
+		var wg sync.WaitGroup
+		deadline := time.Now().Add(roundFor)
+		for range 32 {
+			wg.Go(func() {
+				l.Client.Do(func() error {
+					buf := make([]byte, 64)
+					for time.Now().Before(deadline) {
+						src := blockAddr(int(next.Add(1)))
+						dl := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0)), Timeout: 5 * time.Second}
+						c, err := dl.Dial("tcp", vip.String())
+						if err == nil {
+							c.SetDeadline(time.Now().Add(5 * time.Second))
+							if _, err = c.Write([]byte("GET /a HTTP/1.0\r\n\r\n")); err == nil {
+								_, err = c.Read(buf)
+							}
+							c.Close()
+						}
+						if err != nil {
+							failed.Add(1)
+							continue
+						}
+						n.Add(1)
+					}
+					return nil
+				})
+			})
+		}
+		wg.Wait()
+		if f := failed.Load(); f > 0 {
+			t.Errorf("%d connections to %s failed", f, vip)
+		}
+		return float64(n.Load()) / roundFor.Seconds()
+	}
+	var trans, plain, ratios []float64
+	var transServed int64
+	for range rounds {
+		before := sawClient.Load()
+		tr := rate(tvip)
+		transServed += sawClient.Load() - before
+		pr := rate(pvip)
+		trans, plain, ratios = append(trans, tr), append(plain, pr), append(ratios, tr/pr)
+	}
+	median := func(v []float64) float64 { s := slices.Clone(v); slices.Sort(s); return s[len(s)/2] }
+	t.Logf("new clients/s, each proxied: transparent %.0f, from the balancer's address (snat: true) %.0f; transparent/plain %.2f (median of %d rounds: %s)",
+		median(trans), median(plain), median(ratios), rounds, fmt.Sprint(ratios))
+	if transServed == 0 || sawClient.Load() != transServed {
+		t.Errorf("the backend saw %d connections from clients' own addresses, %d during the transparent rounds; want all of those and none else", sawClient.Load(), transServed)
+	}
+	if r := median(ratios); testenv.Perf() && r < 0.9 {
+		t.Errorf("transparent first connections at %.2f× the rate of plain proxied ones, want at least 0.9×", r)
+	}
+}
