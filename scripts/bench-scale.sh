@@ -68,9 +68,11 @@ lab_down() {
 cleanup() {
 	set +e
 	trap - INT TERM
-	lab_down # ends what runs in the namespaces: the daemons, nginx, HAProxy
-	for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
-	for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
+	{
+		lab_down # ends what runs in the namespaces: the daemons, nginx, HAProxy
+		for p in "${pids[@]}"; do kill "$p"; done
+		for p in "${pids[@]}"; do wait "$p"; done
+	} >/dev/null 2>&1
 	rm -rf "$work"
 }
 trap cleanup EXIT
