@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -30,6 +31,7 @@ type Conn struct {
 	readable bool
 	rdhup    bool
 	urgent   bool
+	outArmed atomic.Bool // registered for writable events too (connEvents)
 
 	// While a goroutine owns it: the events it has not taken yet, the
 	// goroutines waiting for one, deadlines, and the descriptor's life.
@@ -199,12 +201,37 @@ func (c *Conn) decref() {
 	}
 }
 
+// armOut registers c for writable events too, once: a write found its
+// socket full. If room came meanwhile, the event comes at once.
+func (c *Conn) armOut() error {
+	if c.outArmed.Load() {
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.outArmed.Load() || c.fdClosed {
+		return nil
+	}
+	c.l.mu.Lock()
+	gen := c.l.slots[c.slot].gen
+	c.l.mu.Unlock()
+	ev := unix.EpollEvent{Events: connEvents, Fd: c.slot, Pad: int32(gen)}
+	if err := rawEpollCtl(c.l.ep, unix.EPOLL_CTL_MOD, c.fd, &ev); err != nil {
+		return os.NewSyscallError("epoll_ctl", err)
+	}
+	c.outArmed.Store(true)
+	return nil
+}
+
 // wait blocks until an event the caller has not seen yet came (readable or
 // writable), the deadline passed, or c closed.
 func (c *Conn) wait(write bool) error {
 	ready, ch, dl := &c.rready, &c.rwait, &c.rdl
 	if write {
 		ready, ch, dl = &c.wready, &c.wwait, &c.wdl
+		if err := c.armOut(); err != nil {
+			return err
+		}
 	}
 	var t *time.Timer
 	defer func() {

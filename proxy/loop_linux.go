@@ -39,6 +39,7 @@ type loop struct {
 	timers   timerHeap
 	deadline int64 // the epoll file's read deadline, 0 for none
 	again    []*dir
+	backlog  bool    // a listener stopped accepting with connections left
 	live     session // sentinel of the list of live sessions
 	spare    *[]byte // a copy buffer for the next read
 	pollFn   func(fd uintptr) bool
@@ -60,9 +61,16 @@ type slot struct {
 // evfdSlot is the slot of the loop's eventfd.
 const evfdSlot = 0
 
-// connEvents are the events a connection is registered for, edge-
-// triggered: readable (and urgent data, and the peer's FIN), writable.
-const connEvents = unix.EPOLLIN | unix.EPOLLPRI | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET
+// readEvents are the events an accepted connection is registered for,
+// edge-triggered: readable (and urgent data, and the peer's FIN). A fresh
+// socket is writable at once, and an event saying so would wake the loop
+// for nothing; writable is added (armOut) when a write first finds the
+// socket full. connEvents, with writable, are a dialed connection's: its
+// first writable event says the connect succeeded.
+const (
+	readEvents = unix.EPOLLIN | unix.EPOLLPRI | unix.EPOLLRDHUP | unix.EPOLLET
+	connEvents = readEvents | unix.EPOLLOUT
+)
 
 func newLoop(srv *Server) (*loop, error) {
 	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
@@ -156,14 +164,18 @@ func (l *loop) poll(uintptr) bool {
 			l.runAgain()
 			continue
 		}
-		if n == len(l.events) {
+		if n == len(l.events) || l.backlog {
+			l.backlog = false
 			continue // more may be ready
 		}
 		// The set was drained when it was polled, and whatever became
 		// ready since has woken the poller (every event that enters the
 		// set does), so wait there without polling again to find it
-		// empty: that saves a system call per wakeup. Unless a post (or
-		// exit) came meanwhile.
+		// empty: that saves a system call per wakeup. Not so for a
+		// listener left with connections to accept: it is level-
+		// triggered, and stays in the set's ready list without waking the
+		// poller again (backlog). Nor when a post (or exit) came
+		// meanwhile.
 		l.mu.Lock()
 		if len(l.inbox) > 0 || l.closed {
 			l.mu.Unlock()

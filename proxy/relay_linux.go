@@ -104,6 +104,7 @@ func (l *loop) start(c *Conn, r *Route, fresh bool) {
 		return
 	}
 	s.backend.slot = slot
+	s.backend.outArmed.Store(true)
 	if r.ConnectTimeout > 0 {
 		l.timers.set(&s.t, l.now+int64(r.ConnectTimeout))
 	}
@@ -294,6 +295,7 @@ func (s *session) flush(d *dir) bool {
 		case err == unix.EINTR:
 			continue
 		case err == unix.EAGAIN:
+			s.waitOut(d)
 			return false
 		case err != nil:
 			s.end(fmt.Errorf("%s to %s: %w", d.from, d.to, os.NewSyscallError("write", err)))
@@ -313,6 +315,7 @@ func (s *session) flush(d *dir) bool {
 		case err == unix.EINTR:
 			continue
 		case err == unix.EAGAIN:
+			s.waitOut(d)
 			return false
 		case err != nil:
 			s.end(fmt.Errorf("%s to %s: %w", d.from, d.to, os.NewSyscallError("splice", err)))
@@ -326,6 +329,14 @@ func (s *session) flush(d *dir) bool {
 	}
 	s.last = s.l.now
 	return true
+}
+
+// waitOut makes sure the full receiver's room wakes d: it registers the
+// receiver for writable events if it was not.
+func (s *session) waitOut(d *dir) {
+	if err := d.dst.armOut(); err != nil {
+		s.end(fmt.Errorf("%s to %s: %w", d.from, d.to, err))
+	}
 }
 
 // count adds n written bytes to d's total, leaving out the header's.

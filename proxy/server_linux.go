@@ -168,7 +168,7 @@ func (e *listenEnd) event(l *loop, _ uint32) {
 		}
 		e.delay = 0
 		c := &Conn{l: l, fd: fd, remote: remote}
-		slot, err := l.register(fd, c, connEvents)
+		slot, err := l.register(fd, c, readEvents)
 		if err != nil {
 			rawClose(fd)
 			e.backoff(err)
@@ -179,6 +179,7 @@ func (e *listenEnd) event(l *loop, _ uint32) {
 			l.start(c, r, true)
 		}
 	}
+	l.backlog = true // the batch ended before EAGAIN: more may wait
 }
 
 // backoff takes the listener out of the loop's set for a while (doubling

@@ -68,6 +68,7 @@ lab_down() {
 cleanup() {
 	set +e
 	trap - INT TERM
+	exec 2>/dev/null # the shell's notes on the jobs it kills
 	{
 		lab_down # ends what runs in the namespaces: the daemons, nginx, HAProxy
 		for p in "${pids[@]}"; do kill "$p"; done
@@ -246,6 +247,15 @@ measure() { # target -> "conn/s connections cpu-seconds"
 	echo "$out $(awk -v d=$((c1 - c0)) -v hz="$HZ" 'BEGIN {print d / hz}')"
 }
 
+# The kernel daemon's own work with no traffic (its canary reads every
+# chain and set header back every 10 s), which its targets' CPU includes.
+IDLE=-
+if [[ " $TARGETS " =~ \ (k|src|pay)[0-9] ]]; then
+	c0=$(cpu_ticks k2)
+	sleep 10
+	IDLE=$(awk -v d=$(($(cpu_ticks k2) - c0)) -v hz="$HZ" 'BEGIN {printf "%.0f", d * 1000 / hz / 10}')
+fi
+
 declare -A R U V W # R: all rounds' conn/s; U: all rounds' us/conn; V, W: per round conn/s, us/conn
 for r in $(seq 1 "$ROUNDS"); do
 	for t in $TARGETS; do
@@ -278,6 +288,7 @@ printf '\n%-15s %10s %10s   %s\n' target "conn/s" "us/conn" "(CPU of the proxy p
 for t in $TARGETS; do
 	printf '%-15s %10.0f %10.1f\n' "$t" "$(echo "${R[$t]}" | median)" "$(echo "${U[$t]}" | median)"
 done
+[ "$IDLE" = - ] || echo "(the kernel daemon with no traffic: $IDLE ms of CPU per second, included in its targets' us/conn)"
 echo
 echo "ratios (median of the per-round ratios):"
 pr() { has "$2" && { has "$3" || [ "$3" = haproxy-best ]; } && printf '  %-34s %s\n' "$1" "$(rratio "$2" "$3")"; return 0; }
