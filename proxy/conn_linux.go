@@ -89,7 +89,7 @@ func (c *Conn) Read(p []byte) (int, error) {
 	}
 	defer c.decref()
 	for {
-		n, err := rawRead(c.fd, p)
+		n, err := rawRecv(c.fd, p)
 		switch {
 		case err == unix.EINTR:
 			continue
@@ -99,7 +99,7 @@ func (c *Conn) Read(p []byte) (int, error) {
 			}
 			continue
 		case err != nil:
-			return 0, c.opError("read", os.NewSyscallError("read", err))
+			return 0, c.opError("read", os.NewSyscallError("recvfrom", err))
 		case n == 0 && len(p) > 0:
 			return 0, io.EOF
 		}
@@ -115,7 +115,7 @@ func (c *Conn) Write(p []byte) (int, error) {
 	defer c.decref()
 	written := 0
 	for written < len(p) {
-		n, err := rawWrite(c.fd, p[written:])
+		n, err := rawSend(c.fd, p[written:])
 		switch {
 		case err == unix.EINTR:
 			continue
@@ -125,7 +125,7 @@ func (c *Conn) Write(p []byte) (int, error) {
 			}
 			continue
 		case err != nil:
-			return written, c.opError("write", os.NewSyscallError("write", err))
+			return written, c.opError("write", os.NewSyscallError("sendto", err))
 		}
 		written += n
 	}

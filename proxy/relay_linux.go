@@ -258,7 +258,7 @@ func (s *session) fill(d *dir) bool {
 func (s *session) read(d *dir) bool {
 	b := s.l.takeBuf()
 	for {
-		n, err := rawRead(d.src.fd, *b)
+		n, err := rawRecv(d.src.fd, *b)
 		switch {
 		case err == unix.EINTR:
 			continue
@@ -268,7 +268,7 @@ func (s *session) read(d *dir) bool {
 			return false
 		case err != nil:
 			s.l.giveBuf(b)
-			s.end(fmt.Errorf("read %s: %w", d.from, os.NewSyscallError("read", err)))
+			s.end(fmt.Errorf("read %s: %w", d.from, os.NewSyscallError("recvfrom", err)))
 			return false
 		case n == 0:
 			s.l.giveBuf(b)
@@ -290,7 +290,7 @@ func (s *session) read(d *dir) bool {
 // event.
 func (s *session) flush(d *dir) bool {
 	for len(d.out) > 0 {
-		n, err := rawWrite(d.dst.fd, d.out)
+		n, err := rawSend(d.dst.fd, d.out)
 		switch {
 		case err == unix.EINTR:
 			continue
@@ -298,7 +298,7 @@ func (s *session) flush(d *dir) bool {
 			s.waitOut(d)
 			return false
 		case err != nil:
-			s.end(fmt.Errorf("%s to %s: %w", d.from, d.to, os.NewSyscallError("write", err)))
+			s.end(fmt.Errorf("%s to %s: %w", d.from, d.to, os.NewSyscallError("sendto", err)))
 			return false
 		}
 		d.out = d.out[n:]
