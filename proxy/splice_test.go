@@ -259,7 +259,9 @@ func TestSpliceReplay(t *testing.T) {
 
 // TestSpliceHalfClose: the side that finishes sending first still receives
 // everything the other side sends afterwards, in both directions.
-func TestSpliceHalfClose(t *testing.T) {
+func TestSpliceHalfClose(t *testing.T) { modes(t, testSpliceHalfClose) }
+
+func testSpliceHalfClose(t *testing.T, handoff bool) {
 	reply := bytes.Repeat([]byte("r"), 3<<20)
 	t.Run("client finishes first", func(t *testing.T) {
 		backend := startBackend(t, "", func(c *net.TCPConn) {
@@ -267,7 +269,7 @@ func TestSpliceHalfClose(t *testing.T) {
 			fmt.Fprintf(c, "got %d\n", n)
 			c.Write(reply)
 		})
-		p := startProxy(t, backend, proxyConfig{})
+		p := startProxy(t, backend, proxyConfig{handoff: handoff})
 		c := dial(t, p.addr)
 		c.Write(bytes.Repeat([]byte("q"), 1<<20))
 		c.CloseWrite()
@@ -288,7 +290,7 @@ func TestSpliceHalfClose(t *testing.T) {
 			n, _ := io.Copy(io.Discard, c)
 			got <- n
 		})
-		p := startProxy(t, backend, proxyConfig{})
+		p := startProxy(t, backend, proxyConfig{handoff: handoff})
 		c := dial(t, p.addr)
 		b, err := io.ReadAll(c) // the backend's EOF reaches the client
 		if err != nil || len(b) != len(reply) {
