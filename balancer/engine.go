@@ -123,6 +123,7 @@ type Engine struct {
 	services map[string]*service
 	runCtx   context.Context // set by Run; handlers derive from it
 	start    time.Time       // set by Run
+	srv      *proxy.Server   // accepts and proxies every service's connections; made by Run
 }
 
 // New checks the options and builds an engine; it opens nothing.
@@ -172,7 +173,7 @@ func New(o Options) (*Engine, error) {
 		e.log.WithField("registration", s).Warn("registered backend not applied")
 	}
 	if e.listen == nil {
-		e.listen = proxy.Listen // no per-connection keepalive setup; Splice decides
+		e.listen = proxy.Listen // no per-connection keepalive setup; the proxy decides
 	}
 	return e, nil
 }
@@ -183,9 +184,15 @@ func New(o Options) (*Engine, error) {
 // proxied connection is closed; the data plane is left in place, so kernel-
 // forwarded flows and pins survive a restart.
 func (e *Engine) Run(ctx context.Context) error {
+	srv, err := proxy.NewServer()
+	if err != nil {
+		return err
+	}
+	defer srv.Close() // after every service closed
 	e.mu.Lock()
 	e.start = time.Now()
 	e.runCtx = ctx
+	e.srv = srv
 	cfg := e.cfg
 	e.mu.Unlock()
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -43,10 +44,11 @@ type service struct {
 	mu       sync.Mutex
 	backends map[string]*backend
 	ln       net.Listener    // nil while closed
+	acceptor *proxy.Acceptor // ln served by the engine's proxy server; nil while not accepting
 	ctx      context.Context // handlers' context; set by serve
 	cancel   context.CancelFunc
-	accepts  sync.WaitGroup // the accept loop
-	wg       sync.WaitGroup // handlers
+	group    *proxy.Group   // the proxied connections; aborted when ctx ends
+	wg       sync.WaitGroup // accepted connections, until they end
 }
 
 // snapshot is what a handler needs of a service's config; immutable.
@@ -130,38 +132,47 @@ func (s *service) addr() net.Addr {
 	return s.ln.Addr()
 }
 
-// serve starts the accept loop (when the listener is open); close stops it
-// and waits for every handler.
+// serve starts accepting (when the listener is open); close stops it and
+// waits for every connection.
 func (s *service) serve(ctx context.Context) {
 	ctx, cancel := context.WithCancel(ctx)
+	group := s.e.srv.NewGroup()
+	context.AfterFunc(ctx, func() { group.Abort(context.Cause(ctx)) })
 	s.mu.Lock()
-	s.ctx, s.cancel = ctx, cancel
+	defer s.mu.Unlock()
+	s.ctx, s.cancel, s.group = ctx, cancel, group
 	if s.ln != nil {
-		s.startAccepting(s.ln)
+		if err := s.startAccepting(s.ln); err != nil {
+			s.log.WithError(err).Error("listener not served: closed")
+			s.ln.Close()
+			s.ln = nil
+		}
 	}
-	s.mu.Unlock()
 }
 
-// startAccepting runs the accept loop of ln; s.mu is held.
-func (s *service) startAccepting(ln net.Listener) {
-	s.accepts.Add(1)
-	go func() {
-		defer s.accepts.Done()
-		s.acceptLoop(s.ctx, ln)
-	}()
+// startAccepting has the engine's proxy server accept on ln; s.mu is held.
+func (s *service) startAccepting(ln net.Listener) error {
+	a, err := s.e.srv.Serve(ln, proxy.ServeOptions{Accept: s.accept, AcceptError: s.acceptError})
+	if err != nil {
+		return err
+	}
+	s.acceptor = a
+	return nil
 }
 
-// pause closes the listener and waits for the accept loop; connections
-// already accepted go on. Closing a closed service does nothing.
+// pause stops accepting and closes the listener; connections already
+// accepted go on. Closing a closed service does nothing.
 func (s *service) pause() {
 	s.mu.Lock()
-	ln := s.ln
-	s.ln = nil
+	ln, a := s.ln, s.acceptor
+	s.ln, s.acceptor = nil, nil
 	s.mu.Unlock()
+	if a != nil {
+		a.Stop()
+	}
 	if ln != nil {
 		ln.Close()
 	}
-	s.accepts.Wait()
 }
 
 // resume opens the listener again and accepts on it.
@@ -178,88 +189,88 @@ func (s *service) resume(ctx context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.ctx != nil {
-		s.startAccepting(s.ln)
+		if err := s.startAccepting(s.ln); err != nil {
+			s.ln.Close()
+			s.ln = nil
+			return fmt.Errorf("service %s: %w", s.name, err)
+		}
 	}
 	return nil
 }
 
+// close stops accepting, ends the connections being proxied and waits for
+// every connection.
 func (s *service) close() {
 	s.mu.Lock()
 	if s.cancel != nil {
-		s.cancel()
-	}
-	if s.ln != nil {
-		s.ln.Close()
-		s.ln = nil
+		s.cancel() // aborts the group
 	}
 	s.mu.Unlock()
-	s.accepts.Wait()
+	s.pause()
 	s.wg.Wait()
 }
 
-// acceptLoop accepts until the listener closes. Temporary errors (such as
-// running out of file descriptors) back off instead of spinning.
-func (s *service) acceptLoop(ctx context.Context, ln net.Listener) {
-	var delay time.Duration
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
-				return
-			}
-			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-			s.log.WithError(err).WithField("retry_in", delay).Warn("accept failed")
-			select {
-			case <-time.After(delay):
-			case <-ctx.Done():
-				return
-			}
-			continue
-		}
-		delay = 0
-		tc, ok := c.(*net.TCPConn)
-		if !ok {
-			c.Close()
-			continue
-		}
-		snap := s.snap.Load()
-		if !snap.limit.TryAcquire() {
-			reset(tc)
-			if s.log.Logger.IsLevelEnabled(logrus.DebugLevel) {
-				s.log.WithField("client", tc.RemoteAddr()).Debug("refused: max_connections reached")
-			}
-			continue
-		}
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			defer snap.limit.Release()
-			s.handle(ctx, snap, tc)
-		}()
-	}
+// acceptError logs an accept that failed for lack of resources (such as
+// file descriptors); accepting backs off instead of spinning.
+func (s *service) acceptError(err error, retryIn time.Duration) {
+	s.log.WithError(err).WithField("retry_in", retryIn).Warn("accept failed")
 }
 
-// reset closes c with an RST (SO_LINGER 0).
-func reset(c *net.TCPConn) {
-	c.SetLinger(0)
-	c.Close()
+// conn is one accepted connection of a service, from accept to its end:
+// the proxy.Result of its route.
+type conn struct {
+	s        *service
+	snap     *snapshot // the service's config when it was accepted
+	c        *proxy.Conn
+	client   netip.Addr
+	log      connLog
+	accepted time.Time
+
+	// proxying
+	b, first   *backend // the backend dialed now, and the first one
+	key, label string
+	pin        dataplane.Pin // a pinned client's pin; its key is keyOf(pin)
+	tried      []string      // backends that failed to connect
+	connected  bool
+	r          proxy.Route
 }
 
-// clientAddrPort is the source address (unmapped) and port of c.
-func clientAddrPort(c net.Conn) netip.AddrPort {
-	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
-		ap := a.AddrPort()
-		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+// accept takes a new connection, on the proxy server's event loop: in
+// userspace mode a pinned client goes straight to its backend (the route
+// returned); any other connection goes to handle, in a goroutine. Past
+// max_connections it is reset at once.
+func (s *service) accept(c *proxy.Conn) *proxy.Route {
+	snap := s.snap.Load()
+	if !snap.limit.TryAcquire() {
+		c.Reset()
+		if s.log.Logger.IsLevelEnabled(logrus.DebugLevel) {
+			s.log.WithField("client", c.RemoteAddr()).Debug("refused: max_connections reached")
+		}
+		return nil
 	}
-	return netip.AddrPort{}
+	s.wg.Add(1)
+	client := c.RemoteAddrPort().Addr().Unmap()
+	pc := &conn{s: s, snap: snap, c: c, client: client, log: connLog{s: s, client: client}}
+	if !s.e.kernel {
+		if r := pc.pinned(); r != nil {
+			return r
+		}
+	}
+	pc.accepted = time.Now()
+	go pc.handle()
+	return nil
 }
 
-// clientAddr is the unmapped source address of c.
-func clientAddr(c net.Conn) netip.Addr {
-	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
-		return a.AddrPort().Addr().Unmap()
-	}
-	return netip.Addr{}
+// end releases what the connection held of its service.
+func (pc *conn) end() {
+	pc.snap.limit.Release()
+	pc.s.wg.Done()
+}
+
+// reset resets the client's connection and ends it.
+func (pc *conn) reset() {
+	pc.c.Reset()
+	pc.end()
 }
 
 // connLog is the logger of one connection, with its client field. It is
@@ -281,55 +292,63 @@ func (l *connLog) get() *logrus.Entry {
 // debug reports whether debug messages are logged at all.
 func (l *connLog) debug() bool { return l.s.log.Logger.IsLevelEnabled(logrus.DebugLevel) }
 
-// handle runs one connection: in userspace mode a pinned client goes
-// straight to its backend; otherwise the client is classified, pinned, and
-// its first connection is reset (kernel mode, reset) or proxied. The
-// client's other connections that race in meanwhile follow the same
-// decision and are proxied.
-func (s *service) handle(ctx context.Context, snap *snapshot, c *net.TCPConn) {
-	accepted := time.Now()
-	client := clientAddr(c)
-	log := &connLog{s: s, client: client}
-
-	if !s.e.kernel {
-		if pin, ok, err := s.e.dp.Lookup(ctx, s.name, client); err != nil {
-			log.get().WithError(err).Warn("affinity lookup failed")
-		} else if ok {
-			if b := s.backend(pin.Backend); b != nil && !b.down.Load() {
-				s.proxy(ctx, snap, c, b, keyOf(pin), pin.Key, nil, log)
-				return
-			}
-		}
+// pinned returns the route of a client pinned in userspace mode to a
+// backend that is up, or nil. It runs on the event loop, which the
+// affinity table's lookup holds up only while another goroutine writes
+// the client's shard (a pin, or a sweep of expired pins: about a
+// millisecond per 15,000 pins in the shard).
+func (pc *conn) pinned() *proxy.Route {
+	s := pc.s
+	pin, ok, err := s.e.dp.Lookup(s.ctx, s.name, pc.client)
+	if err != nil {
+		pc.log.get().WithError(err).Warn("affinity lookup failed")
+		return nil
 	}
+	if !ok {
+		return nil
+	}
+	b := s.backend(pin.Backend)
+	if b == nil || b.down.Load() {
+		return nil
+	}
+	pc.pin = pin // its key, for a fall-over, is made only if one happens
+	return pc.route(b, "", pin.Key, nil)
+}
 
+// handle runs a connection that needs more than a lookup, in a goroutine
+// of its own: the client is classified, pinned, and its first connection
+// is reset (kernel mode, reset) or proxied. The client's other connections
+// that race in meanwhile follow the same decision and are proxied.
+func (pc *conn) handle() {
+	s, ctx := pc.s, pc.s.ctx
 	// Every connection reads its own first bytes; the first to be
 	// classified pins the client, and the others follow its decision (a
 	// client's racing connections may ask for different names: one
 	// decision, one pin, per client). Waiting happens only while a pin is
 	// being made, never while another connection's bytes are awaited.
-	d, err := s.classify(ctx, snap, c, client)
+	d, err := s.classify(ctx, pc.snap, pc.c, pc.client)
 	if err != nil {
-		s.unclassified(err, d, log)
-		reset(c)
+		s.unclassified(err, d, &pc.log)
+		pc.reset()
 		return
 	}
 	for attempt := 0; ; attempt++ {
-		f, leader := s.decisions.begin(client)
+		f, leader := s.decisions.begin(pc.client)
 		if leader {
-			s.lead(ctx, snap, c, client, f, d, accepted, log)
+			pc.lead(f, d)
 			return
 		}
 		fd, ok := f.wait(ctx)
 		if ok && !fd.backend.down.Load() && s.backend(fd.backend.name) == fd.backend {
-			s.first(snap, FirstProxied)
-			s.proxy(ctx, snap, c, fd.backend, fd.key, fd.label, d.peeked, log)
+			s.first(pc.snap, FirstProxied)
+			pc.proxy(fd.backend, fd.key, fd.label, d.peeked)
 			return
 		}
 		if ok {
-			s.decisions.forget(client) // its backend went down or away since
+			s.decisions.forget(pc.client) // its backend went down or away since
 		}
 		if attempt == 2 || ctx.Err() != nil {
-			reset(c)
+			pc.reset()
 			return
 		}
 	}
@@ -337,20 +356,28 @@ func (s *service) handle(ctx context.Context, snap *snapshot, c *net.TCPConn) {
 
 // lead pins a new client as d says, records the decision in f for the
 // connections racing in, and serves the connection.
-func (s *service) lead(ctx context.Context, snap *snapshot, c *net.TCPConn, client netip.Addr, f *flight, d decision, accepted time.Time, log *connLog) {
-	err := s.pin(ctx, d, client, accepted, log)
-	s.decisions.finish(client, f, d, err == nil)
+func (pc *conn) lead(f *flight, d decision) {
+	s := pc.s
+	err := s.pin(s.ctx, d, pc.client, pc.accepted, &pc.log)
+	s.decisions.finish(pc.client, f, d, err == nil)
 	if err != nil {
-		reset(c)
+		pc.reset()
 		return
 	}
-	if s.e.kernel && snap.cfg.FirstConnection == config.FirstReset {
-		s.first(snap, FirstReset)
-		reset(c)
+	if s.e.kernel && pc.snap.cfg.FirstConnection == config.FirstReset {
+		s.first(pc.snap, FirstReset)
+		pc.reset()
 		return
 	}
-	s.first(snap, FirstProxied)
-	s.proxy(ctx, snap, c, d.backend, d.key, d.label, d.peeked, log)
+	s.first(pc.snap, FirstProxied)
+	pc.proxy(d.backend, d.key, d.label, d.peeked)
+}
+
+// proxy hands the connection to the event loop along the route to b.
+func (pc *conn) proxy(b *backend, key, label string, peeked []byte) {
+	if r := pc.route(b, key, label, peeked); r != nil {
+		pc.c.Proxy(r)
+	}
 }
 
 // unclassified counts and logs a new client that got no decision.
@@ -434,86 +461,114 @@ func (s *service) backend(name string) *backend {
 	return s.backends[name]
 }
 
-// proxy dials b and splices c to it, replaying peeked bytes first. When the
-// dial fails it reports the failure to the health monitor and tries the next
-// backends in the pool policy's order for key; a client that lands elsewhere
-// is re-pinned there (label is its pin's comment), so it sees one successful
-// connection.
-func (s *service) proxy(ctx context.Context, snap *snapshot, c *net.TCPConn, b *backend, key, label string, peeked []byte, log *connLog) {
-	bc, b := s.dialBackend(ctx, snap, b, key, label, clientAddrPort(c), log)
-	if bc == nil {
-		reset(c)
-		return
-	}
-	if snap.cfg.ProxyProtocol != config.ProxyProtocolOff && snap.cfg.ProxyProtocol != "" && !s.e.kernel {
-		if err := proxy.WriteHeader(bc, snap.cfg.ProxyProtocol, c.RemoteAddr(), c.LocalAddr()); err != nil {
-			log.get().WithError(err).WithField("backend", b.name).Warn("writing PROXY header")
-			reset(c)
-			bc.Close()
-			return
+// route returns the route to b (key and label are the client's: key is ""
+// for a pinned client, whose pin gives it if a fall-over needs it; peeked
+// the bytes to replay), or nil after resetting the client when its PROXY
+// header cannot be made. When the dial fails, DialFailed tries the next
+// backends in the pool policy's order for key; a client that lands
+// elsewhere is re-pinned there (label is its pin's comment), so it sees
+// one successful connection.
+func (pc *conn) route(b *backend, key, label string, peeked []byte) *proxy.Route {
+	cfg := pc.snap.cfg
+	var hdr []byte
+	if cfg.ProxyProtocol != config.ProxyProtocolOff && cfg.ProxyProtocol != "" && !pc.s.e.kernel {
+		var err error
+		if hdr, err = proxy.Header(cfg.ProxyProtocol, pc.c.RemoteAddr(), pc.c.LocalAddr()); err != nil {
+			pc.log.get().WithError(err).WithField("backend", b.name).Warn("writing PROXY header")
+			pc.reset()
+			return nil
 		}
 	}
-	b.active.Add(1)
-	defer b.active.Add(-1)
-	if log.debug() {
-		log.get().WithField("backend", b.name).Debug("proxying")
+	pc.b, pc.first, pc.key, pc.label = b, b, key, label
+	pc.r = proxy.Route{
+		Backend:        b.addr,
+		ConnectTimeout: cfg.Timeouts.Connect,
+		Idle:           cfg.Timeouts.Idle,
+		Header:         hdr,
+		Replay:         peeked,
+		Group:          pc.s.group,
+		Result:         pc,
 	}
-	st, err := proxy.Splice(ctx, c, bc, proxy.SpliceOptions{Idle: snap.cfg.Timeouts.Idle, Replay: peeked})
-	b.bytesIn.Add(uint64(st.ClientToBackend))
-	b.bytesOut.Add(uint64(st.BackendToClient))
-	b.conns.Add(1)
-	if log.debug() {
-		l := log.get().WithFields(logrus.Fields{"backend": b.name, "bytes_in": st.ClientToBackend, "bytes_out": st.BackendToClient})
+	if pc.s.transparent(pc.snap) {
+		pc.r.Source = pc.c.RemoteAddrPort()
+	}
+	return &pc.r
+}
+
+// Connected counts the connection on its backend; a client that fell over
+// to another backend is re-pinned there. It runs on the event loop.
+func (pc *conn) Connected() {
+	pc.connected = true
+	pc.b.active.Add(1)
+	if pc.b != pc.first {
+		s := pc.s
+		s.wg.Add(1) // this connection holds the count above zero
+		go func() {
+			defer s.wg.Done()
+			s.repin(s.ctx, pc.client, pc.first, pc.b, pc.label, &connLog{s: s, client: pc.client})
+		}()
+	}
+	if pc.log.debug() {
+		pc.log.get().WithField("backend", pc.b.name).Debug("proxying")
+	}
+}
+
+// Done counts the connection's bytes and ends it. It runs on the event
+// loop.
+func (pc *conn) Done(st proxy.Stats, err error) {
+	b := pc.b
+	if pc.connected {
+		b.active.Add(-1)
+		b.bytesIn.Add(uint64(st.ClientToBackend))
+		b.bytesOut.Add(uint64(st.BackendToClient))
+		b.conns.Add(1)
+	}
+	if pc.log.debug() {
+		l := pc.log.get().WithFields(logrus.Fields{"backend": b.name, "bytes_in": st.ClientToBackend, "bytes_out": st.BackendToClient})
 		if err != nil {
 			l = l.WithError(err)
 		}
 		l.Debug("proxied connection ended")
 	}
+	pc.end()
 }
 
 // maxDialAttempts bounds how many backends one connection tries.
 const maxDialAttempts = 3
 
-// dialBackend connects to b, or to the next candidates of b's pool when b
-// refuses. It returns nil when every attempt failed.
-func (s *service) dialBackend(ctx context.Context, snap *snapshot, b *backend, key, label string, from netip.AddrPort, log *connLog) (*net.TCPConn, *backend) {
-	client := from.Addr()
-	first := b
-	tried := map[string]bool{}
-	for attempt := 0; b != nil && attempt < maxDialAttempts; attempt++ {
-		tried[b.name] = true
-		bc, err := s.dial(ctx, snap, b, from)
-		if err == nil {
-			if b != first {
-				s.repin(ctx, client, first, b, label, log)
-			}
-			return bc, b
-		}
-		log.get().WithError(err).WithField("backend", b.name).Warn("backend dial failed")
-		if m := s.e.health.Load(); m != nil {
-			m.ReportFailure(s.name, b.name, err)
-		}
-		b = s.nextCandidate(snap, b.pool, key, tried)
+// DialFailed reports the failure to the health monitor and proxies the
+// client to the next candidate of the backend's pool, or resets it when
+// there is none (or it tried maxDialAttempts backends).
+func (pc *conn) DialFailed(c *proxy.Conn, err error) {
+	s, b := pc.s, pc.b
+	pc.log.get().WithError(err).WithField("backend", b.name).Warn("backend dial failed")
+	if m := s.e.health.Load(); m != nil {
+		m.ReportFailure(s.name, b.name, err)
 	}
-	return nil, nil
+	pc.tried = append(pc.tried, b.name)
+	if pc.key == "" && pc.pin.Client.IsValid() {
+		pc.key = keyOf(pc.pin)
+	}
+	var next *backend
+	if len(pc.tried) < maxDialAttempts {
+		next = s.nextCandidate(pc.snap, b.pool, pc.key, pc.tried)
+	}
+	if next == nil {
+		pc.reset()
+		return
+	}
+	pc.b = next
+	pc.r.Backend = next.addr
+	c.Proxy(&pc.r)
 }
 
-// dial connects to b: from the client's address and port when the
-// service dials transparently, else from this host's.
-func (s *service) dial(ctx context.Context, snap *snapshot, b *backend, from netip.AddrPort) (*net.TCPConn, error) {
-	if !s.transparent(snap) {
-		return proxy.Dial(ctx, b.addr, snap.cfg.Timeouts.Connect)
-	}
-	return proxy.DialTransparent(ctx, from, b.addr, snap.cfg.Timeouts.Connect)
-}
-
-func (s *service) nextCandidate(snap *snapshot, pool, key string, tried map[string]bool) *backend {
+func (s *service) nextCandidate(snap *snapshot, pool, key string, tried []string) *backend {
 	p := snap.router.Pool(pool)
 	if p == nil {
 		return nil
 	}
 	for _, cb := range p.Candidates(key, s.e.view, maxDialAttempts+len(tried)) {
-		if !tried[cb.Name] {
+		if !slices.Contains(tried, cb.Name) {
 			return s.backend(cb.Name)
 		}
 	}
