@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Runs every fuzz target, one at a time, for N executions each (default
+# 10,000,000), and prints the executions and wall time of each. A target
+# that finds a failing input stops the run with go test's report; the
+# input is then in that package's testdata/fuzz/<Target>/, to commit with
+# the fix. New interesting inputs stay in the fuzz cache
+# ($(go env GOCACHE)/fuzz); FUZZ_SAVE=1 copies them into testdata/fuzz.
+#
+#   scripts/fuzz.sh                      every target, 10M executions
+#   FUZZ_EXECS=100000 scripts/fuzz.sh    a quick pass
+#   scripts/fuzz.sh FuzzSNI FuzzParse    some targets
+#
+# Fuzzing needs no root and no namespace, but it takes every core it is
+# given: FUZZ_PARALLEL (default 1) bounds the workers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/local/go/bin"
+
+execs=${FUZZ_EXECS:-10000000}
+parallel=${FUZZ_PARALLEL:-1}
+
+# target -> package
+declare -A targets=(
+	[FuzzSNI]=./classifier [FuzzHTTPHost]=./classifier [FuzzPayload]=./classifier
+	[FuzzParse]=./config [FuzzWriteHeader]=./proxy [FuzzLoadAffinity]=./fallback
+	[FuzzLoadRuntime]=./balancer [FuzzAPIBodies]=./admin [FuzzAppendPin]=./admin
+	[FuzzParseQueued]=./kernel
+)
+order=(FuzzSNI FuzzHTTPHost FuzzPayload FuzzParse FuzzWriteHeader FuzzLoadAffinity FuzzLoadRuntime FuzzAPIBodies FuzzAppendPin FuzzParseQueued)
+if [ $# -gt 0 ]; then order=("$@"); fi
+
+cache=$(go env GOCACHE)/fuzz/github.com/handoff-lb/handoff
+for t in "${order[@]}"; do
+	pkg=${targets[$t]:?unknown fuzz target $t}
+	start=$(date +%s)
+	go test -timeout 0 -run '^$' -fuzz "^$t\$" -fuzztime "${execs}x" -parallel "$parallel" "$pkg" 2>&1 | tail -n 3
+	took=$(( $(date +%s) - start ))
+	n=$(find "$cache/${pkg#./}/$t" -type f 2>/dev/null | wc -l)
+	printf 'fuzz %s (%s): %d executions in %ds, %d inputs in the cache\n' "$t" "$pkg" "$execs" "$took" "$n"
+	if [ "${FUZZ_SAVE:-0}" = 1 ] && [ "$n" -gt 0 ]; then
+		mkdir -p "$pkg/testdata/fuzz/$t"
+		cp -n "$cache/${pkg#./}/$t"/* "$pkg/testdata/fuzz/$t/"
+	fi
+done
