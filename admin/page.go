@@ -105,6 +105,9 @@ type pageService struct {
 	balancer.ServiceStatus
 	Up       int
 	Backends []pageBackend
+	// Full and OverBudget count the new clients whose pin found no room:
+	// a full set, a spent pin budget.
+	Full, OverBudget uint64
 }
 
 type pageBackend struct {
@@ -129,7 +132,7 @@ func newPageData(st balancer.Status, now time.Time) pageData {
 		}
 	}
 	for _, s := range st.Services {
-		ps := pageService{ServiceStatus: s}
+		ps := pageService{ServiceStatus: s, Full: s.Classified[balancer.ResultFull], OverBudget: s.Classified[balancer.ResultOverBudget]}
 		if s.Open {
 			d.Open++
 		} else {
@@ -330,6 +333,7 @@ code, .mono { font-family: var(--mono); font-size: 12.5px; }
   letter-spacing: .02em; white-space: nowrap; vertical-align: 1px; }
 .b-up, .b-open, .b-kernel { background: var(--up-soft); color: var(--up); }
 .b-down { background: var(--down-soft); color: var(--down); }
+.unpinned { color: var(--down); }
 .b-drain, .b-closed { background: var(--drain-soft); color: var(--drain); }
 .b-userspace, .b-api { background: var(--accent-soft); color: var(--accent); }
 table { width: 100%; border-collapse: collapse; }
@@ -407,6 +411,7 @@ footer a { color: inherit; }
         <span>pinned <b>{{num .Pinned}}</b></span>
         {{- if .MaxClients}}<span>max <b>{{num .MaxClients}}</b> per backend</span>{{end}}
         <span>active <b>{{num .Active}}</b></span>
+        {{- if or .Full .OverBudget}}<span class="unpinned" title="new clients whose pin could not be made, served as on_full says">not pinned: <b>{{num .Full}}</b> set full, <b>{{num .OverBudget}}</b> over budget (on_full: <b>{{.OnFull}}</b>)</span>{{end}}
         {{- if .Migrations}}<span>migrations <b>{{.Migrations}}</b> ({{num .MigratedClients}} clients)</span>{{end}}
         {{- with .FirstConnections}}<span>first connections: in-kernel <b>{{index . "in-kernel"}}</b>, transparent <b>{{index . "transparent"}}</b>, proxied <b>{{index . "proxied"}}</b>, reset <b>{{index . "reset"}}</b></span>{{end}}
       </div>

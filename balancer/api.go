@@ -40,8 +40,12 @@ type ServiceStatus struct {
 	// Refused counts connections reset at once because max_connections
 	// were live (userspace proxying; in kernel mode, first connections).
 	Refused uint64 `json:"refused"`
+	// OnFull is what happens to a new client whose pin finds no room:
+	// "proxy" (served without a pin) or "reject".
+	OnFull string `json:"on_full"`
 	// Classified counts new clients by result: "pinned", "no-backend",
-	// "pin-failed", and "unclassified/<reason>" (no-match, timeout,
+	// "pin-failed", "full" (a backend's set was full), "over-budget" (the
+	// client's network spent its pin budget), and "unclassified/<reason>" (no-match, timeout,
 	// too-long, malformed, closed), "rejected/<reason>" when
 	// on_unclassified is reject.
 	Classified map[string]uint64 `json:"classified"`

@@ -52,7 +52,7 @@ func (e *Engine) decideHeld(ctx context.Context, syn dataplane.HeldSYN) (string,
 	}
 	d, err := s.decideSource(snap, syn.Client)
 	if err == nil {
-		err = s.pin(ctx, d, syn.Client, start, log)
+		err = s.pin(ctx, snap, d, syn.Client, start, log, true)
 	} else {
 		s.unclassified(err, d, log)
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/handoff-lb/handoff/classifier"
 	"github.com/handoff-lb/handoff/config"
 	"github.com/handoff-lb/handoff/dataplane"
+	"github.com/handoff-lb/handoff/internal/ratelog"
 	"github.com/handoff-lb/handoff/proxy"
 )
 
@@ -31,7 +32,12 @@ type service struct {
 	counts    *serviceCounters
 	snap      atomic.Pointer[snapshot]
 
-	noBackend   atomic.Bool // the last new client found no usable backend
+	noBackend atomic.Bool // the last new client found no usable backend
+	// budget counts the new pins of each client network (pin_budget);
+	// kept across reloads.
+	budget budget
+	// logs bound the lines that clients can trigger.
+	logs        connLimits
 	countFailed atomic.Bool // the last recount of pins failed (kernel mode)
 
 	// migrateMu serializes the migrations of the service's clients
@@ -76,7 +82,20 @@ func (e *Engine) newService(sc *config.Service) (*service, error) {
 
 // allocService returns a service named name that has no snapshot yet.
 func (e *Engine) allocService(name string) *service {
-	return &service{e: e, name: name, log: e.log.WithField("service", name), counts: e.stats.service(name)}
+	return &service{e: e, name: name, log: e.log.WithField("service", name), counts: e.stats.service(name), logs: newConnLimits()}
+}
+
+// connLimits are a service's rate limiters of the lines that a client's
+// connections can trigger, one per kind of line: a flood of connections
+// logs a few lines a second of each, and the next line says how many
+// were held back.
+type connLimits struct {
+	accept, lookup, pinFailed, full, budget, undo, header, dial, repin *ratelog.Limiter
+}
+
+func newConnLimits() connLimits {
+	l := func() *ratelog.Limiter { return ratelog.Default() }
+	return connLimits{accept: l(), lookup: l(), pinFailed: l(), full: l(), budget: l(), undo: l(), header: l(), dial: l(), repin: l()}
 }
 
 // install makes snap current and updates the backend table, keeping the
@@ -208,7 +227,9 @@ func (s *service) acceptLoop(ctx context.Context, ln net.Listener) {
 				return
 			}
 			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-			s.log.WithError(err).WithField("retry_in", delay).Warn("accept failed")
+			if l := s.logs.accept.Entry(func() *logrus.Entry { return s.log }); l != nil {
+				l.WithError(err).WithField("retry_in", delay).Warn("accept failed")
+			}
 			select {
 			case <-time.After(delay):
 			case <-ctx.Done():
@@ -293,7 +314,9 @@ func (s *service) handle(ctx context.Context, snap *snapshot, c *net.TCPConn) {
 
 	if !s.e.kernel {
 		if pin, ok, err := s.e.dp.Lookup(ctx, s.name, client); err != nil {
-			log.get().WithError(err).Warn("affinity lookup failed")
+			if l := s.logs.lookup.Entry(log.get); l != nil {
+				l.WithError(err).Warn("affinity lookup failed")
+			}
 		} else if ok {
 			if b := s.backend(pin.Backend); b != nil && !b.down.Load() {
 				s.proxy(ctx, snap, c, b, keyOf(pin), pin.Key, nil, log)
@@ -336,11 +359,19 @@ func (s *service) handle(ctx context.Context, snap *snapshot, c *net.TCPConn) {
 }
 
 // lead pins a new client as d says, records the decision in f for the
-// connections racing in, and serves the connection.
+// connections racing in, and serves the connection. A client whose pin
+// finds no room (a full set, a spent pin budget) is served as on_full
+// says: proxied to the backend decided, without a pin, or reset; its next
+// connection is decided afresh.
 func (s *service) lead(ctx context.Context, snap *snapshot, c *net.TCPConn, client netip.Addr, f *flight, d decision, accepted time.Time, log *connLog) {
-	err := s.pin(ctx, d, client, accepted, log)
+	err := s.pin(ctx, snap, d, client, accepted, log, false)
 	s.decisions.finish(client, f, d, err == nil)
 	if err != nil {
+		if unpinnable(err) && snap.cfg.OnFull == config.OnFullProxy {
+			s.first(snap, FirstProxied)
+			s.proxy(ctx, snap, c, d.backend, d.key, unpinnedLabel, d.peeked, log)
+			return
+		}
 		reset(c)
 		return
 	}
@@ -373,20 +404,43 @@ func (s *service) unclassified(err error, d decision, log *connLog) {
 	}
 }
 
-// pin pins client as d says and counts it. It fails when the data plane
-// refuses, and when d's backend went down meanwhile (the pin is undone).
-func (s *service) pin(ctx context.Context, d decision, client netip.Addr, since time.Time, log *connLog) error {
+// pin pins a new client as d says and counts it. It fails when the
+// client's network spent its pin budget (errOverBudget), when the data
+// plane refuses (a full set wraps dataplane.ErrFull), and when d's backend
+// went down meanwhile (the pin is undone). held is a held SYN's attempt:
+// when it finds no room the listener meets the connection and tries
+// again, so it neither counts nor logs that.
+func (s *service) pin(ctx context.Context, snap *snapshot, d decision, client netip.Addr, since time.Time, log *connLog, held bool) error {
 	if s.noBackend.CompareAndSwap(true, false) {
 		log.get().WithField("backend", d.backend.name).Info("a usable backend is back: new clients are pinned again")
 	}
-	if err := s.e.dp.Pin(ctx, dataplane.Pin{Service: s.name, Backend: d.backend.name, Client: client, Key: d.label}); err != nil {
-		l := log.get().WithError(err).WithField("backend", d.backend.name)
-		if errors.Is(err, dataplane.ErrFull) {
-			l.Debug("pin refused, backend's client table full: reset") // the data plane logs this, rate-limited
-		} else {
-			l.Warn("pin failed: reset")
+	pb := snap.cfg.PinBudget
+	if !s.budget.take(time.Now(), client, pb, snap.cfg.ClientTTL) {
+		if !held {
+			s.counts.overBudget.Add(1)
+			if l := s.logs.budget.Entry(log.get); l != nil {
+				l.WithFields(logrus.Fields{"network": network(client, pb), "per_prefix": pb.PerPrefix, "on_full": snap.cfg.OnFull}).
+					Warn("pin refused: the client's network made its pin budget of new pins within client_ttl")
+			}
 		}
-		s.counts.pinFailed.Add(1)
+		return errOverBudget
+	}
+	if err := s.e.dp.Pin(ctx, dataplane.Pin{Service: s.name, Backend: d.backend.name, Client: client, Key: d.label}); err != nil {
+		s.budget.refund(client, pb)
+		switch {
+		case held && errors.Is(err, dataplane.ErrFull):
+		case errors.Is(err, dataplane.ErrFull):
+			s.counts.full.Add(1)
+			if l := s.logs.full.Entry(log.get); l != nil {
+				l.WithError(err).WithFields(logrus.Fields{"backend": d.backend.name, "max_clients": snap.cfg.MaxClients, "on_full": snap.cfg.OnFull}).
+					Warn("pin refused: the backend's client table is full (raise max_clients)")
+			}
+		default:
+			s.counts.pinFailed.Add(1)
+			if l := s.logs.pinFailed.Entry(log.get); l != nil {
+				l.WithError(err).WithField("backend", d.backend.name).Warn("pin failed: reset")
+			}
+		}
 		return err
 	}
 	if d.backend.down.Load() {
@@ -396,7 +450,9 @@ func (s *service) pin(ctx context.Context, d decision, client netip.Addr, since 
 		// landed before this check is seen). Undo the pin; the client's
 		// next connection is classified afresh.
 		if err := s.e.dp.Unpin(ctx, s.name, d.backend.name, client); err != nil {
-			log.get().WithError(err).WithField("backend", d.backend.name).Warn("unpinning a client of a backend that went down while it was pinned")
+			if l := s.logs.undo.Entry(log.get); l != nil {
+				l.WithError(err).WithField("backend", d.backend.name).Warn("unpinning a client of a backend that went down while it was pinned")
+			}
 		}
 		return fmt.Errorf("backend %s went down while the client was pinned", d.backend.name)
 	}
@@ -447,7 +503,9 @@ func (s *service) proxy(ctx context.Context, snap *snapshot, c *net.TCPConn, b *
 	}
 	if snap.cfg.ProxyProtocol != config.ProxyProtocolOff && snap.cfg.ProxyProtocol != "" && !s.e.kernel {
 		if err := proxy.WriteHeader(bc, snap.cfg.ProxyProtocol, c.RemoteAddr(), c.LocalAddr()); err != nil {
-			log.get().WithError(err).WithField("backend", b.name).Warn("writing PROXY header")
+			if l := s.logs.header.Entry(log.get); l != nil {
+				l.WithError(err).WithField("backend", b.name).Warn("writing PROXY header")
+			}
 			reset(c)
 			bc.Close()
 			return
@@ -471,6 +529,11 @@ func (s *service) proxy(ctx context.Context, snap *snapshot, c *net.TCPConn, b *
 	}
 }
 
+// unpinnedLabel is the label proxy gets for a client served without a pin,
+// which a failed dial must not pin elsewhere. (A key of these very bytes
+// would only lose that re-pin.)
+const unpinnedLabel = "\x00unpinned"
+
 // maxDialAttempts bounds how many backends one connection tries.
 const maxDialAttempts = 3
 
@@ -489,7 +552,9 @@ func (s *service) dialBackend(ctx context.Context, snap *snapshot, b *backend, k
 			}
 			return bc, b
 		}
-		log.get().WithError(err).WithField("backend", b.name).Warn("backend dial failed")
+		if l := s.logs.dial.Entry(log.get); l != nil {
+			l.WithError(err).WithField("backend", b.name).Warn("backend dial failed")
+		}
 		if m := s.e.health.Load(); m != nil {
 			m.ReportFailure(s.name, b.name, err)
 		}
@@ -521,9 +586,15 @@ func (s *service) nextCandidate(snap *snapshot, pool, key string, tried map[stri
 }
 
 // repin moves a client whose dial fell over from one backend to another.
+// A client served without a pin (on_full: proxy) is not pinned here.
 func (s *service) repin(ctx context.Context, client netip.Addr, from, to *backend, label string, log *connLog) {
+	if label == unpinnedLabel {
+		return
+	}
 	if err := s.e.dp.Pin(ctx, dataplane.Pin{Service: s.name, Backend: to.name, Client: client, Key: label}); err != nil {
-		log.get().WithError(err).WithField("backend", to.name).Warn("re-pin after failed dial")
+		if l := s.logs.repin.Entry(log.get); l != nil {
+			l.WithError(err).WithField("backend", to.name).Warn("re-pin after failed dial")
+		}
 		return
 	}
 	to.pins.Add(1)

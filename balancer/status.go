@@ -58,6 +58,7 @@ func (e *Engine) Status(ctx context.Context) (Status, error) {
 			Listen:     sc.Listen.String(),
 			Classify:   string(sc.Classify),
 			MaxClients: sc.MaxClients,
+			OnFull:     string(sc.OnFull),
 			Refused:    s.snap.Load().limit.Refused(),
 		}
 		if a := s.addr(); a != nil {
