@@ -151,9 +151,9 @@ const (
 	DefaultStateDir        = "/var/lib/handoff"
 	DefaultClientTTL       = 30 * time.Minute
 	DefaultMaxClients      = 1 << 20
-	DefaultPinBudget       = 1024 // pin_budget.per_prefix
-	DefaultBudgetPrefix4   = 24   // pin_budget.ipv4_prefix
-	DefaultBudgetPrefix6   = 64   // pin_budget.ipv6_prefix
+	DefaultPinBudget       = 1024  // pin_budget.per_prefix
+	DefaultBudgetPrefix4   = 24    // pin_budget.ipv4_prefix
+	DefaultBudgetPrefix6   = 64    // pin_budget.ipv6_prefix
 	DefaultPayloadMaxBytes = 512   // classify: payload
 	DefaultPeekMaxBytes    = 16384 // classify: sni and http-host
 	DefaultPayloadTimeout  = 2 * time.Second
@@ -279,8 +279,8 @@ type Match struct {
 
 // Pool is a named group of backends with one policy.
 type Pool struct {
-	Name     string
-	Balance  Balance
+	Name    string
+	Balance Balance
 	// Failback says whether a backend that comes back takes back the
 	// clients whose policy now picks it (failback: rehash, or true) or
 	// they stay where they are (keep, or false). Default: rehash for
