@@ -50,7 +50,9 @@ func (e *Engine) Clients(ctx context.Context, service, backend string, limit int
 const ManualKey = "manual"
 
 // PinClient pins client to backend by hand, replacing any pin it has in the
-// service. The backend may be down or draining: the operator decides.
+// service. A backend that is down or draining takes no hand-made pin (an
+// ErrConflict error): the pin would black-hole the client, or undo the
+// drain.
 func (e *Engine) PinClient(ctx context.Context, service string, client netip.Addr, backend string) error {
 	s, err := e.svc(service)
 	if err != nil {
@@ -59,6 +61,12 @@ func (e *Engine) PinClient(ctx context.Context, service string, client netip.Add
 	b, err := s.mustBackend(backend)
 	if err != nil {
 		return err
+	}
+	switch {
+	case b.down.Load():
+		return fmt.Errorf("%w: backend %q of service %q is down; pin its clients elsewhere", ErrConflict, backend, service)
+	case b.draining.Load():
+		return fmt.Errorf("%w: backend %q of service %q is draining; undo the drain first", ErrConflict, backend, service)
 	}
 	client, err = s.checkClient(client)
 	if err != nil {
