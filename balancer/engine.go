@@ -218,6 +218,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		e.log.WithError(err).Error("health checks")
 	}
 	e.applyRuntime()
+	e.reapplyHandPins(ctx)
 	e.setState(StateServing)
 	e.log.WithField("services", len(svcs)).Info("serving")
 
@@ -230,6 +231,7 @@ func (e *Engine) Run(ctx context.Context) error {
 			}
 		})
 	}
+	loops.Go(func() { tick(ctx, handPinsEvery, func() { e.reapplyHandPins(ctx) }) })
 	if every := cfg.Log.SummaryInterval; every > 0 {
 		loops.Go(func() { tick(ctx, every, func() { e.logSummary(ctx) }) })
 	}

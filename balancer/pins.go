@@ -72,6 +72,12 @@ func (e *Engine) PinClient(ctx context.Context, service string, client netip.Add
 	if err != nil {
 		return err
 	}
+	e.reloadMu.Lock()
+	defer e.reloadMu.Unlock()
+	st := e.rt.clone()
+	if !st.setHandPin(service, client, backend) {
+		return fmt.Errorf("%w: %d pins made by hand already; unpin some first", ErrConflict, maxHandPins)
+	}
 	if err := e.dp.Pin(ctx, dataplane.Pin{Service: service, Backend: backend, Client: client, Key: ManualKey}); err != nil {
 		if errors.Is(err, dataplane.ErrFull) {
 			return fmt.Errorf("%w: %w", ErrConflict, err)
@@ -81,6 +87,9 @@ func (e *Engine) PinClient(ctx context.Context, service string, client netip.Add
 	b.pins.Add(1)
 	if err := s.unpinExcept(ctx, client, backend); err != nil {
 		return fmt.Errorf("removing the previous pin: %w", err)
+	}
+	if err := e.saveRuntimeLocked(st); err != nil {
+		return err
 	}
 	s.log.WithFields(logrus.Fields{"client": client, "backend": backend}).Info("pinned by hand")
 	return nil
@@ -97,8 +106,15 @@ func (e *Engine) UnpinClient(ctx context.Context, service string, client netip.A
 	if client, err = s.checkClient(client); err != nil {
 		return err
 	}
+	e.reloadMu.Lock()
+	defer e.reloadMu.Unlock()
 	if err := s.unpinExcept(ctx, client, ""); err != nil {
 		return err
+	}
+	if st := e.rt.clone(); st.dropHandPin(service, client) {
+		if err := e.saveRuntimeLocked(st); err != nil {
+			return err
+		}
 	}
 	s.log.WithField("client", client).Info("unpinned by hand")
 	return nil

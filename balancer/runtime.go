@@ -21,9 +21,9 @@ import (
 )
 
 // RuntimeFile is the file under state_dir holding the changes made through
-// the API: registered backends, drains and closed listeners. Pins are kept
-// by the data plane itself (the kernel's sets, the affinity table). The
-// operator's config file is never rewritten.
+// the API: registered backends, drains, closed listeners and pins made by
+// hand. Other pins are kept by the data plane itself (the kernel's sets,
+// the affinity table). The operator's config file is never rewritten.
 const RuntimeFile = "runtime.json"
 
 const runtimeVersion = 1
@@ -34,7 +34,8 @@ type runtimeState struct {
 	Version       int                    `json:"version"`
 	Registrations []registration         `json:"registrations"`
 	Drains        []dataplane.BackendRef `json:"drains"`
-	Closed        []string               `json:"closed"` // services whose listener is closed
+	Closed        []string               `json:"closed"`         // services whose listener is closed
+	Pins          []handPin              `json:"pins,omitempty"` // made by hand; by service, then client
 }
 
 // registration is a backend added through the API.
@@ -105,6 +106,7 @@ func (st *runtimeState) clone() runtimeState {
 		Registrations: slices.Clone(st.Registrations),
 		Drains:        slices.Clone(st.Drains),
 		Closed:        slices.Clone(st.Closed),
+		Pins:          slices.Clone(st.Pins),
 	}
 }
 
