@@ -125,6 +125,12 @@ func loadRuntime(dir string) (runtimeState, error) {
 	if err != nil {
 		return st, fmt.Errorf("runtime state: %w", err)
 	}
+	return parseRuntime(path, b)
+}
+
+// parseRuntime decodes the runtime state file at path, whose content is b.
+func parseRuntime(path string, b []byte) (runtimeState, error) {
+	var st runtimeState
 	if err := json.Unmarshal(b, &st); err != nil {
 		return st, fmt.Errorf("runtime state %s is corrupt (fix or remove it): %w", path, err)
 	}
@@ -134,13 +140,19 @@ func loadRuntime(dir string) (runtimeState, error) {
 	return st, nil
 }
 
+// encodeRuntime is the content of the runtime state file holding st.
+func encodeRuntime(st runtimeState) ([]byte, error) {
+	st.Version = runtimeVersion
+	b, err := json.MarshalIndent(st, "", "  ")
+	return append(b, '\n'), err
+}
+
 // saveRuntime writes st to dir/RuntimeFile atomically (atomicfile.Write).
 func saveRuntime(dir string, st runtimeState) error {
 	if dir == "" {
 		return nil
 	}
-	st.Version = runtimeVersion
-	b, err := json.MarshalIndent(st, "", "  ")
+	b, err := encodeRuntime(st)
 	if err != nil {
 		return err
 	}
@@ -148,8 +160,8 @@ func saveRuntime(dir string, st runtimeState) error {
 		return fmt.Errorf("runtime state: %w", err)
 	}
 	err = atomicfile.Write(filepath.Join(dir, RuntimeFile), func(w *bufio.Writer) error {
-		w.Write(b)
-		return w.WriteByte('\n')
+		_, err := w.Write(b)
+		return err
 	})
 	if err != nil {
 		return fmt.Errorf("runtime state: %w", err)
