@@ -61,6 +61,10 @@ type Target struct {
 	Backend string
 	Addr    netip.AddrPort
 	Health  config.Health // as config gives it (see config.DefaultHealth): the monitor defaults nothing
+	// ProxyProtocol is the PROXY protocol version the backend expects
+	// first on every connection (the service's proxy_protocol): checks
+	// send it a LOCAL header first (WithProxyHeader). "" and off send none.
+	ProxyProtocol config.ProxyProtocol
 }
 
 // Event reports one transition of a target between up and down.
@@ -236,6 +240,9 @@ func (m *Monitor) Set(targets []Target) error {
 			continue
 		}
 		c, err := m.newChecker(t.Health)
+		if err == nil {
+			c, err = WithProxyHeader(c, t.ProxyProtocol)
+		}
 		if err == nil {
 			err = schedulable(t.Health)
 		}

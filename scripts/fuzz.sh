@@ -30,13 +30,18 @@ order=(FuzzSNI FuzzHTTPHost FuzzPayload FuzzParse FuzzWriteHeader FuzzLoadAffini
 if [ $# -gt 0 ]; then order=("$@"); fi
 
 cache=$(go env GOCACHE)/fuzz/github.com/handoff-lb/handoff
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
 for t in "${order[@]}"; do
 	pkg=${targets[$t]:?unknown fuzz target $t}
 	start=$(date +%s)
-	go test -timeout 0 -run '^$' -fuzz "^$t\$" -fuzztime "${execs}x" -parallel "$parallel" "$pkg" 2>&1 | tail -n 3
+	if ! go test -timeout 0 -run '^$' -fuzz "^$t\$" -fuzztime "${execs}x" -parallel "$parallel" "$pkg" >"$log" 2>&1; then
+		tail -n 30 "$log"
+		exit 1
+	fi
 	took=$(( $(date +%s) - start ))
 	n=$(find "$cache/${pkg#./}/$t" -type f 2>/dev/null | wc -l)
-	printf 'fuzz %s (%s): %d executions in %ds, %d inputs in the cache\n' "$t" "$pkg" "$execs" "$took" "$n"
+	printf 'fuzz %s (%s): %d executions in %ds, no finding; %d inputs in the cache\n' "$t" "$pkg" "$execs" "$took" "$n"
 	if [ "${FUZZ_SAVE:-0}" = 1 ] && [ "$n" -gt 0 ]; then
 		mkdir -p "$pkg/testdata/fuzz/$t"
 		cp -n "$cache/${pkg#./}/$t"/* "$pkg/testdata/fuzz/$t/"
