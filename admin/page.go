@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/handoff-lb/handoff/balancer"
+	"github.com/handoff-lb/handoff/dataplane"
 )
 
 // pageRefresh is how often the status page refreshes itself.
@@ -94,6 +95,12 @@ type pageData struct {
 	Open, Closed, Backends, Up, Down, Draining int
 	Pinned, Active                             int64
 	Proxied, Forwarded                         uint64
+
+	// Overload: the conntrack table's fill, in percent, when it is near
+	// full (else ""), and the health checks not counted because this
+	// host could not open connections.
+	ConntrackFull string
+	Inconclusive  uint64
 }
 
 type reloadCount struct {
@@ -131,6 +138,10 @@ func newPageData(st balancer.Status, now time.Time) pageData {
 			d.Reloads = append(d.Reloads, reloadCount{n, r})
 		}
 	}
+	if c := st.Conntrack; c != nil && c.Fill >= dataplane.ConntrackNearFull {
+		d.ConntrackFull = strconv.FormatFloat(100*c.Fill, 'f', 0, 64)
+	}
+	d.Inconclusive = st.InconclusiveChecks
 	for _, s := range st.Services {
 		ps := pageService{ServiceStatus: s, Full: s.Classified[balancer.ResultFull], OverBudget: s.Classified[balancer.ResultOverBudget]}
 		if s.Open {
@@ -387,6 +398,12 @@ footer a { color: inherit; }
 {{- if .Err}}
   <div class="banner">The engine did not report its status: {{.Err}}</div>
 {{- else}}
+  {{- if .ConntrackFull}}
+  <div class="banner">The conntrack table is {{.ConntrackFull}}% full: new connections may be dropped; from 95% failed health checks are not counted against backends.</div>
+  {{- end}}
+  {{- if .Inconclusive}}
+  <div class="banner">{{num .Inconclusive}} failed health checks were not counted against their backends: this host could not open connections (descriptors, ports, buffers or conntrack exhausted).</div>
+  {{- end}}
   <section class="cards">
     <div class="card"><div class="label">Services</div><div class="value">{{len .Services}}</div>
       <div class="sub">{{.Open}} open{{if .Closed}} · {{.Closed}} closed{{end}}</div></div>

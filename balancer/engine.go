@@ -99,7 +99,8 @@ type Engine struct {
 	view        *view
 	stats       stats
 	health      atomic.Pointer[healthcheck.Monitor] // created by Run
-	state       atomic.Pointer[State]               // nil: StateStarting
+	over        overload
+	state       atomic.Pointer[State] // nil: StateStarting
 
 	version   string
 	stateDir  string
@@ -205,7 +206,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	}
 	events := newHealthQueue(e.onHealth)
 	defer events.close()
-	health := healthcheck.New(healthcheck.Options{OnChange: events.push, Logger: e.log.WithField("component", "health")})
+	health := healthcheck.New(healthcheck.Options{OnChange: events.push, Logger: e.log.WithField("component", "health"), Overloaded: e.overloaded})
 	defer health.Close()
 	e.health.Store(health)
 	e.mu.Lock()
@@ -232,6 +233,9 @@ func (e *Engine) Run(ctx context.Context) error {
 		})
 	}
 	loops.Go(func() { tick(ctx, handPinsEvery, func() { e.reapplyHandPins(ctx) }) })
+	if r, ok := e.dp.(ConntrackReader); ok {
+		loops.Go(func() { e.watchConntrack(ctx, r) })
+	}
 	if every := cfg.Log.SummaryInterval; every > 0 {
 		loops.Go(func() { tick(ctx, every, func() { e.logSummary(ctx) }) })
 	}

@@ -23,6 +23,7 @@ func (e *Engine) Status(ctx context.Context) (Status, error) {
 	if !started.IsZero() {
 		st.Uptime = time.Since(started).Seconds()
 	}
+	e.overloadStatus(&st)
 	var fwd map[dataplane.BackendRef]Forwarded
 	if e.forwarded != nil {
 		var err error

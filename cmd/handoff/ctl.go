@@ -182,6 +182,12 @@ func printStatus(out io.Writer, st balancer.Status) error {
 		fmt.Fprintf(w, "state\t%s\n", st.State)
 	}
 	fmt.Fprintf(w, "version\t%s\nuptime\t%s\n", st.Version, admin.FormatSeconds(st.Uptime))
+	if c := st.Conntrack; c != nil {
+		fmt.Fprintf(w, "conntrack\t%d of %d (%.0f%%)\n", c.Entries, c.Max, 100*c.Fill)
+	}
+	if st.InconclusiveChecks > 0 {
+		fmt.Fprintf(w, "inconclusive checks\t%d (this host could not connect: not counted against backends)\n", st.InconclusiveChecks)
+	}
 	if len(st.Services) == 0 {
 		fmt.Fprintln(w, "\nno services")
 		return w.Flush()
