@@ -232,7 +232,7 @@ func (e *Engine) Run(ctx context.Context) error {
 			}
 		})
 	}
-	loops.Go(func() { tick(ctx, handPinsEvery, func() { e.reapplyHandPins(ctx) }) })
+	loops.Go(func() { tick(ctx, HandPinsEvery, func() { e.reapplyHandPins(ctx) }) })
 	if r, ok := e.dp.(ConntrackReader); ok {
 		loops.Go(func() { e.watchConntrack(ctx, r) })
 	}

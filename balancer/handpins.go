@@ -57,9 +57,9 @@ func compareHandPins(a, b handPin) int {
 	return cmp.Or(cmp.Compare(a.Service, b.Service), a.Client.Compare(b.Client))
 }
 
-// handPinsEvery is how often the pins made by hand are checked and made
+// HandPinsEvery is how often the pins made by hand are checked and made
 // again where missing.
-const handPinsEvery = pinRecountEvery
+const HandPinsEvery = pinRecountEvery
 
 // reapplyHandPins makes again every pin made by hand whose client has no
 // pin in its service, and returns how many it made. A pin whose service
