@@ -40,8 +40,10 @@ for t in "${order[@]}"; do
 		exit 1
 	fi
 	took=$(( $(date +%s) - start ))
+	# go test's last progress line carries the executions it counted.
+	done_execs=$(grep -o 'execs: [0-9]*' "$log" | tail -n 1 | cut -d' ' -f2)
 	n=$(find "$cache/${pkg#./}/$t" -type f 2>/dev/null | wc -l)
-	printf 'fuzz %s (%s): %d executions in %ds, no finding; %d inputs in the cache\n' "$t" "$pkg" "$execs" "$took" "$n"
+	printf 'fuzz %s (%s): %s executions in %ds, no finding; %d inputs in the cache\n' "$t" "$pkg" "${done_execs:-?}" "$took" "$n"
 	if [ "${FUZZ_SAVE:-0}" = 1 ] && [ "$n" -gt 0 ]; then
 		mkdir -p "$pkg/testdata/fuzz/$t"
 		cp -n "$cache/${pkg#./}/$t"/* "$pkg/testdata/fuzz/$t/"
