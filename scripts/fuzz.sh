@@ -8,16 +8,21 @@
 #
 #   scripts/fuzz.sh                      every target, 10M executions
 #   FUZZ_EXECS=100000 scripts/fuzz.sh    a quick pass
+#   FUZZ_TIME=10m scripts/fuzz.sh        each target for 10 minutes instead
 #   scripts/fuzz.sh FuzzSNI FuzzParse    some targets
 #
 # Fuzzing needs no root and no namespace, but it takes every core it is
-# given: FUZZ_PARALLEL (default 1) bounds the workers.
+# given: FUZZ_PARALLEL (default 1) bounds the workers. Each new interesting
+# input is minimized for at most FUZZ_MINIMIZE (default 5s; go test's 60s
+# stalls a starved worker for a minute per input, counting no executions).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
 
 execs=${FUZZ_EXECS:-10000000}
+fuzztime=${FUZZ_TIME:-${execs}x}
 parallel=${FUZZ_PARALLEL:-1}
+minimize=${FUZZ_MINIMIZE:-5s}
 
 # target -> package
 declare -A targets=(
@@ -35,7 +40,7 @@ trap 'rm -f "$log"' EXIT
 for t in "${order[@]}"; do
 	pkg=${targets[$t]:?unknown fuzz target $t}
 	start=$(date +%s)
-	if ! go test -timeout 0 -run '^$' -fuzz "^$t\$" -fuzztime "${execs}x" -parallel "$parallel" "$pkg" >"$log" 2>&1; then
+	if ! go test -timeout 0 -run '^$' -fuzz "^$t\$" -fuzztime "$fuzztime" -fuzzminimizetime "$minimize" -parallel "$parallel" "$pkg" >"$log" 2>&1; then
 		tail -n 30 "$log"
 		exit 1
 	fi
