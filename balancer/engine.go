@@ -352,6 +352,8 @@ func (e *Engine) desired(cfg *config.Config) dataplane.State {
 			SNAT:       sc.SNAT,
 			MaxClients: sc.MaxClients,
 			HoldSYN:    e.holding.Load() && sc.Classify == config.ClassifySource,
+
+			IPv6PinPrefix: sc.IPv6PinPrefix,
 		}
 		for _, p := range sc.Pools {
 			for _, b := range p.Backends {

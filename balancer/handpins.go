@@ -87,14 +87,15 @@ func (e *Engine) reapplyHandPins(ctx context.Context) int {
 		if b == nil || b.down.Load() || b.draining.Load() {
 			continue
 		}
-		if _, err := s.checkClient(hp.Client); err != nil {
+		client, err := s.checkClient(hp.Client)
+		if err != nil {
 			continue // the service changed family
 		}
-		_, ok, err := e.dp.Lookup(ctx, hp.Service, hp.Client)
+		_, ok, err := e.dp.Lookup(ctx, hp.Service, client)
 		if err != nil || ok {
 			continue
 		}
-		if err := e.dp.Pin(ctx, dataplane.Pin{Service: hp.Service, Backend: hp.Backend, Client: hp.Client, Key: ManualKey}); err != nil {
+		if err := e.dp.Pin(ctx, dataplane.Pin{Service: hp.Service, Backend: hp.Backend, Client: client, Key: ManualKey}); err != nil {
 			if failed++; firstErr == nil {
 				firstErr = err
 			}

@@ -120,11 +120,13 @@ func (e *Engine) UnpinClient(ctx context.Context, service string, client netip.A
 	return nil
 }
 
-// checkClient returns client unmapped, or an ErrInvalid error when it is
-// not an address of the service's family.
+// checkClient returns what the service pins for client: the address
+// unmapped, or its network's under ipv6_pin_prefix; an ErrInvalid error
+// when it is not an address of the service's family.
 func (s *service) checkClient(client netip.Addr) (netip.Addr, error) {
 	client = client.Unmap()
-	v6 := s.snap.Load().cfg.Listen.Addr().Is6()
+	cfg := s.snap.Load().cfg
+	v6 := cfg.Listen.Addr().Is6()
 	switch {
 	case !client.IsValid():
 		return client, fmt.Errorf("%w: no client address", ErrInvalid)
@@ -135,7 +137,7 @@ func (s *service) checkClient(client netip.Addr) (netip.Addr, error) {
 		}
 		return client, fmt.Errorf("%w: client %s: service %q has %s clients", ErrInvalid, client, s.name, fam)
 	}
-	return client, nil
+	return dataplane.PinKey(client, cfg.IPv6PinPrefix), nil
 }
 
 // unpinExcept removes client's pin from every backend but keep.

@@ -311,9 +311,12 @@ func (s *service) handle(ctx context.Context, snap *snapshot, c *net.TCPConn) {
 	accepted := time.Now()
 	client := clientAddr(c)
 	log := &connLog{s: s, client: client}
+	// key is what the client is pinned as: its address, or its network's
+	// under ipv6_pin_prefix. The client is classified by its address.
+	key := dataplane.PinKey(client, snap.cfg.IPv6PinPrefix)
 
 	if !s.e.kernel {
-		if pin, ok, err := s.e.dp.Lookup(ctx, s.name, client); err != nil {
+		if pin, ok, err := s.e.dp.Lookup(ctx, s.name, key); err != nil {
 			if l := s.logs.lookup.Entry(log.get); l != nil {
 				l.WithError(err).Warn("affinity lookup failed")
 			}
@@ -337,9 +340,9 @@ func (s *service) handle(ctx context.Context, snap *snapshot, c *net.TCPConn) {
 		return
 	}
 	for attempt := 0; ; attempt++ {
-		f, leader := s.decisions.begin(client)
+		f, leader := s.decisions.begin(key)
 		if leader {
-			s.lead(ctx, snap, c, client, f, d, accepted, log)
+			s.lead(ctx, snap, c, key, f, d, accepted, log)
 			return
 		}
 		fd, ok := f.wait(ctx)
@@ -349,7 +352,7 @@ func (s *service) handle(ctx context.Context, snap *snapshot, c *net.TCPConn) {
 			return
 		}
 		if ok {
-			s.decisions.forget(client) // its backend went down or away since
+			s.decisions.forget(key) // its backend went down or away since
 		}
 		if attempt == 2 || ctx.Err() != nil {
 			reset(c)
@@ -358,11 +361,11 @@ func (s *service) handle(ctx context.Context, snap *snapshot, c *net.TCPConn) {
 	}
 }
 
-// lead pins a new client as d says, records the decision in f for the
-// connections racing in, and serves the connection. A client whose pin
-// finds no room (a full set, a spent pin budget) is served as on_full
-// says: proxied to the backend decided, without a pin, or reset; its next
-// connection is decided afresh.
+// lead pins a new client (client is its pin key) as d says, records the
+// decision in f for the connections racing in, and serves the connection.
+// A client whose pin finds no room (a full set, a spent pin budget) is
+// served as on_full says: proxied to the backend decided, without a pin,
+// or reset; its next connection is decided afresh.
 func (s *service) lead(ctx context.Context, snap *snapshot, c *net.TCPConn, client netip.Addr, f *flight, d decision, accepted time.Time, log *connLog) {
 	err := s.pin(ctx, snap, d, client, accepted, log, false)
 	s.decisions.finish(client, f, d, err == nil)
@@ -540,7 +543,7 @@ const maxDialAttempts = 3
 // dialBackend connects to b, or to the next candidates of b's pool when b
 // refuses. It returns nil when every attempt failed.
 func (s *service) dialBackend(ctx context.Context, snap *snapshot, b *backend, key, label string, from netip.AddrPort, log *connLog) (*net.TCPConn, *backend) {
-	client := from.Addr()
+	client := dataplane.PinKey(from.Addr(), snap.cfg.IPv6PinPrefix)
 	first := b
 	tried := map[string]bool{}
 	for attempt := 0; b != nil && attempt < maxDialAttempts; attempt++ {

@@ -235,6 +235,11 @@ type Service struct {
 	Health          Health
 	Routes          []Route
 	Pools           []Pool // never empty; the shorthand form becomes one pool named "default"
+
+	// IPv6PinPrefix pins IPv6 clients by network: one pin per /IPv6PinPrefix
+	// (hash:net sets in kernel mode), for clients that rotate addresses
+	// within their network. 0 pins every address on its own.
+	IPv6PinPrefix int
 }
 
 // Payload bounds how the first bytes are read for every classifier but source.

@@ -48,7 +48,7 @@ var (
 	kernelKeys   = []string{"mark_mask", "queue", "route_table", "rule_priority"}
 	logKeys      = []string{"level", "format", "summary_interval"}
 	adminKeys    = []string{"listen", "token_file", "pprof"}
-	serviceKeys  = []string{"name", "listen", "first_connection", "client_ttl", "snat", "max_clients", "on_full", "pin_budget", "classify", "payload", "on_unclassified", "on_backend_down", "timeouts", "max_connections", "proxy_protocol", "health", "routes", "pools", "balance", "backends", "failback"}
+	serviceKeys  = []string{"name", "listen", "first_connection", "client_ttl", "snat", "max_clients", "on_full", "pin_budget", "ipv6_pin_prefix", "classify", "payload", "on_unclassified", "on_backend_down", "timeouts", "max_connections", "proxy_protocol", "health", "routes", "pools", "balance", "backends", "failback"}
 	shorthand    = []string{"balance", "backends", "failback"}
 	payloadKeys  = []string{"pattern", "max_bytes", "timeout"}
 	timeoutsKeys = []string{"connect", "idle"}
@@ -289,6 +289,9 @@ func (p *parser) service(c *Config, i int, n *yaml.Node) (*Service, *svcPos) {
 	s.PinBudget.PerPrefix, _ = bf.integer("per_prefix", DefaultPinBudget, 0, math.MaxInt32)
 	s.PinBudget.IPv4Prefix, _ = bf.integer("ipv4_prefix", DefaultBudgetPrefix4, 1, 32)
 	s.PinBudget.IPv6Prefix, _ = bf.integer("ipv6_prefix", DefaultBudgetPrefix6, 1, 128)
+	if s.IPv6PinPrefix, _ = f.integer("ipv6_pin_prefix", 0, 0, 128); s.IPv6PinPrefix == 128 {
+		s.IPv6PinPrefix = 0 // a /128 is one address
+	}
 
 	var cn *yaml.Node
 	s.Classify, cn = enum(f, "classify", ClassifySource, classifiers())

@@ -185,6 +185,8 @@ func TestParseErrors(t *testing.T) {
 		{desc: "pin_budget unknown key", yaml: svc("    pin_budget: {per_prefx: 5}\n"), pos: "4:18", msg: `per_prefix`},
 		{desc: "negative per_prefix", yaml: svc("    pin_budget: {per_prefix: -1}\n"), pos: "4:30", msg: `pin_budget.per_prefix: -1 is out of range 0..`},
 		{desc: "ipv4_prefix too long", yaml: svc("    pin_budget: {ipv4_prefix: 33}\n"), pos: "4:31", msg: `pin_budget.ipv4_prefix: 33 is out of range 1..32`},
+		{desc: "ipv6_pin_prefix too long", yaml: svc("    ipv6_pin_prefix: 129\n"), pos: "4:22", msg: `ipv6_pin_prefix: 129 is out of range 0..128`},
+		{desc: "ipv6_pin_prefix not a number", yaml: svc("    ipv6_pin_prefix: /64\n"), pos: "4:22", msg: `ipv6_pin_prefix`},
 		{desc: "ipv6_prefix zero", yaml: svc("    pin_budget: {ipv6_prefix: 0}\n"), pos: "4:31", msg: `pin_budget.ipv6_prefix: 0 is out of range 1..128`},
 		{desc: "no default pool", yaml: svc("    pools:\n      - name: vip\n"), pos: "4:5", msg: `service "web": on_unclassified: default sends clients no route matches to the pool named "default", and there is none; add that pool or set on_unclassified: reject`},
 		{desc: "explicit on_unclassified default without default pool", yaml: svc("    on_unclassified: default\n    pools: [{name: vip}]\n"), pos: "4:22", msg: `to the pool named "default", and there is none`},
@@ -547,6 +549,16 @@ func TestParseGood(t *testing.T) {
 			s := c.Services[0]
 			if s.OnFull != OnFullReject || s.PinBudget != (PinBudget{PerPrefix: 0, IPv4Prefix: 16, IPv6Prefix: 48}) {
 				t.Errorf("on_full %q, pin_budget %+v", s.OnFull, s.PinBudget)
+			}
+		}},
+		{"ipv6_pin_prefix", svc("    ipv6_pin_prefix: 64\n"), func(t *testing.T, c *Config) {
+			if p := c.Services[0].IPv6PinPrefix; p != 64 {
+				t.Errorf("ipv6_pin_prefix %d", p)
+			}
+		}},
+		{"ipv6_pin_prefix 128 is per address", svc("    ipv6_pin_prefix: 128\n"), func(t *testing.T, c *Config) {
+			if p := c.Services[0].IPv6PinPrefix; p != 0 {
+				t.Errorf("ipv6_pin_prefix %d", p)
 			}
 		}},
 		{"failback true for maglev", svc("    pools: [{name: default, failback: yes}]\n"), func(t *testing.T, c *Config) {

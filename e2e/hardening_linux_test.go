@@ -5,6 +5,7 @@ package e2e
 
 import (
 	"bufio"
+	"cmp"
 	"fmt"
 	"io"
 	"net"
@@ -495,4 +496,94 @@ func TestHandPinsPersistAcrossFlushAndReboot(t *testing.T) {
 	}
 	startDaemon(t, l.LB, cfgPath, vip)
 	waitUntil(t, time.Now(), 2*time.Second, "the hand-made pin is made again at start", hasPin)
+}
+
+// TestIPv6NetworkPins: with ipv6_pin_prefix a client's whole network is
+// one client, in both modes. An IPv6 client that rotates addresses within
+// its /64 keeps the backend its first address was given (in kernel mode its
+// other addresses go in-kernel from their first connection, and the set
+// holds one hash:net entry), and a pin made by hand for any address moves
+// the network. Without it (the control service, round-robin like it)
+// every address is a client of its own.
+func TestIPv6NetworkPins(t *testing.T) {
+	for _, mode := range []string{"kernel", "userspace"} {
+		t.Run(mode, func(t *testing.T) { testIPv6NetworkPins(t, mode) })
+	}
+}
+
+func testIPv6NetworkPins(t *testing.T, mode string) {
+	l := newLab(t, 2, 6)
+	bes := backends(ipv6, 80, "be1", "be2")
+	l.greeters(t, bes)
+	netVIP, addrVIP := ipv6.at(80), ipv6.at(81)
+	fields := []string{"first_connection: proxy", "health: {check: none}", "balance: round-robin"}
+	cfg := daemonConfig{mode: mode, services: []service{
+		{"net", netVIP, append([]string{"ipv6_pin_prefix: 64"}, fields...), bes},
+		{"addr", addrVIP, fields, bes},
+	}}
+	startDaemon(t, l.LB, writeConfig(t, cfg), netVIP)
+	api := newAdminAPI(t, l.LB, adminListen, "")
+	cs := l.clients(ipv6) // 2001:2:0:1::2 to ::7, one /64
+	network := netip.MustParsePrefix("2001:2:0:1::/64")
+
+	got := map[string]int{}
+	first := ""
+	for _, c := range cs {
+		for range 2 {
+			a, err := l.greet(c, netVIP)
+			if err != nil {
+				t.Fatalf("client %s: %v", c, err)
+			}
+			if mode == "kernel" && a.seen != c.String() {
+				t.Errorf("client %s seen as %s", c, a.seen)
+			}
+			first = cmp.Or(first, a.backend)
+			got[a.backend]++
+		}
+	}
+	if got[first] != 2*len(cs) {
+		t.Errorf("the addresses of one /64 went to %v, want all to %s", got, first)
+	}
+	if mode == "kernel" {
+		sets := readSets(t, l.LB)
+		if ms := sets.members("hn6-net-" + first); len(ms) != 1 || ms[0] != network.String() {
+			t.Errorf("set hn6-net-%s holds %v, want the one network %s", first, ms, network)
+		}
+		if _, ok := sets["ho6-net-"+first]; ok {
+			t.Errorf("a service pinning networks has the per-address set ho6-net-%s", first)
+		}
+	}
+	var pins []balancer.ClientPin
+	api.must(200, "GET", "/api/v1/services/net/clients", nil, &pins)
+	if len(pins) != 1 || pins[0].Client != network.Addr().String() || pins[0].Backend != first {
+		t.Errorf("clients of net: %+v, want %s on %s", pins, network.Addr(), first)
+	}
+	if n := classifiedAs(api, "net", balancer.ResultPinned); n != 1 {
+		t.Errorf("net: %d new clients pinned, want 1 (the network)", n)
+	}
+
+	// A pin made by hand for one address moves them all.
+	other := map[string]string{"be1": "be2", "be2": "be1"}[first]
+	api.must(200, "POST", "/api/v1/services/net/pins", map[string]string{"client": cs[4].String(), "backend": other}, nil)
+	for _, c := range cs {
+		if a, err := l.greet(c, netVIP); err != nil || a.backend != other {
+			t.Errorf("after the network was pinned by hand to %s, client %s got %v, %v", other, c, a, err)
+		}
+	}
+
+	// The control: each address a client, round-robin over both.
+	got = map[string]int{}
+	for _, c := range cs {
+		a, err := l.greet(c, addrVIP)
+		if err != nil {
+			t.Fatalf("client %s of addr: %v", c, err)
+		}
+		got[a.backend]++
+	}
+	if len(got) != 2 {
+		t.Errorf("the control service sent the /64's addresses to %v, want both backends", got)
+	}
+	if n := classifiedAs(api, "addr", balancer.ResultPinned); n != uint64(len(cs)) {
+		t.Errorf("addr: %d new clients pinned, want %d", n, len(cs))
+	}
 }

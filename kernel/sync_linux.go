@@ -20,7 +20,7 @@ import (
 // (2) rewrite, in one iptables-restore per table and family, only the
 // chains whose content changed or went missing, deleting chains of removed
 // services once nothing jumps to them; (3) insert missing jumps from the
-// built-in chains; (4) destroy the ho-/ho6- sets st no longer declares.
+// built-in chains; (4) destroy the sets of handoff's st no longer declares.
 //
 // A no-op Sync writes nothing, so rule counters survive. The first Sync of
 // a new Dataplane adopts existing sets and their members. When Sync fails,
@@ -101,7 +101,7 @@ func (d *Dataplane) syncLocked(ctx context.Context, svcs []*service, verify bool
 				continue
 			}
 			changes = append(changes, setChange(b.set, ok))
-			if err := d.ensureSet(ctx, b.set, s.spec()); err != nil {
+			if err := d.ensureSet(ctx, b.set, s.spec(), s.cidr); err != nil {
 				return changes, err
 			}
 		}
@@ -255,7 +255,7 @@ func (d *Dataplane) ensureIndex(s *service, have map[string]setHeader) error {
 
 // ensureSet creates set name, or rebuilds it when it exists with another
 // spec.
-func (d *Dataplane) ensureSet(ctx context.Context, name string, spec setSpec) error {
+func (d *Dataplane) ensureSet(ctx context.Context, name string, spec setSpec, cidr uint8) error {
 	err := d.sets.create(name, spec)
 	if err == nil {
 		return nil
@@ -263,14 +263,17 @@ func (d *Dataplane) ensureSet(ctx context.Context, name string, spec setSpec) er
 	if !errors.Is(err, errSetDiffers) {
 		return fmt.Errorf("ipset %q: create: %w", name, err)
 	}
-	return d.rebuildSet(ctx, name, spec)
+	return d.rebuildSet(ctx, name, spec, cidr)
 }
 
 // rebuildSet gives set name a new spec without losing a pin: it fills a
 // temporary set with the members (remaining timeouts and comments kept,
 // timeouts cut to the new default), swaps the two and destroys the
 // temporary one. Pins and unpins made meanwhile go to both sets.
-func (d *Dataplane) rebuildSet(ctx context.Context, name string, spec setSpec) error {
+func (d *Dataplane) rebuildSet(ctx context.Context, name string, spec setSpec, cidr uint8) error {
+	if !spec.net {
+		cidr = 0 // a network pin copied to a hash:ip set keeps its address
+	}
 	start := time.Now()
 	tmp := tempSetName(name)
 	if err := d.sets.destroy(tmp); err != nil {
@@ -317,7 +320,7 @@ func (d *Dataplane) rebuildSet(ctx context.Context, name string, spec setSpec) e
 		} else if t > spec.timeout {
 			t = spec.timeout
 		}
-		es = append(es, setAdd{set: tmp, ip: m.ip, timeout: t, comment: m.comment})
+		es = append(es, setAdd{set: tmp, ip: m.ip, cidr: cidr, timeout: t, comment: m.comment})
 		if len(es) == cap(es) {
 			cerr = copyChunk()
 		}
@@ -337,7 +340,7 @@ func (d *Dataplane) rebuildSet(ctx context.Context, name string, spec setSpec) e
 	// flight and none goes to the old contents afterwards.
 	d.mu.Lock()
 	for ip := range d.shadow[name].unpinned {
-		if err = d.sets.del(tmp, ip); err != nil {
+		if err = d.sets.del(tmp, ip, cidr); err != nil {
 			break
 		}
 	}
