@@ -78,6 +78,21 @@ func TestNSPinNetworks(t *testing.T) {
 		}
 	}
 
+	// The headers read back as created: the canary's verification
+	// leaves the sets alone.
+	hs, err := d.sets.headers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pinSpec := setSpec{family: ipv6, timeout: 3600, maxelem: 1000, net: true}
+	indexSpec := setSpec{family: ipv6, maxelem: indexMaxelem, index: true, net: true}
+	for _, h := range hs {
+		switch {
+		case strings.HasPrefix(h.name, "hn6-") && !h.is(pinSpec), h.name == "hni6-web6" && !h.is(indexSpec):
+			t.Errorf("set %s reads back as %+v (exact %v)", h.name, h.spec, h.exact)
+		}
+	}
+
 	mustPin(t, d, dataplane.Pin{Service: "web6", Backend: "be1", Client: nstest.Client6, Key: "src=" + nstest.Client6.String()})
 	network := netip.MustParseAddr("2001:2:0:1::")
 	if out := tp.LB.Run(t, "ipset", "save", "hn6-web6-be1"); !strings.Contains(out, "add hn6-web6-be1 2001:2:0:1::/124 timeout") {
