@@ -366,10 +366,14 @@ func fillConntrack(t *testing.T, ns *nstest.NS, fill float64) {
 			}
 			defer h.Close()
 			for i := w; i < want; i += workers {
-				src := net.IPv4(198, 19, 200+byte(i>>16&3), byte(i>>8))
+				// 4-byte addresses: netlink encodes the first four bytes
+				// of what it is given (a 16-byte net.IPv4 made 0.0.0.0,
+				// and every entry one of 256).
+				src := net.IPv4(198, 19, 200+byte(i>>16&3), byte(i>>8)).To4()
+				dst := net.IPv4(198, 19, 210, 1).To4()
 				f := &netlink.ConntrackFlow{FamilyType: netlink.FAMILY_V4, TimeOut: 600,
-					Forward: netlink.IPTuple{Protocol: 17, SrcIP: src, DstIP: net.IPv4(198, 19, 210, 1), SrcPort: uint16(1024 + i&0xff), DstPort: 9},
-					Reverse: netlink.IPTuple{Protocol: 17, SrcIP: net.IPv4(198, 19, 210, 1), DstIP: src, SrcPort: 9, DstPort: uint16(1024 + i&0xff)}}
+					Forward: netlink.IPTuple{Protocol: 17, SrcIP: src, DstIP: dst, SrcPort: uint16(1024 + i&0xff), DstPort: 9},
+					Reverse: netlink.IPTuple{Protocol: 17, SrcIP: dst, DstIP: src, SrcPort: 9, DstPort: uint16(1024 + i&0xff)}}
 				if err := h.ConntrackCreate(netlink.ConntrackTable, netlink.FAMILY_V4, f); err != nil {
 					errs <- fmt.Errorf("conntrack entry %d: %w", i, err)
 					return
@@ -381,6 +385,11 @@ func fillConntrack(t *testing.T, ns *nstest.NS, fill float64) {
 	close(errs)
 	for err := range errs {
 		t.Fatal(err)
+	}
+	count, _ := strconv.Atoi(strings.TrimSpace(ns.Run(t, "cat", "/proc/sys/net/netfilter/nf_conntrack_count")))
+	t.Logf("conntrack: %d entries made, the table holds %d of %d", want, count, max)
+	if count < want {
+		t.Fatalf("conntrack: %d entries made, the table holds %d", want, count)
 	}
 }
 
