@@ -7,8 +7,7 @@
 # (darwin amd64/arm64, freebsd, windows), staticcheck, and go test -race over
 # every package, including the root network-namespace tests, then, without
 # -race, the tests that only build without it (memory measurements the race
-# detector would distort), and under CI=true the 90-second soak (scripts/soak.sh).
-# Run it as root: root tests skip without root,
+# detector would distort). Run it as root: root tests skip without root,
 # and under CI=true every skip fails the run (internal/testenv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -73,12 +72,3 @@ for pkg in "${!norace[@]}"; do
 	go test -count=1 -timeout 5m -run "^(${norace[$pkg]})\$" "$pkg"
 done
 
-# The short soak (README "Testing"): 90 seconds of mixed load, reloads, a
-# backend killed and restored, and API calls in the lab, bounded RSS,
-# goroutines and descriptors (CI's budget for the whole suite is 15
-# minutes). The hour-long one is scripts/soak.sh alone.
-if [ "${CI:-}" = true ]; then
-	step "soak, 90 seconds (scripts/soak.sh)"
-	if [ "$(id -u)" -ne 0 ]; then echo "the soak needs root" >&2; exit 1; fi
-	SOAK_DURATION=${SOAK_DURATION:-90s} scripts/soak.sh
-fi
