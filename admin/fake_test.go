@@ -29,11 +29,13 @@ type fakeController struct {
 func newFake() *fakeController {
 	return &fakeController{
 		status: balancer.Status{
-			Mode:    "kernel",
-			State:   balancer.StateServing,
-			Version: "",
-			Uptime:  12.5,
-			Reloads: map[string]uint64{"ok": 3, "invalid": 1},
+			Mode:               "kernel",
+			State:              balancer.StateServing,
+			Version:            "",
+			Uptime:             12.5,
+			Reloads:            map[string]uint64{"ok": 3, "invalid": 1},
+			Conntrack:          &balancer.ConntrackStatus{Entries: 1000, Max: 262144, Fill: 1000.0 / 262144},
+			InconclusiveChecks: 7,
 			Services: []balancer.ServiceStatus{{
 				Name:       "web",
 				Listen:     "198.18.1.1:80",

@@ -78,6 +78,7 @@ type statusCollector struct {
 	reloads                                          *prometheus.Desc
 	pins, fill, backendUp, draining, active          *prometheus.Desc
 	proxiedConns, proxiedBytes, fwdPackets, fwdBytes *prometheus.Desc
+	overload                                         overloadDescs
 }
 
 func newStatusCollector(ctl Reader, version string, log *logrus.Entry) *statusCollector {
@@ -118,16 +119,17 @@ func newStatusCollector(ctl Reader, version string, log *logrus.Entry) *statusCo
 		proxiedBytes: d("handoff_proxied_bytes_total", "Bytes proxied in userspace; direction in is client to backend, out is backend to client.", []string{"service", "backend", "direction"}, nil),
 		fwdPackets:   d("handoff_forwarded_packets_total", "Packets the kernel's DNAT rule for the backend matched (kernel mode).", be, nil),
 		fwdBytes:     d("handoff_forwarded_bytes_total", "Bytes the kernel's DNAT rule for the backend matched (kernel mode).", be, nil),
+		overload:     newOverloadDescs(),
 	}
 }
 
 func (c *statusCollector) descs() []*prometheus.Desc {
-	return []*prometheus.Desc{
+	return append([]*prometheus.Desc{
 		c.up, c.buildInfo, c.open,
 		c.classified, c.first, c.refused, c.migrations, c.migrated, c.migrationSeconds, c.reloads,
 		c.pins, c.fill, c.backendUp, c.draining, c.active,
 		c.proxiedConns, c.proxiedBytes, c.fwdPackets, c.fwdBytes,
-	}
+	}, c.overload.list()...)
 }
 
 // Describe implements prometheus.Collector.
@@ -168,6 +170,7 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	emit(c.up, prometheus.GaugeValue, 1)
 	emit(c.buildInfo, prometheus.GaugeValue, 1, version, mode, runtime.Version())
+	c.overload.collect(st, emit)
 	for _, result := range slices.Sorted(maps.Keys(st.Reloads)) {
 		emit(c.reloads, prometheus.CounterValue, float64(st.Reloads[result]), result)
 	}

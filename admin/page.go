@@ -17,6 +17,7 @@ import (
 
 	"github.com/handoff-lb/handoff/balancer"
 	"github.com/handoff-lb/handoff/cluster"
+	"github.com/handoff-lb/handoff/dataplane"
 )
 
 // pageRefresh is how often the status page refreshes itself.
@@ -101,6 +102,12 @@ type pageData struct {
 	Open, Closed, Backends, Up, Down, Draining int
 	Pinned, Active                             int64
 	Proxied, Forwarded                         uint64
+
+	// Overload: the conntrack table's fill, in percent, when it is near
+	// full (else ""), and the health checks not counted because this
+	// host could not open connections.
+	ConntrackFull string
+	Inconclusive  uint64
 }
 
 type reloadCount struct {
@@ -112,6 +119,9 @@ type pageService struct {
 	balancer.ServiceStatus
 	Up       int
 	Backends []pageBackend
+	// Full and OverBudget count the new clients whose pin found no room:
+	// a full set, a spent pin budget.
+	Full, OverBudget uint64
 }
 
 type pageBackend struct {
@@ -135,8 +145,12 @@ func newPageData(st balancer.Status, now time.Time) pageData {
 			d.Reloads = append(d.Reloads, reloadCount{n, r})
 		}
 	}
+	if c := st.Conntrack; c != nil && c.Fill >= dataplane.ConntrackNearFull {
+		d.ConntrackFull = strconv.FormatFloat(100*c.Fill, 'f', 0, 64)
+	}
+	d.Inconclusive = st.InconclusiveChecks
 	for _, s := range st.Services {
-		ps := pageService{ServiceStatus: s}
+		ps := pageService{ServiceStatus: s, Full: s.Classified[balancer.ResultFull], OverBudget: s.Classified[balancer.ResultOverBudget]}
 		if s.Open {
 			d.Open++
 		} else {
@@ -338,6 +352,7 @@ code, .mono { font-family: var(--mono); font-size: 12.5px; }
   letter-spacing: .02em; white-space: nowrap; vertical-align: 1px; }
 .b-up, .b-open, .b-kernel { background: var(--up-soft); color: var(--up); }
 .b-down { background: var(--down-soft); color: var(--down); }
+.unpinned { color: var(--down); }
 .b-drain, .b-closed { background: var(--drain-soft); color: var(--drain); }
 .b-userspace, .b-api { background: var(--accent-soft); color: var(--accent); }
 table { width: 100%; border-collapse: collapse; }
@@ -391,6 +406,12 @@ footer a { color: inherit; }
 {{- if .Err}}
   <div class="banner">The engine did not report its status: {{.Err}}</div>
 {{- else}}
+  {{- if .ConntrackFull}}
+  <div class="banner">The conntrack table is {{.ConntrackFull}}% full: new connections may be dropped; from 95% failed health checks are not counted against backends.</div>
+  {{- end}}
+  {{- if .Inconclusive}}
+  <div class="banner">{{num .Inconclusive}} failed health checks were not counted against their backends: this host could not open connections (descriptors, ports, buffers or conntrack exhausted).</div>
+  {{- end}}
   <section class="cards">
     <div class="card"><div class="label">Services</div><div class="value">{{len .Services}}</div>
       <div class="sub">{{.Open}} open{{if .Closed}} · {{.Closed}} closed{{end}}</div></div>
@@ -440,6 +461,7 @@ footer a { color: inherit; }
         <span>pinned <b>{{num .Pinned}}</b></span>
         {{- if .MaxClients}}<span>max <b>{{num .MaxClients}}</b> per backend</span>{{end}}
         <span>active <b>{{num .Active}}</b></span>
+        {{- if or .Full .OverBudget}}<span class="unpinned" title="new clients whose pin could not be made, served as on_full says">not pinned: <b>{{num .Full}}</b> set full, <b>{{num .OverBudget}}</b> over budget (on_full: <b>{{.OnFull}}</b>)</span>{{end}}
         {{- if .Migrations}}<span>migrations <b>{{.Migrations}}</b> ({{num .MigratedClients}} clients)</span>{{end}}
         {{- with .FirstConnections}}<span>first connections: in-kernel <b>{{index . "in-kernel"}}</b>, transparent <b>{{index . "transparent"}}</b>, proxied <b>{{index . "proxied"}}</b>, reset <b>{{index . "reset"}}</b></span>{{end}}
       </div>

@@ -19,13 +19,20 @@ var (
 // Status is a point-in-time view of the engine: what `handoff status` and
 // GET /api/v1/status show, and what the metrics are read from.
 type Status struct {
-	Mode     string            `json:"mode"`  // kernel | userspace
-	State    State             `json:"state"` // starting | serving | stopping
-	Version  string            `json:"version"`
-	Started  time.Time         `json:"started"`
-	Uptime   float64           `json:"uptime_seconds"`
-	Reloads  map[string]uint64 `json:"reloads"` // by result: ok | invalid | failed
-	Services []ServiceStatus   `json:"services"`
+	Mode    string            `json:"mode"`  // kernel | userspace
+	State   State             `json:"state"` // starting | serving | stopping
+	Version string            `json:"version"`
+	Started time.Time         `json:"started"`
+	Uptime  float64           `json:"uptime_seconds"`
+	Reloads map[string]uint64 `json:"reloads"` // by result: ok | invalid | failed
+	// Conntrack is the fill of the connection tracking table (kernel
+	// mode); nil when unknown.
+	Conntrack *ConntrackStatus `json:"conntrack,omitempty"`
+	// InconclusiveChecks counts failed health checks not counted against
+	// their backend because this host could not open connections (no
+	// file descriptor, port or buffer; a full conntrack table).
+	InconclusiveChecks uint64          `json:"inconclusive_checks"`
+	Services           []ServiceStatus `json:"services"`
 }
 
 // ServiceStatus is one service in a Status.
@@ -40,8 +47,12 @@ type ServiceStatus struct {
 	// Refused counts connections reset at once because max_connections
 	// were live (userspace proxying; in kernel mode, first connections).
 	Refused uint64 `json:"refused"`
+	// OnFull is what happens to a new client whose pin finds no room:
+	// "proxy" (served without a pin) or "reject".
+	OnFull string `json:"on_full"`
 	// Classified counts new clients by result: "pinned", "no-backend",
-	// "pin-failed", and "unclassified/<reason>" (no-match, timeout,
+	// "pin-failed", "full" (a backend's set was full), "over-budget" (the
+	// client's network spent its pin budget), and "unclassified/<reason>" (no-match, timeout,
 	// too-long, malformed, closed), "rejected/<reason>" when
 	// on_unclassified is reject.
 	Classified map[string]uint64 `json:"classified"`

@@ -105,7 +105,8 @@ type Engine struct {
 	view        *view
 	stats       stats
 	health      atomic.Pointer[healthcheck.Monitor] // created by Run
-	state       atomic.Pointer[State]               // nil: StateStarting
+	over        overload
+	state       atomic.Pointer[State] // nil: StateStarting
 
 	version   string
 	stateDir  string
@@ -223,7 +224,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	}
 	events := newHealthQueue(e.onHealth)
 	defer events.close()
-	health := healthcheck.New(healthcheck.Options{OnChange: events.push, Logger: e.log.WithField("component", "health")})
+	health := healthcheck.New(healthcheck.Options{OnChange: events.push, Logger: e.log.WithField("component", "health"), Overloaded: e.overloaded})
 	defer health.Close()
 	e.health.Store(health)
 	e.mu.Lock()
@@ -236,6 +237,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		e.log.WithError(err).Error("health checks")
 	}
 	e.applyRuntime()
+	e.reapplyHandPins(ctx)
 	e.setState(StateServing)
 	e.log.WithField("services", len(svcs)).Info("serving")
 
@@ -247,6 +249,10 @@ func (e *Engine) Run(ctx context.Context) error {
 				e.log.WithError(err).Error("the held-SYN queue failed: new clients' first SYNs go to the listener")
 			}
 		})
+	}
+	loops.Go(func() { tick(ctx, HandPinsEvery, func() { e.reapplyHandPins(ctx) }) })
+	if r, ok := e.dp.(ConntrackReader); ok {
+		loops.Go(func() { e.watchConntrack(ctx, r) })
 	}
 	if every := cfg.Log.SummaryInterval; every > 0 {
 		loops.Go(func() { tick(ctx, every, func() { e.logSummary(ctx) }) })
@@ -364,6 +370,8 @@ func (e *Engine) desired(cfg *config.Config) dataplane.State {
 			SNAT:       sc.SNAT,
 			MaxClients: sc.MaxClients,
 			HoldSYN:    e.holding.Load() && sc.Classify == config.ClassifySource,
+
+			IPv6PinPrefix: sc.IPv6PinPrefix,
 		}
 		for _, p := range sc.Pools {
 			for _, b := range p.Backends {

@@ -96,9 +96,12 @@ func TestNoGoroutineLeak(t *testing.T) {
 		},
 	}
 
+	// The engine's warnings are shown when a client fails: they say why
+	// its connection was reset.
 	log := logrus.New()
 	log.SetLevel(logrus.WarnLevel)
-	log.SetOutput(io.Discard)
+	warnings := &lockedBuffer{}
+	log.SetOutput(warnings)
 	dp, err := fallback.New(fallback.Options{StateDir: t.TempDir(), Logger: logrus.NewEntry(log)})
 	if err != nil {
 		t.Fatal(err)
@@ -223,6 +226,9 @@ func TestNoGoroutineLeak(t *testing.T) {
 	close(errs)
 	for err := range errs {
 		t.Error(err)
+	}
+	if t.Failed() {
+		t.Logf("the engine's warnings:\n%s", warnings.String())
 	}
 
 	// Past max_connections: held connections fill the service, the excess

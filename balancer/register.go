@@ -42,6 +42,11 @@ func (e *Engine) Register(ctx context.Context, service string, r Registration) e
 	if err := sc.CheckBackend(config.Backend{Name: r.Name, Address: r.Address, Weight: r.Weight}); err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
+	if e.kernel {
+		if err := sc.CheckForward(config.Backend{Name: r.Name, Address: r.Address}); err != nil {
+			return fmt.Errorf("%w: %w", ErrInvalid, err)
+		}
+	}
 	e.mu.Lock()
 	cur := e.cfg
 	e.mu.Unlock()

@@ -16,6 +16,7 @@ import (
 	"github.com/handoff-lb/handoff/classifier"
 	"github.com/handoff-lb/handoff/config"
 	"github.com/handoff-lb/handoff/dataplane"
+	"github.com/handoff-lb/handoff/internal/ratelog"
 	"github.com/handoff-lb/handoff/proxy"
 )
 
@@ -32,7 +33,12 @@ type service struct {
 	counts    *serviceCounters
 	snap      atomic.Pointer[snapshot]
 
-	noBackend   atomic.Bool // the last new client found no usable backend
+	noBackend atomic.Bool // the last new client found no usable backend
+	// budget counts the new pins of each client network (pin_budget);
+	// kept across reloads.
+	budget budget
+	// logs bound the lines that clients can trigger.
+	logs        connLimits
 	countFailed atomic.Bool // the last recount of pins failed (kernel mode)
 
 	// migrateMu serializes the migrations of the service's clients
@@ -78,7 +84,20 @@ func (e *Engine) newService(sc *config.Service) (*service, error) {
 
 // allocService returns a service named name that has no snapshot yet.
 func (e *Engine) allocService(name string) *service {
-	return &service{e: e, name: name, log: e.log.WithField("service", name), counts: e.stats.service(name)}
+	return &service{e: e, name: name, log: e.log.WithField("service", name), counts: e.stats.service(name), logs: newConnLimits()}
+}
+
+// connLimits are a service's rate limiters of the lines that a client's
+// connections can trigger, one per kind of line: a flood of connections
+// logs a few lines a second of each, and the next line says how many
+// were held back.
+type connLimits struct {
+	accept, lookup, pinFailed, full, budget, undo, header, dial, repin *ratelog.Limiter
+}
+
+func newConnLimits() connLimits {
+	l := func() *ratelog.Limiter { return ratelog.Default() }
+	return connLimits{accept: l(), lookup: l(), pinFailed: l(), full: l(), budget: l(), undo: l(), header: l(), dial: l(), repin: l()}
 }
 
 // install makes snap current and updates the backend table, keeping the
@@ -213,16 +232,22 @@ func (s *service) close() {
 // acceptError logs an accept that failed for lack of resources (such as
 // file descriptors); accepting backs off instead of spinning.
 func (s *service) acceptError(err error, retryIn time.Duration) {
-	s.log.WithError(err).WithField("retry_in", retryIn).Warn("accept failed")
+	if l := s.logs.accept.Entry(func() *logrus.Entry { return s.log }); l != nil {
+		l.WithError(err).WithField("retry_in", retryIn).Warn("accept failed")
+	}
 }
 
 // conn is one accepted connection of a service, from accept to its end:
 // the proxy.Result of its route.
 type conn struct {
-	s        *service
-	snap     *snapshot // the service's config when it was accepted
-	c        *proxy.Conn
-	client   netip.Addr
+	s      *service
+	snap   *snapshot // the service's config when it was accepted
+	c      *proxy.Conn
+	client netip.Addr
+	// pinKey is what the client is pinned as: its address, or its
+	// network's under ipv6_pin_prefix. The client is classified by its
+	// address.
+	pinKey   netip.Addr
 	log      connLog
 	accepted time.Time
 
@@ -250,7 +275,7 @@ func (s *service) accept(c *proxy.Conn) *proxy.Route {
 	}
 	s.wg.Add(1)
 	client := c.RemoteAddrPort().Addr().Unmap()
-	pc := &conn{s: s, snap: snap, c: c, client: client, log: connLog{s: s, client: client}}
+	pc := &conn{s: s, snap: snap, c: c, client: client, pinKey: dataplane.PinKey(client, snap.cfg.IPv6PinPrefix), log: connLog{s: s, client: client}}
 	if !s.e.kernel {
 		if r := pc.pinned(); r != nil {
 			return r
@@ -299,9 +324,11 @@ func (l *connLog) debug() bool { return l.s.log.Logger.IsLevelEnabled(logrus.Deb
 // millisecond per 15,000 pins in the shard).
 func (pc *conn) pinned() *proxy.Route {
 	s := pc.s
-	pin, ok, err := s.e.dp.Lookup(s.ctx, s.name, pc.client)
+	pin, ok, err := s.e.dp.Lookup(s.ctx, s.name, pc.pinKey)
 	if err != nil {
-		pc.log.get().WithError(err).Warn("affinity lookup failed")
+		if l := s.logs.lookup.Entry(pc.log.get); l != nil {
+			l.WithError(err).Warn("affinity lookup failed")
+		}
 		return nil
 	}
 	if !ok {
@@ -333,7 +360,7 @@ func (pc *conn) handle() {
 		return
 	}
 	for attempt := 0; ; attempt++ {
-		f, leader := s.decisions.begin(pc.client)
+		f, leader := s.decisions.begin(pc.pinKey)
 		if leader {
 			pc.lead(f, d)
 			return
@@ -345,7 +372,7 @@ func (pc *conn) handle() {
 			return
 		}
 		if ok {
-			s.decisions.forget(pc.client) // its backend went down or away since
+			s.decisions.forget(pc.pinKey) // its backend went down or away since
 		}
 		if attempt == 2 || ctx.Err() != nil {
 			pc.reset()
@@ -355,12 +382,20 @@ func (pc *conn) handle() {
 }
 
 // lead pins a new client as d says, records the decision in f for the
-// connections racing in, and serves the connection.
+// connections racing in, and serves the connection. A client whose pin
+// finds no room (a full set, a spent pin budget) is served as on_full
+// says: proxied to the backend decided, without a pin, or reset; its next
+// connection is decided afresh.
 func (pc *conn) lead(f *flight, d decision) {
 	s := pc.s
-	err := s.pin(s.ctx, d, pc.client, pc.accepted, &pc.log)
-	s.decisions.finish(pc.client, f, d, err == nil)
+	err := s.pin(s.ctx, pc.snap, d, pc.pinKey, pc.accepted, &pc.log, false)
+	s.decisions.finish(pc.pinKey, f, d, err == nil)
 	if err != nil {
+		if unpinnable(err) && pc.snap.cfg.OnFull == config.OnFullProxy {
+			s.first(pc.snap, FirstProxied)
+			pc.proxy(d.backend, d.key, unpinnedLabel, d.peeked)
+			return
+		}
 		pc.reset()
 		return
 	}
@@ -400,20 +435,43 @@ func (s *service) unclassified(err error, d decision, log *connLog) {
 	}
 }
 
-// pin pins client as d says and counts it. It fails when the data plane
-// refuses, and when d's backend went down meanwhile (the pin is undone).
-func (s *service) pin(ctx context.Context, d decision, client netip.Addr, since time.Time, log *connLog) error {
+// pin pins a new client as d says and counts it. It fails when the
+// client's network spent its pin budget (errOverBudget), when the data
+// plane refuses (a full set wraps dataplane.ErrFull), and when d's backend
+// went down meanwhile (the pin is undone). held is a held SYN's attempt:
+// when it finds no room the listener meets the connection and tries
+// again, so it neither counts nor logs that.
+func (s *service) pin(ctx context.Context, snap *snapshot, d decision, client netip.Addr, since time.Time, log *connLog, held bool) error {
 	if s.noBackend.CompareAndSwap(true, false) {
 		log.get().WithField("backend", d.backend.name).Info("a usable backend is back: new clients are pinned again")
 	}
-	if err := s.e.dp.Pin(ctx, dataplane.Pin{Service: s.name, Backend: d.backend.name, Client: client, Key: d.label}); err != nil {
-		l := log.get().WithError(err).WithField("backend", d.backend.name)
-		if errors.Is(err, dataplane.ErrFull) {
-			l.Debug("pin refused, backend's client table full: reset") // the data plane logs this, rate-limited
-		} else {
-			l.Warn("pin failed: reset")
+	pb := snap.cfg.PinBudget
+	if !s.budget.take(time.Now(), client, pb, snap.cfg.ClientTTL) {
+		if !held {
+			s.counts.overBudget.Add(1)
+			if l := s.logs.budget.Entry(log.get); l != nil {
+				l.WithFields(logrus.Fields{"network": network(client, pb), "per_prefix": pb.PerPrefix, "on_full": snap.cfg.OnFull}).
+					Warn("pin refused: the client's network made its pin budget of new pins within client_ttl")
+			}
 		}
-		s.counts.pinFailed.Add(1)
+		return errOverBudget
+	}
+	if err := s.e.dp.Pin(ctx, dataplane.Pin{Service: s.name, Backend: d.backend.name, Client: client, Key: d.label}); err != nil {
+		s.budget.refund(client, pb)
+		switch {
+		case held && errors.Is(err, dataplane.ErrFull):
+		case errors.Is(err, dataplane.ErrFull):
+			s.counts.full.Add(1)
+			if l := s.logs.full.Entry(log.get); l != nil {
+				l.WithError(err).WithFields(logrus.Fields{"backend": d.backend.name, "max_clients": snap.cfg.MaxClients, "on_full": snap.cfg.OnFull}).
+					Warn("pin refused: the backend's client table is full (raise max_clients)")
+			}
+		default:
+			s.counts.pinFailed.Add(1)
+			if l := s.logs.pinFailed.Entry(log.get); l != nil {
+				l.WithError(err).WithField("backend", d.backend.name).Warn("pin failed: reset")
+			}
+		}
 		return err
 	}
 	if d.backend.down.Load() {
@@ -423,7 +481,9 @@ func (s *service) pin(ctx context.Context, d decision, client netip.Addr, since 
 		// landed before this check is seen). Undo the pin; the client's
 		// next connection is classified afresh.
 		if err := s.e.dp.Unpin(ctx, s.name, d.backend.name, client); err != nil {
-			log.get().WithError(err).WithField("backend", d.backend.name).Warn("unpinning a client of a backend that went down while it was pinned")
+			if l := s.logs.undo.Entry(log.get); l != nil {
+				l.WithError(err).WithField("backend", d.backend.name).Warn("unpinning a client of a backend that went down while it was pinned")
+			}
 		}
 		return fmt.Errorf("backend %s went down while the client was pinned", d.backend.name)
 	}
@@ -474,7 +534,9 @@ func (pc *conn) route(b *backend, key, label string, peeked []byte) *proxy.Route
 	if cfg.ProxyProtocol != config.ProxyProtocolOff && cfg.ProxyProtocol != "" && !pc.s.e.kernel {
 		var err error
 		if hdr, err = proxy.Header(cfg.ProxyProtocol, pc.c.RemoteAddr(), pc.c.LocalAddr()); err != nil {
-			pc.log.get().WithError(err).WithField("backend", b.name).Warn("writing PROXY header")
+			if l := pc.s.logs.header.Entry(pc.log.get); l != nil {
+				l.WithError(err).WithField("backend", b.name).Warn("writing PROXY header")
+			}
 			pc.reset()
 			return nil
 		}
@@ -505,7 +567,7 @@ func (pc *conn) Connected() {
 		s.wg.Add(1) // this connection holds the count above zero
 		go func() {
 			defer s.wg.Done()
-			s.repin(s.ctx, pc.client, pc.first, pc.b, pc.label, &connLog{s: s, client: pc.client})
+			s.repin(s.ctx, pc.pinKey, pc.first, pc.b, pc.label, &connLog{s: s, client: pc.client})
 		}()
 	}
 	if pc.log.debug() {
@@ -533,6 +595,11 @@ func (pc *conn) Done(st proxy.Stats, err error) {
 	pc.end()
 }
 
+// unpinnedLabel is the label proxy gets for a client served without a pin,
+// which a failed dial must not pin elsewhere. (A key of these very bytes
+// would only lose that re-pin.)
+const unpinnedLabel = "\x00unpinned"
+
 // maxDialAttempts bounds how many backends one connection tries.
 const maxDialAttempts = 3
 
@@ -541,7 +608,9 @@ const maxDialAttempts = 3
 // there is none (or it tried maxDialAttempts backends).
 func (pc *conn) DialFailed(c *proxy.Conn, err error) {
 	s, b := pc.s, pc.b
-	pc.log.get().WithError(err).WithField("backend", b.name).Warn("backend dial failed")
+	if l := s.logs.dial.Entry(pc.log.get); l != nil {
+		l.WithError(err).WithField("backend", b.name).Warn("backend dial failed")
+	}
 	if m := s.e.health.Load(); m != nil {
 		m.ReportFailure(s.name, b.name, err)
 	}
@@ -576,9 +645,15 @@ func (s *service) nextCandidate(snap *snapshot, pool, key string, tried []string
 }
 
 // repin moves a client whose dial fell over from one backend to another.
+// A client served without a pin (on_full: proxy) is not pinned here.
 func (s *service) repin(ctx context.Context, client netip.Addr, from, to *backend, label string, log *connLog) {
+	if label == unpinnedLabel {
+		return
+	}
 	if err := s.e.dp.Pin(ctx, dataplane.Pin{Service: s.name, Backend: to.name, Client: client, Key: label}); err != nil {
-		log.get().WithError(err).WithField("backend", to.name).Warn("re-pin after failed dial")
+		if l := s.logs.repin.Entry(log.get); l != nil {
+			l.WithError(err).WithField("backend", to.name).Warn("re-pin after failed dial")
+		}
 		return
 	}
 	to.pins.Add(1)

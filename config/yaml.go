@@ -33,6 +33,9 @@ const (
 type parser struct {
 	file string
 	errs Errors
+	// kernelMode: the config may run in kernel mode (kernel or auto), whose
+	// backends must be addresses DNAT can forward to.
+	kernelMode bool
 }
 
 // errorf records an error at n (1:1 when n carries no position).
@@ -548,6 +551,16 @@ func (f *fields) boolean(key string, def bool) bool {
 	}
 	f.errorf(v, key, "expected true or false, found %s", describe(v))
 	return def
+}
+
+// isBool reports whether s is one of the spellings boolean accepts.
+func isBool(s string) bool {
+	switch s {
+	case "true", "True", "TRUE", "yes", "Yes", "YES", "on", "On", "ON", "y", "Y",
+		"false", "False", "FALSE", "no", "No", "NO", "off", "Off", "OFF", "n", "N":
+		return true
+	}
+	return false
 }
 
 // integer returns key's value, an integer within lo..hi.

@@ -211,7 +211,7 @@ func TestUpgradeFromPerBackendChains(t *testing.T) {
 		}
 		for j := range 5 {
 			c := netip.AddrFrom4([4]byte{198, 18, byte(i + 1), byte(j + 1)})
-			if err := sets.add(set, c, 600, "src="+c.String(), false); err != nil {
+			if err := sets.add(set, c, 0, 600, "src="+c.String(), false); err != nil {
 				t.Fatal(err)
 			}
 			clients[c] = i

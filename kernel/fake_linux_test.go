@@ -203,8 +203,22 @@ func (f fakeSets) headers() ([]setHeader, error) {
 	return out, nil
 }
 
-func (f fakeSets) add(name string, ip netip.Addr, timeout uint32, comment string, replace bool) error {
-	return f.addEntry(setAdd{set: name, ip: ip, timeout: timeout, comment: comment}, replace)
+func (f fakeSets) add(name string, ip netip.Addr, cidr uint8, timeout uint32, comment string, replace bool) error {
+	return f.addEntry(setAdd{set: name, ip: ip, cidr: cidr, timeout: timeout, comment: comment}, replace)
+}
+
+// fakeEntry is the member key of ip/cidr in s, as the kernel stores it: a
+// hash:net set masks the address to the network (cidr 0 is a host), and a
+// hash:ip set takes no cidr but the host's.
+func fakeEntry(s *fakeSet, ip netip.Addr, cidr uint8) (netip.Addr, error) {
+	bits := uint8(ip.BitLen())
+	if cidr == 0 || cidr == bits {
+		return ip, nil
+	}
+	if !s.spec.net || cidr > bits {
+		return ip, fmt.Errorf("invalid cidr %d for %s", cidr, s.spec.typeName())
+	}
+	return netip.PrefixFrom(ip, int(cidr)).Masked().Addr(), nil
 }
 
 // addEntry adds e as the kernel does: a comment needs a set with comments,
@@ -219,6 +233,10 @@ func (f fakeSets) addEntry(e setAdd, replace bool) error {
 	}
 	if (ip.Is4() != (s.spec.family == ipv4)) || ip.Is4In6() {
 		return fmt.Errorf("invalid family")
+	}
+	ip, err := fakeEntry(s, ip, e.cidr)
+	if err != nil {
+		return err
 	}
 	if len(comment) > maxComment || strings.ContainsAny(comment, "\"\n") {
 		return fmt.Errorf("invalid comment")
@@ -246,7 +264,7 @@ func (f fakeSets) addEntry(e setAdd, replace bool) error {
 	if timeout == 0 {
 		timeout = s.spec.timeout
 	}
-	s.members[ip] = member{ip: ip, timeout: timeout, comment: comment, mark: e.mark}
+	s.members[ip] = member{ip: ip, cidr: e.cidr, timeout: timeout, comment: comment, mark: e.mark}
 	return nil
 }
 
@@ -281,23 +299,31 @@ func (f fakeSets) count(name string) (int, error) {
 	return len(s.members), nil
 }
 
-func (f fakeSets) del(name string, ip netip.Addr) error {
+func (f fakeSets) del(name string, ip netip.Addr, cidr uint8) error {
 	f.k.mu.Lock()
 	defer f.k.mu.Unlock()
 	s := f.k.sets[name]
 	if s == nil {
 		return errNoSet
 	}
+	ip, err := fakeEntry(s, ip, cidr)
+	if err != nil {
+		return err
+	}
 	delete(s.members, ip)
 	return nil
 }
 
-func (f fakeSets) test(name string, ip netip.Addr) (bool, error) {
+func (f fakeSets) test(name string, ip netip.Addr, cidr uint8) (bool, error) {
 	f.k.mu.Lock()
 	defer f.k.mu.Unlock()
 	s := f.k.sets[name]
 	if s == nil {
 		return false, errNoSet
+	}
+	ip, err := fakeEntry(s, ip, cidr)
+	if err != nil {
+		return false, err
 	}
 	_, ok := s.members[ip]
 	return ok, nil

@@ -22,7 +22,7 @@ import (
 // (2) rewrite, in one iptables-restore per table and family, only the
 // chains whose content changed or went missing, deleting chains of removed
 // services once nothing jumps to them; (3) insert missing jumps from the
-// built-in chains; (4) destroy the ho-/ho6- sets st no longer declares.
+// built-in chains; (4) destroy the sets of handoff's st no longer declares.
 //
 // A no-op Sync writes nothing, so rule counters survive. The first Sync of
 // a new Dataplane adopts existing sets and their members. When Sync fails,
@@ -112,7 +112,7 @@ func (d *Dataplane) syncLocked(ctx context.Context, svcs []*service, verify bool
 			} else if !errors.Is(err, errSetDiffers) {
 				return changes, fmt.Errorf("ipset %q: create: %w", b.set, err)
 			}
-			rebuild = append(rebuild, func() error { return d.rebuildSet(ctx, b.set, s.spec()) })
+			rebuild = append(rebuild, func() error { return d.rebuildSet(ctx, b.set, s.spec(), s.cidr) })
 		}
 	}
 	if err := rebuildAll(rebuild); err != nil {
@@ -333,7 +333,10 @@ func rebuildAll(rebuild []func() error) error {
 // temporary set with the members (remaining timeouts and comments kept,
 // timeouts cut to the new default), swaps the two and destroys the
 // temporary one. Pins and unpins made meanwhile go to both sets.
-func (d *Dataplane) rebuildSet(ctx context.Context, name string, spec setSpec) error {
+func (d *Dataplane) rebuildSet(ctx context.Context, name string, spec setSpec, cidr uint8) error {
+	if !spec.net {
+		cidr = 0 // a network pin copied to a hash:ip set keeps its address
+	}
 	start := time.Now()
 	tmp := tempSetName(name)
 	if err := d.sets.destroy(tmp); err != nil {
@@ -380,7 +383,7 @@ func (d *Dataplane) rebuildSet(ctx context.Context, name string, spec setSpec) e
 		} else if t > spec.timeout {
 			t = spec.timeout
 		}
-		es = append(es, setAdd{set: tmp, ip: m.ip, timeout: t, comment: m.comment})
+		es = append(es, setAdd{set: tmp, ip: m.ip, cidr: cidr, timeout: t, comment: m.comment})
 		if len(es) == cap(es) {
 			cerr = copyChunk()
 		}
@@ -400,7 +403,7 @@ func (d *Dataplane) rebuildSet(ctx context.Context, name string, spec setSpec) e
 	// flight and none goes to the old contents afterwards.
 	d.mu.Lock()
 	for ip := range d.shadow[name].unpinned {
-		if err = d.sets.del(tmp, ip); err != nil {
+		if err = d.sets.del(tmp, ip, cidr); err != nil {
 			break
 		}
 	}

@@ -43,6 +43,28 @@ func Header(version config.ProxyProtocol, client, local net.Addr) ([]byte, error
 	return b, nil
 }
 
+// CheckHeader returns the PROXY protocol header a health check sends first
+// to a backend that expects one (HAProxy's check-send-proxy): the v1
+// "PROXY UNKNOWN" line or a v2 LOCAL header, which say that the
+// connection is the balancer's own and carries no client, so the backend
+// neither logs an error nor takes the checker for a client. version "off"
+// and "" return nil.
+func CheckHeader(version config.ProxyProtocol) ([]byte, error) {
+	var v byte
+	switch version {
+	case "", config.ProxyProtocolOff:
+		return nil, nil
+	case config.ProxyProtocolV1:
+		v = 1
+	case config.ProxyProtocolV2:
+		v = 2
+	default:
+		return nil, fmt.Errorf("proxy protocol %q: want off, v1 or v2", version)
+	}
+	h := &proxyproto.Header{Version: v, Command: proxyproto.LOCAL, TransportProtocol: proxyproto.UNSPEC}
+	return h.Format()
+}
+
 // tcpAddrPort returns a's address with IPv4-mapped addresses unmapped and
 // any zone dropped.
 func tcpAddrPort(a net.Addr) (netip.AddrPort, bool) {

@@ -79,3 +79,4 @@ done < <(grep -l '^//go:build.*!race' $(git ls-files '*_test.go' 2>/dev/null || 
 for pkg in "${!norace[@]}"; do
 	go test -count=1 -timeout 5m -run "^(${norace[$pkg]})\$" "$pkg"
 done
+

@@ -184,6 +184,12 @@ func printStatus(out io.Writer, st balancer.Status) error {
 		fmt.Fprintf(w, "state\t%s\n", st.State)
 	}
 	fmt.Fprintf(w, "version\t%s\nuptime\t%s\n", st.Version, admin.FormatSeconds(st.Uptime))
+	if c := st.Conntrack; c != nil {
+		fmt.Fprintf(w, "conntrack\t%d of %d (%.0f%%)\n", c.Entries, c.Max, 100*c.Fill)
+	}
+	if st.InconclusiveChecks > 0 {
+		fmt.Fprintf(w, "inconclusive checks\t%d (this host could not connect: not counted against backends)\n", st.InconclusiveChecks)
+	}
 	if len(st.Services) == 0 {
 		fmt.Fprintln(w, "\nno services")
 		return w.Flush()
@@ -197,6 +203,12 @@ func printStatus(out io.Writer, st balancer.Status) error {
 		f := s.FirstConnections
 		fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d\n", s.Name, f["in-kernel"], f["transparent"], f["proxied"], f["reset"])
 	}
+	if refusedPins(st) {
+		fmt.Fprintln(w, "\nNOT PINNED\tSET FULL\tOVER BUDGET\tON FULL")
+		for _, s := range st.Services {
+			fmt.Fprintf(w, "%s\t%d\t%d\t%s\n", s.Name, s.Classified[balancer.ResultFull], s.Classified[balancer.ResultOverBudget], s.OnFull)
+		}
+	}
 	fmt.Fprintln(w, "\nSERVICE\tBACKEND\tADDRESS\tPOOL\tHEALTH\tDRAINING\tPINNED\tACTIVE\tBYTES")
 	for _, s := range st.Services {
 		for _, b := range s.Backends {
@@ -205,6 +217,17 @@ func printStatus(out io.Writer, st balancer.Status) error {
 		}
 	}
 	return w.Flush()
+}
+
+// refusedPins reports whether any service had new clients whose pin found
+// no room (a full set, a spent pin budget).
+func refusedPins(st balancer.Status) bool {
+	for _, s := range st.Services {
+		if s.Classified[balancer.ResultFull]+s.Classified[balancer.ResultOverBudget] > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 func newClientsCmd() *cobra.Command {
