@@ -12,7 +12,15 @@ import (
 	"net/netip"
 
 	"github.com/handoff-lb/handoff/balancer"
+	"github.com/handoff-lb/handoff/cluster"
 )
+
+// ClusterReader reports the cluster this host belongs to (DESIGN.md §8);
+// *cluster.Node implements it. It serves GET /api/v1/cluster, the
+// handoff_cluster_* metrics and the status page's cluster section.
+type ClusterReader interface {
+	Status(ctx context.Context) (cluster.Status, error)
+}
 
 // Controller is what the admin server needs of the engine: its read side
 // and its changes; *balancer.Engine implements it. Errors wrapping

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/handoff-lb/handoff/balancer"
+	"github.com/handoff-lb/handoff/cluster"
 )
 
 // Client bounds. A request that is not a clients stream must be answered in
@@ -140,6 +141,14 @@ func (e *APIError) Error() string { return e.Message }
 func (c *Client) Status(ctx context.Context) (balancer.Status, error) {
 	var st balancer.Status
 	err := c.do(ctx, http.MethodGet, "/api/v1/status", nil, nil, &st)
+	return st, err
+}
+
+// Cluster returns GET /api/v1/cluster: the cluster as the daemon sees it.
+// A daemon with no cluster answers 404 (an *APIError).
+func (c *Client) Cluster(ctx context.Context) (cluster.Status, error) {
+	var st cluster.Status
+	err := c.do(ctx, http.MethodGet, "/api/v1/cluster", nil, nil, &st)
 	return st, err
 }
 

@@ -31,12 +31,14 @@ type fakeController struct {
 func newFake() *fakeController {
 	return &fakeController{
 		status: balancer.Status{
-			Mode:       "kernel",
-			State:      balancer.StateServing,
-			Version:    "",
-			Uptime:     12.5,
-			Reloads:    map[string]uint64{"ok": 3, "invalid": 1},
-			LastReload: &balancer.ReloadResult{OK: false, At: time.Unix(1700000000, 0)},
+			Mode:               "kernel",
+			State:              balancer.StateServing,
+			Version:            "",
+			Uptime:             12.5,
+			Reloads:            map[string]uint64{"ok": 3, "invalid": 1},
+			LastReload:         &balancer.ReloadResult{OK: false, At: time.Unix(1700000000, 0)},
+			Conntrack:          &balancer.ConntrackStatus{Entries: 1000, Max: 262144, Fill: 1000.0 / 262144},
+			InconclusiveChecks: 7,
 			Sync: &dataplane.SyncStats{Syncs: 12, Failures: 1, Seconds: 0.5, Repairs: 3, LastOK: time.Unix(1700000100, 0),
 				Counts: []uint64{0, 0, 2, 5, 9, 10, 11, 11, 11, 12, 12, 12, 12, 12}},
 			Services: []balancer.ServiceStatus{{

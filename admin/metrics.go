@@ -84,6 +84,8 @@ type statusCollector struct {
 	syncs, syncFailures, syncSeconds, repairs, lastSync *prometheus.Desc
 	checks, checkFailures, checkSeconds                 *prometheus.Desc
 	pinsAdded, pinsUnpinned, pinsExpired, pinsMigrated  *prometheus.Desc
+
+	overload overloadDescs
 }
 
 func newStatusCollector(ctl Reader, version string, log *logrus.Entry) *statusCollector {
@@ -139,11 +141,12 @@ func newStatusCollector(ctl Reader, version string, log *logrus.Entry) *statusCo
 		pinsUnpinned:   d("handoff_pins_unpinned_total", "Pins removed through the API.", svc, nil),
 		pinsExpired:    d("handoff_pins_expired_total", "Pins that ended otherwise: client_ttl passed, or dropped with their backend (derived from the pin counts at each scrape).", svc, nil),
 		pinsMigrated:   d("handoff_pins_migrated_total", "Pins moved to another backend by migrations.", svc, nil),
+		overload:       newOverloadDescs(),
 	}
 }
 
 func (c *statusCollector) descs() []*prometheus.Desc {
-	return []*prometheus.Desc{
+	return append([]*prometheus.Desc{
 		c.up, c.buildInfo, c.open,
 		c.classified, c.first, c.refused, c.migrations, c.migrated, c.migrationSeconds, c.reloads,
 		c.pins, c.fill, c.backendUp, c.draining, c.active,
@@ -151,7 +154,7 @@ func (c *statusCollector) descs() []*prometheus.Desc {
 		c.lastReloadOK, c.lastReloadTime, c.syncs, c.syncFailures, c.syncSeconds, c.repairs, c.lastSync,
 		c.checks, c.checkFailures, c.checkSeconds,
 		c.pinsAdded, c.pinsUnpinned, c.pinsExpired, c.pinsMigrated,
-	}
+	}, c.overload.list()...)
 }
 
 // Describe implements prometheus.Collector.
@@ -192,6 +195,7 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	emit(c.up, prometheus.GaugeValue, 1)
 	emit(c.buildInfo, prometheus.GaugeValue, 1, version, mode, runtime.Version())
+	c.overload.collect(st, emit)
 	for _, result := range slices.Sorted(maps.Keys(st.Reloads)) {
 		emit(c.reloads, prometheus.CounterValue, float64(st.Reloads[result]), result)
 	}

@@ -75,6 +75,9 @@ func TestMetrics(t *testing.T) {
 		`handoff_config_reloads_total{result="invalid"}`:                                           1,
 		`handoff_service_open{` + web + `}`:                                                        1,
 		`handoff_service_open{service="v6"}`:                                                       0,
+		`handoff_conntrack_entries{}`:                                                              1000,
+		`handoff_conntrack_max{}`:                                                                  262144,
+		`handoff_health_checks_inconclusive_total{}`:                                               7,
 
 		`handoff_classifications_total{result="pinned",` + web + `}`:                290,
 		`handoff_classifications_total{result="no-backend",` + web + `}`:            4,

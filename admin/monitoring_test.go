@@ -21,8 +21,8 @@ var metricName = regexp.MustCompile(`\b(?:handoff|go|process)_[a-z0-9_]+\b`)
 // series or a panel of the dashboard in deploy/monitoring names is in the
 // exposition, so a renamed metric cannot leave them silently empty.
 func TestMonitoringNamesExist(t *testing.T) {
-	s, _ := newTestServer(t, false, Options{})
-	s.ObservePin("web", 1) // the histogram has a series
+	s, _ := newTestServer(t, false, Options{Cluster: testCluster()}) // the handoff_cluster_* metrics too
+	s.ObservePin("web", 1)                                           // the histogram has a series
 	mfs := scrape(t, s)
 	exists := func(name string) bool {
 		if mfs[name] != nil {

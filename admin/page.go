@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/handoff-lb/handoff/balancer"
+	"github.com/handoff-lb/handoff/cluster"
+	"github.com/handoff-lb/handoff/dataplane"
 )
 
 // pageRefresh is how often the status page refreshes itself.
@@ -39,7 +41,7 @@ const pageRefresh = 5 * time.Second
 // Content-Security-Policy that allows only its own script (by hash) and
 // same-origin fetches. Authentication is the server's: mount the handler
 // behind it (Options.Page).
-func StatusPage(c Reader) http.Handler {
+func StatusPage(c Reader, cl ClusterReader) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			w.Header().Set("Allow", "GET, HEAD")
@@ -56,6 +58,11 @@ func StatusPage(c Reader) http.Handler {
 		d := newPageData(st, time.Now())
 		if err != nil {
 			d.Err = err.Error()
+		}
+		if cl != nil {
+			if cs, err := cl.Status(ctx); err == nil {
+				d.Cluster = &cs
+			}
 		}
 		var buf bytes.Buffer
 		if err := pageTemplate.Execute(&buf, d); err != nil {
@@ -89,11 +96,18 @@ type pageData struct {
 	Refresh  int // seconds
 	Services []pageService
 	Script   template.JS
+	Cluster  *cluster.Status // nil: not in a cluster
 
 	// Totals over every service.
 	Open, Closed, Backends, Up, Down, Draining int
 	Pinned, Active                             int64
 	Proxied, Forwarded                         uint64
+
+	// Overload: the conntrack table's fill, in percent, when it is near
+	// full (else ""), and the health checks not counted because this
+	// host could not open connections.
+	ConntrackFull string
+	Inconclusive  uint64
 }
 
 type reloadCount struct {
@@ -105,6 +119,9 @@ type pageService struct {
 	balancer.ServiceStatus
 	Up       int
 	Backends []pageBackend
+	// Full and OverBudget count the new clients whose pin found no room:
+	// a full set, a spent pin budget.
+	Full, OverBudget uint64
 }
 
 type pageBackend struct {
@@ -128,8 +145,12 @@ func newPageData(st balancer.Status, now time.Time) pageData {
 			d.Reloads = append(d.Reloads, reloadCount{n, r})
 		}
 	}
+	if c := st.Conntrack; c != nil && c.Fill >= dataplane.ConntrackNearFull {
+		d.ConntrackFull = strconv.FormatFloat(100*c.Fill, 'f', 0, 64)
+	}
+	d.Inconclusive = st.InconclusiveChecks
 	for _, s := range st.Services {
-		ps := pageService{ServiceStatus: s}
+		ps := pageService{ServiceStatus: s, Full: s.Classified[balancer.ResultFull], OverBudget: s.Classified[balancer.ResultOverBudget]}
 		if s.Open {
 			d.Open++
 		} else {
@@ -269,6 +290,7 @@ var pageTemplate = template.Must(template.New("page").Funcs(template.FuncMap{
 	"num":     groupDigits,
 	"add":     func(a, b uint64) uint64 { return a + b },
 	"hhmmss":  func(t time.Time) string { return t.Format("15:04:05") },
+	"lagms":   func(s float64) string { return fmt.Sprintf("≤ %g ms", s*1000) },
 	"rfc3339": func(t time.Time) string { return t.Format(time.RFC3339) },
 }).Parse(pageHTML))
 
@@ -330,6 +352,7 @@ code, .mono { font-family: var(--mono); font-size: 12.5px; }
   letter-spacing: .02em; white-space: nowrap; vertical-align: 1px; }
 .b-up, .b-open, .b-kernel { background: var(--up-soft); color: var(--up); }
 .b-down { background: var(--down-soft); color: var(--down); }
+.unpinned { color: var(--down); }
 .b-drain, .b-closed { background: var(--drain-soft); color: var(--drain); }
 .b-userspace, .b-api { background: var(--accent-soft); color: var(--accent); }
 table { width: 100%; border-collapse: collapse; }
@@ -383,6 +406,12 @@ footer a { color: inherit; }
 {{- if .Err}}
   <div class="banner">The engine did not report its status: {{.Err}}</div>
 {{- else}}
+  {{- if .ConntrackFull}}
+  <div class="banner">The conntrack table is {{.ConntrackFull}}% full: new connections may be dropped; from 95% failed health checks are not counted against backends.</div>
+  {{- end}}
+  {{- if .Inconclusive}}
+  <div class="banner">{{num .Inconclusive}} failed health checks were not counted against their backends: this host could not open connections (descriptors, ports, buffers or conntrack exhausted).</div>
+  {{- end}}
   <section class="cards">
     <div class="card"><div class="label">Services</div><div class="value">{{len .Services}}</div>
       <div class="sub">{{.Open}} open{{if .Closed}} · {{.Closed}} closed{{end}}</div></div>
@@ -395,6 +424,31 @@ footer a { color: inherit; }
     <div class="card"><div class="label">Traffic</div><div class="value">{{bytes (add .Proxied .Forwarded)}}</div>
       <div class="sub">{{bytes .Proxied}} proxied{{if .Forwarded}} · {{bytes .Forwarded}} in the kernel{{end}}</div></div>
   </section>
+  {{- with .Cluster}}
+  <section class="svc" id="cluster">
+    <header>
+      <h2>cluster {{.Name}}</h2>
+      <code>node {{.Node}}</code>
+      {{if .Etcd.Reachable}}<span class="badge b-open">etcd reachable</span>{{else}}<span class="badge b-closed" title="{{.Etcd.Error}}">etcd unreachable</span>{{end}}
+      <div class="facts">
+        <span>revision <b>{{.AppliedRevision}}</b></span>
+        <span>pending writes <b>{{num .Pending}}</b></span>
+        <span>published <b>{{num .Published}}</b></span>
+        <span>applied <b>{{num .Applied}}</b></span>
+        <span>lag p99 <b>{{lagms .Lag.P99}}</b></span>
+      </div>
+    </header>
+    <table>
+      <thead><tr><th>Node</th><th>Version</th><th class="n">Pins</th><th class="n">Pending</th><th class="n">Behind</th><th class="n">Lag p99</th><th>Reported</th></tr></thead>
+      <tbody>
+      {{- range .Nodes}}
+        <tr class="up"><td class="name">{{.Node}}{{if .Self}} <span class="badge b-api">this host</span>{{end}}</td><td>{{.Version}}</td>
+          <td class="n">{{num .Pins}}</td><td class="n">{{num .Pending}}</td><td class="n">{{.Behind}}</td><td class="n">{{lagms .LagP99}}</td><td class="mono">{{hhmmss .Updated}}</td></tr>
+      {{- end}}
+      </tbody>
+    </table>
+  </section>
+  {{- end}}
   {{- range .Services}}
   <section class="svc" id="svc-{{.Name}}">
     <header>
@@ -407,6 +461,7 @@ footer a { color: inherit; }
         <span>pinned <b>{{num .Pinned}}</b></span>
         {{- if .MaxClients}}<span>max <b>{{num .MaxClients}}</b> per backend</span>{{end}}
         <span>active <b>{{num .Active}}</b></span>
+        {{- if or .Full .OverBudget}}<span class="unpinned" title="new clients whose pin could not be made, served as on_full says">not pinned: <b>{{num .Full}}</b> set full, <b>{{num .OverBudget}}</b> over budget (on_full: <b>{{.OnFull}}</b>)</span>{{end}}
         {{- if .Migrations}}<span>migrations <b>{{.Migrations}}</b> ({{num .MigratedClients}} clients)</span>{{end}}
         {{- with .FirstConnections}}<span>first connections: in-kernel <b>{{index . "in-kernel"}}</b>, transparent <b>{{index . "transparent"}}</b>, proxied <b>{{index . "proxied"}}</b>, reset <b>{{index . "reset"}}</b></span>{{end}}
       </div>

@@ -175,7 +175,7 @@ func TestStatusPage(t *testing.T) {
 	} {
 		t.Run(tc.desc, func(t *testing.T) {
 			rec := httptest.NewRecorder()
-			StatusPage(tc.ctl).ServeHTTP(rec, httptest.NewRequest(tc.method, "/", nil))
+			StatusPage(tc.ctl, nil).ServeHTTP(rec, httptest.NewRequest(tc.method, "/", nil))
 			body := rec.Body.String()
 			if rec.Code != tc.code {
 				t.Fatalf("status %d, want %d\n%s", rec.Code, tc.code, body)
@@ -358,7 +358,7 @@ func serveAdmin(t *testing.T, ctl Controller, token string) *httptest.Server {
 	t.Helper()
 	log := logrus.New()
 	log.SetOutput(io.Discard)
-	opts := Options{Controller: ctl, Listen: "127.0.0.1:0", Page: StatusPage(ctl), Logger: logrus.NewEntry(log)}
+	opts := Options{Controller: ctl, Listen: "127.0.0.1:0", Page: StatusPage(ctl, nil), Logger: logrus.NewEntry(log)}
 	if token != "" {
 		opts.TokenFile = filepath.Join(t.TempDir(), "token")
 		if err := os.WriteFile(opts.TokenFile, []byte(token+"\n"), 0o600); err != nil {

@@ -74,6 +74,9 @@ type Options struct {
 	Version string
 	// Page, when set, serves GET / (the status page).
 	Page http.Handler
+	// Cluster, when set, serves GET /api/v1/cluster and the cluster's
+	// metrics; without it that endpoint answers 404.
+	Cluster ClusterReader
 }
 
 // Check validates Listen and TokenFile, reading the token file, without
@@ -163,6 +166,7 @@ type Server struct {
 	cookie  string            // the tokenCookie value, when auth
 	handler http.Handler
 	metrics *metrics
+	cluster ClusterReader // nil: not in a cluster
 	addr    atomic.Pointer[string]
 	maddr   atomic.Pointer[string]
 }
@@ -197,7 +201,11 @@ func New(opts Options) (*Server, error) {
 			s.log.WithField("token_file", opts.TokenFile).Warnf("admin.token_file is readable by other users (mode %v)", fi.Mode().Perm())
 		}
 	}
+	s.cluster = opts.Cluster
 	s.metrics = newMetrics(s.ctl, opts.Version, s.log)
+	if opts.Cluster != nil {
+		s.metrics.reg.MustRegister(newClusterCollector(opts.Cluster, s.log))
+	}
 	s.handler = s.routes(opts)
 	return s, nil
 }
@@ -388,6 +396,7 @@ func (s *Server) endpoints() []route {
 		{"GET", "/readyz", s.readyz},
 		{"GET", "/metrics", s.metrics.ServeHTTP},
 		{"GET", "/api/v1/status", s.status},
+		{"GET", "/api/v1/cluster", s.clusterStatus},
 		{"GET", "/api/v1/services/{svc}/clients", s.clients},
 		{"POST", "/api/v1/services/{svc}/pins", s.pin},
 		{"DELETE", "/api/v1/services/{svc}/pins/{client}", s.unpin},
@@ -758,6 +767,20 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 	}
 	if st.Version == "" {
 		st.Version = s.version
+	}
+	writeJSON(w, http.StatusOK, st)
+}
+
+// clusterStatus is GET /api/v1/cluster.
+func (s *Server) clusterStatus(w http.ResponseWriter, r *http.Request) {
+	if s.cluster == nil {
+		writeError(w, http.StatusNotFound, "this host is not in a cluster (its config has no cluster: section)")
+		return
+	}
+	st, err := s.cluster.Status(r.Context())
+	if err != nil {
+		writeControllerError(w, err)
+		return
 	}
 	writeJSON(w, http.StatusOK, st)
 }

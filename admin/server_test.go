@@ -34,7 +34,7 @@ func testLogger() (*logrus.Entry, *logtest.Hook) {
 
 // newTestServer builds a server on a fresh fake. With token, it writes a
 // token file and listens "everywhere" (which needs it).
-func newTestServer(t *testing.T, token bool, opts Options) (*Server, *fakeController) {
+func newTestServer(t testing.TB, token bool, opts Options) (*Server, *fakeController) {
 	t.Helper()
 	f := newFake()
 	opts.Controller = f
@@ -55,7 +55,7 @@ func newTestServer(t *testing.T, token bool, opts Options) (*Server, *fakeContro
 	return s, f
 }
 
-func writeToken(t *testing.T, content string) string {
+func writeToken(t testing.TB, content string) string {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "token")
 	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {

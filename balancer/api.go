@@ -30,8 +30,15 @@ type Status struct {
 	// LastReload is the outcome of the last reload; nil before the first.
 	LastReload *ReloadResult `json:"last_reload,omitempty"`
 	// Sync counts and times the data plane's syncs, when it keeps count.
-	Sync     *dataplane.SyncStats `json:"sync,omitempty"`
-	Services []ServiceStatus      `json:"services"`
+	Sync *dataplane.SyncStats `json:"sync,omitempty"`
+	// Conntrack is the fill of the connection tracking table (kernel
+	// mode); nil when unknown.
+	Conntrack *ConntrackStatus `json:"conntrack,omitempty"`
+	// InconclusiveChecks counts failed health checks not counted against
+	// their backend because this host could not open connections (no
+	// file descriptor, port or buffer; a full conntrack table).
+	InconclusiveChecks uint64          `json:"inconclusive_checks"`
+	Services           []ServiceStatus `json:"services"`
 }
 
 // ReloadResult is the outcome of one reload.
@@ -52,8 +59,12 @@ type ServiceStatus struct {
 	// Refused counts connections reset at once because max_connections
 	// were live (userspace proxying; in kernel mode, first connections).
 	Refused uint64 `json:"refused"`
+	// OnFull is what happens to a new client whose pin finds no room:
+	// "proxy" (served without a pin) or "reject".
+	OnFull string `json:"on_full"`
 	// Classified counts new clients by result: "pinned", "no-backend",
-	// "pin-failed", and "unclassified/<reason>" (no-match, timeout,
+	// "pin-failed", "full" (a backend's set was full), "over-budget" (the
+	// client's network spent its pin budget), and "unclassified/<reason>" (no-match, timeout,
 	// too-long, malformed, closed), "rejected/<reason>" when
 	// on_unclassified is reject.
 	Classified map[string]uint64 `json:"classified"`

@@ -34,7 +34,7 @@ func startStateful(t *testing.T, cfg *config.Config, dir string) *running {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{eng: eng, cancel: cancel, done: make(chan error, 1)}
+	r := &running{eng: eng, cancel: cancel, done: make(chan error, 1), dp: dp}
 	go func() { r.done <- eng.Run(ctx) }()
 	stopped := false
 	stop := func() {

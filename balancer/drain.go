@@ -28,6 +28,7 @@ func (e *Engine) Drain(ctx context.Context, service, backend string, op DrainOp)
 	if err := e.saveRuntimeLocked(st); err != nil {
 		return 0, err
 	}
+	e.runtimeChanged()
 	if b.draining.Swap(on) != on {
 		e.view.bump()
 	}

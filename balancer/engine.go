@@ -75,6 +75,10 @@ type Options struct {
 	// new clients' first SYNs in the kernel until pinned, where the data
 	// plane can (it implements SYNHolder and its queue binds).
 	HoldSYNs bool
+	// Replicator, when set, is told of every pin and runtime change the
+	// engine makes (a cluster publishes them); see ApplyPins for the
+	// other direction.
+	Replicator Replicator
 }
 
 // SYNHolder is a data plane that can hold the first SYN of a new client
@@ -94,7 +98,9 @@ type Forwarded struct {
 // Engine runs the services of one config. Create it with New, start it with
 // Run. Its methods are safe for concurrent use.
 type Engine struct {
-	dp          Dataplane
+	dp          Dataplane // raw, or raw reporting to repl
+	raw         Dataplane // Options.Dataplane
+	repl        Replicator
 	kernel      bool
 	transparent bool
 	holdSYNs    bool        // asked for
@@ -106,7 +112,8 @@ type Engine struct {
 	view        *view
 	stats       stats
 	health      atomic.Pointer[healthcheck.Monitor] // created by Run
-	state       atomic.Pointer[State]               // nil: StateStarting
+	over        overload
+	state       atomic.Pointer[State] // nil: StateStarting
 
 	version   string
 	stateDir  string
@@ -124,6 +131,7 @@ type Engine struct {
 	services map[string]*service
 	runCtx   context.Context // set by Run; handlers derive from it
 	start    time.Time       // set by Run
+	srv      *proxy.Server   // accepts and proxies every service's connections; made by Run
 }
 
 // New checks the options and builds an engine; it opens nothing.
@@ -133,6 +141,8 @@ func New(o Options) (*Engine, error) {
 	}
 	e := &Engine{
 		dp:          o.Dataplane,
+		raw:         o.Dataplane,
+		repl:        o.Replicator,
 		kernel:      o.Kernel,
 		transparent: o.Transparent && o.Kernel,
 		holdSYNs:    o.HoldSYNs && o.Kernel,
@@ -150,6 +160,9 @@ func New(o Options) (*Engine, error) {
 	}
 	if e.log == nil {
 		e.log = logrus.NewEntry(logrus.StandardLogger())
+	}
+	if e.repl != nil {
+		e.dp = replicated{Dataplane: o.Dataplane, r: e.repl, ttl: e.clientTTL}
 	}
 	rt, err := loadRuntime(o.StateDir)
 	if err != nil {
@@ -169,7 +182,7 @@ func New(o Options) (*Engine, error) {
 		e.log.WithField("registration", s).Warn("registered backend not applied")
 	}
 	if e.listen == nil {
-		e.listen = proxy.Listen // no per-connection keepalive setup; Splice decides
+		e.listen = proxy.Listen // no per-connection keepalive setup; the proxy decides
 	}
 	return e, nil
 }
@@ -180,9 +193,15 @@ func New(o Options) (*Engine, error) {
 // proxied connection is closed; the data plane is left in place, so kernel-
 // forwarded flows and pins survive a restart.
 func (e *Engine) Run(ctx context.Context) error {
+	srv, err := proxy.NewServer()
+	if err != nil {
+		return err
+	}
+	defer srv.Close() // after every service closed
 	e.mu.Lock()
 	e.start = time.Now()
 	e.runCtx = ctx
+	e.srv = srv
 	cfg := e.cfg
 	e.mu.Unlock()
 
@@ -213,7 +232,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	}
 	events := newHealthQueue(e.onHealth)
 	defer events.close()
-	health := healthcheck.New(healthcheck.Options{OnChange: events.push, Logger: e.log.WithField("component", "health")})
+	health := healthcheck.New(healthcheck.Options{OnChange: events.push, Logger: e.log.WithField("component", "health"), Overloaded: e.overloaded})
 	defer health.Close()
 	e.health.Store(health)
 	e.mu.Lock()
@@ -226,6 +245,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		e.log.WithError(err).Error("health checks")
 	}
 	e.applyRuntime()
+	e.reapplyHandPins(ctx)
 	e.setState(StateServing)
 	e.log.WithField("services", len(svcs)).Info("serving")
 
@@ -237,6 +257,10 @@ func (e *Engine) Run(ctx context.Context) error {
 				e.log.WithError(err).Error("the held-SYN queue failed: new clients' first SYNs go to the listener")
 			}
 		})
+	}
+	loops.Go(func() { tick(ctx, HandPinsEvery, func() { e.reapplyHandPins(ctx) }) })
+	if r, ok := e.dp.(ConntrackReader); ok {
+		loops.Go(func() { e.watchConntrack(ctx, r) })
 	}
 	if every := cfg.Log.SummaryInterval; every > 0 {
 		loops.Go(func() { tick(ctx, every, func() { e.logSummary(ctx) }) })
@@ -354,6 +378,8 @@ func (e *Engine) desired(cfg *config.Config) dataplane.State {
 			SNAT:       sc.SNAT,
 			MaxClients: sc.MaxClients,
 			HoldSYN:    e.holding.Load() && sc.Classify == config.ClassifySource,
+
+			IPv6PinPrefix: sc.IPv6PinPrefix,
 		}
 		for _, p := range sc.Pools {
 			for _, b := range p.Backends {

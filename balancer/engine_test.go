@@ -89,7 +89,8 @@ type running struct {
 	eng    *balancer.Engine
 	cancel context.CancelFunc
 	done   chan error
-	stop   func() // startStateful only: stops the engine now
+	stop   func()              // startStateful only: stops the engine now
+	dp     *fallback.Dataplane // startStateful only
 }
 
 // startEngine runs a userspace-mode engine over the real affinity table.

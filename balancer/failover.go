@@ -16,7 +16,7 @@ func healthTargets(cfg *config.Config) []healthcheck.Target {
 		sc := &cfg.Services[i]
 		for _, p := range sc.Pools {
 			for _, b := range p.Backends {
-				ts = append(ts, healthcheck.Target{Service: sc.Name, Backend: b.Name, Addr: b.Address, Health: sc.Health})
+				ts = append(ts, healthcheck.Target{Service: sc.Name, Backend: b.Name, Addr: b.Address, Health: sc.Health, ProxyProtocol: sc.ProxyProtocol})
 			}
 		}
 	}

@@ -16,7 +16,7 @@ func (e *Engine) bindHeld() func(context.Context, func(context.Context, dataplan
 	if !e.holdSYNs {
 		return nil
 	}
-	h, ok := e.dp.(SYNHolder)
+	h, ok := e.raw.(SYNHolder) // not the replicating wrapper
 	if !ok {
 		return nil
 	}
@@ -42,7 +42,8 @@ func (e *Engine) decideHeld(ctx context.Context, syn dataplane.HeldSYN) (string,
 	}
 	snap := s.snap.Load()
 	log := &connLog{s: s, client: syn.Client}
-	f, leader := s.decisions.begin(syn.Client)
+	key := dataplane.PinKey(syn.Client, snap.cfg.IPv6PinPrefix)
+	f, leader := s.decisions.begin(key)
 	if !leader {
 		d, ok := f.wait(ctx)
 		if !ok || d.backend.down.Load() {
@@ -52,11 +53,11 @@ func (e *Engine) decideHeld(ctx context.Context, syn dataplane.HeldSYN) (string,
 	}
 	d, err := s.decideSource(snap, syn.Client)
 	if err == nil {
-		err = s.pin(ctx, d, syn.Client, start, log)
+		err = s.pin(ctx, snap, d, key, start, log, true)
 	} else {
 		s.unclassified(err, d, log)
 	}
-	s.decisions.finish(syn.Client, f, d, err == nil)
+	s.decisions.finish(key, f, d, err == nil)
 	if err != nil {
 		return "", false
 	}

@@ -151,8 +151,10 @@ func (s *service) countMove(from *backend, p dataplane.Pin) {
 }
 
 // failback moves clients to a backend that came back, in pools with
-// failback: each pin of another backend of the pool whose policy now picks b
-// moves to b. Their conntrack entries stay, so live flows finish where they
+// failback (rehash): each pin of another backend of the pool whose policy
+// now picks b moves to b, except pins made by hand. Under maglev and
+// source-hash those are the clients that moved off b when it went down,
+// and the new clients its keys brought meanwhile. Their conntrack entries stay, so live flows finish where they
 // are.
 func (s *service) failback(ctx context.Context, b *backend) (moved int, took time.Duration, err error) {
 	s.migrateMu.Lock()
@@ -183,6 +185,9 @@ func (s *service) failback(ctx context.Context, b *backend) (moved int, took tim
 		}
 		var moves []dataplane.Pin
 		for _, p := range pins {
+			if p.Key == ManualKey {
+				continue // the operator put it there
+			}
 			if nb, err := pool.Pick(keyOf(p), s.e.view); err == nil && nb.Name == b.name {
 				moves = append(moves, movedPin(p, b.name, snap.cfg.ClientTTL))
 			}

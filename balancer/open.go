@@ -28,6 +28,7 @@ func (e *Engine) SetOpen(ctx context.Context, service string, open bool) error {
 		}
 		return err
 	}
+	e.runtimeChanged()
 	if !open {
 		s.pause()
 		s.log.Info("listener closed")

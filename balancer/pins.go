@@ -50,7 +50,9 @@ func (e *Engine) Clients(ctx context.Context, service, backend string, limit int
 const ManualKey = "manual"
 
 // PinClient pins client to backend by hand, replacing any pin it has in the
-// service. The backend may be down or draining: the operator decides.
+// service. A backend that is down or draining takes no hand-made pin (an
+// ErrConflict error): the pin would black-hole the client, or undo the
+// drain.
 func (e *Engine) PinClient(ctx context.Context, service string, client netip.Addr, backend string) error {
 	s, err := e.svc(service)
 	if err != nil {
@@ -60,9 +62,21 @@ func (e *Engine) PinClient(ctx context.Context, service string, client netip.Add
 	if err != nil {
 		return err
 	}
+	switch {
+	case b.down.Load():
+		return fmt.Errorf("%w: backend %q of service %q is down; pin its clients elsewhere", ErrConflict, backend, service)
+	case b.draining.Load():
+		return fmt.Errorf("%w: backend %q of service %q is draining; undo the drain first", ErrConflict, backend, service)
+	}
 	client, err = s.checkClient(client)
 	if err != nil {
 		return err
+	}
+	e.reloadMu.Lock()
+	defer e.reloadMu.Unlock()
+	st := e.rt.clone()
+	if !st.setHandPin(service, client, backend) {
+		return fmt.Errorf("%w: %d pins made by hand already; unpin some first", ErrConflict, maxHandPins)
 	}
 	if err := e.dp.Pin(ctx, dataplane.Pin{Service: service, Backend: backend, Client: client, Key: ManualKey}); err != nil {
 		if errors.Is(err, dataplane.ErrFull) {
@@ -75,6 +89,9 @@ func (e *Engine) PinClient(ctx context.Context, service string, client netip.Add
 	s.accessPin("pinned-by-hand", client, backend, "", ManualKey)
 	if err := s.unpinExcept(ctx, client, backend); err != nil {
 		return fmt.Errorf("removing the previous pin: %w", err)
+	}
+	if err := e.saveRuntimeLocked(st); err != nil {
+		return err
 	}
 	s.log.WithFields(logrus.Fields{"client": client, "backend": backend}).Info("pinned by hand")
 	return nil
@@ -91,6 +108,8 @@ func (e *Engine) UnpinClient(ctx context.Context, service string, client netip.A
 	if client, err = s.checkClient(client); err != nil {
 		return err
 	}
+	e.reloadMu.Lock()
+	defer e.reloadMu.Unlock()
 	old, had, _ := e.dp.Lookup(ctx, service, client)
 	if err := s.unpinExcept(ctx, client, ""); err != nil {
 		return err
@@ -99,15 +118,22 @@ func (e *Engine) UnpinClient(ctx context.Context, service string, client netip.A
 		s.counts.unpinned.Add(1)
 		s.accessPin("unpinned", client, "", old.Backend, "")
 	}
+	if st := e.rt.clone(); st.dropHandPin(service, client) {
+		if err := e.saveRuntimeLocked(st); err != nil {
+			return err
+		}
+	}
 	s.log.WithField("client", client).Info("unpinned by hand")
 	return nil
 }
 
-// checkClient returns client unmapped, or an ErrInvalid error when it is
-// not an address of the service's family.
+// checkClient returns what the service pins for client: the address
+// unmapped, or its network's under ipv6_pin_prefix; an ErrInvalid error
+// when it is not an address of the service's family.
 func (s *service) checkClient(client netip.Addr) (netip.Addr, error) {
 	client = client.Unmap()
-	v6 := s.snap.Load().cfg.Listen.Addr().Is6()
+	cfg := s.snap.Load().cfg
+	v6 := cfg.Listen.Addr().Is6()
 	switch {
 	case !client.IsValid():
 		return client, fmt.Errorf("%w: no client address", ErrInvalid)
@@ -118,7 +144,7 @@ func (s *service) checkClient(client netip.Addr) (netip.Addr, error) {
 		}
 		return client, fmt.Errorf("%w: client %s: service %q has %s clients", ErrInvalid, client, s.name, fam)
 	}
-	return client, nil
+	return dataplane.PinKey(client, cfg.IPv6PinPrefix), nil
 }
 
 // unpinExcept removes client's pin from every backend but keep.

@@ -42,6 +42,11 @@ func (e *Engine) Register(ctx context.Context, service string, r Registration) e
 	if err := sc.CheckBackend(config.Backend{Name: r.Name, Address: r.Address, Weight: r.Weight}); err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
+	if e.kernel {
+		if err := sc.CheckForward(config.Backend{Name: r.Name, Address: r.Address}); err != nil {
+			return fmt.Errorf("%w: %w", ErrInvalid, err)
+		}
+	}
 	e.mu.Lock()
 	cur := e.cfg
 	e.mu.Unlock()
@@ -58,11 +63,15 @@ func (e *Engine) Register(ctx context.Context, service string, r Registration) e
 			if err := e.saveRuntimeLocked(st); err != nil {
 				return err
 			}
+			e.runtimeChanged()
 		}
 		if m := e.health.Load(); m != nil {
 			if err := m.Renew(service, r.Name, r.TTL); err != nil {
 				return err
 			}
+		}
+		if e.repl != nil && r.TTL > 0 {
+			e.repl.Renewed(service, r.Name, r.TTL)
 		}
 		log.Debug("backend heartbeat")
 		return nil
@@ -87,6 +96,7 @@ func (e *Engine) Register(ctx context.Context, service string, r Registration) e
 	if err := e.saveOrUndoLocked(ctx, st); err != nil {
 		return err
 	}
+	e.runtimeChanged()
 	if m := e.health.Load(); m != nil && r.TTL > 0 {
 		if err := m.Renew(service, r.Name, r.TTL); err != nil {
 			return err
@@ -121,6 +131,7 @@ func (e *Engine) Deregister(ctx context.Context, service, name string) error {
 	if err := e.saveOrUndoLocked(ctx, st); err != nil {
 		return err
 	}
+	e.runtimeChanged()
 	e.log.WithFields(logrus.Fields{"service": service, "backend": name}).Info("backend deregistered")
 	return nil
 }

@@ -21,9 +21,9 @@ import (
 )
 
 // RuntimeFile is the file under state_dir holding the changes made through
-// the API: registered backends, drains and closed listeners. Pins are kept
-// by the data plane itself (the kernel's sets, the affinity table). The
-// operator's config file is never rewritten.
+// the API: registered backends, drains, closed listeners and pins made by
+// hand. Other pins are kept by the data plane itself (the kernel's sets,
+// the affinity table). The operator's config file is never rewritten.
 const RuntimeFile = "runtime.json"
 
 const runtimeVersion = 1
@@ -34,7 +34,8 @@ type runtimeState struct {
 	Version       int                    `json:"version"`
 	Registrations []registration         `json:"registrations"`
 	Drains        []dataplane.BackendRef `json:"drains"`
-	Closed        []string               `json:"closed"` // services whose listener is closed
+	Closed        []string               `json:"closed"`         // services whose listener is closed
+	Pins          []handPin              `json:"pins,omitempty"` // made by hand; by service, then client
 }
 
 // registration is a backend added through the API.
@@ -105,6 +106,7 @@ func (st *runtimeState) clone() runtimeState {
 		Registrations: slices.Clone(st.Registrations),
 		Drains:        slices.Clone(st.Drains),
 		Closed:        slices.Clone(st.Closed),
+		Pins:          slices.Clone(st.Pins),
 	}
 }
 
@@ -123,6 +125,12 @@ func loadRuntime(dir string) (runtimeState, error) {
 	if err != nil {
 		return st, fmt.Errorf("runtime state: %w", err)
 	}
+	return parseRuntime(path, b)
+}
+
+// parseRuntime decodes the runtime state file at path, whose content is b.
+func parseRuntime(path string, b []byte) (runtimeState, error) {
+	var st runtimeState
 	if err := json.Unmarshal(b, &st); err != nil {
 		return st, fmt.Errorf("runtime state %s is corrupt (fix or remove it): %w", path, err)
 	}
@@ -132,13 +140,19 @@ func loadRuntime(dir string) (runtimeState, error) {
 	return st, nil
 }
 
+// encodeRuntime is the content of the runtime state file holding st.
+func encodeRuntime(st runtimeState) ([]byte, error) {
+	st.Version = runtimeVersion
+	b, err := json.MarshalIndent(st, "", "  ")
+	return append(b, '\n'), err
+}
+
 // saveRuntime writes st to dir/RuntimeFile atomically (atomicfile.Write).
 func saveRuntime(dir string, st runtimeState) error {
 	if dir == "" {
 		return nil
 	}
-	st.Version = runtimeVersion
-	b, err := json.MarshalIndent(st, "", "  ")
+	b, err := encodeRuntime(st)
 	if err != nil {
 		return err
 	}
@@ -146,8 +160,8 @@ func saveRuntime(dir string, st runtimeState) error {
 		return fmt.Errorf("runtime state: %w", err)
 	}
 	err = atomicfile.Write(filepath.Join(dir, RuntimeFile), func(w *bufio.Writer) error {
-		w.Write(b)
-		return w.WriteByte('\n')
+		_, err := w.Write(b)
+		return err
 	})
 	if err != nil {
 		return fmt.Errorf("runtime state: %w", err)

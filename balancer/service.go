@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"github.com/handoff-lb/handoff/classifier"
 	"github.com/handoff-lb/handoff/config"
 	"github.com/handoff-lb/handoff/dataplane"
+	"github.com/handoff-lb/handoff/internal/ratelog"
 	"github.com/handoff-lb/handoff/proxy"
 )
 
@@ -31,7 +33,12 @@ type service struct {
 	counts    *serviceCounters
 	snap      atomic.Pointer[snapshot]
 
-	noBackend   atomic.Bool // the last new client found no usable backend
+	noBackend atomic.Bool // the last new client found no usable backend
+	// budget counts the new pins of each client network (pin_budget);
+	// kept across reloads.
+	budget budget
+	// logs bound the lines that clients can trigger.
+	logs        connLimits
 	countFailed atomic.Bool // the last recount of pins failed (kernel mode)
 
 	// migrateMu serializes the migrations of the service's clients
@@ -43,10 +50,11 @@ type service struct {
 	mu       sync.Mutex
 	backends map[string]*backend
 	ln       net.Listener    // nil while closed
+	acceptor *proxy.Acceptor // ln served by the engine's proxy server; nil while not accepting
 	ctx      context.Context // handlers' context; set by serve
 	cancel   context.CancelFunc
-	accepts  sync.WaitGroup // the accept loop
-	wg       sync.WaitGroup // handlers
+	group    *proxy.Group   // the proxied connections; aborted when ctx ends
+	wg       sync.WaitGroup // accepted connections, until they end
 }
 
 // snapshot is what a handler needs of a service's config; immutable.
@@ -76,7 +84,20 @@ func (e *Engine) newService(sc *config.Service) (*service, error) {
 
 // allocService returns a service named name that has no snapshot yet.
 func (e *Engine) allocService(name string) *service {
-	return &service{e: e, name: name, log: e.log.WithField("service", name), counts: e.stats.service(name)}
+	return &service{e: e, name: name, log: e.log.WithField("service", name), counts: e.stats.service(name), logs: newConnLimits()}
+}
+
+// connLimits are a service's rate limiters of the lines that a client's
+// connections can trigger, one per kind of line: a flood of connections
+// logs a few lines a second of each, and the next line says how many
+// were held back.
+type connLimits struct {
+	accept, lookup, pinFailed, full, budget, undo, header, dial, repin *ratelog.Limiter
+}
+
+func newConnLimits() connLimits {
+	l := func() *ratelog.Limiter { return ratelog.Default() }
+	return connLimits{accept: l(), lookup: l(), pinFailed: l(), full: l(), budget: l(), undo: l(), header: l(), dial: l(), repin: l()}
 }
 
 // install makes snap current and updates the backend table, keeping the
@@ -130,38 +151,47 @@ func (s *service) addr() net.Addr {
 	return s.ln.Addr()
 }
 
-// serve starts the accept loop (when the listener is open); close stops it
-// and waits for every handler.
+// serve starts accepting (when the listener is open); close stops it and
+// waits for every connection.
 func (s *service) serve(ctx context.Context) {
 	ctx, cancel := context.WithCancel(ctx)
+	group := s.e.srv.NewGroup()
+	context.AfterFunc(ctx, func() { group.Abort(context.Cause(ctx)) })
 	s.mu.Lock()
-	s.ctx, s.cancel = ctx, cancel
+	defer s.mu.Unlock()
+	s.ctx, s.cancel, s.group = ctx, cancel, group
 	if s.ln != nil {
-		s.startAccepting(s.ln)
+		if err := s.startAccepting(s.ln); err != nil {
+			s.log.WithError(err).Error("listener not served: closed")
+			s.ln.Close()
+			s.ln = nil
+		}
 	}
-	s.mu.Unlock()
 }
 
-// startAccepting runs the accept loop of ln; s.mu is held.
-func (s *service) startAccepting(ln net.Listener) {
-	s.accepts.Add(1)
-	go func() {
-		defer s.accepts.Done()
-		s.acceptLoop(s.ctx, ln)
-	}()
+// startAccepting has the engine's proxy server accept on ln; s.mu is held.
+func (s *service) startAccepting(ln net.Listener) error {
+	a, err := s.e.srv.Serve(ln, proxy.ServeOptions{Accept: s.accept, AcceptError: s.acceptError})
+	if err != nil {
+		return err
+	}
+	s.acceptor = a
+	return nil
 }
 
-// pause closes the listener and waits for the accept loop; connections
-// already accepted go on. Closing a closed service does nothing.
+// pause stops accepting and closes the listener; connections already
+// accepted go on. Closing a closed service does nothing.
 func (s *service) pause() {
 	s.mu.Lock()
-	ln := s.ln
-	s.ln = nil
+	ln, a := s.ln, s.acceptor
+	s.ln, s.acceptor = nil, nil
 	s.mu.Unlock()
+	if a != nil {
+		a.Stop()
+	}
 	if ln != nil {
 		ln.Close()
 	}
-	s.accepts.Wait()
 }
 
 // resume opens the listener again and accepts on it.
@@ -178,88 +208,95 @@ func (s *service) resume(ctx context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.ctx != nil {
-		s.startAccepting(s.ln)
+		if err := s.startAccepting(s.ln); err != nil {
+			s.ln.Close()
+			s.ln = nil
+			return fmt.Errorf("service %s: %w", s.name, err)
+		}
 	}
 	return nil
 }
 
+// close stops accepting, ends the connections being proxied and waits for
+// every connection.
 func (s *service) close() {
 	s.mu.Lock()
 	if s.cancel != nil {
-		s.cancel()
-	}
-	if s.ln != nil {
-		s.ln.Close()
-		s.ln = nil
+		s.cancel() // aborts the group
 	}
 	s.mu.Unlock()
-	s.accepts.Wait()
+	s.pause()
 	s.wg.Wait()
 }
 
-// acceptLoop accepts until the listener closes. Temporary errors (such as
-// running out of file descriptors) back off instead of spinning.
-func (s *service) acceptLoop(ctx context.Context, ln net.Listener) {
-	var delay time.Duration
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
-				return
-			}
-			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-			s.log.WithError(err).WithField("retry_in", delay).Warn("accept failed")
-			select {
-			case <-time.After(delay):
-			case <-ctx.Done():
-				return
-			}
-			continue
-		}
-		delay = 0
-		tc, ok := c.(*net.TCPConn)
-		if !ok {
-			c.Close()
-			continue
-		}
-		snap := s.snap.Load()
-		if !snap.limit.TryAcquire() {
-			reset(tc)
-			if s.log.Logger.IsLevelEnabled(logrus.DebugLevel) {
-				s.log.WithField("client", tc.RemoteAddr()).Debug("refused: max_connections reached")
-			}
-			continue
-		}
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			defer snap.limit.Release()
-			s.handle(ctx, snap, tc)
-		}()
+// acceptError logs an accept that failed for lack of resources (such as
+// file descriptors); accepting backs off instead of spinning.
+func (s *service) acceptError(err error, retryIn time.Duration) {
+	if l := s.logs.accept.Entry(func() *logrus.Entry { return s.log }); l != nil {
+		l.WithError(err).WithField("retry_in", retryIn).Warn("accept failed")
 	}
 }
 
-// reset closes c with an RST (SO_LINGER 0).
-func reset(c *net.TCPConn) {
-	c.SetLinger(0)
-	c.Close()
+// conn is one accepted connection of a service, from accept to its end:
+// the proxy.Result of its route.
+type conn struct {
+	s      *service
+	snap   *snapshot // the service's config when it was accepted
+	c      *proxy.Conn
+	client netip.Addr
+	// pinKey is what the client is pinned as: its address, or its
+	// network's under ipv6_pin_prefix. The client is classified by its
+	// address.
+	pinKey   netip.Addr
+	log      connLog
+	accepted time.Time
+
+	// proxying
+	b, first   *backend // the backend dialed now, and the first one
+	key, label string
+	pin        dataplane.Pin // a pinned client's pin; its key is keyOf(pin)
+	tried      []string      // backends that failed to connect
+	connected  bool
+	start      time.Time // when the backend accepted, for the access log
+	r          proxy.Route
 }
 
-// clientAddrPort is the source address (unmapped) and port of c.
-func clientAddrPort(c net.Conn) netip.AddrPort {
-	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
-		ap := a.AddrPort()
-		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+// accept takes a new connection, on the proxy server's event loop: in
+// userspace mode a pinned client goes straight to its backend (the route
+// returned); any other connection goes to handle, in a goroutine. Past
+// max_connections it is reset at once.
+func (s *service) accept(c *proxy.Conn) *proxy.Route {
+	snap := s.snap.Load()
+	if !snap.limit.TryAcquire() {
+		c.Reset()
+		if s.log.Logger.IsLevelEnabled(logrus.DebugLevel) {
+			s.log.WithField("client", c.RemoteAddr()).Debug("refused: max_connections reached")
+		}
+		return nil
 	}
-	return netip.AddrPort{}
+	s.wg.Add(1)
+	client := c.RemoteAddrPort().Addr().Unmap()
+	pc := &conn{s: s, snap: snap, c: c, client: client, pinKey: dataplane.PinKey(client, snap.cfg.IPv6PinPrefix), log: connLog{s: s, client: client}}
+	if !s.e.kernel {
+		if r := pc.pinned(); r != nil {
+			return r
+		}
+	}
+	pc.accepted = time.Now()
+	go pc.handle()
+	return nil
 }
 
-// clientAddr is the unmapped source address of c.
-func clientAddr(c net.Conn) netip.Addr {
-	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
-		return a.AddrPort().Addr().Unmap()
-	}
-	return netip.Addr{}
+// end releases what the connection held of its service.
+func (pc *conn) end() {
+	pc.snap.limit.Release()
+	pc.s.wg.Done()
+}
+
+// reset resets the client's connection and ends it.
+func (pc *conn) reset() {
+	pc.c.Reset()
+	pc.end()
 }
 
 // connLog is the logger of one connection, with its client field. It is
@@ -281,76 +318,102 @@ func (l *connLog) get() *logrus.Entry {
 // debug reports whether debug messages are logged at all.
 func (l *connLog) debug() bool { return l.s.log.Logger.IsLevelEnabled(logrus.DebugLevel) }
 
-// handle runs one connection: in userspace mode a pinned client goes
-// straight to its backend; otherwise the client is classified, pinned, and
-// its first connection is reset (kernel mode, reset) or proxied. The
-// client's other connections that race in meanwhile follow the same
-// decision and are proxied.
-func (s *service) handle(ctx context.Context, snap *snapshot, c *net.TCPConn) {
-	accepted := time.Now()
-	client := clientAddr(c)
-	log := &connLog{s: s, client: client}
-
-	if !s.e.kernel {
-		if pin, ok, err := s.e.dp.Lookup(ctx, s.name, client); err != nil {
-			log.get().WithError(err).Warn("affinity lookup failed")
-		} else if ok {
-			if b := s.backend(pin.Backend); b != nil && !b.down.Load() {
-				s.proxy(ctx, snap, c, b, keyOf(pin), pin.Key, nil, log)
-				return
-			}
+// pinned returns the route of a client pinned in userspace mode to a
+// backend that is up, or nil. It runs on the event loop, which the
+// affinity table's lookup holds up only while another goroutine writes
+// the client's shard (a pin, or a sweep of expired pins: about a
+// millisecond per 15,000 pins in the shard).
+func (pc *conn) pinned() *proxy.Route {
+	s := pc.s
+	pin, ok, err := s.e.dp.Lookup(s.ctx, s.name, pc.pinKey)
+	if err != nil {
+		if l := s.logs.lookup.Entry(pc.log.get); l != nil {
+			l.WithError(err).Warn("affinity lookup failed")
 		}
+		return nil
 	}
+	if !ok {
+		return nil
+	}
+	b := s.backend(pin.Backend)
+	if b == nil || b.down.Load() {
+		return nil
+	}
+	pc.pin = pin // its key, for a fall-over, is made only if one happens
+	return pc.route(b, "", pin.Key, nil)
+}
 
+// handle runs a connection that needs more than a lookup, in a goroutine
+// of its own: the client is classified, pinned, and its first connection
+// is reset (kernel mode, reset) or proxied. The client's other connections
+// that race in meanwhile follow the same decision and are proxied.
+func (pc *conn) handle() {
+	s, ctx := pc.s, pc.s.ctx
 	// Every connection reads its own first bytes; the first to be
 	// classified pins the client, and the others follow its decision (a
 	// client's racing connections may ask for different names: one
 	// decision, one pin, per client). Waiting happens only while a pin is
 	// being made, never while another connection's bytes are awaited.
-	d, err := s.classify(ctx, snap, c, client)
+	d, err := s.classify(ctx, pc.snap, pc.c, pc.client)
 	if err != nil {
-		s.unclassified(err, d, log)
-		reset(c)
+		s.unclassified(err, d, &pc.log)
+		pc.reset()
 		return
 	}
 	for attempt := 0; ; attempt++ {
-		f, leader := s.decisions.begin(client)
+		f, leader := s.decisions.begin(pc.pinKey)
 		if leader {
-			s.lead(ctx, snap, c, client, f, d, accepted, log)
+			pc.lead(f, d)
 			return
 		}
 		fd, ok := f.wait(ctx)
 		if ok && !fd.backend.down.Load() && s.backend(fd.backend.name) == fd.backend {
-			s.first(snap, FirstProxied)
-			s.proxy(ctx, snap, c, fd.backend, fd.key, fd.label, d.peeked, log)
+			s.first(pc.snap, FirstProxied)
+			pc.proxy(fd.backend, fd.key, fd.label, d.peeked)
 			return
 		}
 		if ok {
-			s.decisions.forget(client) // its backend went down or away since
+			s.decisions.forget(pc.pinKey) // its backend went down or away since
 		}
 		if attempt == 2 || ctx.Err() != nil {
-			reset(c)
+			pc.reset()
 			return
 		}
 	}
 }
 
 // lead pins a new client as d says, records the decision in f for the
-// connections racing in, and serves the connection.
-func (s *service) lead(ctx context.Context, snap *snapshot, c *net.TCPConn, client netip.Addr, f *flight, d decision, accepted time.Time, log *connLog) {
-	err := s.pin(ctx, d, client, accepted, log)
-	s.decisions.finish(client, f, d, err == nil)
+// connections racing in, and serves the connection. A client whose pin
+// finds no room (a full set, a spent pin budget) is served as on_full
+// says: proxied to the backend decided, without a pin, or reset; its next
+// connection is decided afresh.
+func (pc *conn) lead(f *flight, d decision) {
+	s := pc.s
+	err := s.pin(s.ctx, pc.snap, d, pc.pinKey, pc.accepted, &pc.log, false)
+	s.decisions.finish(pc.pinKey, f, d, err == nil)
 	if err != nil {
-		reset(c)
+		if unpinnable(err) && pc.snap.cfg.OnFull == config.OnFullProxy {
+			s.first(pc.snap, FirstProxied)
+			pc.proxy(d.backend, d.key, unpinnedLabel, d.peeked)
+			return
+		}
+		pc.reset()
 		return
 	}
-	if s.e.kernel && snap.cfg.FirstConnection == config.FirstReset {
-		s.first(snap, FirstReset)
-		reset(c)
+	if s.e.kernel && pc.snap.cfg.FirstConnection == config.FirstReset {
+		s.first(pc.snap, FirstReset)
+		pc.reset()
 		return
 	}
-	s.first(snap, FirstProxied)
-	s.proxy(ctx, snap, c, d.backend, d.key, d.label, d.peeked, log)
+	s.first(pc.snap, FirstProxied)
+	pc.proxy(d.backend, d.key, d.label, d.peeked)
+}
+
+// proxy hands the connection to the event loop along the route to b.
+func (pc *conn) proxy(b *backend, key, label string, peeked []byte) {
+	if r := pc.route(b, key, label, peeked); r != nil {
+		pc.c.Proxy(r)
+	}
 }
 
 // unclassified counts and logs a new client that got no decision.
@@ -373,20 +436,43 @@ func (s *service) unclassified(err error, d decision, log *connLog) {
 	}
 }
 
-// pin pins client as d says and counts it. It fails when the data plane
-// refuses, and when d's backend went down meanwhile (the pin is undone).
-func (s *service) pin(ctx context.Context, d decision, client netip.Addr, since time.Time, log *connLog) error {
+// pin pins a new client as d says and counts it. It fails when the
+// client's network spent its pin budget (errOverBudget), when the data
+// plane refuses (a full set wraps dataplane.ErrFull), and when d's backend
+// went down meanwhile (the pin is undone). held is a held SYN's attempt:
+// when it finds no room the listener meets the connection and tries
+// again, so it neither counts nor logs that.
+func (s *service) pin(ctx context.Context, snap *snapshot, d decision, client netip.Addr, since time.Time, log *connLog, held bool) error {
 	if s.noBackend.CompareAndSwap(true, false) {
 		log.get().WithField("backend", d.backend.name).Info("a usable backend is back: new clients are pinned again")
 	}
-	if err := s.e.dp.Pin(ctx, dataplane.Pin{Service: s.name, Backend: d.backend.name, Client: client, Key: d.label}); err != nil {
-		l := log.get().WithError(err).WithField("backend", d.backend.name)
-		if errors.Is(err, dataplane.ErrFull) {
-			l.Debug("pin refused, backend's client table full: reset") // the data plane logs this, rate-limited
-		} else {
-			l.Warn("pin failed: reset")
+	pb := snap.cfg.PinBudget
+	if !s.budget.take(time.Now(), client, pb, snap.cfg.ClientTTL) {
+		if !held {
+			s.counts.overBudget.Add(1)
+			if l := s.logs.budget.Entry(log.get); l != nil {
+				l.WithFields(logrus.Fields{"network": network(client, pb), "per_prefix": pb.PerPrefix, "on_full": snap.cfg.OnFull}).
+					Warn("pin refused: the client's network made its pin budget of new pins within client_ttl")
+			}
 		}
-		s.counts.pinFailed.Add(1)
+		return errOverBudget
+	}
+	if err := s.e.dp.Pin(ctx, dataplane.Pin{Service: s.name, Backend: d.backend.name, Client: client, Key: d.label}); err != nil {
+		s.budget.refund(client, pb)
+		switch {
+		case held && errors.Is(err, dataplane.ErrFull):
+		case errors.Is(err, dataplane.ErrFull):
+			s.counts.full.Add(1)
+			if l := s.logs.full.Entry(log.get); l != nil {
+				l.WithError(err).WithFields(logrus.Fields{"backend": d.backend.name, "max_clients": snap.cfg.MaxClients, "on_full": snap.cfg.OnFull}).
+					Warn("pin refused: the backend's client table is full (raise max_clients)")
+			}
+		default:
+			s.counts.pinFailed.Add(1)
+			if l := s.logs.pinFailed.Entry(log.get); l != nil {
+				l.WithError(err).WithField("backend", d.backend.name).Warn("pin failed: reset")
+			}
+		}
 		return err
 	}
 	if d.backend.down.Load() {
@@ -396,7 +482,9 @@ func (s *service) pin(ctx context.Context, d decision, client netip.Addr, since 
 		// landed before this check is seen). Undo the pin; the client's
 		// next connection is classified afresh.
 		if err := s.e.dp.Unpin(ctx, s.name, d.backend.name, client); err != nil {
-			log.get().WithError(err).WithField("backend", d.backend.name).Warn("unpinning a client of a backend that went down while it was pinned")
+			if l := s.logs.undo.Entry(log.get); l != nil {
+				l.WithError(err).WithField("backend", d.backend.name).Warn("unpinning a client of a backend that went down while it was pinned")
+			}
 		}
 		return fmt.Errorf("backend %s went down while the client was pinned", d.backend.name)
 	}
@@ -436,49 +524,104 @@ func (s *service) backend(name string) *backend {
 	return s.backends[name]
 }
 
-// proxy dials b and splices c to it, replaying peeked bytes first. When the
-// dial fails it reports the failure to the health monitor and tries the next
-// backends in the pool policy's order for key; a client that lands elsewhere
-// is re-pinned there (label is its pin's comment), so it sees one successful
-// connection.
-func (s *service) proxy(ctx context.Context, snap *snapshot, c *net.TCPConn, b *backend, key, label string, peeked []byte, log *connLog) {
-	bc, b := s.dialBackend(ctx, snap, b, key, label, clientAddrPort(c), log)
-	if bc == nil {
-		if s.e.access != nil {
-			s.e.access.WithFields(logrus.Fields{"event": "connection", "service": s.name, "client": clientAddrPort(c).String(), "end": "no backend answered"}).Info("reset")
-		}
-		reset(c)
-		return
-	}
-	if snap.cfg.ProxyProtocol != config.ProxyProtocolOff && snap.cfg.ProxyProtocol != "" && !s.e.kernel {
-		if err := proxy.WriteHeader(bc, snap.cfg.ProxyProtocol, c.RemoteAddr(), c.LocalAddr()); err != nil {
-			log.get().WithError(err).WithField("backend", b.name).Warn("writing PROXY header")
-			reset(c)
-			bc.Close()
-			return
+// route returns the route to b (key and label are the client's: key is ""
+// for a pinned client, whose pin gives it if a fall-over needs it; peeked
+// the bytes to replay), or nil after resetting the client when its PROXY
+// header cannot be made. When the dial fails, DialFailed tries the next
+// backends in the pool policy's order for key; a client that lands
+// elsewhere is re-pinned there (label is its pin's comment), so it sees
+// one successful connection.
+func (pc *conn) route(b *backend, key, label string, peeked []byte) *proxy.Route {
+	cfg := pc.snap.cfg
+	var hdr []byte
+	if cfg.ProxyProtocol != config.ProxyProtocolOff && cfg.ProxyProtocol != "" && !pc.s.e.kernel {
+		var err error
+		if hdr, err = proxy.Header(cfg.ProxyProtocol, pc.c.RemoteAddr(), pc.c.LocalAddr()); err != nil {
+			if l := pc.s.logs.header.Entry(pc.log.get); l != nil {
+				l.WithError(err).WithField("backend", b.name).Warn("writing PROXY header")
+			}
+			pc.reset()
+			return nil
 		}
 	}
-	b.active.Add(1)
-	defer b.active.Add(-1)
-	if log.debug() {
-		log.get().WithField("backend", b.name).Debug("proxying")
+	pc.b, pc.first, pc.key, pc.label = b, b, key, label
+	pc.r = proxy.Route{
+		Backend:        b.addr,
+		ConnectTimeout: cfg.Timeouts.Connect,
+		Idle:           cfg.Timeouts.Idle,
+		Header:         hdr,
+		Replay:         peeked,
+		Group:          pc.s.group,
+		Result:         pc,
 	}
-	start := time.Now()
-	st, err := proxy.Splice(ctx, c, bc, proxy.SpliceOptions{Idle: snap.cfg.Timeouts.Idle, Replay: peeked, ToBackend: &b.bytesIn, ToClient: &b.bytesOut})
-	b.conns.Add(1)
-	if s.e.access != nil {
-		s.e.access.WithFields(logrus.Fields{
-			"event": "connection", "service": s.name, "client": clientAddrPort(c).String(), "backend": b.name,
-			"bytes_in": st.ClientToBackend, "bytes_out": st.BackendToClient,
-			"duration": time.Since(start).Round(time.Microsecond).String(), "end": endOf(ctx, err),
-		}).Info("proxied")
+	if pc.s.transparent(pc.snap) {
+		pc.r.Source = pc.c.RemoteAddrPort()
 	}
-	if log.debug() {
-		l := log.get().WithFields(logrus.Fields{"backend": b.name, "bytes_in": st.ClientToBackend, "bytes_out": st.BackendToClient})
+	return &pc.r
+}
+
+// Connected counts the connection on its backend; a client that fell over
+// to another backend is re-pinned there. It runs on the event loop.
+func (pc *conn) Connected() {
+	pc.connected = true
+	pc.b.active.Add(1)
+	if pc.s.e.access != nil {
+		pc.start = time.Now()
+	}
+	if pc.b != pc.first {
+		s := pc.s
+		s.wg.Add(1) // this connection holds the count above zero
+		go func() {
+			defer s.wg.Done()
+			s.repin(s.ctx, pc.pinKey, pc.first, pc.b, pc.label, &connLog{s: s, client: pc.client})
+		}()
+	}
+	if pc.log.debug() {
+		pc.log.get().WithField("backend", pc.b.name).Debug("proxying")
+	}
+}
+
+// Done counts the connection's bytes and ends it. It runs on the event
+// loop.
+func (pc *conn) Done(st proxy.Stats, err error) {
+	b := pc.b
+	if pc.connected {
+		b.active.Add(-1)
+		b.bytesIn.Add(uint64(st.ClientToBackend))
+		b.bytesOut.Add(uint64(st.BackendToClient))
+		b.conns.Add(1)
+		pc.accessConn(st, err)
+	}
+	if pc.log.debug() {
+		l := pc.log.get().WithFields(logrus.Fields{"backend": b.name, "bytes_in": st.ClientToBackend, "bytes_out": st.BackendToClient})
 		if err != nil {
 			l = l.WithError(err)
 		}
 		l.Debug("proxied connection ended")
+	}
+	pc.end()
+}
+
+// accessConn writes a proxied connection's line to the access log: its
+// backend, bytes each way, duration since the backend accepted, and how it
+// ended. It runs on the event loop (logrus formats and writes in the
+// calling goroutine; no goroutine per connection).
+func (pc *conn) accessConn(st proxy.Stats, err error) {
+	if pc.s.e.access == nil {
+		return
+	}
+	pc.s.e.access.WithFields(logrus.Fields{
+		"event": "connection", "service": pc.s.name, "client": pc.c.RemoteAddrPort().String(), "backend": pc.b.name,
+		"bytes_in": st.ClientToBackend, "bytes_out": st.BackendToClient,
+		"duration": time.Since(pc.start).Round(time.Microsecond).String(), "end": endOf(pc.s.ctx, err),
+	}).Info("proxied")
+}
+
+// accessReset writes the access log's line for a client reset because no
+// backend answered.
+func (pc *conn) accessReset() {
+	if pc.s.e.access != nil {
+		pc.s.e.access.WithFields(logrus.Fields{"event": "connection", "service": pc.s.name, "client": pc.c.RemoteAddrPort().String(), "end": "no backend answered"}).Info("reset")
 	}
 }
 
@@ -489,7 +632,7 @@ func endOf(ctx context.Context, err error) string {
 		return "closed"
 	case errors.Is(err, proxy.ErrIdle):
 		return "idle-timeout"
-	case ctx.Err() != nil && errors.Is(err, ctx.Err()):
+	case ctx.Err() != nil && (errors.Is(err, ctx.Err()) || errors.Is(err, context.Cause(ctx))):
 		return "shutdown"
 	}
 	return "error: " + err.Error()
@@ -514,49 +657,50 @@ func (s *service) accessPin(event string, client netip.Addr, backend, from, key 
 	s.e.access.WithFields(f).Info("pin")
 }
 
+// unpinnedLabel is the label proxy gets for a client served without a pin,
+// which a failed dial must not pin elsewhere. (A key of these very bytes
+// would only lose that re-pin.)
+const unpinnedLabel = "\x00unpinned"
+
 // maxDialAttempts bounds how many backends one connection tries.
 const maxDialAttempts = 3
 
-// dialBackend connects to b, or to the next candidates of b's pool when b
-// refuses. It returns nil when every attempt failed.
-func (s *service) dialBackend(ctx context.Context, snap *snapshot, b *backend, key, label string, from netip.AddrPort, log *connLog) (*net.TCPConn, *backend) {
-	client := from.Addr()
-	first := b
-	tried := map[string]bool{}
-	for attempt := 0; b != nil && attempt < maxDialAttempts; attempt++ {
-		tried[b.name] = true
-		bc, err := s.dial(ctx, snap, b, from)
-		if err == nil {
-			if b != first {
-				s.repin(ctx, client, first, b, label, log)
-			}
-			return bc, b
-		}
-		log.get().WithError(err).WithField("backend", b.name).Warn("backend dial failed")
-		if m := s.e.health.Load(); m != nil {
-			m.ReportFailure(s.name, b.name, err)
-		}
-		b = s.nextCandidate(snap, b.pool, key, tried)
+// DialFailed reports the failure to the health monitor and proxies the
+// client to the next candidate of the backend's pool, or resets it when
+// there is none (or it tried maxDialAttempts backends).
+func (pc *conn) DialFailed(c *proxy.Conn, err error) {
+	s, b := pc.s, pc.b
+	if l := s.logs.dial.Entry(pc.log.get); l != nil {
+		l.WithError(err).WithField("backend", b.name).Warn("backend dial failed")
 	}
-	return nil, nil
+	if m := s.e.health.Load(); m != nil {
+		m.ReportFailure(s.name, b.name, err)
+	}
+	pc.tried = append(pc.tried, b.name)
+	if pc.key == "" && pc.pin.Client.IsValid() {
+		pc.key = keyOf(pc.pin)
+	}
+	var next *backend
+	if len(pc.tried) < maxDialAttempts {
+		next = s.nextCandidate(pc.snap, b.pool, pc.key, pc.tried)
+	}
+	if next == nil {
+		pc.accessReset()
+		pc.reset()
+		return
+	}
+	pc.b = next
+	pc.r.Backend = next.addr
+	c.Proxy(&pc.r)
 }
 
-// dial connects to b: from the client's address and port when the
-// service dials transparently, else from this host's.
-func (s *service) dial(ctx context.Context, snap *snapshot, b *backend, from netip.AddrPort) (*net.TCPConn, error) {
-	if !s.transparent(snap) {
-		return proxy.Dial(ctx, b.addr, snap.cfg.Timeouts.Connect)
-	}
-	return proxy.DialTransparent(ctx, from, b.addr, snap.cfg.Timeouts.Connect)
-}
-
-func (s *service) nextCandidate(snap *snapshot, pool, key string, tried map[string]bool) *backend {
+func (s *service) nextCandidate(snap *snapshot, pool, key string, tried []string) *backend {
 	p := snap.router.Pool(pool)
 	if p == nil {
 		return nil
 	}
 	for _, cb := range p.Candidates(key, s.e.view, maxDialAttempts+len(tried)) {
-		if !tried[cb.Name] {
+		if !slices.Contains(tried, cb.Name) {
 			return s.backend(cb.Name)
 		}
 	}
@@ -564,9 +708,15 @@ func (s *service) nextCandidate(snap *snapshot, pool, key string, tried map[stri
 }
 
 // repin moves a client whose dial fell over from one backend to another.
+// A client served without a pin (on_full: proxy) is not pinned here.
 func (s *service) repin(ctx context.Context, client netip.Addr, from, to *backend, label string, log *connLog) {
+	if label == unpinnedLabel {
+		return
+	}
 	if err := s.e.dp.Pin(ctx, dataplane.Pin{Service: s.name, Backend: to.name, Client: client, Key: label}); err != nil {
-		log.get().WithError(err).WithField("backend", to.name).Warn("re-pin after failed dial")
+		if l := s.logs.repin.Entry(log.get); l != nil {
+			l.WithError(err).WithField("backend", to.name).Warn("re-pin after failed dial")
+		}
 		return
 	}
 	to.pins.Add(1)

@@ -12,7 +12,13 @@ const (
 	ResultPinned    = "pinned"     // classified and pinned
 	ResultNoBackend = "no-backend" // its pool had no usable backend: reset, not pinned
 	ResultNoRoute   = "no-route"   // no route matched and the service has no default pool: reset
-	ResultPinFailed = "pin-failed" // the data plane refused the pin (full table, error): reset
+	ResultPinFailed = "pin-failed" // the data plane failed to pin (an error): reset
+	// ResultFull: the backend's set (the affinity table) was full; the
+	// client was served as on_full says (proxied without a pin, or reset).
+	ResultFull = "full"
+	// ResultOverBudget: the client's network had spent its pin budget;
+	// served as on_full says.
+	ResultOverBudget = "over-budget"
 	// "unclassified/<reason>": the key could not be read; the client went to
 	// the default pool. "rejected/<reason>": the same with
 	// on_unclassified: reject (reset, not pinned). Reasons are those of
@@ -63,9 +69,9 @@ type migrationStats struct {
 // results are atomics, bumped on the accept path without a lock; the
 // unclassified ones, keyed by reason, take a lock.
 type serviceCounters struct {
-	pinned, noBackend, noRoute, pinFailed atomic.Uint64
-	first                                 [firstOutcomes]atomic.Uint64
-	added, unpinned                       atomic.Uint64 // pins made (new clients, by hand), removed through the API
+	pinned, noBackend, noRoute, pinFailed, full, overBudget atomic.Uint64
+	first                                                   [firstOutcomes]atomic.Uint64
+	added, unpinned                                         atomic.Uint64 // pins made (new clients, by hand), removed through the API
 
 	// expiry derives PinsExpired from the pin counts; Status updates it.
 	expiryMu sync.Mutex
@@ -112,7 +118,8 @@ func (c *serviceCounters) results() map[string]uint64 {
 	if out == nil {
 		out = map[string]uint64{}
 	}
-	for k, v := range map[string]uint64{ResultPinned: c.pinned.Load(), ResultNoBackend: c.noBackend.Load(), ResultNoRoute: c.noRoute.Load(), ResultPinFailed: c.pinFailed.Load()} {
+	for k, v := range map[string]uint64{ResultPinned: c.pinned.Load(), ResultNoBackend: c.noBackend.Load(), ResultNoRoute: c.noRoute.Load(), ResultPinFailed: c.pinFailed.Load(),
+		ResultFull: c.full.Load(), ResultOverBudget: c.overBudget.Load()} {
 		if v > 0 {
 			out[k] = v
 		}

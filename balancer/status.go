@@ -27,6 +27,7 @@ func (e *Engine) Status(ctx context.Context) (Status, error) {
 	if !started.IsZero() {
 		st.Uptime = time.Since(started).Seconds()
 	}
+	e.overloadStatus(&st)
 	var fwd map[dataplane.BackendRef]Forwarded
 	if e.forwarded != nil {
 		var err error
@@ -62,6 +63,7 @@ func (e *Engine) Status(ctx context.Context) (Status, error) {
 			Listen:     sc.Listen.String(),
 			Classify:   string(sc.Classify),
 			MaxClients: sc.MaxClients,
+			OnFull:     string(sc.OnFull),
 			Refused:    s.snap.Load().limit.Refused(),
 		}
 		if a := s.addr(); a != nil {

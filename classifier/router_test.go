@@ -628,8 +628,9 @@ func TestRegister(t *testing.T) {
 	if _, err := NewParser("test-proto", config.Payload{}); err != nil {
 		t.Fatal(err)
 	}
-	// config now accepts `classify: test-proto`.
-	y := "services:\n  - name: t\n    listen: 127.0.0.1:9\n    classify: test-proto\n    balance: random\n    backends: [{name: a, address: 127.0.0.1:10}]\n"
+	// config now accepts `classify: test-proto`. (The backend is no
+	// loopback address: kernel mode, the default, refuses those.)
+	y := "services:\n  - name: t\n    listen: 198.18.1.1:9\n    classify: test-proto\n    balance: random\n    backends: [{name: a, address: 198.19.1.10:10}]\n"
 	if _, err := config.Parse("test.yaml", []byte(y)); err != nil {
 		t.Fatalf("config rejects a registered classify: %v", err)
 	}

@@ -35,6 +35,7 @@ const (
 	checkSetName                          // the length of the backend's ipset name
 	checkAddress                          // a specific ip:port of the service's family, not its listen address
 	checkWeight                           // 1..MaxWeight
+	checkForward                          // an address the kernel's DNAT can forward to (kernel and auto modes)
 
 	checkAll = checkName | checkSetName | checkAddress | checkWeight
 )
@@ -90,12 +91,48 @@ func (s *Service) checkBackend(b Backend, parts backendCheck, w written) []*Back
 			fault("address", "%s is %s but the service listens on %s; a service has one address family", w.address, family(a), family(s.Listen.Addr()))
 		case b.Address == s.Listen:
 			fault("address", "%s is the service's own listen address", w.address)
+		case parts&checkForward != 0:
+			if why := s.unforwardable(a); why != "" {
+				fault("address", "%s is %s: the kernel data plane cannot forward to it (DNAT in PREROUTING drops such packets); use mode: userspace for such a backend", w.address, why)
+			}
 		}
 	}
 	if parts&checkWeight != 0 && (b.Weight < 1 || b.Weight > MaxWeight) {
 		fault("weight", "%s is out of range 1..%d", w.weight, MaxWeight)
 	}
 	return errs
+}
+
+// CheckForward returns an error, a *BackendError about the address, when
+// the kernel data plane cannot forward clients of s to b: a loopback,
+// link-local, multicast or broadcast address, or the service's own
+// address. Parse applies it to the backends of a config whose mode is
+// kernel or auto; the engine to registrations while it runs in kernel
+// mode.
+func (s *Service) CheckForward(b Backend) error {
+	if why := s.unforwardable(b.Address.Addr()); why != "" {
+		return &BackendError{Service: s.Name, Backend: b.Name, Field: "address",
+			Msg: fmt.Sprintf("%s is %s: the kernel data plane cannot forward to it (DNAT in PREROUTING drops such packets); use mode: userspace for such a backend", b.Address, why)}
+	}
+	return nil
+}
+
+// unforwardable says why DNAT from PREROUTING cannot reach a, or "".
+func (s *Service) unforwardable(a netip.Addr) string {
+	a = a.Unmap()
+	switch {
+	case a.IsLoopback():
+		return "a loopback address"
+	case a.IsLinkLocalUnicast():
+		return "a link-local address"
+	case a.IsMulticast():
+		return "a multicast address"
+	case a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		return "the broadcast address"
+	case s.Listen.IsValid() && !s.Listen.Addr().IsUnspecified() && a == s.Listen.Addr().Unmap():
+		return "the service's own address (the VIP)"
+	}
+	return ""
 }
 
 // checkAddrPort applies the rules every ip:port of the config follows to

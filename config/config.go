@@ -75,6 +75,27 @@ const (
 	BackendDownReclassify OnBackendDown = "reclassify" // unpin; the next connection is classified again
 )
 
+// OnFull says what happens to a new client whose pin cannot be made: its
+// backend's set (or the affinity table) is full, or its network's pin
+// budget is spent.
+type OnFull string
+
+// Full-table handling.
+const (
+	OnFullProxy  OnFull = "proxy"  // serve the connection without a pin (from the client's address in kernel mode)
+	OnFullReject OnFull = "reject" // RST
+)
+
+// PinBudget bounds the new pins one client network makes: at most
+// PerPrefix pins per IPv4Prefix (IPv6Prefix) network during one window of
+// client_ttl (see balancer's budget for what exactly is counted).
+// PerPrefix 0 means no budget.
+type PinBudget struct {
+	PerPrefix  int
+	IPv4Prefix int // 1..32
+	IPv6Prefix int // 1..128
+}
+
 // ProxyProtocol names the PROXY protocol header sent to backends on the
 // userspace path.
 type ProxyProtocol string
@@ -130,6 +151,9 @@ const (
 	DefaultStateDir        = "/var/lib/handoff"
 	DefaultClientTTL       = 30 * time.Minute
 	DefaultMaxClients      = 1 << 20
+	DefaultPinBudget       = 1024  // pin_budget.per_prefix
+	DefaultBudgetPrefix4   = 24    // pin_budget.ipv4_prefix
+	DefaultBudgetPrefix6   = 64    // pin_budget.ipv6_prefix
 	DefaultPayloadMaxBytes = 512   // classify: payload
 	DefaultPeekMaxBytes    = 16384 // classify: sni and http-host
 	DefaultPayloadTimeout  = 2 * time.Second
@@ -162,6 +186,7 @@ type Config struct {
 	Metrics  Metrics
 	StateDir string
 	Services []Service
+	Cluster  *Cluster // nil: this host on its own
 }
 
 // Kernel places the kernel data plane's objects that share a namespace
@@ -220,6 +245,8 @@ type Service struct {
 	ClientTTL       time.Duration // pin lifetime since the client's last new connection; 0 = forever
 	SNAT            bool
 	MaxClients      int // ipset maxelem per backend set, affinity table bound
+	OnFull          OnFull
+	PinBudget       PinBudget
 	Classify        Classify
 	Payload         Payload
 	OnUnclassified  OnUnclassified
@@ -230,6 +257,11 @@ type Service struct {
 	Health          Health
 	Routes          []Route
 	Pools           []Pool // never empty; the shorthand form becomes one pool named "default"
+
+	// IPv6PinPrefix pins IPv6 clients by network: one pin per /IPv6PinPrefix
+	// (hash:net sets in kernel mode), for clients that rotate addresses
+	// within their network. 0 pins every address on its own.
+	IPv6PinPrefix int
 }
 
 // Payload bounds how the first bytes are read for every classifier but source.
@@ -274,9 +306,13 @@ type Match struct {
 
 // Pool is a named group of backends with one policy.
 type Pool struct {
-	Name     string
-	Balance  Balance
-	Failback bool // default true for hot-standby, false otherwise
+	Name    string
+	Balance Balance
+	// Failback says whether a backend that comes back takes back the
+	// clients whose policy now picks it (failback: rehash, or true) or
+	// they stay where they are (keep, or false). Default: rehash for
+	// hot-standby, maglev and source-hash, keep for the others.
+	Failback bool
 	Backends []Backend
 }
 

@@ -83,6 +83,19 @@ func checkInvariants(t *testing.T, c *Config) {
 		if s.ProxyProtocol != ProxyProtocolOff && c.Mode == ModeKernel {
 			t.Errorf("service %s: proxy_protocol %s in mode %s", s.Name, s.ProxyProtocol, c.Mode)
 		}
+		if !slices.Contains(onFull, s.OnFull) || s.PinBudget.PerPrefix < 0 || s.PinBudget.IPv4Prefix < 1 || s.PinBudget.IPv4Prefix > 32 ||
+			s.PinBudget.IPv6Prefix < 1 || s.PinBudget.IPv6Prefix > 128 || s.IPv6PinPrefix < 0 || s.IPv6PinPrefix > 127 {
+			t.Errorf("service %s: on_full %q, pin_budget %+v", s.Name, s.OnFull, s.PinBudget)
+		}
+		if c.Mode != ModeUserspace {
+			for _, p := range s.Pools {
+				for _, b := range p.Backends {
+					if err := s.CheckForward(b); err != nil {
+						t.Errorf("mode %s: %v", c.Mode, err)
+					}
+				}
+			}
+		}
 		if s.ClientTTL < 0 || s.ClientTTL%time.Second != 0 || s.ClientTTL > MaxClientTTL {
 			t.Errorf("service %s: client_ttl %s", s.Name, s.ClientTTL)
 		}

@@ -39,18 +39,19 @@ var (
 	firstConns    = []FirstConnection{FirstProxy, FirstReset}
 	unclassified  = []OnUnclassified{UnclassifiedDefault, UnclassifiedReject}
 	backendDown   = []OnBackendDown{BackendDownRehash, BackendDownReclassify}
+	onFull        = []OnFull{OnFullProxy, OnFullReject}
 	proxyProtocol = []ProxyProtocol{ProxyProtocolOff, ProxyProtocolV1, ProxyProtocolV2}
 	balances      = []Balance{BalanceMaglev, BalanceSourceHash, BalanceRoundRobin, BalanceRandom, BalanceHotStandby, BalanceLeastConn}
 	checks        = []Check{CheckTCP, CheckHTTP, CheckSendExpect, CheckNone}
 )
 
 var (
-	topKeys      = []string{"mode", "log", "admin", "metrics", "kernel", "state_dir", "services"}
+	topKeys      = []string{"mode", "log", "admin", "metrics", "kernel", "state_dir", "services", "cluster"}
 	metricsKeys  = []string{"listen"}
 	kernelKeys   = []string{"mark_mask", "queue", "route_table", "rule_priority"}
 	logKeys      = []string{"level", "format", "summary_interval", "access"}
 	adminKeys    = []string{"listen", "token_file", "pprof"}
-	serviceKeys  = []string{"name", "listen", "first_connection", "client_ttl", "snat", "max_clients", "classify", "payload", "on_unclassified", "on_backend_down", "timeouts", "max_connections", "proxy_protocol", "health", "routes", "pools", "balance", "backends", "failback"}
+	serviceKeys  = []string{"name", "listen", "first_connection", "client_ttl", "snat", "max_clients", "on_full", "pin_budget", "ipv6_pin_prefix", "classify", "payload", "on_unclassified", "on_backend_down", "timeouts", "max_connections", "proxy_protocol", "health", "routes", "pools", "balance", "backends", "failback"}
 	shorthand    = []string{"balance", "backends", "failback"}
 	payloadKeys  = []string{"pattern", "max_bytes", "timeout"}
 	timeoutsKeys = []string{"connect", "idle"}
@@ -60,6 +61,7 @@ var (
 	matchKeys    = []string{"cidr", "key", "key_regex", "hash_range"}
 	poolKeys     = []string{"name", "balance", "failback", "backends"}
 	backendKeys  = []string{"name", "address", "weight"}
+	budgetKeys   = []string{"per_prefix", "ipv4_prefix", "ipv6_prefix"}
 
 	// Keys written one level too high, and where they belong.
 	topHints     = map[string]string{"name": "services[].name", "listen": "services[].listen", "pools": "services[].pools", "backends": "services[].backends", "routes": "services[].routes", "level": "log.level", "format": "log.format", "token_file": "admin.token_file", "pprof": "admin.pprof"}
@@ -124,6 +126,7 @@ func (p *parser) config(root *yaml.Node) *Config {
 	}
 	c := &Config{}
 	c.Mode, _ = enum(f, "mode", ModeAuto, modes)
+	p.kernelMode = c.Mode == ModeKernel || c.Mode == ModeAuto
 
 	lf := f.sub("log", logKeys)
 	c.Log.Level, _ = enum(lf, "level", LogInfo, logLevels)
@@ -181,6 +184,7 @@ func (p *parser) config(root *yaml.Node) *Config {
 			}
 		}
 	}
+	c.Cluster = p.cluster(f)
 	return c
 }
 
@@ -359,6 +363,14 @@ func (p *parser) service(c *Config, i int, n *yaml.Node) (*Service, *svcPos) {
 	}
 	s.SNAT = f.boolean("snat", false)
 	s.MaxClients, _ = f.integer("max_clients", DefaultMaxClients, 1, math.MaxInt32)
+	s.OnFull, _ = enum(f, "on_full", OnFullProxy, onFull)
+	bf := f.sub("pin_budget", budgetKeys)
+	s.PinBudget.PerPrefix, _ = bf.integer("per_prefix", DefaultPinBudget, 0, math.MaxInt32)
+	s.PinBudget.IPv4Prefix, _ = bf.integer("ipv4_prefix", DefaultBudgetPrefix4, 1, 32)
+	s.PinBudget.IPv6Prefix, _ = bf.integer("ipv6_prefix", DefaultBudgetPrefix6, 1, 128)
+	if s.IPv6PinPrefix, _ = f.integer("ipv6_pin_prefix", 0, 0, 128); s.IPv6PinPrefix == 128 {
+		s.IPv6PinPrefix = 0 // a /128 is one address
+	}
 
 	var cn *yaml.Node
 	s.Classify, cn = enum(f, "classify", ClassifySource, classifiers())
@@ -489,7 +501,7 @@ func (p *parser) pools(f *fields, s *Service, pos *svcPos, nameOK bool) {
 	addPool := func(pf *fields, name string, nameNode *yaml.Node) {
 		pool := Pool{Name: name}
 		pool.Balance, _ = enum(pf, "balance", BalanceMaglev, balances)
-		pool.Failback = pf.boolean("failback", pool.Balance == BalanceHotStandby)
+		pool.Failback = failback(pf, pool.Balance)
 		items, list := pf.list("backends")
 		if p.files && len(items) == 0 && !pf.bad && (list != nil || !pf.has("backends")) {
 			n := list
@@ -565,6 +577,31 @@ func (p *parser) pools(f *fields, s *Service, pos *svcPos, nameOK bool) {
 	}
 }
 
+// failback reads a pool's failback: rehash or keep, or the booleans of
+// older configs (true is rehash, false keep).
+func failback(pf *fields, b Balance) bool {
+	def := b == BalanceHotStandby || b == BalanceMaglev || b == BalanceSourceHash
+	v := pf.scalar("failback")
+	if v == nil {
+		return def
+	}
+	switch v.Value {
+	case "rehash":
+		return true
+	case "keep":
+		return false
+	}
+	if isBool(v.Value) {
+		return pf.boolean("failback", def)
+	}
+	hint := ""
+	if c := closest(v.Value, []string{"rehash", "keep"}); c != "" {
+		hint = fmt.Sprintf("; did you mean %q?", c)
+	}
+	pf.errorf(v, "failback", "%q is not one of rehash, keep (or true, false)%s", v.Value, hint)
+	return def
+}
+
 // backend reads one backend and applies the backend rule (checkBackend) to
 // the fields it could read. The name node is nil when the name is missing
 // or invalid.
@@ -604,6 +641,9 @@ func (p *parser) backend(s *Service, svcWhere, poolWhere string, j int, n *yaml.
 	if weight, wn := bf.anyInteger("weight", DefaultWeight); wn != nil {
 		b.Weight, w.weight, nodes["weight"] = weight, wn.Value, wn
 		parts |= checkWeight
+	}
+	if p.kernelMode && parts&checkAddress != 0 {
+		parts |= checkForward
 	}
 	for _, e := range s.checkBackend(*b, parts, w) {
 		bf.errorf(nodes[e.Field], e.Field, "%s", e.Msg)

@@ -177,7 +177,22 @@ func TestParseErrors(t *testing.T) {
 		{desc: "pool with a bad name", yaml: svc("    on_unclassified: reject\n    pools:\n      - name: Vip\n"), pos: "6:15", msg: `service "web": pool "Vip": name: "Vip" is not a valid pool name`},
 		{desc: "duplicate pool", yaml: svc("    pools:\n      - name: default\n      - name: default\n"), pos: "6:15", msg: `pool "default": name: duplicate; pool names are unique within a service (first at line 5)`},
 		{desc: "bad balance with a suggestion", yaml: svc("    balance: round_robin\n"), pos: "4:14", msg: `balance: "round_robin" is not one of maglev, source-hash, round-robin, random, hot-standby, least-conn; did you mean "round-robin"?`},
-		{desc: "bad failback", yaml: svc("    pools:\n      - {name: default, failback: sometimes}\n"), pos: "5:35", msg: `pool "default": failback: expected true or false`},
+		{desc: "bad failback", yaml: svc("    pools:\n      - {name: default, failback: sometimes}\n"), pos: "5:35", msg: `pool "default": failback: "sometimes" is not one of rehash, keep (or true, false)`},
+		{desc: "failback typo", yaml: svc("    pools:\n      - {name: default, failback: rehas}\n"), pos: "5:35", msg: `did you mean "rehash"?`},
+		{desc: "loopback backend in auto mode", yaml: svc("    backends: [{name: a, address: 127.0.0.1:80}]\n"), pos: "4:35", msg: `address: 127.0.0.1:80 is a loopback address: the kernel data plane cannot forward to it`},
+		{desc: "loopback backend in kernel mode", yaml: "mode: kernel\nservices:\n  - name: web\n    listen: \"[2001:2::1]:80\"\n    backends: [{name: a, address: \"[::1]:80\"}]\n", pos: "5:35", msg: `is a loopback address`},
+		{desc: "link-local backend", yaml: svc("    backends: [{name: a, address: 169.254.1.1:80}]\n"), pos: "4:35", msg: `169.254.1.1:80 is a link-local address`},
+		{desc: "multicast backend", yaml: svc("    backends: [{name: a, address: 224.0.0.5:80}]\n"), pos: "4:35", msg: `is a multicast address`},
+		{desc: "broadcast backend", yaml: svc("    backends: [{name: a, address: 255.255.255.255:80}]\n"), pos: "4:35", msg: `is the broadcast address`},
+		{desc: "backend on the VIP", yaml: svc("    backends: [{name: a, address: 198.18.1.1:8080}]\n"), pos: "4:35", msg: `is the service's own address (the VIP)`},
+		{desc: "bad on_full", yaml: svc("    on_full: drop\n"), pos: "4:14", msg: `on_full: "drop" is not one of proxy, reject`},
+		{desc: "pin_budget not a mapping", yaml: svc("    pin_budget: 5\n"), pos: "4:17", msg: `pin_budget`},
+		{desc: "pin_budget unknown key", yaml: svc("    pin_budget: {per_prefx: 5}\n"), pos: "4:18", msg: `per_prefix`},
+		{desc: "negative per_prefix", yaml: svc("    pin_budget: {per_prefix: -1}\n"), pos: "4:30", msg: `pin_budget.per_prefix: -1 is out of range 0..`},
+		{desc: "ipv4_prefix too long", yaml: svc("    pin_budget: {ipv4_prefix: 33}\n"), pos: "4:31", msg: `pin_budget.ipv4_prefix: 33 is out of range 1..32`},
+		{desc: "ipv6_pin_prefix too long", yaml: svc("    ipv6_pin_prefix: 129\n"), pos: "4:22", msg: `ipv6_pin_prefix: 129 is out of range 0..128`},
+		{desc: "ipv6_pin_prefix not a number", yaml: svc("    ipv6_pin_prefix: /64\n"), pos: "4:22", msg: `ipv6_pin_prefix`},
+		{desc: "ipv6_prefix zero", yaml: svc("    pin_budget: {ipv6_prefix: 0}\n"), pos: "4:31", msg: `pin_budget.ipv6_prefix: 0 is out of range 1..128`},
 		{desc: "no default pool", yaml: svc("    pools:\n      - name: vip\n"), pos: "4:5", msg: `service "web": on_unclassified: default sends clients no route matches to the pool named "default", and there is none; add that pool or set on_unclassified: reject`},
 		{desc: "explicit on_unclassified default without default pool", yaml: svc("    on_unclassified: default\n    pools: [{name: vip}]\n"), pos: "4:22", msg: `to the pool named "default", and there is none`},
 		{desc: "backend without address", yaml: svc("    backends: [{name: be1}]\n"), pos: "4:16", msg: `service "web": backend "be1": address: required`},
@@ -354,6 +369,8 @@ func TestDesignExample(t *testing.T) {
 		ClientTTL:       30 * time.Minute,
 		SNAT:            false,
 		MaxClients:      1048576,
+		OnFull:          OnFullProxy,
+		PinBudget:       PinBudget{PerPrefix: 1024, IPv4Prefix: 24, IPv6Prefix: 64},
 		Classify:        ClassifyPayload,
 		Payload:         Payload{Pattern: regexp.MustCompile(`^HELLO station=(\w+)`), MaxBytes: 512, Timeout: 2 * time.Second},
 		OnUnclassified:  "default",
@@ -372,7 +389,7 @@ func TestDesignExample(t *testing.T) {
 			{Match: Match{HashRange: &[2]int{0, 499}}, Pool: "default"},
 		},
 		Pools: []Pool{
-			{Name: "default", Balance: BalanceMaglev, Failback: false, Backends: []Backend{
+			{Name: "default", Balance: BalanceMaglev, Failback: true, Backends: []Backend{
 				{Name: "be1", Address: netip.MustParseAddrPort("198.19.1.11:80"), Weight: 2},
 				{Name: "be2", Address: netip.MustParseAddrPort("198.19.1.12:80"), Weight: 1},
 			}},
@@ -416,6 +433,8 @@ func TestDefaults(t *testing.T) {
 			FirstConnection: FirstProxy,
 			ClientTTL:       DefaultClientTTL,
 			MaxClients:      DefaultMaxClients,
+			OnFull:          OnFullProxy,
+			PinBudget:       PinBudget{PerPrefix: DefaultPinBudget, IPv4Prefix: DefaultBudgetPrefix4, IPv6Prefix: DefaultBudgetPrefix6},
 			Classify:        ClassifySource,
 			Payload:         Payload{MaxBytes: DefaultPeekMaxBytes, Timeout: DefaultPayloadTimeout},
 			OnUnclassified:  "default",
@@ -425,7 +444,7 @@ func TestDefaults(t *testing.T) {
 			ProxyProtocol:   "off",
 			Health: Health{Check: CheckTCP, Interval: DefaultHealthInterval, Timeout: DefaultHealthTimeout,
 				Rise: DefaultRise, Fall: DefaultFall, HTTPPath: "/healthz", ExpectStatus: 200},
-			Pools: []Pool{{Name: "default", Balance: BalanceMaglev}},
+			Pools: []Pool{{Name: "default", Balance: BalanceMaglev, Failback: true}},
 		}},
 	}
 	compare(t, c, want)
@@ -507,6 +526,44 @@ func TestParseGood(t *testing.T) {
 		{"failback false for hot-standby", svc("    balance: hot-standby\n    failback: false\n"), func(t *testing.T, c *Config) {
 			if c.Services[0].Pools[0].Failback {
 				t.Error("failback")
+			}
+		}},
+		{"failback keep for maglev", svc("    pools: [{name: default, failback: keep}]\n"), func(t *testing.T, c *Config) {
+			if c.Services[0].Pools[0].Failback {
+				t.Error("failback keep")
+			}
+		}},
+		{"failback rehash for round-robin", svc("    pools: [{name: default, balance: round-robin, failback: rehash}]\n"), func(t *testing.T, c *Config) {
+			if !c.Services[0].Pools[0].Failback {
+				t.Error("failback rehash")
+			}
+		}},
+		{"failback defaults by policy", svc("    pools:\n      - {name: default, balance: source-hash}\n      - {name: b, balance: round-robin}\n      - {name: c, balance: least-conn}\n      - {name: d, balance: random}\n"), func(t *testing.T, c *Config) {
+			for _, p := range c.Services[0].Pools {
+				if want := p.Balance == BalanceSourceHash; p.Failback != want {
+					t.Errorf("pool %s (%s): failback %v, want %v", p.Name, p.Balance, p.Failback, want)
+				}
+			}
+		}},
+		{"loopback backends in userspace mode", "mode: userspace\n" + svc("    backends: [{name: a, address: 127.0.0.1:80}]\n"), func(t *testing.T, c *Config) {
+			if a := c.Services[0].Pools[0].Backends[0].Address.String(); a != "127.0.0.1:80" {
+				t.Errorf("address %s", a)
+			}
+		}},
+		{"on_full and pin_budget", svc("    on_full: reject\n    pin_budget: {per_prefix: 0, ipv4_prefix: 16, ipv6_prefix: 48}\n"), func(t *testing.T, c *Config) {
+			s := c.Services[0]
+			if s.OnFull != OnFullReject || s.PinBudget != (PinBudget{PerPrefix: 0, IPv4Prefix: 16, IPv6Prefix: 48}) {
+				t.Errorf("on_full %q, pin_budget %+v", s.OnFull, s.PinBudget)
+			}
+		}},
+		{"ipv6_pin_prefix", svc("    ipv6_pin_prefix: 64\n"), func(t *testing.T, c *Config) {
+			if p := c.Services[0].IPv6PinPrefix; p != 64 {
+				t.Errorf("ipv6_pin_prefix %d", p)
+			}
+		}},
+		{"ipv6_pin_prefix 128 is per address", svc("    ipv6_pin_prefix: 128\n"), func(t *testing.T, c *Config) {
+			if p := c.Services[0].IPv6PinPrefix; p != 0 {
+				t.Errorf("ipv6_pin_prefix %d", p)
 			}
 		}},
 		{"failback true for maglev", svc("    pools: [{name: default, failback: yes}]\n"), func(t *testing.T, c *Config) {
@@ -641,7 +698,7 @@ func TestExamples(t *testing.T) {
 		}
 		return false
 	}
-	files = append(files, "../deploy/container.yaml") // the container image's default
+	files = append(files, "../deploy/container.yaml", "../deploy/cluster/lb1.yaml") // the container image's default; the pair's host
 	for _, f := range files {
 		t.Run(filepath.Base(f), func(t *testing.T) {
 			c, err := Load(f)

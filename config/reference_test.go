@@ -30,17 +30,29 @@ var sections = map[string]string{
 	"matchKeys":    "services[].routes[].match.",
 	"poolKeys":     "services[].pools[].",
 	"backendKeys":  "services[].pools[].backends[].",
+	"budgetKeys":   "services[].pin_budget.",
+	"clusterKeys":  "cluster.",
+	"etcdKeys":     "cluster.etcd.",
+	"tlsKeys":      "cluster.etcd.tls.",
 }
 
 // keyLists reads the key lists (package-level []string vars named *Keys)
-// from the parser's source, so that a new list cannot escape the test.
+// from the parser's source (parse.go and cluster.go), so that a new list cannot escape the test.
 func keyLists(t *testing.T) map[string][]string {
 	t.Helper()
-	f, err := goparser.ParseFile(token.NewFileSet(), "parse.go", nil, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
 	lists := map[string][]string{}
+	for _, file := range []string{"parse.go", "cluster.go"} {
+		f, err := goparser.ParseFile(token.NewFileSet(), file, nil, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		inspectKeyLists(f, lists)
+	}
+	return lists
+}
+
+// inspectKeyLists adds f's key lists to lists.
+func inspectKeyLists(f *ast.File, lists map[string][]string) {
 	ast.Inspect(f, func(n ast.Node) bool {
 		vs, ok := n.(*ast.ValueSpec)
 		if !ok {
@@ -62,7 +74,6 @@ func keyLists(t *testing.T) map[string][]string {
 		}
 		return true
 	})
-	return lists
 }
 
 // TestReferenceCoversEveryField: docs/configuration.md has a table row
@@ -75,7 +86,7 @@ func TestReferenceCoversEveryField(t *testing.T) {
 		t.Fatal(err)
 	}
 	rows := map[string][]string{} // field → its cells
-	row := regexp.MustCompile("^\\| `([a-z_.\\[\\]]+)` \\|(.*)\\|$")
+	row := regexp.MustCompile("^\\| `([a-z0-9_.\\[\\]]+)` \\|(.*)\\|$")
 	for _, line := range strings.Split(string(b), "\n") {
 		if m := row.FindStringSubmatch(line); m != nil {
 			rows[m[1]] = strings.Split(m[2], "|")
@@ -83,7 +94,7 @@ func TestReferenceCoversEveryField(t *testing.T) {
 	}
 	lists := keyLists(t)
 	if len(lists) < len(sections) {
-		t.Fatalf("found %d key lists in parse.go, want at least %d", len(lists), len(sections))
+		t.Fatalf("found %d key lists in parse.go and cluster.go, want at least %d", len(lists), len(sections))
 	}
 	prefixes := map[string]bool{}
 	for name := range lists {

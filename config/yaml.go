@@ -34,6 +34,9 @@ type parser struct {
 	file  string
 	files bool // check the files the config names (Load)
 	errs  Errors
+	// kernelMode: the config may run in kernel mode (kernel or auto), whose
+	// backends must be addresses DNAT can forward to.
+	kernelMode bool
 }
 
 // errorf records an error at n (1:1 when n carries no position).
@@ -549,6 +552,16 @@ func (f *fields) boolean(key string, def bool) bool {
 	}
 	f.errorf(v, key, "expected true or false, found %s", describe(v))
 	return def
+}
+
+// isBool reports whether s is one of the spellings boolean accepts.
+func isBool(s string) bool {
+	switch s {
+	case "true", "True", "TRUE", "yes", "Yes", "YES", "on", "On", "ON", "y", "Y",
+		"false", "False", "FALSE", "no", "No", "NO", "off", "Off", "OFF", "n", "N":
+		return true
+	}
+	return false
 }
 
 // integer returns key's value, an integer within lo..hi.

@@ -50,6 +50,25 @@ type Service struct {
 	// client is pinned (services classifying by source address; kernel
 	// data plane only), instead of passing it to the listener.
 	HoldSYN bool
+	// IPv6PinPrefix pins IPv6 clients by network: a pin's Client is then
+	// the address of the client's /IPv6PinPrefix network, which every
+	// address in it matches (hash:net sets in the kernel). 0 pins
+	// addresses.
+	IPv6PinPrefix int
+}
+
+// PinKey is what a service with IPv6 prefix pinning (Service.IPv6PinPrefix
+// = prefix) pins for client: the address of its network for an IPv6
+// client, the client itself otherwise.
+func PinKey(client netip.Addr, prefix int) netip.Addr {
+	if prefix <= 0 || prefix >= 128 || !client.Is6() || client.Is4In6() {
+		return client
+	}
+	p, err := client.Prefix(prefix)
+	if err != nil {
+		return client
+	}
+	return p.Addr()
 }
 
 // Backend is one real server of a service.
@@ -69,7 +88,7 @@ type BackendRef struct {
 type Pin struct {
 	Service string
 	Backend string
-	Client  netip.Addr // always unmapped (an IPv4 client is 4-byte, never ::ffff:a.b.c.d)
+	Client  netip.Addr // always unmapped (an IPv4 client is 4-byte, never ::ffff:a.b.c.d); see PinKey
 	Key     string     // the classification key, e.g. "src=198.18.0.5" or "sni=a.example"
 	// TTL is the pin's lifetime. In a Pin call, 0 means the service's
 	// ClientTTL. In results, it is the remaining lifetime, and 0 means the

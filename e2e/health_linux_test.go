@@ -444,13 +444,14 @@ func TestHealthNoHealthyBackend(t *testing.T) {
 // TestHealthUserspace: in userspace mode a killed backend's clients are
 // re-picked on their next connection (even before the health check
 // notices, through the dial fallback): they reach the healthy backend, and
-// stay there, also once the killed one is back.
+// under failback: keep stay there, also once the killed one is back
+// (maglev's default, rehash, moves them back: TestMaglevFailback).
 func TestHealthUserspace(t *testing.T) {
 	l := newLab(t, 2, 12)
 	vip, bes := ipv4.at(80), backends(ipv4, 80, "be1", "be2")
 	p1 := startBackendProc(t, l.Backends[0], "be1", bes[0].addr)
 	serveGreeter(t, l.Backends[1], "be2", bes[1].addr)
-	cfg := webConfig("userspace", vip, bes, tcpHealth, "balance: maglev")
+	cfg := webConfig("userspace", vip, bes, tcpHealth, "balance: maglev", "failback: keep")
 	d := startDaemon(t, l.LB, writeConfig(t, cfg), vip, "--mode", "userspace")
 
 	home := l.pinAll(t, d, l.clients(ipv4), vip, false)

@@ -6,6 +6,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/netip"
@@ -331,5 +332,71 @@ func checkFallback(t *testing.T, fam family, wrap []string, how string) {
 	}
 	if state := tables(t, l.LB); handoffObject.MatchString(state) {
 		t.Errorf("the fallback %s touched the kernel tables:\n%s", how, state)
+	}
+}
+
+// TestKillWhileSYNsHeld: new clients connect while the daemon is stopped,
+// so their first SYNs wait in the kernel's queue; the daemon is killed (the
+// kernel drops what it held) and started again. No client hangs: each
+// connection either completes, its SYN's retransmission held by the new
+// daemon and forwarded to a backend that sees the client, or is refused at
+// once when the retransmission comes while no daemon runs (the SYN passes
+// the unbound queue, --queue-bypass, to a closed port). Every new client
+// after the restart is served in-kernel.
+func TestKillWhileSYNsHeld(t *testing.T) {
+	l := newLab(t, 2, 1)
+	cfg, vip, bes := kernelConfig(ipv4, "proxy")
+	l.greeters(t, bes)
+	path := writeConfig(t, cfg)
+	d := startDaemon(t, l.LB, path, vip, "--mode", "kernel")
+	clients := l.addClients(t, ipv4, 10)
+	if err := d.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		client netip.Addr
+		got    answer
+		err    error
+		took   time.Duration
+	}
+	const connectTimeout = 10 * time.Second
+	results := make(chan result, len(clients))
+	for _, c := range clients {
+		go func() {
+			start := time.Now()
+			ctx, cancel := context.WithTimeout(context.Background(), connectTimeout)
+			defer cancel()
+			got, err := l.exchange(ctx, c, vip, "")
+			line, _, _ := strings.Cut(got, "\n")
+			results <- result{c, parseAnswer(line), err, time.Since(start)}
+		}()
+	}
+	time.Sleep(300 * time.Millisecond) // the SYNs are in the queue
+	if n := len(results); n != 0 {
+		t.Fatalf("%d clients were answered while the daemon was stopped", n)
+	}
+	killed := time.Now()
+	d.stop(syscall.SIGKILL)
+	startDaemon(t, l.LB, path, vip, "--mode", "kernel")
+	back := time.Since(killed)
+	served := 0
+	for range clients {
+		r := <-results
+		switch {
+		case r.took >= connectTimeout:
+			t.Errorf("client %s hung for %v: %v", r.client, r.took, r.err)
+		case r.err == nil && r.got.seen == r.client.String():
+			served++
+		case r.err == nil:
+			t.Errorf("client %s: answered %s, want the backend to see the client", r.client, r.got)
+		case !errors.Is(r.err, syscall.ECONNREFUSED):
+			t.Errorf("client %s: %v after %v, want an answer or a refusal", r.client, r.err, r.took)
+		}
+	}
+	t.Logf("the daemon was back %v after the kill; %d of %d held clients were served, the others refused at once", back.Round(time.Millisecond), served, len(clients))
+	for _, c := range l.addClients(t, ipv4, 3) {
+		if g, err := l.greet(c, vip); err != nil || g.seen != c.String() {
+			t.Errorf("new client %s after the restart: %s, %v", c, g, err)
+		}
 	}
 }

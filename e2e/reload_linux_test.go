@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/handoff-lb/handoff/internal/testenv"
 )
 
 // reloadConfig has two services: api, which no reload changes, and web,
@@ -200,9 +202,17 @@ func TestReloadLarge(t *testing.T) {
 		t.Fatalf("reload: %d %s", code, body)
 	}
 	t.Logf("reload of 100 services / 1000 backends (10 added, 10 removed, every idle timeout changed): %v", took.Round(time.Millisecond))
-	if took > time.Second {
+	// The 1 s budget is a measurement (README, Testing: budgets hold under
+	// HANDOFF_PERF=1): the race-built daemon on this shared 2-vCPU VM took
+	// 0.85-1.8 s while other work loaded it, main's build as well. Without
+	// it a reload still ends within 5 s.
+	budget := 5 * time.Second
+	if testenv.Perf() {
+		budget = time.Second
+	}
+	if took > budget {
 		log := d.log()
-		t.Errorf("reload took %v, want ≤ 1s; the daemon's account:\n%s", took, log[max(0, len(log)-1500):])
+		t.Errorf("reload took %v, want ≤ %v; the daemon's account:\n%s", took, budget, log[max(0, len(log)-1500):])
 	}
 	proxied.echo(t, "proxied, after the reload")
 	forwarded.echo(t, "kernel-forwarded, after the reload")

@@ -500,10 +500,9 @@ func (d *Dataplane) Pins(ctx context.Context, service, backendName string, fn fu
 // Forget returns 0, nil: it has nothing to drop. In the kernel data plane a
 // client's established flows live on in conntrack after its pin moves, so
 // Forget deletes those entries. Here every connection is a userspace proxy
-// (a proxy.Splice call owned by the balancer) that the table never sees: the pin is
+// (a proxy.Route the balancer owns) that the table never sees: the pin is
 // read once, when the connection is accepted, and no per-flow state is kept.
-// Cutting live proxied connections to a backend is the balancer's job, by
-// cancelling their contexts.
+// Cutting live proxied connections is the balancer's job.
 func (d *Dataplane) Forget(ctx context.Context, service, backend string) (int, error) {
 	return 0, nil
 }

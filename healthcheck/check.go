@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/handoff-lb/handoff/config"
+	"github.com/handoff-lb/handoff/proxy"
 )
 
 // Checker probes one backend once. A nil error means healthy. The deadline
@@ -264,6 +265,47 @@ func (c SendExpect) Check(ctx context.Context, addr netip.AddrPort) error {
 			return fmt.Errorf("send-expect %s: read: %w (got %s, want %q)", addr, cause(ctx, err), snippet(buf[:n]), c.Expect)
 		}
 	}
+}
+
+// WithProxyHeader returns c sending the PROXY protocol header of a health
+// check (proxy.CheckHeader: v1 "PROXY UNKNOWN", v2 LOCAL) first on each
+// connection, as HAProxy's check-send-proxy does, for backends that expect
+// one (accept-proxy) and would otherwise log every check as an error.
+// version "" or off returns c; checkers other than TCP, HTTP and
+// SendExpect are returned as they are.
+func WithProxyHeader(c Checker, version config.ProxyProtocol) (Checker, error) {
+	hdr, err := proxy.CheckHeader(version)
+	if err != nil || hdr == nil {
+		return c, err
+	}
+	with := func(next DialFunc) DialFunc {
+		return func(ctx context.Context, addr netip.AddrPort) (net.Conn, error) {
+			conn, err := dial(ctx, next, addr)
+			if err != nil {
+				return nil, err
+			}
+			stop := bindContext(ctx, conn)
+			_, err = conn.Write(hdr)
+			stop()
+			if err != nil {
+				conn.Close()
+				return nil, fmt.Errorf("PROXY header: %w", err)
+			}
+			return conn, nil
+		}
+	}
+	switch c := c.(type) {
+	case TCP:
+		c.Dial = with(c.Dial)
+		return c, nil
+	case HTTP:
+		c.Dial = with(c.Dial)
+		return c, nil
+	case SendExpect:
+		c.Dial = with(c.Dial)
+		return c, nil
+	}
+	return c, nil
 }
 
 // None always passes: the backend is taken to be healthy.

@@ -34,11 +34,14 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/sirupsen/logrus"
 
 	"github.com/handoff-lb/handoff/config"
+	"github.com/handoff-lb/handoff/internal/ratelog"
 )
 
 // ErrUnknown is wrapped by errors about a (service, backend) that the last
@@ -61,6 +64,10 @@ type Target struct {
 	Backend string
 	Addr    netip.AddrPort
 	Health  config.Health // as config gives it (see config.DefaultHealth): the monitor defaults nothing
+	// ProxyProtocol is the PROXY protocol version the backend expects
+	// first on every connection (the service's proxy_protocol): checks
+	// send it a LOCAL header first (WithProxyHeader). "" and off send none.
+	ProxyProtocol config.ProxyProtocol
 }
 
 // Event reports one transition of a target between up and down.
@@ -106,6 +113,13 @@ type Options struct {
 	// Checker builds a target's checker; nil means NewChecker. It is the
 	// test seam for the probes.
 	Checker func(config.Health) (Checker, error)
+	// Overloaded, when set, says why this host cannot be trusted to open
+	// connections now ("" when it can), such as a connection tracking
+	// table that is full: a check that fails meanwhile is inconclusive,
+	// like one that fails for a LocalFailure, and counts neither way. It
+	// is called with the monitor's lock held, so it must be quick and
+	// must not call the Monitor.
+	Overloaded func() string
 }
 
 // Monitor schedules health checks of a set of targets and runs their
@@ -114,8 +128,14 @@ type Options struct {
 // that delivers events; Close stops them all and waits for them.
 type Monitor struct {
 	onChange   func(Event)
-	log        *logrus.Entry
-	newChecker func(config.Health) (Checker, error)
+	overloaded func() string
+	// inconclusive counts the failed checks and reports not counted
+	// because this host could not open connections.
+	inconclusive atomic.Uint64
+	// overloadLog bounds the warnings about them.
+	overloadLog *ratelog.Limiter
+	log         *logrus.Entry
+	newChecker  func(config.Health) (Checker, error)
 
 	ctx    context.Context // canceled by Close; parent of every target's run
 	cancel context.CancelFunc
@@ -175,6 +195,8 @@ type run struct {
 func New(o Options) *Monitor {
 	m := &Monitor{
 		onChange:     o.OnChange,
+		overloaded:   o.Overloaded,
+		overloadLog:  ratelog.New(time.Minute, 1),
 		log:          o.Logger,
 		newChecker:   o.Checker,
 		targets:      make(map[key]*target),
@@ -243,6 +265,9 @@ func (m *Monitor) Set(targets []Target) error {
 			continue
 		}
 		c, err := m.newChecker(t.Health)
+		if err == nil {
+			c, err = WithProxyHeader(c, t.ProxyProtocol)
+		}
 		if err == nil {
 			err = schedulable(t.Health)
 		}
@@ -434,6 +459,17 @@ func (m *Monitor) result(t *target, now time.Time, err error) {
 		}
 		return
 	}
+	if why := m.localFailure(err); why != "" {
+		// Not the backend's fault: count nothing, neither way, so that a
+		// backend that was failing stays on course too.
+		t.lastErr = fmt.Errorf("inconclusive, %s: %w", why, err)
+		m.inconclusive.Add(1)
+		if l := m.overloadLog.Entry(func() *logrus.Entry { return m.log }); l != nil {
+			l.WithFields(logrus.Fields{"service": t.spec.Service, "backend": t.spec.Backend, "reason": why, "err": err}).
+				Warn("health check failed because this host cannot open connections: not counted against the backend")
+		}
+		return
+	}
 	t.ok, t.lastErr = 0, err
 	t.fail++
 	if t.healthy && t.fail >= h.Fall {
@@ -441,6 +477,37 @@ func (m *Monitor) result(t *target, now time.Time, err error) {
 		m.update(t, now, err.Error())
 	}
 }
+
+// localFailure says why a failed check or report says nothing about the
+// backend, or "": this host could not open the connection (LocalFailure),
+// or Options.Overloaded says it is overloaded.
+func (m *Monitor) localFailure(err error) string {
+	if LocalFailure(err) {
+		return "no local resources"
+	}
+	if m.overloaded != nil {
+		return m.overloaded()
+	}
+	return ""
+}
+
+// LocalFailure reports whether err says that this host could not open a
+// connection at all, whatever the backend: no local address or port
+// (EADDRNOTAVAIL), no buffer space or memory (ENOBUFS, ENOMEM), no file
+// descriptor (EMFILE, ENFILE).
+func LocalFailure(err error) bool {
+	for _, e := range []syscall.Errno{syscall.EADDRNOTAVAIL, syscall.ENOBUFS, syscall.ENOMEM, syscall.EMFILE, syscall.ENFILE} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+// Inconclusive returns how many failed checks and reports were not counted
+// because this host could not open connections (LocalFailure,
+// Options.Overloaded).
+func (m *Monitor) Inconclusive() uint64 { return m.inconclusive.Load() }
 
 // update recomputes t.up and queues an event when it changed. Called with
 // m.mu held.

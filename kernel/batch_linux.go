@@ -82,7 +82,7 @@ func (d *Dataplane) pinChunk(pins []dataplane.Pin, b *pinBuffers, f *batchError)
 		// pin: a pin without its index entry is not forwarded (the client
 		// meets the listener again), and an index entry without its pin
 		// is merely stale.
-		b.adds = append(b.adds, d.indexAdd(s, be, ip), setAdd{set: be.set, ip: ip, timeout: s.timeout(p.TTL), comment: sanitizeComment(p.Key)})
+		b.adds = append(b.adds, d.indexAdd(s, be, ip), setAdd{set: be.set, ip: ip, cidr: s.cidr, timeout: s.timeout(p.TTL), comment: sanitizeComment(p.Key)})
 	}
 	errs := b.errsFor(len(b.adds))
 	d.sets.addBatch(b.adds, true, errs)

@@ -158,7 +158,6 @@ func TestPinBatchDuringRebuild(t *testing.T) {
 	mustPin(t, d, dataplane.Pin{Service: "web", Backend: "be1", Client: old, Key: "old"})
 	mustPin(t, d, dataplane.Pin{Service: "web", Backend: "be1", Client: back, Key: "back"})
 	k.onList = func() {
-		k.onList = nil
 		if err := d.Unpin(ctx, "web", "be1", back); err != nil {
 			t.Error(err)
 		}
@@ -279,7 +278,6 @@ func TestFlushDuringRebuild(t *testing.T) {
 	}
 	flushed := make(chan error, 1)
 	k.onList = func() {
-		k.onList = nil
 		go func() { flushed <- d.Flush(ctx, "web", "be1") }()
 		time.Sleep(50 * time.Millisecond) // give a Flush that does not wait time to run
 	}

@@ -262,7 +262,7 @@ func TestNSBatchReplies(t *testing.T) {
 				t.Errorf("count = %d, %v; want 10", n, err)
 			}
 			// The socket is in step for the next request.
-			if err := ps.add(set, es[0].ip, 0, "again", true); err != nil {
+			if err := ps.add(setAdd{set: set, ip: es[0].ip, comment: "again"}, true); err != nil {
 				t.Errorf("add after the batch: %v", err)
 			}
 		})

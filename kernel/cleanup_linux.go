@@ -14,8 +14,8 @@ import (
 // Cleanup removes every kernel object handoff owns in o.NetNS: first the
 // rules of other chains that jump into handoff's chains (the built-in
 // jumps), then the chains HANDOFF-* and HO-SVC-* of the mangle, nat and
-// filter tables, IPv4 and IPv6, then the ipsets ho-*, ho6-*, hoi-* and
-// hoi6-*, and last the policy routing of transparent dials (the rules
+// filter tables, IPv4 and IPv6, then the ipsets ho-*, ho6-*, hoi-*,
+// hoi6-*, hn6-* and hni6-*, and last the policy routing of transparent dials (the rules
 // that look up Options.RouteTable, and its routes). Foreign rules, chains
 // and sets are left alone. Cleanup is idempotent; run it while no
 // handoff daemon runs in the namespace (its canary would restore them).

@@ -211,7 +211,7 @@ func TestUpgradeFromPerBackendChains(t *testing.T) {
 		}
 		for j := range 5 {
 			c := netip.AddrFrom4([4]byte{198, 18, byte(i + 1), byte(j + 1)})
-			if err := sets.add(set, c, 600, "src="+c.String(), false); err != nil {
+			if err := sets.add(set, c, 0, 600, "src="+c.String(), false); err != nil {
 				t.Fatal(err)
 			}
 			clients[c] = i
@@ -255,7 +255,6 @@ func TestFillSkipsNewerPins(t *testing.T) {
 	// indexes its pins; meanwhile the client moves to b1.
 	delete(d.slots["web"], "b0")
 	k.onList = func() {
-		k.onList = nil
 		mustPin(t, d, dataplane.Pin{Service: "web", Backend: "b1", Client: c})
 		if err := d.Unpin(context.Background(), "web", "b0", c); err != nil {
 			t.Error(err)

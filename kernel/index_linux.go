@@ -75,11 +75,11 @@ type ref struct {
 func (d *Dataplane) learnSlots(ctx context.Context, fams []family) (slotTable, error) {
 	t := slotTable{}
 	for _, fam := range fams {
-		out, err := d.ipt[fam].save(ctx, natTable, false)
+		read, err := d.readTables(ctx, fam, true)
 		if err != nil {
-			return nil, fmt.Errorf("kernel: %s nat table: %w", fam, err)
+			return nil, err
 		}
-		for name, rules := range parseSave(out).chains {
+		for name, rules := range read[natTable].chains {
 			if !prefixed(name) {
 				continue
 			}
@@ -162,7 +162,7 @@ func (d *Dataplane) fillIndex(ctx context.Context, bes []ref) error {
 			for _, r := range rs {
 				var ferr error
 				err := d.sets.list(r.b.set, func(m member) error {
-					es = append(es, setAdd{set: index, ip: m.ip, mark: d.layout.mark(r.b.slot)})
+					es = append(es, setAdd{set: index, ip: m.ip, cidr: r.s.cidr, mark: d.layout.mark(r.b.slot)})
 					if len(es) == cap(es) {
 						ferr = flush()
 					}
@@ -331,7 +331,7 @@ func (d *Dataplane) gcIndex(ctx context.Context, s *service) (int, error) {
 		if err := ctx.Err(); err != nil {
 			return n, err
 		}
-		if err := d.sets.del(s.index, e.ip); err != nil {
+		if err := d.sets.del(s.index, e.ip, s.cidr); err != nil {
 			return n, fmt.Errorf("ipset %q: del %s: %w", s.index, e.ip, err)
 		}
 		n++

@@ -42,18 +42,29 @@ func familyOf(a netip.Addr) family {
 
 // setSpec is what a set is created with: a pin set (hash:ip with
 // comments) or, with index set, a service's dispatch index (hash:ip with
-// skbinfo, whose entries carry the skb mark of the client's backend).
+// skbinfo, whose entries carry the skb mark of the client's backend). With
+// net set, either is a hash:net set: the service pins client networks.
 type setSpec struct {
 	family  family
 	timeout uint32 // default timeout in seconds; 0 = the set has no timeouts
 	maxelem uint32 // 0 = the kernel's default
 	index   bool
+	net     bool
+}
+
+// typeName is the ipset type of sets of s.
+func (s setSpec) typeName() string {
+	if s.net {
+		return "hash:net"
+	}
+	return "hash:ip"
 }
 
 // setAdd is one entry of a batched add.
 type setAdd struct {
 	set     string
 	ip      netip.Addr
+	cidr    uint8  // hash:net sets: the network's prefix length; 0 = a host
 	timeout uint32 // seconds; 0 = the set's default
 	comment string
 	mark    skbMark // index sets only
@@ -70,9 +81,9 @@ const defaultMaxelem = 65536
 type setHeader struct {
 	name string
 	spec setSpec
-	// exact says that spec describes the set fully: a hash:ip set with
-	// comments (or, for an index, skbinfo), and no option that create
-	// does not give.
+	// exact says that spec describes the set fully: a hash:ip (hash:net)
+	// set with comments (or, for an index, skbinfo), and no option that
+	// create does not give.
 	exact bool
 	// entries is the number of entries, -1 where the kernel does not say.
 	entries int
@@ -90,6 +101,7 @@ func (h setHeader) is(s setSpec) bool {
 // member is one entry of a set, as listed.
 type member struct {
 	ip      netip.Addr
+	cidr    uint8  // hash:net sets: the network's prefix length
 	timeout uint32 // remaining seconds; 0 = permanent
 	comment string
 	mark    skbMark // index sets only
@@ -111,7 +123,7 @@ var (
 // are safe for concurrent use. Errors wrap errSetDiffers, errNoSet,
 // errSetInUse or dataplane.ErrFull where they apply.
 type ipsets interface {
-	// create makes a hash:ip set with comments. A set of that name with
+	// create makes a set as s says. A set of that name with
 	// the same spec is left alone (nil); one with another spec is
 	// reported with errSetDiffers.
 	create(name string, s setSpec) error
@@ -124,22 +136,23 @@ type ipsets interface {
 	// headers lists every set of the namespace, handoff's or not, with
 	// what its header says.
 	headers() ([]setHeader, error)
-	// add adds ip with the given timeout (0: the set's default, or none in
-	// a set without timeouts) and comment. An entry already there is
+	// add adds ip (the network ip/cidr in a hash:net set; cidr 0 is a
+	// host) with the given timeout (0: the set's default, or none in a
+	// set without timeouts) and comment. An entry already there is
 	// replaced when replace is set, else reported with errExists.
-	add(name string, ip netip.Addr, timeout uint32, comment string, replace bool) error
+	add(name string, ip netip.Addr, cidr uint8, timeout uint32, comment string, replace bool) error
 	// addBatch adds every entry of es as add does, in as few round trips
 	// as it can, and stores the outcome of es[i] in errs[i] (len(errs) ==
 	// len(es)). Entries are added in order.
 	addBatch(es []setAdd, replace bool, errs []error)
-	// del removes ip; absent is not an error.
-	del(name string, ip netip.Addr) error
+	// del removes ip (ip/cidr, as add); absent is not an error.
+	del(name string, ip netip.Addr, cidr uint8) error
 	// flush removes every entry of a set; an absent set is not an error.
 	flush(name string) error
 	// count returns the number of entries of a set.
 	count(name string) (int, error)
-	// test reports whether ip is in the set.
-	test(name string, ip netip.Addr) (bool, error)
+	// test reports whether ip (ip/cidr, as add) is in the set.
+	test(name string, ip netip.Addr, cidr uint8) (bool, error)
 	// list calls fn for each member, stopping at fn's first error.
 	list(name string, fn func(member) error) error
 }
@@ -208,7 +221,7 @@ func (s *nlSets) create(name string, spec setSpec) (err error) {
 	// Replace clears NLM_F_EXCL: the kernel then accepts an existing set
 	// with identical parameters and returns EEXIST for a different one.
 	o.Replace = true
-	err = s.h.IpsetCreate(name, "hash:ip", o)
+	err = s.h.IpsetCreate(name, spec.typeName(), o)
 	if errors.Is(err, syscall.EEXIST) {
 		return errSetDiffers
 	}
@@ -258,8 +271,8 @@ func (s *nlSets) retryListed(op func() error, sets ...string) error {
 	}
 }
 
-func (s *nlSets) add(name string, ip netip.Addr, timeout uint32, comment string, replace bool) error {
-	return s.pins.add(name, ip, timeout, comment, replace)
+func (s *nlSets) add(name string, ip netip.Addr, cidr uint8, timeout uint32, comment string, replace bool) error {
+	return s.pins.add(setAdd{set: name, ip: ip, cidr: cidr, timeout: timeout, comment: comment}, replace)
 }
 
 func (s *nlSets) addBatch(es []setAdd, replace bool, errs []error) {
@@ -304,19 +317,19 @@ func (s *nlSets) count(name string) (int, error) {
 	return n, err
 }
 
-func (s *nlSets) del(name string, ip netip.Addr) (err error) {
+func (s *nlSets) del(name string, ip netip.Addr, cidr uint8) (err error) {
 	defer recoverNetlink(&err)
 	// Replace clears NLM_F_EXCL, so deleting an absent entry succeeds.
-	err = s.h.IpsetDel(name, &netlink.IPSetEntry{IP: ipSlice(ip), Replace: true})
+	err = s.h.IpsetDel(name, &netlink.IPSetEntry{IP: ipSlice(ip), CIDR: cidr, Replace: true})
 	if err == nl.IPSetError(nl.IPSET_ERR_EXIST) {
 		return nil
 	}
 	return mapIpsetErr(err)
 }
 
-func (s *nlSets) test(name string, ip netip.Addr) (ok bool, err error) {
+func (s *nlSets) test(name string, ip netip.Addr, cidr uint8) (ok bool, err error) {
 	defer recoverNetlink(&err)
-	ok, err = s.h.IpsetTest(name, &netlink.IPSetEntry{IP: ipSlice(ip)})
+	ok, err = s.h.IpsetTest(name, &netlink.IPSetEntry{IP: ipSlice(ip), CIDR: cidr})
 	return ok, mapIpsetErr(err)
 }
 
@@ -406,7 +419,8 @@ func parseHeader(attrs []byte) (h setHeader, ok bool) {
 	}
 	// A timeout of 0 is a set with timeouts whose entries default to
 	// none, not a set without timeouts.
-	h.exact = exact && typ == "hash:ip" && timeout == (h.spec.timeout > 0)
+	h.spec.net = typ == "hash:net"
+	h.exact = exact && (typ == "hash:ip" || h.spec.net) && timeout == (h.spec.timeout > 0)
 	return h, ok
 }
 
@@ -457,7 +471,7 @@ func (s *nlSets) dumpSets(name string, flags uint32, fn func(attrs []byte) error
 	return mapIpsetErr(err)
 }
 
-// parseMember decodes one IPSET_ATTR_DATA of a hash:ip listing.
+// parseMember decodes one IPSET_ATTR_DATA of a hash:ip or hash:net listing.
 func parseMember(data []byte) member {
 	var m member
 	for typ, val := range attributes(data) {
@@ -467,6 +481,10 @@ func parseMember(data []byte) member {
 				if ip, ok := netip.AddrFromSlice(a); ok {
 					m.ip = ip
 				}
+			}
+		case nl.IPSET_ATTR_CIDR:
+			if len(val) >= 1 {
+				m.cidr = val[0]
 			}
 		case nl.IPSET_ATTR_TIMEOUT:
 			if len(val) == 4 {

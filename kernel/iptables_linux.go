@@ -23,6 +23,9 @@ const (
 	mangleTable table = "mangle"
 )
 
+// allTables, as the table to save, saves every table.
+const allTables table = ""
+
 // tables are the tables handoff writes, in the order a sync writes them:
 // mangle marks what nat then dispatches.
 var tables = []table{mangleTable, natTable, filterTable}
@@ -31,7 +34,8 @@ var tables = []table{mangleTable, natTable, filterTable}
 // Implementations are safe for concurrent use.
 type iptables interface {
 	// save returns the iptables-save text of t (empty when the table does
-	// not exist), with [packets:bytes] counters when counters is set.
+	// not exist; every table for allTables), with [packets:bytes]
+	// counters when counters is set.
 	save(ctx context.Context, t table, counters bool) ([]byte, error)
 	// restore applies data with iptables-restore --noflush: all of it or,
 	// on error, none of it. A failing line is reported as *restoreError.
@@ -74,13 +78,16 @@ func (e execTables) bin(tool string) string {
 }
 
 func (e execTables) save(ctx context.Context, t table, counters bool) ([]byte, error) {
-	args := []string{"-t", string(t)}
+	var args []string
+	if t != allTables {
+		args = append(args, "-t", string(t))
+	}
 	if counters {
 		args = append(args, "-c")
 	}
 	out, stderr, err := runIn(ctx, e.ns, nil, e.bin("save"), args...)
 	if err != nil {
-		return nil, fmt.Errorf("%s -t %s: %w: %s", e.bin("save"), t, err, oneLine(stderr))
+		return nil, fmt.Errorf("%s %s: %w: %s", e.bin("save"), strings.Join(args, " "), err, oneLine(stderr))
 	}
 	return out, nil
 }

@@ -4,9 +4,10 @@
 // to its backend without leaving the kernel.
 //
 // The objects are those of DESIGN.md section 5: sets ho-<svc>-<be> (ho6-…
-// for IPv6 services), nat chains HANDOFF-PREROUTING, HANDOFF-OUTPUT,
-// HANDOFF-POSTROUTING and HO-SVC-<svc>, the filter chain HANDOFF-FORWARD,
-// and a canary chain HANDOFF-CANARY in both tables. Rule changes go through
+// for IPv6 services, hash:net sets hn6-… for those pinning networks), nat
+// chains HANDOFF-PREROUTING, HANDOFF-OUTPUT, HANDOFF-POSTROUTING and
+// HO-SVC-<svc>, the filter chain HANDOFF-FORWARD, and a canary chain
+// HANDOFF-CANARY in both tables. Rule changes go through
 // one iptables-restore --noflush per table and family, so they apply
 // atomically, and only chains handoff owns are ever flushed.
 //

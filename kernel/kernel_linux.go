@@ -76,7 +76,10 @@ type Dataplane struct {
 	errMsg      string    // the last sync error logged, to log each once
 	// cache holds, by family and table, what Sync last wrote and read
 	// back; nil means unknown (read the table first).
-	cache  [2]map[table]*tableCache
+	cache [2]map[table]*tableCache
+	// pass holds, by family, the tables as read during one sync, until
+	// it writes rules (see readTables).
+	pass   [2]map[table]saved
 	v6     bool // ip6tables is managed
 	v6seen bool // whether ip6tables was checked for leftovers
 	// staleWarned holds stale sets whose destruction failed and was
@@ -262,7 +265,7 @@ func (d *Dataplane) Pin(ctx context.Context, p dataplane.Pin) error {
 	}
 	timeout := s.timeout(p.TTL)
 	c := sanitizeComment(p.Key)
-	es := [2]setAdd{d.indexAdd(s, b, ip), {set: b.set, ip: ip, timeout: timeout, comment: c}}
+	es := [2]setAdd{d.indexAdd(s, b, ip), {set: b.set, ip: ip, cidr: s.cidr, timeout: timeout, comment: c}}
 	var errs [2]error
 	d.sets.addBatch(es[:], true, errs[:])
 	for i, err := range errs {
@@ -275,7 +278,7 @@ func (d *Dataplane) Pin(ctx context.Context, p dataplane.Pin) error {
 		// the copy's smaller maxelem has no room for it.
 		if r, ok := d.shadow[b.set]; ok {
 			r.pinned(ip)
-			if err := d.sets.add(r.tmp, ip, timeout, c, true); err != nil && !errors.Is(err, dataplane.ErrFull) {
+			if err := d.sets.add(r.tmp, ip, s.cidr, timeout, c, true); err != nil && !errors.Is(err, dataplane.ErrFull) {
 				return fmt.Errorf("ipset %q: add %s: %w", r.tmp, ip, err)
 			}
 		}
@@ -298,12 +301,12 @@ func (d *Dataplane) Unpin(ctx context.Context, service, backend string, client n
 	if err != nil {
 		return err
 	}
-	if err := d.sets.del(b.set, ip); err != nil {
+	if err := d.sets.del(b.set, ip, s.cidr); err != nil {
 		return fmt.Errorf("ipset %q: del %s: %w", b.set, ip, err)
 	}
 	if r, ok := d.shadow[b.set]; ok {
 		r.unpin(ip)
-		if err := d.sets.del(r.tmp, ip); err != nil {
+		if err := d.sets.del(r.tmp, ip, s.cidr); err != nil {
 			return fmt.Errorf("ipset %q: del %s: %w", r.tmp, ip, err)
 		}
 	}
@@ -329,7 +332,7 @@ func (d *Dataplane) Lookup(ctx context.Context, service string, client netip.Add
 		return dataplane.Pin{}, false, err
 	}
 	for _, b := range s.backends {
-		ok, err := d.sets.test(b.set, ip)
+		ok, err := d.sets.test(b.set, ip, s.cidr)
 		if err != nil {
 			return dataplane.Pin{}, false, fmt.Errorf("ipset %q: test %s: %w", b.set, ip, err)
 		}
@@ -470,7 +473,7 @@ func (s *service) client(ip netip.Addr) (netip.Addr, error) {
 	if familyOf(ip) != s.fam {
 		return ip, fmt.Errorf("kernel: service %q: client %s is not %s", s.name, ip, s.fam)
 	}
-	return ip, nil
+	return dataplane.PinKey(ip, int(s.cidr)), nil
 }
 
 // sanitizeComment makes key a valid ipset comment: at most 255 bytes of
@@ -498,9 +501,9 @@ func sanitizeComment(key string) string {
 func okCommentByte(c byte) bool { return c >= 0x20 && c < 0x7f && c != '"' }
 
 // isHandoffSet reports whether an ipset name is handoff's: a pin set
-// (ho-, ho6-) or an index set (hoi-, hoi6-).
+// (ho-, ho6-, hn6-) or an index set (hoi-, hoi6-, hni6-).
 func isHandoffSet(name string) bool {
-	for _, p := range []string{"ho-", "ho6-", "hoi-", "hoi6-"} {
+	for _, p := range []string{"ho-", "ho6-", "hoi-", "hoi6-", "hn6-", "hni6-"} {
 		if strings.HasPrefix(name, p) {
 			return true
 		}
@@ -517,13 +520,24 @@ func indexSetName(service string, fam family) string {
 	return "hoi-" + service
 }
 
+// netSetName is the pin set of a backend of a service that pins IPv6
+// networks (hash:net): hn6-<svc>-<be>, as long as its ho6- name. Sets of
+// the two types cannot be swapped into each other, so a service that
+// starts or stops pinning networks gets sets of other names: the rules
+// move to them and the old sets are destroyed with their pins.
+func netSetName(service, backend string) string { return "hn6-" + service + "-" + backend }
+
+// netIndexSetName is the dispatch index of a service that pins IPv6
+// networks: hni6-<svc>.
+func netIndexSetName(service string) string { return "hni6-" + service }
+
 // indexAdd is the index entry that sends ip to backend b, noted as touched
 // when the index is being filled or collected. The caller holds d.mu.
 func (d *Dataplane) indexAdd(s *service, b *backend, ip netip.Addr) setAdd {
 	if t := d.touched[s.index]; t != nil {
 		t.add(ip)
 	}
-	return setAdd{set: s.index, ip: ip, mark: d.layout.mark(b.slot)}
+	return setAdd{set: s.index, ip: ip, cidr: s.cidr, mark: d.layout.mark(b.slot)}
 }
 
 // Scratch names start with "_" after the prefix, which no service name can.

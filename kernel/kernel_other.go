@@ -94,3 +94,8 @@ func Own(o Options) (release func(), err error) { return nil, dataplane.ErrUnsup
 
 // Owner returns 0 off Linux.
 func Owner(o Options) int { return 0 }
+
+// ReadConntrack returns dataplane.ErrUnsupported off Linux.
+func ReadConntrack(nsPath string) (dataplane.Conntrack, error) {
+	return dataplane.Conntrack{}, dataplane.ErrUnsupported
+}

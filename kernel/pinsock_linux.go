@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"net/netip"
 	"syscall"
 
 	"github.com/vishvananda/netlink/nl"
@@ -71,9 +70,9 @@ func (p pinSockets) close() {
 }
 
 // add adds an entry with one of the pool's sockets.
-func (p pinSockets) add(set string, ip netip.Addr, timeout uint32, comment string, replace bool) error {
+func (p pinSockets) add(e setAdd, replace bool) error {
 	s := <-p
-	err := s.add(set, ip, timeout, comment, replace)
+	err := s.add(e, replace)
 	p <- s
 	return err
 }
@@ -136,8 +135,7 @@ func (s *pinSocket) addBatch(es []setAdd, replace bool, errs []error) {
 			s.lost++
 			for i := range n {
 				if errs[i] == nil {
-					e := es[i]
-					errs[i] = s.add(e.set, e.ip, e.timeout, e.comment, replace)
+					errs[i] = s.add(es[i], replace)
 				}
 			}
 		}
@@ -231,9 +229,9 @@ func (s *pinSocket) replies(first uint32, errs []error) (lost bool, err error) {
 // add sends IPSET_CMD_ADD for ip to set and waits for the kernel's ack.
 // timeout 0 leaves it out (the set's default); replace clears NLM_F_EXCL
 // so an existing entry gets the new timeout and comment.
-func (s *pinSocket) add(set string, ip netip.Addr, timeout uint32, comment string, replace bool) error {
+func (s *pinSocket) add(e setAdd, replace bool) error {
 	s.seq++
-	b := appendAdd(s.req[:0], s.seq, addFlags(replace)|unix.NLM_F_ACK, setAdd{set: set, ip: ip, timeout: timeout, comment: comment})
+	b := appendAdd(s.req[:0], s.seq, addFlags(replace)|unix.NLM_F_ACK, e)
 	s.req = b
 	if err := retryEINTR(func() error { _, err := unix.Write(s.fd, b); return err }); err != nil {
 		return fmt.Errorf("netlink send: %w", err)
@@ -269,6 +267,9 @@ func appendAdd(b []byte, seq uint32, flags uint16, e setAdd) []byte {
 		b = appendAttr(b, nl.IPSET_ATTR_IPADDR_IPV6|nl.NLA_F_NET_BYTEORDER, a[:]...)
 	}
 	endAttr(b, ipAttr)
+	if e.cidr != 0 {
+		b = appendAttr(b, nl.IPSET_ATTR_CIDR, e.cidr)
+	}
 	if t := e.timeout; t > 0 {
 		b = appendAttr(b, nl.IPSET_ATTR_TIMEOUT|nl.NLA_F_NET_BYTEORDER, byte(t>>24), byte(t>>16), byte(t>>8), byte(t))
 	}

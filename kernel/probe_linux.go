@@ -23,8 +23,8 @@ import (
 // that maps the index's mark, and a scratch nat chain (HANDOFF-PROBE)
 // whose rules match the mark and use the pin set, SET and DNAT targets,
 // for IPv4 and, when o.IPv6 is set, IPv6: the chains are written with
-// iptables-restore, as Sync writes, then checked (iptables -C) and
-// removed with the iptables command through go-iptables, which so checks
+// iptables-restore, as Sync writes, and the DNAT rule is checked with the
+// iptables command through go-iptables (iptables -C), which so checks
 // that iptables runs and sees what iptables-restore wrote. Its scratch
 // objects are always removed.
 func Probe(ctx context.Context, o Options) error {
@@ -91,18 +91,6 @@ func probe(ctx context.Context, o Options) (err error) {
 		})
 
 		ipt := execTables{fam, ns}
-		mangle := "*mangle\n:" + chainProbe + " - [0:0]\n-A " + chainProbe + " -p tcp " + comment(commentPrefix+" probe") +
-			" -j SET --map-set " + index + " src --map-mark\nCOMMIT\n"
-		if err := ipt.restore(ctx, []byte(mangle)); err != nil {
-			return fmt.Errorf("creating mangle chain %s with %w%s", chainProbe, err, capHint(err))
-		}
-		undo = append(undo, func() error {
-			remove := "*mangle\n:" + chainProbe + " - [0:0]\n-X " + chainProbe + "\nCOMMIT\n"
-			if err := ipt.restore(context.WithoutCancel(ctx), []byte(remove)); err != nil {
-				return fmt.Errorf("removing mangle chain %s with %w", chainProbe, err)
-			}
-			return nil
-		})
 		gt, err := newGoTables(ns, fam)
 		if err != nil {
 			return err
@@ -112,46 +100,40 @@ func probe(ctx context.Context, o Options) (err error) {
 			to = "[::1]:9"
 		}
 		in := "-A " + chainProbe + " -p tcp -m mark --mark 0x100000/0xfff00000 -m set --match-set " + set + " src " + comment(commentPrefix+" probe")
-		rules := []string{
-			in + " -j SET --add-set " + set + " src --exist --timeout 1",
-			in + " -j DNAT --to-destination " + to,
-		}
-		create := "*nat\n:" + chainProbe + " - [0:0]\n" + strings.Join(rules, "\n") + "\nCOMMIT\n"
-		if err := ipt.restore(ctx, []byte(create)); err != nil {
-			return fmt.Errorf("creating nat chain %s with %w%s", chainProbe, err, capHint(err))
-		}
-		visible := false // whether iptables sees what iptables-restore wrote
+		dnat := in + " -j DNAT --to-destination " + to
+		// One run of iptables-restore for both tables: each run costs
+		// milliseconds, and a restart spends most of its time in them.
+		create := "*mangle\n:" + chainProbe + " - [0:0]\n-A " + chainProbe + " -p tcp " + comment(commentPrefix+" probe") +
+			" -j SET --map-set " + index + " src --map-mark\nCOMMIT\n" +
+			"*nat\n:" + chainProbe + " - [0:0]\n" +
+			in + " -j SET --add-set " + set + " src --exist --timeout 1\n" + dnat + "\nCOMMIT\n"
 		undo = append(undo, func() error {
-			if !visible {
-				// Remove the chain the way it came, in case iptables
-				// looks elsewhere.
-				remove := "*nat\n:" + chainProbe + " - [0:0]\n-X " + chainProbe + "\nCOMMIT\n"
-				if err := ipt.restore(context.WithoutCancel(ctx), []byte(remove)); err != nil {
-					return fmt.Errorf("removing nat chain %s with %w", chainProbe, err)
-				}
-			}
-			if err := gt.do(func(t *goipt.IPTables) error { return t.ClearAndDeleteChain(string(natTable), chainProbe) }); err != nil {
-				return fmt.Errorf("removing nat chain %s with %s: %s", chainProbe, gt.bin(), oneLine([]byte(err.Error())))
+			// Declaring a chain creates it when missing (a failed
+			// run may have committed the mangle table only).
+			remove := "*mangle\n:" + chainProbe + " - [0:0]\n-X " + chainProbe + "\nCOMMIT\n" +
+				"*nat\n:" + chainProbe + " - [0:0]\n-X " + chainProbe + "\nCOMMIT\n"
+			if err := ipt.restore(context.WithoutCancel(ctx), []byte(remove)); err != nil {
+				return fmt.Errorf("removing chains %s with %w", chainProbe, err)
 			}
 			return nil
 		})
+		if err := ipt.restore(ctx, []byte(create)); err != nil {
+			return fmt.Errorf("creating chains %s with %w%s", chainProbe, err, capHint(err))
+		}
 		// What iptables-restore wrote, iptables must see: were they to use
 		// different backends (nf_tables, legacy), `iptables -t nat -S`
 		// would not show handoff's rules.
-		for _, r := range rules {
-			var ok bool
-			err := gt.do(func(t *goipt.IPTables) (err error) {
-				ok, err = t.Exists(string(natTable), chainProbe, splitArgs(r)[2:]...)
-				return err
-			})
-			if err != nil {
-				return fmt.Errorf("checking nat chain %s with %s: %s%s", chainProbe, gt.bin(), oneLine([]byte(err.Error())), capHint(err))
-			}
-			if !ok {
-				return fmt.Errorf("%s does not see the rules %s wrote to nat chain %s (do they use different backends, nf_tables and legacy?)", gt.bin(), ipt.bin("restore"), chainProbe)
-			}
+		var ok bool
+		err = gt.do(func(t *goipt.IPTables) (err error) {
+			ok, err = t.Exists(string(natTable), chainProbe, splitArgs(dnat)[2:]...)
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("checking nat chain %s with %s: %s%s", chainProbe, gt.bin(), oneLine([]byte(err.Error())), capHint(err))
 		}
-		visible = true
+		if !ok {
+			return fmt.Errorf("%s does not see the rules %s wrote to nat chain %s (do they use different backends, nf_tables and legacy?)", gt.bin(), ipt.bin("restore"), chainProbe)
+		}
 	}
 	return nil
 }

@@ -139,6 +139,7 @@ type service struct {
 	maxelem  uint32
 	index    string // the dispatch index set: hoi-<svc> or hoi6-<svc>
 	hold     bool   // queue the SYNs of unpinned clients (Hold)
+	cidr     uint8  // IPv6 services pinning networks: their prefix length (hash:net sets); 0 = addresses
 	backends []backend
 	byName   map[string]*backend
 }
@@ -153,7 +154,9 @@ type backend struct {
 	slot uint32
 }
 
-func (s *service) spec() setSpec { return setSpec{family: s.fam, timeout: s.ttl, maxelem: s.maxelem} }
+func (s *service) spec() setSpec {
+	return setSpec{family: s.fam, timeout: s.ttl, maxelem: s.maxelem, net: s.cidr != 0}
+}
 
 // indexMaxelem bounds an index set. Its entries are one per client of the
 // service plus pins that expired since the last collection (see gcIndex),
@@ -162,7 +165,7 @@ func (s *service) spec() setSpec { return setSpec{family: s.fam, timeout: s.ttl,
 const indexMaxelem = 1 << 30
 
 func (s *service) indexSpec() setSpec {
-	return setSpec{family: s.fam, maxelem: indexMaxelem, index: true}
+	return setSpec{family: s.fam, maxelem: indexMaxelem, index: true, net: s.cidr != 0}
 }
 
 // validName matches the service and backend names the kernel objects can
@@ -194,6 +197,9 @@ func compile(st dataplane.State) ([]*service, error) {
 		if ds.MaxClients < 0 || int64(ds.MaxClients) > int64(^uint32(0)) {
 			return nil, fmt.Errorf("service %q: max clients %d out of range", ds.Name, ds.MaxClients)
 		}
+		if ds.IPv6PinPrefix < 0 || ds.IPv6PinPrefix > 128 {
+			return nil, fmt.Errorf("service %q: IPv6 pin prefix %d out of range", ds.Name, ds.IPv6PinPrefix)
+		}
 		s := &service{
 			name:    ds.Name,
 			fam:     familyOf(vip.Addr()),
@@ -205,8 +211,15 @@ func compile(st dataplane.State) ([]*service, error) {
 			hold:    ds.HoldSYN,
 			byName:  map[string]*backend{},
 		}
+		if s.fam == ipv6 && ds.IPv6PinPrefix > 0 && ds.IPv6PinPrefix < 128 {
+			s.cidr = uint8(ds.IPv6PinPrefix)
+			s.index = netIndexSetName(ds.Name)
+		}
 		for _, db := range ds.Backends {
 			set := dataplane.SetName(ds.Name, db.Name, s.fam == ipv6)
+			if s.cidr != 0 {
+				set = netSetName(ds.Name, db.Name)
+			}
 			switch {
 			case !validName.MatchString(db.Name):
 				return nil, fmt.Errorf("service %q: backend %q: invalid name", ds.Name, db.Name)
@@ -430,6 +443,28 @@ type saved struct {
 
 // parseSave reads iptables-save output (with or without counters) of one
 // table.
+// parseTables parses the iptables-save text of several tables.
+func parseTables(b []byte) map[table]saved {
+	out := map[table]saved{}
+	var name table
+	start := -1
+	flush := func(end int) {
+		if start >= 0 {
+			out[name] = parseSave(b[start:end])
+		}
+	}
+	off := 0
+	for line := range bytes.Lines(b) {
+		if l := bytes.TrimSpace(line); len(l) > 1 && l[0] == '*' {
+			flush(off)
+			name, start = table(l[1:]), off
+		}
+		off += len(line)
+	}
+	flush(len(b))
+	return out
+}
+
 func parseSave(b []byte) saved {
 	s := saved{chains: map[string][]string{}}
 	for line := range bytes.Lines(b) {

@@ -609,7 +609,6 @@ func TestRebuildKeepsPins(t *testing.T) {
 	// made then is not undone by the copy of the older listing.
 	during := netip.MustParseAddr("198.18.0.3")
 	k.onList = func() {
-		k.onList = nil
 		mustPin(t, d, dataplane.Pin{Service: "web", Backend: "be1", Client: during, Key: "during"})
 		if err := d.Unpin(context.Background(), "web", "be1", gone); err != nil {
 			t.Error(err)

@@ -1,7 +1,6 @@
 package proxy_test
 
 import (
-	"context"
 	"io"
 	"net"
 	"sync"
@@ -32,72 +31,65 @@ func benchSplice(b *testing.B, dir, impl string) {
 	}
 	b.SetBytes(perOp)
 	p := startPeer(b)
-	ln := listen(b, "")
-	defer ln.Close()
-	p.send(b, "stream %s %d %s", ln.Addr(), int64(b.N)*chunk, dir)
-	client, err := ln.AcceptTCP()
-	if err != nil {
-		b.Fatal(err)
-	}
-	backend, err := proxy.Dial(context.Background(), p.backend, time.Second)
-	if err != nil {
-		b.Fatal(err)
+	var addr string
+	var results chan result
+	if impl == "splice" {
+		tp := startProxy(b, p.backend, proxyConfig{route: proxy.Route{Idle: time.Minute}})
+		addr, results = tp.addr.String(), tp.results
+	} else {
+		ln := listen(b, "")
+		defer ln.Close()
+		addr = ln.Addr().String()
+		go func() {
+			client, err := ln.AcceptTCP()
+			if err != nil {
+				return
+			}
+			backend, err := net.DialTCP("tcp", nil, net.TCPAddrFromAddrPort(p.backend))
+			if err != nil {
+				client.Close()
+				return
+			}
+			copyProxy(client, backend)
+		}()
 	}
 
 	cpu0 := cpuTime(b)
 	b.ResetTimer()
-	if impl == "splice" {
-		st, err := proxy.Splice(context.Background(), client, backend, proxy.SpliceOptions{Idle: time.Minute})
-		if err != nil || st.ClientToBackend+st.BackendToClient != int64(b.N)*perOp {
-			b.Fatalf("Splice = %+v, %v", st, err)
-		}
-	} else {
-		copyProxy(client, backend)
-	}
+	p.send(b, "stream %s %d %s", addr, int64(b.N)*chunk, dir)
+	p.expect(b, "done")
 	b.StopTimer()
 	cpu := cpuTime(b) - cpu0
-	p.expect(b, "done")
+	if results != nil {
+		if r := <-results; r.err != nil || r.st.ClientToBackend+r.st.BackendToClient != int64(b.N)*perOp {
+			b.Fatalf("proxied %+v, %v", r.st, r.err)
+		}
+	}
 	gb := float64(int64(b.N)*perOp) / 1e9
 	b.ReportMetric(cpu.Seconds()*1e3/gb, "cpu-ms/GB")
 }
 
 // BenchmarkProxyConn measures the proxy's cost per short connection: accept,
-// Dial, Splice of a 64-byte request and a 145-byte response with the
-// backend closing first, close. The peer process runs 64 clients and the
-// backend, so this process's CPU time is the proxy's alone.
+// connect to the backend, a 64-byte request and a 145-byte response with
+// the backend closing first, close. The peer process runs 64 clients and
+// the backend, so this process's CPU time is the proxy's alone.
+// "handoff" hands each connection to a goroutine that proxies it with
+// Conn.Proxy, the way a connection classified first goes.
 func BenchmarkProxyConn(b *testing.B) {
-	p := startPeer(b)
-	ln := listen(b, "")
-	defer ln.Close()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.AcceptTCP()
-			if err != nil {
-				return
-			}
-			go func() {
-				bc, err := proxy.Dial(context.Background(), p.backend, time.Second)
-				if err != nil {
-					c.Close()
-					b.Error(err)
-					return
-				}
-				proxy.Splice(context.Background(), c, bc, proxy.SpliceOptions{Idle: time.Minute})
-			}()
-		}
-	}()
-	b.ReportAllocs()
-	cpu0 := cpuTime(b)
-	b.ResetTimer()
-	p.send(b, "churn %s %d 64", ln.Addr(), b.N)
-	p.expect(b, "done")
-	b.StopTimer()
-	cpu := cpuTime(b) - cpu0
-	ln.Close()
-	<-done
-	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-us/conn")
+	for _, mode := range []string{"at-once", "handoff"} {
+		b.Run(mode, func(b *testing.B) {
+			p := startPeer(b)
+			tp := startProxy(b, p.backend, proxyConfig{route: proxy.Route{Idle: time.Minute}, handoff: mode == "handoff"})
+			b.ReportAllocs()
+			cpu0 := cpuTime(b)
+			b.ResetTimer()
+			p.send(b, "churn %s %d 64", tp.addr, b.N)
+			p.expect(b, "done")
+			b.StopTimer()
+			cpu := cpuTime(b) - cpu0
+			b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-us/conn")
+		})
+	}
 }
 
 // copyProxy is the baseline: the usual userspace proxy loop, with the conns

@@ -10,39 +10,59 @@ import (
 	"github.com/handoff-lb/handoff/config"
 )
 
-// WriteHeader writes a PROXY protocol header announcing a connection
-// from client to local (the address the client connected to) to backend,
-// which must not have carried any byte yet. version is "v1" or "v2"; "off"
-// and "" write nothing. client and local must be *net.TCPAddr; IPv4-mapped
-// IPv6 addresses are sent as IPv4, and a pair of mixed families as IPv6.
-// The header goes out in one Write on backend itself, so the caller can hand
-// the raw connection to Splice afterwards.
-func WriteHeader(backend net.Conn, version config.ProxyProtocol, client, local net.Addr) error {
+// Header returns the PROXY protocol header announcing a connection from
+// client to local (the address the client connected to), for
+// Route.Header. version is "v1" or "v2"; "off" and "" give nil. client and
+// local must be *net.TCPAddr; IPv4-mapped IPv6 addresses are sent as IPv4,
+// and a pair of mixed families as IPv6.
+func Header(version config.ProxyProtocol, client, local net.Addr) ([]byte, error) {
 	var v byte
 	switch version {
 	case "", config.ProxyProtocolOff:
-		return nil
+		return nil, nil
 	case config.ProxyProtocolV1:
 		v = 1
 	case config.ProxyProtocolV2:
 		v = 2
 	default:
-		return fmt.Errorf("proxy protocol %q: want off, v1 or v2", version)
+		return nil, fmt.Errorf("proxy protocol %q: want off, v1 or v2", version)
 	}
 	src, ok1 := tcpAddrPort(client)
 	dst, ok2 := tcpAddrPort(local)
 	if !ok1 || !ok2 {
-		return fmt.Errorf("proxy protocol %s: need TCP addresses, got %v and %v", version, client, local)
+		return nil, fmt.Errorf("proxy protocol %s: need TCP addresses, got %v and %v", version, client, local)
 	}
 	if src.Addr().Is4() != dst.Addr().Is4() {
 		src = netip.AddrPortFrom(netip.AddrFrom16(src.Addr().As16()), src.Port())
 		dst = netip.AddrPortFrom(netip.AddrFrom16(dst.Addr().As16()), dst.Port())
 	}
-	h := proxyproto.HeaderProxyFromAddrs(v, net.TCPAddrFromAddrPort(src), net.TCPAddrFromAddrPort(dst))
-	if _, err := h.WriteTo(backend); err != nil {
-		return fmt.Errorf("proxy protocol %s header to %v: %w", version, backend.RemoteAddr(), err)
+	b, err := proxyproto.HeaderProxyFromAddrs(v, net.TCPAddrFromAddrPort(src), net.TCPAddrFromAddrPort(dst)).Format()
+	if err != nil {
+		return nil, fmt.Errorf("proxy protocol %s header: %w", version, err)
 	}
-	return nil
+	return b, nil
+}
+
+// CheckHeader returns the PROXY protocol header a health check sends first
+// to a backend that expects one (HAProxy's check-send-proxy): the v1
+// "PROXY UNKNOWN" line or a v2 LOCAL header, which say that the
+// connection is the balancer's own and carries no client, so the backend
+// neither logs an error nor takes the checker for a client. version "off"
+// and "" return nil.
+func CheckHeader(version config.ProxyProtocol) ([]byte, error) {
+	var v byte
+	switch version {
+	case "", config.ProxyProtocolOff:
+		return nil, nil
+	case config.ProxyProtocolV1:
+		v = 1
+	case config.ProxyProtocolV2:
+		v = 2
+	default:
+		return nil, fmt.Errorf("proxy protocol %q: want off, v1 or v2", version)
+	}
+	h := &proxyproto.Header{Version: v, Command: proxyproto.LOCAL, TransportProtocol: proxyproto.UNSPEC}
+	return h.Format()
 }
 
 // tcpAddrPort returns a's address with IPv4-mapped addresses unmapped and

@@ -1,74 +1,80 @@
 package proxy_test
 
 import (
-	"context"
+	"encoding/binary"
+	"encoding/hex"
+	"io"
 	"net"
+	"net/netip"
+	"os"
+	"strings"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/handoff-lb/handoff/proxy"
 )
 
-// keepAlive reads SO_KEEPALIVE of c.
-func keepAlive(t *testing.T, c *net.TCPConn) bool {
+// keepAliveTimer reports whether the local TCP socket from local to remote
+// has its keepalive timer running (/proc/net/tcp's timer column says 2, a
+// pending sk_timer: keepalive, for an established socket).
+func keepAliveTimer(t *testing.T, local, remote netip.AddrPort) bool {
 	t.Helper()
-	rc, err := c.SyscallConn()
+	b, err := os.ReadFile("/proc/net/tcp")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var v int
-	var serr error
-	if err := rc.Control(func(fd uintptr) { v, serr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_KEEPALIVE) }); err != nil {
-		t.Fatal(err)
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) < 6 || procAddr(t, f[1]) != local || procAddr(t, f[2]) != remote {
+			continue
+		}
+		return strings.HasPrefix(f[5], "02:")
 	}
-	if serr != nil {
-		t.Fatal(serr)
-	}
-	return v != 0
+	t.Fatalf("no socket %v -> %v in /proc/net/tcp", local, remote)
+	return false
 }
 
-// TestKeepAlive: Dial and Listen leave keepalive off (it costs four system
-// calls per connection as Go sets it up); Splice turns it on where no idle
-// timeout watches the connection, and only there.
-func TestKeepAlive(t *testing.T) {
-	ln, err := proxy.Listen(context.Background(), "tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+// procAddr parses /proc/net/tcp's "0100007F:1F90" (IPv4 in host order).
+func procAddr(t *testing.T, s string) netip.AddrPort {
+	ip, port, _ := strings.Cut(s, ":")
+	a, err1 := hex.DecodeString(ip)
+	p, err2 := hex.DecodeString(port)
+	if err1 != nil || err2 != nil || len(a) != 4 || len(p) != 2 {
+		t.Fatalf("/proc/net/tcp address %q", s)
 	}
-	defer ln.Close()
-	backend := startBackend(t, "", echo)
+	var v4 [4]byte
+	binary.BigEndian.PutUint32(v4[:], binary.NativeEndian.Uint32(a))
+	return netip.AddrPortFrom(netip.AddrFrom4(v4), binary.BigEndian.Uint16(p))
+}
+
+// TestKeepAlive: accepted and dialed connections get no keepalive of their
+// own (Go's would cost four system calls per connection); a proxied
+// connection turns it on for both sockets where no idle timeout watches
+// it, and only there.
+func TestKeepAlive(t *testing.T) {
 	for _, idle := range []time.Duration{0, time.Minute} {
 		t.Run(idle.String(), func(t *testing.T) {
-			c := dial(t, ln.Addr().(*net.TCPAddr).AddrPort())
-			a, err := ln.Accept()
-			if err != nil {
+			backendSide := make(chan netip.AddrPort, 1)
+			backend := startBackend(t, "", func(c *net.TCPConn) {
+				backendSide <- c.RemoteAddr().(*net.TCPAddr).AddrPort()
+				echo(c)
+			})
+			p := startProxy(t, backend, proxyConfig{route: proxy.Route{Idle: idle}})
+			c := dial(t, p.addr)
+			c.Write([]byte("x")) // once echoed back, both connections are set up
+			if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
 				t.Fatal(err)
 			}
-			client := a.(*net.TCPConn)
-			b, err := proxy.Dial(context.Background(), backend, time.Second)
-			if err != nil {
-				t.Fatal(err)
+			want := idle == 0
+			if got := keepAliveTimer(t, p.addr, c.LocalAddr().(*net.TCPAddr).AddrPort()); got != want {
+				t.Errorf("idle %v: keepalive on the client's connection %v, want %v", idle, got, want)
 			}
-			if keepAlive(t, client) || keepAlive(t, b) {
-				t.Fatalf("keepalive on before Splice: accepted %v, dialed %v", keepAlive(t, client), keepAlive(t, b))
-			}
-			done := make(chan error, 1)
-			go func() {
-				_, err := proxy.Splice(context.Background(), client, b, proxy.SpliceOptions{Idle: idle})
-				done <- err
-			}()
-			c.Write([]byte("x")) // once echoed back, Splice has set up both connections
-			if _, err := c.Read(make([]byte, 1)); err != nil {
-				t.Fatal(err)
-			}
-			if want := idle == 0; keepAlive(t, client) != want || keepAlive(t, b) != want {
-				t.Errorf("idle %v: keepalive client %v, backend %v; want %v", idle, keepAlive(t, client), keepAlive(t, b), want)
+			if got := keepAliveTimer(t, <-backendSide, backend); got != want {
+				t.Errorf("idle %v: keepalive on the backend connection %v, want %v", idle, got, want)
 			}
 			c.Close()
-			if err := <-done; err != nil {
-				t.Error(err)
+			if r := p.result(t); r.err != nil {
+				t.Error(r.err)
 			}
 		})
 	}

@@ -13,7 +13,7 @@ import (
 // switches to splice(2) for a bulk stream; the bytes stay in order and
 // whole across the switch, and small messages after it still echo.
 func TestSpliceSmallThenBulk(t *testing.T) {
-	p := startProxy(t, startBackend(t, "", echo), proxyConfig{opts: proxy.SpliceOptions{Idle: time.Minute}})
+	p := startProxy(t, startBackend(t, "", echo), proxyConfig{route: proxy.Route{Idle: time.Minute}})
 	c := dial(t, p.addr)
 	c.SetDeadline(time.Now().Add(20 * time.Second))
 	roundTrip := func(msg []byte) {

@@ -4,13 +4,11 @@ package proxy_test
 
 import (
 	"bufio"
-	"context"
 	"os"
 	"runtime"
 	"runtime/debug"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -23,10 +21,10 @@ import (
 // TestIdleRSS proxies 10,000 loopback connections, moves one byte each way
 // through every one, lets them sit idle, and reports how much the resident
 // memory of this process grew per connection. The clients and the backend
-// run in a peer process, so the figure is the proxy's alone: its two sockets,
-// the caller's goroutine and Splice's. The race detector distorts memory,
-// so this file builds only without it: scripts/test.sh runs it in a step
-// of its own.
+// run in a peer process, so the figure is the proxy's alone: its two sockets
+// and its session on the event loop (no goroutine). The race detector
+// distorts memory, so this file builds only without it: scripts/test.sh
+// runs it in a step of its own.
 func TestIdleRSS(t *testing.T) {
 	if testing.Short() {
 		testenv.Skip(t, "slow: proxies 10,000 connections")
@@ -39,31 +37,19 @@ func TestIdleRSS(t *testing.T) {
 	}
 	p := startPeer(t)
 
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	var wg sync.WaitGroup
-	defer wg.Wait()
 	var spliced atomic.Int64
 	ln := listen(t, "")
 	defer ln.Close()
-	wg.Go(func() {
-		for {
-			c, err := ln.AcceptTCP()
-			if err != nil {
-				return
-			}
-			wg.Go(func() { // the balancer's per-connection goroutine
-				b, err := proxy.Dial(ctx, p.backend, 10*time.Second)
-				if err != nil {
-					t.Error(err)
-					c.Close()
-					return
-				}
-				spliced.Add(1)
-				proxy.Splice(ctx, c, b, proxy.SpliceOptions{Idle: 10 * time.Minute})
-			})
-		}
-	})
+	srv := newServer(t)
+	res := &countResult{}
+	a, err := srv.Serve(ln, proxy.ServeOptions{Accept: func(c *proxy.Conn) *proxy.Route {
+		spliced.Add(1)
+		return &proxy.Route{Backend: p.backend, ConnectTimeout: 10 * time.Second, Idle: 10 * time.Minute, Result: res}
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Stop()
 
 	settle()
 	rss0, fds0 := vmRSS(t), openFDs(t)
@@ -74,8 +60,8 @@ func TestIdleRSS(t *testing.T) {
 	start := time.Now()
 	p.send(t, "idle %s %d", ln.Addr(), n)
 	p.expect(t, "ready")
-	if got := spliced.Load(); got != int64(n) {
-		t.Fatalf("%d of %d connections proxied", got, n)
+	if got, conns := spliced.Load(), res.connected.Load(); got != int64(n) || conns != int64(n) {
+		t.Fatalf("%d of %d connections accepted, %d connected", got, n, conns)
 	}
 	t.Logf("%d connections opened and used in %v", n, time.Since(start).Round(time.Millisecond))
 
@@ -98,8 +84,14 @@ func TestIdleRSS(t *testing.T) {
 
 	p.send(t, "release")
 	p.expect(t, "released")
-	ln.Close()
 }
+
+// countResult counts connections; it is every connection's Result.
+type countResult struct{ connected, done atomic.Int64 }
+
+func (r *countResult) Connected()                          { r.connected.Add(1) }
+func (r *countResult) Done(proxy.Stats, error)             { r.done.Add(1) }
+func (r *countResult) DialFailed(c *proxy.Conn, err error) { c.Close(); r.done.Add(1) }
 
 func settle() {
 	for range 2 {

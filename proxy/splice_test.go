@@ -13,7 +13,6 @@ import (
 	"net/netip"
 	"os"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -24,7 +23,7 @@ import (
 	"github.com/handoff-lb/handoff/proxy"
 )
 
-// result is what one Splice call of a test proxy returned.
+// result is how one proxied connection of a test proxy ended.
 type result struct {
 	st  proxy.Stats
 	err error
@@ -32,15 +31,20 @@ type result struct {
 
 // proxyConfig tunes a test proxy.
 type proxyConfig struct {
-	ctx           context.Context // parent of every Splice; nil = background
-	opts          proxy.SpliceOptions
+	ctx           context.Context // cancelling it aborts the proxy's group; nil = background
+	route         proxy.Route     // Idle and Replay of every connection
 	proxyProtocol config.ProxyProtocol
 	limiter       *proxy.Limiter
 	network       string // "tcp4" (default) or "tcp6"
+	// handoff hands each connection to a goroutine, which proxies it with
+	// Conn.Proxy (the way a connection that is classified first goes);
+	// otherwise the Route is returned at once.
+	handoff bool
 }
 
-// testProxy is a minimal balancer: accept, Dial the backend, PROXY header,
-// Splice — the way balancer uses the package.
+// testProxy is a minimal balancer: a Server whose AcceptFunc routes every
+// connection to one backend, with a PROXY header when configured — the
+// way balancer uses the package.
 type testProxy struct {
 	ln      *net.TCPListener
 	addr    netip.AddrPort
@@ -50,62 +54,85 @@ type testProxy struct {
 func startProxy(t testing.TB, backend netip.AddrPort, cfg proxyConfig) *testProxy {
 	t.Helper()
 	ln := listen(t, cfg.network)
+	p := &testProxy{ln: ln, addr: ln.Addr().(*net.TCPAddr).AddrPort(), results: make(chan result, 20000)}
+	srv := newServer(t)
+	g := srv.NewGroup()
 	parent := cfg.ctx
 	if parent == nil {
 		parent = context.Background()
 	}
-	ctx, cancel := context.WithCancel(parent)
-	p := &testProxy{ln: ln, addr: ln.Addr().(*net.TCPAddr).AddrPort(), results: make(chan result, 20000)}
-	var wg sync.WaitGroup
-	wg.Go(func() { p.serve(ctx, &wg, backend, cfg) })
+	stop := context.AfterFunc(parent, func() { g.Abort(context.Cause(parent)) })
+	a, err := srv.Serve(ln, proxy.ServeOptions{Accept: func(c *proxy.Conn) *proxy.Route {
+		if cfg.limiter != nil && !cfg.limiter.TryAcquire() {
+			c.Close()
+			return nil
+		}
+		r := cfg.route
+		r.Backend, r.ConnectTimeout, r.Group = backend, 10*time.Second, g
+		r.Result = &testResult{p: p, limiter: cfg.limiter}
+		h, err := proxy.Header(cfg.proxyProtocol, c.RemoteAddr(), c.LocalAddr())
+		if err != nil {
+			c.Close()
+			r.Result.Done(proxy.Stats{}, err)
+			return nil
+		}
+		r.Header = h
+		if cfg.handoff {
+			go c.Proxy(&r)
+			return nil
+		}
+		return &r
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() {
+		a.Stop()
 		ln.Close()
-		cancel()
-		wg.Wait()
+		stop()
 	})
 	return p
 }
 
-func (p *testProxy) serve(ctx context.Context, wg *sync.WaitGroup, backend netip.AddrPort, cfg proxyConfig) {
-	for {
-		c, err := p.ln.AcceptTCP()
-		if err != nil {
-			return
-		}
-		if cfg.limiter != nil && !cfg.limiter.TryAcquire() {
-			c.Close()
-			continue
-		}
-		wg.Go(func() {
-			if cfg.limiter != nil {
-				defer cfg.limiter.Release()
-			}
-			b, err := proxy.Dial(ctx, backend, 10*time.Second)
-			if err != nil {
-				c.Close()
-				p.results <- result{err: err}
-				return
-			}
-			if err := proxy.WriteHeader(b, cfg.proxyProtocol, c.RemoteAddr(), c.LocalAddr()); err != nil {
-				c.Close()
-				b.Close()
-				p.results <- result{err: err}
-				return
-			}
-			st, err := proxy.Splice(ctx, c, b, cfg.opts)
-			p.results <- result{st, err}
-		})
+// newServer starts a Server that ends with the test.
+func newServer(t testing.TB) *proxy.Server {
+	t.Helper()
+	srv, err := proxy.NewServer()
+	if err != nil {
+		t.Fatal(err)
 	}
+	t.Cleanup(srv.Close)
+	return srv
 }
 
-// result waits for the next finished Splice.
+// testResult reports each connection's end on the proxy's results.
+type testResult struct {
+	p       *testProxy
+	limiter *proxy.Limiter
+}
+
+func (r *testResult) Connected() {}
+
+func (r *testResult) Done(st proxy.Stats, err error) {
+	if r.limiter != nil {
+		r.limiter.Release()
+	}
+	r.p.results <- result{st, err}
+}
+
+func (r *testResult) DialFailed(c *proxy.Conn, err error) {
+	c.Close()
+	r.Done(proxy.Stats{}, err)
+}
+
+// result waits for the next connection to end.
 func (p *testProxy) result(t testing.TB) result {
 	t.Helper()
 	select {
 	case r := <-p.results:
 		return r
 	case <-time.After(20 * time.Second):
-		t.Fatal("no Splice returned")
+		t.Fatal("no proxied connection ended")
 		return result{}
 	}
 }
@@ -176,8 +203,22 @@ func dial(t testing.TB, addr netip.AddrPort) *net.TCPConn {
 	return c
 }
 
-func TestSpliceEcho(t *testing.T) {
-	p := startProxy(t, startBackend(t, "", echo), proxyConfig{})
+// modes runs f for a connection proxied at once and for one a goroutine
+// proxies with Conn.Proxy.
+func modes(t *testing.T, f func(t *testing.T, handoff bool)) {
+	for _, handoff := range []bool{false, true} {
+		name := "at once"
+		if handoff {
+			name = "handoff"
+		}
+		t.Run(name, func(t *testing.T) { f(t, handoff) })
+	}
+}
+
+func TestSpliceEcho(t *testing.T) { modes(t, testSpliceEcho) }
+
+func testSpliceEcho(t *testing.T, handoff bool) {
+	p := startProxy(t, startBackend(t, "", echo), proxyConfig{handoff: handoff})
 	c := dial(t, p.addr)
 	for _, msg := range []string{"hello", "world, again"} {
 		if _, err := c.Write([]byte(msg)); err != nil {
@@ -204,7 +245,7 @@ func TestSpliceReplay(t *testing.T) {
 		b, _ := io.ReadAll(c)
 		got <- string(b)
 	})
-	p := startProxy(t, backend, proxyConfig{opts: proxy.SpliceOptions{Replay: []byte("GET / HTTP/1.1\r\n")}})
+	p := startProxy(t, backend, proxyConfig{route: proxy.Route{Replay: []byte("GET / HTTP/1.1\r\n")}})
 	c := dial(t, p.addr)
 	c.Write([]byte("Host: x\r\n\r\n"))
 	c.CloseWrite()
@@ -218,7 +259,9 @@ func TestSpliceReplay(t *testing.T) {
 
 // TestSpliceHalfClose: the side that finishes sending first still receives
 // everything the other side sends afterwards, in both directions.
-func TestSpliceHalfClose(t *testing.T) {
+func TestSpliceHalfClose(t *testing.T) { modes(t, testSpliceHalfClose) }
+
+func testSpliceHalfClose(t *testing.T, handoff bool) {
 	reply := bytes.Repeat([]byte("r"), 3<<20)
 	t.Run("client finishes first", func(t *testing.T) {
 		backend := startBackend(t, "", func(c *net.TCPConn) {
@@ -226,7 +269,7 @@ func TestSpliceHalfClose(t *testing.T) {
 			fmt.Fprintf(c, "got %d\n", n)
 			c.Write(reply)
 		})
-		p := startProxy(t, backend, proxyConfig{})
+		p := startProxy(t, backend, proxyConfig{handoff: handoff})
 		c := dial(t, p.addr)
 		c.Write(bytes.Repeat([]byte("q"), 1<<20))
 		c.CloseWrite()
@@ -247,7 +290,7 @@ func TestSpliceHalfClose(t *testing.T) {
 			n, _ := io.Copy(io.Discard, c)
 			got <- n
 		})
-		p := startProxy(t, backend, proxyConfig{})
+		p := startProxy(t, backend, proxyConfig{handoff: handoff})
 		c := dial(t, p.addr)
 		b, err := io.ReadAll(c) // the backend's EOF reaches the client
 		if err != nil || len(b) != len(reply) {
@@ -294,7 +337,9 @@ type digest struct {
 	err error
 }
 
-func TestSplice100MB(t *testing.T) {
+func TestSplice100MB(t *testing.T) { modes(t, testSplice100MB) }
+
+func testSplice100MB(t *testing.T, handoff bool) {
 	const size = 100 << 20
 	backendGot := make(chan digest, 1)
 	backendSent := make(chan digest, 1)
@@ -309,7 +354,7 @@ func TestSplice100MB(t *testing.T) {
 		backendGot <- digest{n, sum, err}
 		backendSent <- <-sent // before the handler closes c
 	})
-	p := startProxy(t, backend, proxyConfig{opts: proxy.SpliceOptions{Idle: 10 * time.Second}})
+	p := startProxy(t, backend, proxyConfig{route: proxy.Route{Idle: 10 * time.Second}, handoff: handoff})
 	c := dial(t, p.addr)
 	clientSent := make(chan digest, 1)
 	go func() {
@@ -334,10 +379,10 @@ func TestSplice100MB(t *testing.T) {
 
 func TestSpliceIdle(t *testing.T) {
 	const idle = 300 * time.Millisecond
-	opts := proxy.SpliceOptions{Idle: idle}
+	opts := proxy.Route{Idle: idle}
 
 	t.Run("idle pair is closed", func(t *testing.T) {
-		p := startProxy(t, startBackend(t, "", echo), proxyConfig{opts: opts})
+		p := startProxy(t, startBackend(t, "", echo), proxyConfig{route: opts})
 		c := dial(t, p.addr)
 		c.Write([]byte("x"))
 		io.ReadFull(c, make([]byte, 1))
@@ -376,7 +421,7 @@ func TestSpliceIdle(t *testing.T) {
 				}
 				io.Copy(io.Discard, c)
 			})
-			p := startProxy(t, backend, proxyConfig{opts: opts})
+			p := startProxy(t, backend, proxyConfig{route: opts})
 			c := dial(t, p.addr)
 			start := time.Now()
 			if dir == "client to backend" {
@@ -398,7 +443,7 @@ func TestSpliceIdle(t *testing.T) {
 		backend := startBackend(t, "", func(c *net.TCPConn) {
 			c.Write(make([]byte, 64<<20)) // the client never reads
 		})
-		p := startProxy(t, backend, proxyConfig{opts: opts})
+		p := startProxy(t, backend, proxyConfig{route: opts})
 		dial(t, p.addr)
 		if r := p.result(t); !errors.Is(r.err, proxy.ErrIdle) {
 			t.Fatalf("Splice error %v, want ErrIdle", r.err)
@@ -424,28 +469,17 @@ func TestSpliceCancel(t *testing.T) {
 }
 
 func TestSpliceCancelledBeforeStart(t *testing.T) {
-	a, b := pair(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, err := proxy.Splice(ctx, a, b, proxy.SpliceOptions{}); !errors.Is(err, context.Canceled) {
-		t.Fatalf("Splice = %v", err)
+	p := startProxy(t, startBackend(t, "", echo), proxyConfig{ctx: ctx})
+	c := dial(t, p.addr)
+	if r := p.result(t); !errors.Is(r.err, context.Canceled) {
+		t.Fatalf("proxied connection ended with %v, want context.Canceled", r.err)
 	}
-	if _, err := a.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
-		t.Fatalf("Splice did not close its connections: %v", err)
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil || os.IsTimeout(err) {
+		t.Fatalf("the client's connection was not closed: %v", err)
 	}
-}
-
-// pair returns two connected loopback TCP connections.
-func pair(t testing.TB) (*net.TCPConn, *net.TCPConn) {
-	ln := listen(t, "")
-	defer ln.Close()
-	a := dial(t, ln.Addr().(*net.TCPAddr).AddrPort())
-	b, err := ln.AcceptTCP()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { b.Close() })
-	return a, b
 }
 
 func TestSpliceProxyProtocol(t *testing.T) {
@@ -470,7 +504,7 @@ func TestSpliceProxyProtocol(t *testing.T) {
 					headers <- h
 					io.Copy(c, br) // then echo what follows
 				})
-				p := startProxy(t, backend, proxyConfig{proxyProtocol: version, network: network})
+				p := startProxy(t, backend, proxyConfig{proxyProtocol: version, network: network, handoff: version == config.ProxyProtocolV2})
 				c := dial(t, p.addr)
 				c.Write([]byte("ping"))
 				buf := make([]byte, 4)
@@ -490,9 +524,11 @@ func TestSpliceProxyProtocol(t *testing.T) {
 	}
 }
 
-func TestSpliceManyConcurrent(t *testing.T) {
+func TestSpliceManyConcurrent(t *testing.T) { modes(t, testSpliceManyConcurrent) }
+
+func testSpliceManyConcurrent(t *testing.T, handoff bool) {
 	const n = 1000
-	p := startProxy(t, startBackend(t, "", echo), proxyConfig{opts: proxy.SpliceOptions{Idle: 30 * time.Second}})
+	p := startProxy(t, startBackend(t, "", echo), proxyConfig{route: proxy.Route{Idle: 30 * time.Second}, handoff: handoff})
 	var wg sync.WaitGroup
 	errs := make(chan error, n)
 	for i := range n {
@@ -523,34 +559,5 @@ func TestSpliceManyConcurrent(t *testing.T) {
 		if r := p.result(t); r.err != nil {
 			t.Error(r.err)
 		}
-	}
-}
-
-// TestSpliceCountsAsItFlows: the counters of SpliceOptions show the bytes
-// of a connection that is still open, replayed bytes included, and end
-// equal to the returned Stats.
-func TestSpliceCountsAsItFlows(t *testing.T) {
-	var toBackend, toClient atomic.Uint64
-	be := startBackend(t, "", echo)
-	p := startProxy(t, be, proxyConfig{opts: proxy.SpliceOptions{Replay: []byte("hi"), ToBackend: &toBackend, ToClient: &toClient}})
-	c := dial(t, p.addr)
-	msg := bytes.Repeat([]byte("x"), 300_000)
-	go c.Write(msg)
-	got := make([]byte, 2+len(msg))
-	if _, err := io.ReadFull(c, got); err != nil {
-		t.Fatal(err)
-	}
-	// The connection is open and idle: every byte is counted (the count
-	// follows each write at once, so allow it a moment).
-	for i := 0; i < 100 && toClient.Load() < uint64(len(got)); i++ {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if b, cl := toBackend.Load(), toClient.Load(); b != uint64(len(got)) || cl != uint64(len(got)) {
-		t.Fatalf("while open: %d bytes to the backend, %d to the client; want %d each", b, cl, len(got))
-	}
-	c.Close()
-	r := p.result(t)
-	if uint64(r.st.ClientToBackend) != toBackend.Load() || uint64(r.st.BackendToClient) != toClient.Load() {
-		t.Errorf("Stats %+v, counters %d %d", r.st, toBackend.Load(), toClient.Load())
 	}
 }

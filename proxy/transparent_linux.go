@@ -22,7 +22,9 @@ var ErrTransparentUnsupported = errors.New("transparent dials need Linux")
 // routing the kernel data plane installs (dataplane.State.Transparent).
 // When from's port is taken on this host (a connection of the same client
 // port to the same backend still in TIME_WAIT), the dial is retried from
-// another port of the client's address. Otherwise as Dial.
+// another port of the client's address. It blocks until connected (or
+// timeout, 0 for none, or ctx ends); the Server's Route.Source dials the
+// same way on its event loop.
 func DialTransparent(ctx context.Context, from, to netip.AddrPort, timeout time.Duration) (*net.TCPConn, error) {
 	c, err := dialFrom(ctx, from, to, timeout)
 	if errors.Is(err, unix.EADDRINUSE) || errors.Is(err, unix.EADDRNOTAVAIL) {

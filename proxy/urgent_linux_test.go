@@ -41,7 +41,7 @@ func TestSpliceUrgentData(t *testing.T) {
 				}
 				got <- b
 			})
-			p := startProxy(t, backend, proxyConfig{opts: proxy.SpliceOptions{Idle: 10 * time.Second}})
+			p := startProxy(t, backend, proxyConfig{route: proxy.Route{Idle: 10 * time.Second}})
 			c := dial(t, p.addr)
 			if _, err := c.Write(want[:bulk]); err != nil {
 				t.Fatal(err)

@@ -3,7 +3,8 @@
 #
 # Installs the OS packages the tests need when they are missing (chromium
 # renders the status page, promtool checks the alert rules, systemd-analyze
-# rates the unit, dpkg installs the .deb), then runs
+# rates the unit, dpkg installs the .deb; etcd-server, keepalived and
+# conntrackd run the cluster tests), then runs
 # gofmt, go vet (also for darwin, freebsd and windows), cross-OS builds
 # (darwin amd64/arm64, freebsd, windows), staticcheck, and go test -race over
 # every package, including the root network-namespace tests, then, without
@@ -22,11 +23,18 @@ declare -A pkgs=(
 	[setpriv]=util-linux [capsh]=libcap2-bin [ss]=iproute2 [chromium]=chromium
 	[promtool]=prometheus [systemd-analyze]=systemd [dpkg-deb]=dpkg
 	[iptables-legacy]=iptables
+	# the real clients of e2e's TestRealClients
+	[curl]=curl [wget]=wget [openssl]=openssl
+	[etcd]=etcd-server [keepalived]=keepalived [conntrackd]=conntrackd
 )
 missing=()
 for cmd in "${!pkgs[@]}"; do
 	command -v "$cmd" >/dev/null 2>&1 || missing+=("${pkgs[$cmd]}")
 done
+# Debian's python3 with requests (a pyenv's python3 may come first on PATH)
+if ! /usr/bin/python3 -c 'import requests' 2>/dev/null; then
+	missing+=(python3-requests)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
 	mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
 	if [ "$(id -u)" -eq 0 ]; then
@@ -74,3 +82,4 @@ done < <(grep -l '^//go:build.*!race' $(git ls-files '*_test.go' 2>/dev/null || 
 for pkg in "${!norace[@]}"; do
 	go test -count=1 -timeout 5m -run "^(${norace[$pkg]})\$" "$pkg"
 done
+

@@ -13,12 +13,14 @@ import (
 	"strconv"
 	"strings"
 	"text/tabwriter"
+	"time"
 	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 
 	"github.com/handoff-lb/handoff/admin"
 	"github.com/handoff-lb/handoff/balancer"
+	"github.com/handoff-lb/handoff/cluster"
 	"github.com/handoff-lb/handoff/config"
 )
 
@@ -194,6 +196,12 @@ func printStatus(out io.Writer, st balancer.Status) error {
 		fmt.Fprintf(w, "state\t%s\n", st.State)
 	}
 	fmt.Fprintf(w, "version\t%s\nuptime\t%s\n", st.Version, admin.FormatSeconds(st.Uptime))
+	if c := st.Conntrack; c != nil {
+		fmt.Fprintf(w, "conntrack\t%d of %d (%.0f%%)\n", c.Entries, c.Max, 100*c.Fill)
+	}
+	if st.InconclusiveChecks > 0 {
+		fmt.Fprintf(w, "inconclusive checks\t%d (this host could not connect: not counted against backends)\n", st.InconclusiveChecks)
+	}
 	if len(st.Services) == 0 {
 		fmt.Fprintln(w, "\nno services")
 		return w.Flush()
@@ -207,6 +215,12 @@ func printStatus(out io.Writer, st balancer.Status) error {
 		f := s.FirstConnections
 		fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d\n", s.Name, f["in-kernel"], f["transparent"], f["proxied"], f["reset"])
 	}
+	if refusedPins(st) {
+		fmt.Fprintln(w, "\nNOT PINNED\tSET FULL\tOVER BUDGET\tON FULL")
+		for _, s := range st.Services {
+			fmt.Fprintf(w, "%s\t%d\t%d\t%s\n", s.Name, s.Classified[balancer.ResultFull], s.Classified[balancer.ResultOverBudget], s.OnFull)
+		}
+	}
 	fmt.Fprintln(w, "\nSERVICE\tBACKEND\tADDRESS\tPOOL\tHEALTH\tDRAINING\tPINNED\tACTIVE\tBYTES")
 	for _, s := range st.Services {
 		for _, b := range s.Backends {
@@ -215,6 +229,17 @@ func printStatus(out io.Writer, st balancer.Status) error {
 		}
 	}
 	return w.Flush()
+}
+
+// refusedPins reports whether any service had new clients whose pin found
+// no room (a full set, a spent pin budget).
+func refusedPins(st balancer.Status) bool {
+	for _, s := range st.Services {
+		if s.Classified[balancer.ResultFull]+s.Classified[balancer.ResultOverBudget] > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 func newClientsCmd() *cobra.Command {
@@ -499,4 +524,64 @@ func clientCount(n int) string {
 		return "1 client"
 	}
 	return strconv.Itoa(n) + " clients"
+}
+
+func newClusterCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "cluster",
+		Short: "Inspect the cluster this daemon belongs to",
+		Args:  cobra.NoArgs,
+	}
+	var f apiFlags
+	status := &cobra.Command{
+		Use:   "status [--admin URL] [--json]",
+		Short: "Show the cluster's hosts, their pins, how far each is behind etcd, and etcd's health",
+		Args:  cobra.NoArgs,
+		RunE: withAuthHint(func(cmd *cobra.Command, _ []string) error {
+			c, err := f.client(cmd)
+			if err != nil {
+				return err
+			}
+			st, err := c.Cluster(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if f.json {
+				return printJSON(cmd.OutOrStdout(), st)
+			}
+			return printCluster(cmd.OutOrStdout(), st, time.Now())
+		}),
+	}
+	addAPIFlags(status, &f)
+	cmd.AddCommand(status)
+	return cmd
+}
+
+// printCluster writes the cluster's state as aligned tables.
+func printCluster(out io.Writer, st cluster.Status, now time.Time) error {
+	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(w, "cluster\t%s\nnode\t%s\n", st.Name, st.Node)
+	etcd := "reachable"
+	if !st.Etcd.Reachable {
+		etcd = "UNREACHABLE: serving from local state, writes queued"
+		if st.Etcd.Error != "" {
+			etcd += " (" + st.Etcd.Error + ")"
+		}
+	}
+	fmt.Fprintf(w, "etcd\t%s, %s\n", etcd, strings.Join(st.Endpoints, ","))
+	fmt.Fprintf(w, "revision\t%d applied of %d\n", st.AppliedRevision, st.Etcd.Revision)
+	fmt.Fprintf(w, "pending writes\t%d\n", st.Pending)
+	fmt.Fprintf(w, "pins\t%d published, %d removed, %d refreshed; %d applied, %d unpinned from other hosts\n",
+		st.Published, st.Removed, st.Refreshed, st.Applied, st.Unpinned)
+	fmt.Fprintf(w, "apply lag\tp50 ≤ %gms, p99 ≤ %gms (%d pins)\n", st.Lag.P50*1000, st.Lag.P99*1000, st.Lag.Count)
+	fmt.Fprintln(w, "\nNODE\tVERSION\tPINS\tPENDING\tBEHIND\tLAG P99\tREPORTED")
+	for _, n := range st.Nodes {
+		name := n.Node
+		if n.Self {
+			name += " *"
+		}
+		fmt.Fprintf(w, "%s\t%s\t%d\t%d\t%d\t%gms\t%s ago\n", name, n.Version, n.Pins, n.Pending, n.Behind, n.LagP99*1000,
+			admin.FormatSeconds(max(now.Sub(n.Updated), 0).Seconds()))
+	}
+	return w.Flush()
 }

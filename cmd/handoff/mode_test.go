@@ -34,7 +34,7 @@ services:
     listen: 127.0.0.1:`+itoa(port)+`
     proxy_protocol: v2
     health: {check: none}
-    backends: [{name: be1, address: 127.0.0.1:9}]
+    backends: [{name: be1, address: 198.19.1.11:9}]
 `), 0o644)
 
 	for _, tc := range []struct {

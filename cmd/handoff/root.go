@@ -77,7 +77,7 @@ func newRoot() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.AddCommand(newRunCmd(), newValidateCmd(), newDoctorCmd(), newCleanupCmd(), newVersionCmd())
-	root.AddCommand(newStatusCmd(), newClientsCmd(), newPinCmd(), newUnpinCmd(), newDrainCmd())
+	root.AddCommand(newStatusCmd(), newClientsCmd(), newPinCmd(), newUnpinCmd(), newDrainCmd(), newClusterCmd())
 	return root
 }
 

@@ -16,6 +16,7 @@ import (
 
 	"github.com/handoff-lb/handoff/admin"
 	"github.com/handoff-lb/handoff/balancer"
+	"github.com/handoff-lb/handoff/cluster"
 	"github.com/handoff-lb/handoff/config"
 	"github.com/handoff-lb/handoff/dataplane"
 	"github.com/handoff-lb/handoff/fallback"
@@ -124,6 +125,18 @@ func run(parent context.Context, path string, cfg *config.Config, mode config.Mo
 		ObservePin: func(service string, took time.Duration) { srv.ObservePin(service, took) },
 		AccessLog:  accessLog(cfg),
 	}
+	var node *cluster.Node
+	if cfg.Cluster != nil {
+		// Listeners bind with IP_FREEBIND: a backup binds the VIP before
+		// keepalived moves it here.
+		opts.Listen = proxy.ListenFreebind
+		node, err = cluster.New(cluster.Options{Config: cfg.Cluster, Logger: log, Version: version})
+		if err != nil {
+			return err
+		}
+		defer node.Close()
+		opts.Replicator = node
+	}
 	if kernelMode {
 		// Source-classified services hold new clients' first SYNs in the
 		// kernel; the first connections the others proxy come from the
@@ -156,7 +169,12 @@ func run(parent context.Context, path string, cfg *config.Config, mode config.Mo
 	defer cancel(nil)
 	if serveHTTP {
 		adminOpts.Controller = eng
-		adminOpts.Page = admin.StatusPage(eng)
+		if node != nil {
+			adminOpts.Cluster = node
+			adminOpts.Page = admin.StatusPage(eng, node)
+		} else {
+			adminOpts.Page = admin.StatusPage(eng, nil)
+		}
 		if srv, err = admin.New(adminOpts); err != nil {
 			return err
 		}
@@ -194,14 +212,21 @@ func run(parent context.Context, path string, cfg *config.Config, mode config.Mo
 	}
 
 	log.WithFields(logrus.Fields{"config": path, "version": version}).Info("handoff starting")
-	var notifier sync.WaitGroup
+	var notifier, replicating sync.WaitGroup
 	notifier.Go(func() { sd.ready(ctx, eng) })
 	defer func() {
 		cancel(nil)
 		notifier.Wait()
 		sd.stopping()
 	}()
-	if err := eng.Run(ctx); err != nil {
+	if node != nil {
+		log.WithFields(logrus.Fields{"cluster": cfg.Cluster.Name, "node": cfg.Cluster.Node, "etcd": cfg.Cluster.Etcd.Endpoints}).Info("joining the cluster")
+		replicating.Go(func() { node.Run(ctx, eng) })
+	}
+	err = eng.Run(ctx)
+	cancel(nil)
+	replicating.Wait()
+	if err != nil {
 		return err
 	}
 	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {

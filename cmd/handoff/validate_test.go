@@ -16,7 +16,7 @@ func TestValidateOutputs(t *testing.T) {
 	dir := t.TempDir()
 	good := filepath.Join(dir, "good.yaml")
 	bad := filepath.Join(dir, "bad.yaml")
-	os.WriteFile(good, []byte("services:\n  - {name: web, listen: 127.0.0.1:80, backends: [{name: a, address: 127.0.0.1:81}]}\n"), 0o644)
+	os.WriteFile(good, []byte("services:\n  - {name: web, listen: 127.0.0.1:80, backends: [{name: a, address: 198.19.1.11:81}]}\n"), 0o644)
 	os.WriteFile(bad, []byte("mode: fast\nservices:\n  - {name: web, listen: 127.0.0.1:80}\n"), 0o644)
 
 	out, errOut, code := runCtl(t, "validate", "-c", good)

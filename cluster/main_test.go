@@ -1,0 +1,234 @@
+package cluster_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	logtest "github.com/sirupsen/logrus/hooks/test"
+	"go.uber.org/goleak"
+
+	"github.com/handoff-lb/handoff/balancer"
+	"github.com/handoff-lb/handoff/cluster"
+	"github.com/handoff-lb/handoff/config"
+	"github.com/handoff-lb/handoff/dataplane"
+	"github.com/handoff-lb/handoff/fallback"
+	"github.com/handoff-lb/handoff/internal/etcdtest"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m, goleak.IgnoreAnyFunction("github.com/golang/glog.(*fileSink).flushDaemon"),
+		goleak.IgnoreTopFunction("google.golang.org/grpc/internal/grpcsync.(*CallbackSerializer).run"))
+}
+
+// backend is a loopback server that answers each connection with its name.
+type backend struct {
+	name string
+	ln   net.Listener
+	wg   sync.WaitGroup
+}
+
+func startBackend(t *testing.T, name string) *backend {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &backend{name: name, ln: ln}
+	b.wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			fmt.Fprintf(c, "%s\n", name)
+			c.Close()
+		}
+	})
+	t.Cleanup(b.stop)
+	return b
+}
+
+func (b *backend) stop() { b.ln.Close(); b.wg.Wait() }
+
+func freePort(t *testing.T) int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// host is one handoff host of a test cluster: a real engine over the
+// userspace data plane, and its Node.
+type host struct {
+	name   string
+	eng    *balancer.Engine
+	node   *cluster.Node
+	dp     *fallback.Dataplane
+	cancel context.CancelFunc
+	done   sync.WaitGroup
+	port   int
+	logs   *logtest.Hook // everything the host logged, info and up
+}
+
+// spec is the test cluster's service config; %d is the listen port, the
+// backends follow.
+type spec struct {
+	ttl      string
+	down     string // on_backend_down
+	balance  string
+	backends []*backend
+	interval string // health interval
+}
+
+func (s spec) yaml(port int, cl string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "admin: {listen: off}\nlog: {summary_interval: 0s}\nservices:\n  - name: web\n    listen: 127.0.0.1:%d\n    client_ttl: %s\n    first_connection: proxy\n    on_backend_down: %s\n", port, s.ttl, s.down)
+	fmt.Fprintf(&b, "    health: {check: tcp, interval: %s, timeout: 100ms, rise: 1, fall: 1}\n", s.interval)
+	fmt.Fprintf(&b, "    balance: %s\n    backends:\n", s.balance)
+	for _, be := range s.backends {
+		fmt.Fprintf(&b, "      - {name: %s, address: %s}\n", be.name, be.ln.Addr())
+	}
+	return b.String() + cl
+}
+
+func newSpec(t *testing.T, n int) spec {
+	s := spec{ttl: "1h", down: "rehash", balance: "maglev", interval: "100ms"}
+	for i := range n {
+		s.backends = append(s.backends, startBackend(t, fmt.Sprintf("be%d", i+1)))
+	}
+	return s
+}
+
+func clusterYAML(etcd, node string) string {
+	return fmt.Sprintf("cluster:\n  name: test\n  node: %s\n  refresh_interval: 1s\n  node_ttl: 3s\n  etcd: {endpoints: [%q], prefix: /t, dial_timeout: 1s}\n", node, etcd)
+}
+
+func startHost(t *testing.T, etcd *etcdtest.Server, name string, s spec) *host {
+	t.Helper()
+	h := &host{name: name, port: freePort(t)}
+	cfg, err := config.Parse(name+".yaml", []byte(s.yaml(h.port, clusterYAML(etcd.Endpoint, name))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := logrus.New()
+	log.SetLevel(logrus.InfoLevel)
+	if !testing.Verbose() {
+		log.SetOutput(io.Discard)
+	}
+	h.logs = logtest.NewLocal(log)
+	entry := logrus.NewEntry(log).WithField("host", name)
+	h.node, err = cluster.New(cluster.Options{Config: cfg.Cluster, Logger: entry})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	h.dp, err = fallback.New(fallback.Options{StateDir: dir, Logger: entry})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.eng, err = balancer.New(balancer.Options{Config: cfg, Dataplane: h.dp, Logger: entry, StateDir: dir, Replicator: h.node})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	h.cancel = cancel
+	h.done.Go(func() {
+		if err := h.eng.Run(ctx); err != nil {
+			t.Errorf("%s: Run: %v", name, err)
+		}
+	})
+	h.done.Go(func() { h.node.Run(ctx, h.eng) })
+	t.Cleanup(h.stop)
+	waitFor(t, 5*time.Second, name+" serving", func() bool { return h.eng.State() == balancer.StateServing })
+	return h
+}
+
+// stop ends the host as a crash would leave etcd: its pins stay there.
+func (h *host) stop() {
+	if h.cancel == nil {
+		return
+	}
+	h.cancel()
+	h.done.Wait()
+	h.node.Close()
+	h.dp.Close()
+	h.cancel = nil
+}
+
+// pin returns the host's pin of client, if any.
+func (h *host) pin(t *testing.T, client string) (dataplane.Pin, bool) {
+	t.Helper()
+	p, ok, err := h.dp.Lookup(context.Background(), "web", netip.MustParseAddr(client))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p, ok
+}
+
+// pins returns the host's pins by client.
+func (h *host) pins(t *testing.T) map[string]dataplane.Pin {
+	t.Helper()
+	out := map[string]dataplane.Pin{}
+	err := h.dp.Pins(context.Background(), "web", "", func(p dataplane.Pin) error {
+		out[p.Client.String()] = p
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// logged counts the entries the host logged with message msg.
+func (h *host) logged(msg string) int {
+	n := 0
+	for _, e := range h.logs.AllEntries() {
+		if e.Message == msg {
+			n++
+		}
+	}
+	return n
+}
+
+// ask connects to the host's listener and returns the backend's name.
+func (h *host) ask(t *testing.T) string {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", h.port), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(2 * time.Second))
+	b, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
+}
+
+func waitFor(t *testing.T, d time.Duration, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v", what, d)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func ctx(t *testing.T) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return c
+}

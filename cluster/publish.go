@@ -1,0 +1,321 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"sort"
+	"sync"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Batching limits. etcd refuses a transaction of more than 128 operations
+// by default (--max-txn-ops), so a batch is cut into transactions of that
+// size, a few of them in flight at once.
+const (
+	txnOps         = 128
+	txnParallel    = 8
+	requestTimeout = 5 * time.Second
+	retryMin       = 250 * time.Millisecond
+	retryMax       = 5 * time.Second
+)
+
+func jsonMarshal(v any) ([]byte, error) { return json.Marshal(v) }
+
+// publishLoop writes the pending operations to etcd: BatchInterval after
+// the first of a batch, in transactions of up to txnOps operations. A
+// batch that fails is queued again (unless a newer write of the same key
+// replaced it) and retried with backoff; the engine goes on serving.
+func (n *Node) publishLoop(ctx context.Context, eng Engine) {
+	retry := time.Duration(0)
+	for {
+		if retry == 0 {
+			select {
+			case <-ctx.Done():
+				return
+			case <-n.kick:
+			}
+			if !sleep(ctx, n.cfg.BatchInterval) {
+				return
+			}
+		} else if !sleep(ctx, retry) {
+			return
+		}
+		for {
+			batch := n.take()
+			if len(batch) == 0 {
+				retry = 0
+				break
+			}
+			failed, err := n.write(ctx, batch)
+			n.recycle(batch)
+			if err != nil {
+				n.requeue(failed)
+				if ctx.Err() != nil {
+					return
+				}
+				n.health.failed(err, n.queued())
+				retry = min(max(2*retry, retryMin), retryMax)
+				break
+			}
+			n.health.succeeded(n.queued())
+			retry = 0
+		}
+	}
+}
+
+// sleep waits d or until ctx ends; false when ctx ended.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// take returns the pending operations and empties the queue; they are
+// the batch being written until the write ends.
+func (n *Node) take() map[string]op {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if len(n.pending) == 0 {
+		return nil
+	}
+	b := n.pending
+	for k := range b {
+		n.held[k] = 0
+	}
+	n.inflight += len(b)
+	n.pending, n.spare = n.spare, nil
+	if n.pending == nil {
+		n.pending = map[string]op{}
+	}
+	return b
+}
+
+// recycle keeps a written batch's map for the next queue.
+func (n *Node) recycle(b map[string]op) {
+	clear(b)
+	n.mu.Lock()
+	n.spare = b
+	n.mu.Unlock()
+}
+
+// queuedLocked reports whether a write of key waits or is being written;
+// mu is held.
+func (n *Node) queuedLocked(key string) bool {
+	if _, ok := n.pending[key]; ok {
+		return true
+	}
+	_, ok := n.held[key]
+	return ok
+}
+
+// written records the revision of a write of keys, or forgets them when
+// it failed.
+func (n *Node) written(keys []string, rev int64) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.inflight -= len(keys)
+	for _, k := range keys {
+		if rev == 0 {
+			delete(n.held, k)
+		} else if r, ok := n.held[k]; ok && r == 0 {
+			n.held[k] = rev
+			n.heldQ = append(n.heldQ, heldKey{rev, k})
+		}
+	}
+}
+
+// heldKey is a written key waiting for the watch, in heldQ.
+type heldKey struct {
+	rev int64
+	key string
+}
+
+// seenLocked releases the held keys the watch has delivered up to rev
+// (a delete of an absent key has no event); mu is held.
+// heldQ is in commit order, nearly the order of revisions: a key behind
+// one of a later revision waits for it, which only delays its release.
+func (n *Node) seenLocked(rev int64) {
+	i := 0
+	for ; i < len(n.heldQ) && n.heldQ[i].rev <= rev; i++ {
+		h := n.heldQ[i]
+		if n.held[h.key] == h.rev {
+			delete(n.held, h.key)
+		}
+	}
+	n.heldQ = n.heldQ[i:]
+	if len(n.heldQ) == 0 {
+		n.heldQ = nil
+	}
+}
+
+// requeue puts back the operations of a failed write, except those a
+// newer operation on the same key replaced meanwhile.
+func (n *Node) requeue(ops map[string]op) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for k, o := range ops {
+		if _, newer := n.pending[k]; !newer {
+			n.pending[k] = o
+		}
+	}
+}
+
+// queued returns how many writes wait.
+func (n *Node) queued() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return len(n.pending)
+}
+
+// write applies batch in transactions; it returns the operations of the
+// transactions that failed, with the first error. Expired pins are
+// dropped: etcd would only delete them again.
+func (n *Node) write(ctx context.Context, batch map[string]op) (map[string]op, error) {
+	now := n.now()
+	keys := make([]string, 0, len(batch))
+	var expired []string
+	for k, o := range batch {
+		if !o.del && o.expires != 0 && o.expires <= now.UnixMilli()+1000 {
+			expired = append(expired, k) // expires before its lease could be granted
+			continue
+		}
+		keys = append(keys, k)
+	}
+	n.written(expired, 0)
+	sort.Strings(keys)
+	ops := make([]clientv3.Op, len(keys))
+	puts := 0
+	for i, k := range keys {
+		o := batch[k]
+		if o.del {
+			ops[i] = clientv3.OpDelete(k)
+			continue
+		}
+		puts++
+		var opts []clientv3.OpOption
+		if o.expires != 0 {
+			id, err := n.leases.get(ctx, n.cli, now, o.expires)
+			if err != nil {
+				failed := make(map[string]op, len(keys))
+				for _, k := range keys {
+					failed[k] = batch[k]
+				}
+				n.written(keys, 0)
+				return failed, err
+			}
+			opts = append(opts, clientv3.WithLease(id))
+		}
+		ops[i] = clientv3.OpPut(k, string(o.value), opts...)
+	}
+	var (
+		mu       sync.Mutex
+		failed   = map[string]op{}
+		firstErr error
+		wg       sync.WaitGroup
+		sem      = make(chan struct{}, txnParallel)
+	)
+	for start := 0; start < len(ops); start += txnOps {
+		end := min(start+txnOps, len(ops))
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			tctx, cancel := context.WithTimeout(ctx, requestTimeout)
+			resp, err := n.cli.Txn(tctx).Then(ops[start:end]...).Commit()
+			cancel()
+			if err != nil {
+				n.written(keys[start:end], 0)
+			} else {
+				n.written(keys[start:end], resp.Header.Revision)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				if firstErr == nil {
+					firstErr = err
+				}
+				for _, k := range keys[start:end] {
+					failed[k] = batch[k]
+				}
+				return
+			}
+			n.etcdRev.Store(max(n.etcdRev.Load(), resp.Header.Revision))
+		})
+	}
+	wg.Wait()
+	if firstErr != nil {
+		if errors.Is(firstErr, rpctypes.ErrLeaseNotFound) {
+			n.leases.reset() // etcd lost a lease (restored from a backup): grant new ones
+		}
+		return failed, firstErr
+	}
+	n.stats.published.Add(uint64(puts))
+	n.stats.removed.Add(uint64(len(ops) - puts))
+	n.stats.writes.Add(uint64(len(ops)))
+	n.stats.txns.Add(uint64((len(ops) + txnOps - 1) / txnOps))
+	return nil, nil
+}
+
+// leaseCache shares etcd leases between pins: a pin expiring at t goes
+// under the lease of t's time bucket, which ends at or after t, so etcd
+// deletes it at most one bucket late. Buckets are 1/32 of the time left
+// (at least 1 s, at most 60 s): a 30-minute client_ttl needs about 30
+// live leases per host, each granted once.
+type leaseCache struct {
+	mu  sync.Mutex
+	ids map[int64]clientv3.LeaseID // bucket end, Unix seconds → lease
+}
+
+func bucketEnd(now time.Time, expires int64) int64 {
+	left := time.Duration(expires-now.UnixMilli()) * time.Millisecond
+	w := int64(min(max(left/32, time.Second), time.Minute) / time.Second)
+	sec := (expires + 999) / 1000
+	return (sec + w - 1) / w * w
+}
+
+// get returns the lease for a pin expiring at expires (Unix ms).
+func (c *leaseCache) get(ctx context.Context, cli *clientv3.Client, now time.Time, expires int64) (clientv3.LeaseID, error) {
+	end := bucketEnd(now, expires)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ids == nil {
+		c.ids = map[int64]clientv3.LeaseID{}
+	}
+	if id, ok := c.ids[end]; ok {
+		return id, nil
+	}
+	for e := range c.ids {
+		if e <= now.Unix()+1 {
+			delete(c.ids, e) // about to end: not to be used again
+		}
+	}
+	ttl := end - now.Unix() + 1
+	gctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	defer cancel()
+	resp, err := cli.Grant(gctx, ttl)
+	if err != nil {
+		return 0, err
+	}
+	c.ids[end] = resp.ID
+	return resp.ID, nil
+}
+
+func (c *leaseCache) reset() {
+	c.mu.Lock()
+	c.ids = nil
+	c.mu.Unlock()
+}
+
+func (c *leaseCache) count() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.ids)
+}

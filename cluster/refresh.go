@@ -1,0 +1,105 @@
+package cluster
+
+import (
+	"context"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/handoff-lb/handoff/dataplane"
+)
+
+// refreshSlack is how much later than etcd's a pin's expiry in this host's
+// data plane must be before it counts as refreshed here: the kernel's
+// timeouts have whole seconds.
+const refreshSlack = 2 * time.Second
+
+// refreshLoop keeps the pins of clients this host forwards alive in etcd
+// (see refresh).
+func (n *Node) refreshLoop(ctx context.Context, eng Engine) {
+	for {
+		if !sleep(ctx, n.refreshEvery(eng)) {
+			return
+		}
+		n.refresh(ctx, eng)
+	}
+}
+
+// refreshEvery is RefreshInterval, shortened to a quarter of the shortest
+// client TTL, so a refreshed pin is written again well before it would
+// expire elsewhere.
+func (n *Node) refreshEvery(eng Engine) time.Duration {
+	every := n.cfg.RefreshInterval
+	for _, ttl := range eng.Services() {
+		if ttl > 0 {
+			every = min(every, max(ttl/4, time.Second))
+		}
+	}
+	return every
+}
+
+// refresh reads every pin of this host's data plane with its remaining
+// lifetime. The kernel's SET rule restarts a pin's timeout on each new
+// connection that this host forwards; a pin whose expiry here is later
+// than etcd's by more than a quarter of its TTL is written again with the
+// new expiry, so a client active anywhere stays pinned everywhere, for one
+// write per active client per TTL/4. Pins the Node did not know (adopted
+// from the kernel at start, made while it was not running) are published;
+// an entry of a client in another backend's set than the one etcd gives
+// (left over by a move) is removed.
+func (n *Node) refresh(ctx context.Context, eng Engine) {
+	start := n.now()
+	var stale []dataplane.Pin
+	republished, adopted := 0, 0
+	for svc, ttl := range eng.Services() {
+		if ttl == 0 {
+			continue
+		}
+		threshold := max(refreshSlack, ttl/4).Milliseconds()
+		err := eng.PinReader().Pins(ctx, svc, "", func(p dataplane.Pin) error {
+			pk := pinKey{svc, p.Client.Unmap()}
+			exp := start.Add(p.TTL).UnixMilli()
+			if p.TTL == 0 {
+				return nil // about to expire
+			}
+			n.mu.Lock()
+			defer n.mu.Unlock()
+			lp, have := n.local[pk]
+			switch {
+			case !have:
+				lp = localPin{backend: p.Backend, key: p.Key, expires: exp, refreshed: exp}
+				n.local[pk] = lp
+				n.queuePinLocked(pk, lp, start)
+				adopted++
+			case lp.backend != p.Backend:
+				stale = append(stale, dataplane.Pin{Service: svc, Backend: p.Backend, Client: pk.client})
+			case lp.expires != 0 && exp > lp.expires+threshold:
+				lp.expires, lp.refreshed = exp, exp
+				n.local[pk] = lp
+				n.queuePinLocked(pk, lp, start)
+				republished++
+			default:
+				lp.refreshed = exp
+				n.local[pk] = lp
+			}
+			return nil
+		})
+		if err != nil && ctx.Err() == nil {
+			n.log.WithError(err).WithField("service", svc).Warn("reading pins to refresh them in etcd")
+		}
+	}
+	if republished+adopted > 0 {
+		n.mu.Lock()
+		n.kickLocked()
+		n.mu.Unlock()
+	}
+	if len(stale) > 0 {
+		if err := eng.ApplyUnpins(ctx, stale); err != nil && ctx.Err() == nil {
+			n.log.WithError(err).Warn("removing pins left in a backend's set by a move")
+		}
+	}
+	n.stats.refreshed.Add(uint64(republished))
+	if republished+adopted+len(stale) > 0 {
+		n.log.WithFields(logrus.Fields{"refreshed": republished, "adopted": adopted, "stale_removed": len(stale), "took": time.Since(start).Round(time.Millisecond)}).Debug("pins refreshed in etcd")
+	}
+}

@@ -1,0 +1,423 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/handoff-lb/handoff/balancer"
+	"github.com/handoff-lb/handoff/dataplane"
+)
+
+// syncPage is how many keys one range request of a sync reads.
+const syncPage = 20000
+
+// applyChunk bounds the pins handed to the engine at once.
+const applyChunk = 16384
+
+// errResync ends a watch whose history etcd compacted away.
+var errResync = errors.New("watch history compacted; reading the cluster's state again")
+
+// watchLoop reads the cluster's whole state once (a sync), applies it, and
+// then follows etcd's changes from that revision on. When the watch
+// breaks for good (compaction) it syncs again.
+func (n *Node) watchLoop(ctx context.Context, eng Engine) {
+	retry := time.Duration(0)
+	for {
+		rev, err := n.sync(ctx, eng)
+		if err == nil {
+			err = n.watch(ctx, eng, rev+1)
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil && !errors.Is(err, errResync) {
+			n.health.failed(err, n.queued())
+			retry = min(max(2*retry, retryMin), retryMax)
+		} else {
+			retry = 0
+		}
+		if !sleep(ctx, retry) {
+			return
+		}
+	}
+}
+
+// event is one change of a key, from a sync (prev unknown) or a watch.
+type event struct {
+	rev   int64 // its modification revision (0 for a delete from a sync)
+	key   string
+	value []byte
+	del   bool
+}
+
+// sync reads every key of the cluster at one revision, in pages, applies
+// what differs from this host's state, publishes this host's runtime state
+// when the cluster has none yet, and returns the revision read.
+func (n *Node) sync(ctx context.Context, eng Engine) (int64, error) {
+	start := time.Now()
+	end := clientv3.GetPrefixRangeEnd(n.k.root)
+	from := n.k.root
+	var rev int64
+	var evs []event
+	total := 0
+	seeded := false
+	n.nodes.Store(&[]NodeStatus{})
+	for {
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(syncPage)}
+		if rev != 0 {
+			opts = append(opts, clientv3.WithRev(rev))
+		}
+		gctx, cancel := context.WithTimeout(ctx, 4*requestTimeout)
+		resp, err := n.cli.Get(gctx, from, opts...)
+		cancel()
+		if err != nil {
+			return 0, fmt.Errorf("reading the cluster's state: %w", err)
+		}
+		if rev == 0 {
+			rev = resp.Header.Revision
+		}
+		for _, kv := range resp.Kvs {
+			k := string(kv.Key)
+			if k == n.k.seeded() {
+				seeded = true
+			}
+			evs = append(evs, event{key: k, value: kv.Value})
+		}
+		total += len(resp.Kvs)
+		n.handle(ctx, eng, evs, true)
+		evs = evs[:0]
+		if !resp.More || len(resp.Kvs) == 0 {
+			break
+		}
+		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
+	n.etcdRev.Store(max(n.etcdRev.Load(), rev))
+	n.applied.Store(rev)
+	n.health.succeeded(n.queued())
+	if !seeded {
+		if err := n.seed(ctx, eng); err != nil {
+			return 0, err
+		}
+	} else {
+		n.applyRuntime(ctx, eng)
+	}
+	n.log.WithFields(logrus.Fields{"keys": total, "revision": rev, "took": time.Since(start).Round(time.Millisecond)}).Info("cluster state read and applied")
+	return rev, nil
+}
+
+// seed publishes this host's runtime state as the cluster's first, unless
+// another host did so first.
+func (n *Node) seed(ctx context.Context, eng Engine) error {
+	rt := eng.Runtime()
+	n.mu.Lock()
+	n.rt = rt
+	n.mu.Unlock()
+	var ops []clientv3.Op
+	add := func(key string, v runtimeValue) {
+		b, _ := jsonMarshal(v)
+		ops = append(ops, clientv3.OpPut(key, string(b)))
+	}
+	add(n.k.seeded(), runtimeValue{Node: n.cfg.Node})
+	for _, r := range rt.Registrations {
+		reg := r
+		add(n.k.registration(r.Service, r.Name), runtimeValue{Node: n.cfg.Node, Registration: &reg})
+	}
+	for _, d := range rt.Drains {
+		add(n.k.drain(d.Service, d.Backend), runtimeValue{Node: n.cfg.Node})
+	}
+	for _, s := range rt.Closed {
+		add(n.k.closed(s), runtimeValue{Node: n.cfg.Node})
+	}
+	tctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	defer cancel()
+	resp, err := n.cli.Txn(tctx).If(clientv3.Compare(clientv3.Version(n.k.seeded()), "=", 0)).Then(ops...).Commit()
+	if err != nil {
+		return fmt.Errorf("publishing the runtime state: %w", err)
+	}
+	if resp.Succeeded {
+		n.log.WithFields(logrus.Fields{"registrations": len(rt.Registrations), "drains": len(rt.Drains), "closed": len(rt.Closed)}).Info("this host's runtime state is the cluster's first")
+	}
+	return nil
+}
+
+// watch follows the cluster's keys from rev until ctx ends or the watch
+// fails.
+func (n *Node) watch(ctx context.Context, eng Engine, rev int64) error {
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	wch := n.cli.Watch(wctx, n.k.root, clientv3.WithPrefix(), clientv3.WithRev(rev))
+	var evs []event
+	for resp := range wch {
+		if resp.CompactRevision != 0 {
+			return errResync
+		}
+		if err := resp.Err(); err != nil {
+			return err
+		}
+		evs = evs[:0]
+		for _, ev := range resp.Events {
+			e := event{rev: ev.Kv.ModRevision, key: string(ev.Kv.Key), value: ev.Kv.Value, del: ev.Type == mvccpb.DELETE}
+			evs = append(evs, e)
+		}
+		n.handle(ctx, eng, evs, false)
+		n.mu.Lock()
+		n.seenLocked(resp.Header.Revision)
+		dirty := n.rtDirty
+		n.mu.Unlock()
+		if dirty {
+			n.applyRuntime(ctx, eng) // held back until this host's own change came back
+		}
+		n.etcdRev.Store(max(n.etcdRev.Load(), resp.Header.Revision))
+		n.applied.Store(max(n.applied.Load(), resp.Header.Revision))
+		n.health.succeeded(n.queued())
+	}
+	if ctx.Err() != nil {
+		return nil
+	}
+	return errors.New("etcd watch closed")
+}
+
+// handle applies a batch of changes, in order: pins through the engine in
+// one batch, runtime items once the batch is read. sync is set for the
+// events of a sync, which carry no previous values.
+func (n *Node) handle(ctx context.Context, eng Engine, evs []event, sync bool) {
+	now := n.now()
+	var pins []balancer.RemotePin
+	var written []int64
+	var unpins []dataplane.Pin
+	var renews []renew
+	var nodes []event
+
+	n.mu.Lock()
+	for _, ev := range evs {
+		if r := n.held[ev.key]; r != 0 && ev.rev >= r {
+			delete(n.held, ev.key) // this host's write came back
+		}
+		switch {
+		case strings.HasPrefix(ev.key, n.k.pins()):
+			pk, ok := n.k.parsePin(ev.key)
+			if !ok {
+				continue
+			}
+			if ev.del {
+				if u, ok := n.deletedLocked(ev, pk, now); ok {
+					unpins = append(unpins, u)
+				}
+				continue
+			}
+			v, err := decodePin(ev.value)
+			if err != nil {
+				n.log.WithError(err).WithField("key", ev.key).Warn("ignoring a pin that is not handoff's")
+				continue
+			}
+			if rp, ok := n.putLocked(ev.key, pk, v, now); ok {
+				pins = append(pins, rp)
+				written = append(written, v.Written)
+			}
+		case strings.HasPrefix(ev.key, n.k.nodes()):
+			nodes = append(nodes, ev)
+		case strings.HasPrefix(ev.key, n.k.runtime()):
+			if ev.key == n.k.seeded() {
+				continue
+			}
+			if ev.del {
+				delete(n.runtime, ev.key)
+				n.rtDirty = true
+				continue
+			}
+			var v runtimeValue
+			if err := jsonUnmarshal(ev.value, &v); err != nil {
+				n.log.WithError(err).WithField("key", ev.key).Warn("ignoring a runtime item that is not handoff's")
+				continue
+			}
+			if isHeartbeat(n.k, ev.key) {
+				if v.Node != n.cfg.Node && !sync {
+					if r, ok := parseHeartbeat(n.k, ev.key, v); ok {
+						renews = append(renews, r)
+					}
+				}
+				n.runtime[ev.key] = v
+				continue
+			}
+			n.runtime[ev.key] = v
+			if v.Node != n.cfg.Node {
+				n.rtDirty = true
+			}
+		}
+	}
+	dirty := n.rtDirty
+	n.mu.Unlock()
+
+	n.updateNodes(nodes)
+	for i := 0; i < len(pins); i += applyChunk {
+		chunk := pins[i:min(i+applyChunk, len(pins))]
+		res, err := eng.ApplyPins(ctx, chunk)
+		if err != nil && ctx.Err() == nil {
+			n.log.WithError(err).Warn("applying the cluster's pins")
+		}
+		n.stats.applied.Add(uint64(res.Pinned + res.Moved))
+		n.stats.unknown.Add(uint64(res.Unknown))
+	}
+	if !sync {
+		done := n.now()
+		for _, w := range written {
+			n.stats.lag.observe(done.Sub(time.UnixMilli(w)))
+		}
+	}
+	if len(unpins) > 0 {
+		if err := eng.ApplyUnpins(ctx, unpins); err != nil && ctx.Err() == nil {
+			n.log.WithError(err).Warn("removing pins the cluster removed")
+		}
+		n.stats.unpinned.Add(uint64(len(unpins)))
+	}
+	for _, r := range renews {
+		if err := eng.Renew(r.service, r.backend, r.ttl); err != nil {
+			n.log.WithError(err).WithFields(logrus.Fields{"service": r.service, "backend": r.backend}).Debug("heartbeat from the cluster")
+		}
+	}
+	if dirty && !sync {
+		n.applyRuntime(ctx, eng)
+	}
+}
+
+// putLocked decides whether a pin written to etcd must be applied here;
+// mu is held. This host applies etcd's history in revision order, so that
+// every host ends with etcd's last value: its own writes are skipped
+// while it still holds them, a write another host made after one of its
+// own is applied, and a write overtaken by one of its own still queued is
+// skipped (that one lands later).
+func (n *Node) putLocked(key string, pk pinKey, v pinValue, now time.Time) (balancer.RemotePin, bool) {
+	if v.Expires != 0 && v.Expires <= now.UnixMilli() {
+		return balancer.RemotePin{}, false
+	}
+	if n.queuedLocked(key) {
+		return balancer.RemotePin{}, false
+	}
+	lp, have := n.local[pk]
+	if have && lp.backend == v.Backend && lp.key == v.Key {
+		if v.Node == n.cfg.Node || v.Expires != 0 && v.Expires <= lp.expires+1000 || v.Expires == 0 && lp.expires == 0 {
+			return balancer.RemotePin{}, false // already so here, for as long
+		}
+	}
+	rp := balancer.RemotePin{Pin: dataplane.Pin{Service: pk.service, Backend: v.Backend, Client: pk.client, Key: v.Key}}
+	if v.Expires != 0 {
+		rp.TTL = time.UnixMilli(v.Expires).Sub(now)
+	}
+	if have {
+		rp.Prev = lp.backend
+	}
+	np := localPin{backend: v.Backend, key: v.Key, expires: v.Expires}
+	if have && lp.backend == v.Backend {
+		np.refreshed = lp.refreshed
+	}
+	n.local[pk] = np
+	return rp, true
+}
+
+// deletedLocked decides whether a pin deleted from etcd must be removed
+// here; mu is held. What this host holds of the client is etcd's last
+// value (or a write of its own still queued, which wins), so the watch
+// needs no previous values. A pin that expired in etcd while this host's
+// kernel refreshed it (the client connects through this host) stays, and
+// is written again; one deleted before it expired (unpinned by hand,
+// migrated with reclassify) goes.
+func (n *Node) deletedLocked(ev event, pk pinKey, now time.Time) (dataplane.Pin, bool) {
+	lp, have := n.local[pk]
+	if !have || n.queuedLocked(ev.key) {
+		return dataplane.Pin{}, false
+	}
+	if lp.expires != 0 && lp.expires <= now.UnixMilli()+1000 && lp.refreshed > lp.expires+refreshSlack.Milliseconds() {
+		lp.expires = lp.refreshed
+		n.local[pk] = lp
+		n.queuePinLocked(pk, lp, now)
+		n.kickLocked()
+		return dataplane.Pin{}, false
+	}
+	delete(n.local, pk)
+	return dataplane.Pin{Service: pk.service, Backend: lp.backend, Client: pk.client}, true
+}
+
+// applyRuntime hands etcd's runtime state to the engine, unless a change
+// of this host's waits to be written (it would be undone until then): it
+// is applied with the next change seen after that one's write. The engine
+// reads the state under its own lock (see balancer.Engine.ApplyRuntime).
+func (n *Node) applyRuntime(ctx context.Context, eng Engine) {
+	err := eng.ApplyRuntime(ctx, func() (balancer.Runtime, bool) {
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		for k := range n.pending {
+			if strings.HasPrefix(k, n.k.runtime()) && !isHeartbeat(n.k, k) {
+				n.rtDirty = true
+				return balancer.Runtime{}, false
+			}
+		}
+		for k := range n.held {
+			if strings.HasPrefix(k, n.k.runtime()) && !isHeartbeat(n.k, k) {
+				n.rtDirty = true
+				return balancer.Runtime{}, false
+			}
+		}
+		n.rt = n.runtimeLocked()
+		n.rtDirty = false
+		return n.rt, true
+	})
+	if err != nil && ctx.Err() == nil {
+		n.log.WithError(err).Warn("applying the cluster's runtime state")
+	}
+}
+
+// runtimeLocked assembles the runtime state etcd holds; mu is held.
+func (n *Node) runtimeLocked() balancer.Runtime {
+	var rt balancer.Runtime
+	for key, v := range n.runtime {
+		rest := strings.TrimPrefix(key, n.k.runtime())
+		kind, name, _ := strings.Cut(rest, "/")
+		switch kind {
+		case "registrations":
+			if v.Registration != nil {
+				rt.Registrations = append(rt.Registrations, *v.Registration)
+			}
+		case "drains":
+			if svc, be, ok := strings.Cut(name, "/"); ok {
+				rt.Drains = append(rt.Drains, dataplane.BackendRef{Service: svc, Backend: be})
+			}
+		case "closed":
+			rt.Closed = append(rt.Closed, name)
+		}
+	}
+	slices.Sort(rt.Closed)
+	return rt
+}
+
+type renew struct {
+	service, backend string
+	ttl              time.Duration
+}
+
+func isHeartbeat(k keys, key string) bool {
+	return strings.HasPrefix(key, k.runtime()+"heartbeats/")
+}
+
+func parseHeartbeat(k keys, key string, v runtimeValue) (renew, bool) {
+	svc, be, ok := strings.Cut(strings.TrimPrefix(key, k.runtime()+"heartbeats/"), "/")
+	ttl, err := time.ParseDuration(v.TTL)
+	if !ok || err != nil || ttl <= 0 {
+		return renew{}, false
+	}
+	return renew{svc, be, ttl}, true
+}
+
+func sameRuntime(a, b runtimeValue) bool {
+	if (a.Registration == nil) != (b.Registration == nil) {
+		return false
+	}
+	return a.Registration == nil || *a.Registration == *b.Registration
+}
