@@ -92,7 +92,9 @@ type spec struct {
 
 func (s spec) yaml(port int, cl string) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "admin: {listen: off}\nlog: {summary_interval: 0s}\nservices:\n  - name: web\n    listen: 127.0.0.1:%d\n    client_ttl: %s\n    first_connection: proxy\n    on_backend_down: %s\n", port, s.ttl, s.down)
+	// Userspace: the backends listen on loopback, which kernel mode
+	// refuses (DNAT cannot reach it).
+	fmt.Fprintf(&b, "mode: userspace\nadmin: {listen: off}\nlog: {summary_interval: 0s}\nservices:\n  - name: web\n    listen: 127.0.0.1:%d\n    client_ttl: %s\n    first_connection: proxy\n    on_backend_down: %s\n", port, s.ttl, s.down)
 	fmt.Fprintf(&b, "    health: {check: tcp, interval: %s, timeout: 100ms, rise: 1, fall: 1}\n", s.interval)
 	fmt.Fprintf(&b, "    balance: %s\n    backends:\n", s.balance)
 	for _, be := range s.backends {
@@ -203,7 +205,14 @@ func (h *host) logged(msg string) int {
 // ask connects to the host's listener and returns the backend's name.
 func (h *host) ask(t *testing.T) string {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", h.port), time.Second)
+	return h.askFrom(t, "127.0.0.1")
+}
+
+// askFrom is ask from the loopback address src.
+func (h *host) askFrom(t *testing.T, src string) string {
+	t.Helper()
+	d := net.Dialer{Timeout: time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
+	c, err := d.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", h.port))
 	if err != nil {
 		t.Fatal(err)
 	}
