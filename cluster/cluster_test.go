@@ -16,10 +16,7 @@ import (
 // host removes it on the first; a client classified on one host goes to
 // the same backend through the other without being classified again.
 func TestPinsReplicate(t *testing.T) {
-	etcd := etcdtest.Start(t, etcdtest.Options{})
-	s := newSpec(t, 3)
-	a := startHost(t, etcd, "a", s)
-	b := startHost(t, etcd, "b", s)
+	_, _, a, b := startPair(t, 3)
 
 	if err := a.eng.PinClient(ctx(t), "web", netip.MustParseAddr("198.18.0.7"), "be3"); err != nil {
 		t.Fatal(err)
@@ -54,10 +51,7 @@ func TestPinsReplicate(t *testing.T) {
 // TestRuntimeReplicates: drains, closed listeners and registrations made
 // through one host's API hold on the other.
 func TestRuntimeReplicates(t *testing.T) {
-	etcd := etcdtest.Start(t, etcdtest.Options{})
-	s := newSpec(t, 2)
-	a := startHost(t, etcd, "a", s)
-	b := startHost(t, etcd, "b", s)
+	etcd, s, a, b := startPair(t, 2)
 
 	if _, err := a.eng.Drain(ctx(t), "web", "be1", balancer.DrainStart); err != nil {
 		t.Fatal(err)
@@ -125,10 +119,7 @@ func TestRuntimeReplicates(t *testing.T) {
 // say so, and queue; when it returns, the queued pins are published and
 // the hosts converge with no pin lost and none moved.
 func TestEtcdOutage(t *testing.T) {
-	etcd := etcdtest.Start(t, etcdtest.Options{})
-	s := newSpec(t, 3)
-	a := startHost(t, etcd, "a", s)
-	b := startHost(t, etcd, "b", s)
+	etcd, _, a, b := startPair(t, 3)
 	if err := a.eng.PinClient(ctx(t), "web", netip.MustParseAddr("198.18.0.1"), "be1"); err != nil {
 		t.Fatal(err)
 	}
@@ -240,10 +231,7 @@ func TestPinsExpireAndStayAlive(t *testing.T) {
 // backend down never pins a client to it, even one the other host pinned
 // there before it noticed.
 func TestMigrationAgrees(t *testing.T) {
-	etcd := etcdtest.Start(t, etcdtest.Options{})
-	s := newSpec(t, 3)
-	a := startHost(t, etcd, "a", s)
-	b := startHost(t, etcd, "b", s)
+	_, s, a, b := startPair(t, 3)
 	for i := range 60 {
 		be := []string{"be1", "be2", "be3"}[i%3]
 		if err := a.eng.PinClient(ctx(t), "web", netip.AddrFrom4([4]byte{198, 18, 1, byte(i)}), be); err != nil {

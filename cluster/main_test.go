@@ -21,6 +21,7 @@ import (
 	"github.com/handoff-lb/handoff/dataplane"
 	"github.com/handoff-lb/handoff/fallback"
 	"github.com/handoff-lb/handoff/internal/etcdtest"
+	"github.com/handoff-lb/handoff/internal/nstest"
 )
 
 func TestMain(m *testing.M) {
@@ -32,7 +33,6 @@ func TestMain(m *testing.M) {
 type backend struct {
 	name string
 	ln   net.Listener
-	wg   sync.WaitGroup
 }
 
 func startBackend(t *testing.T, name string) *backend {
@@ -41,22 +41,12 @@ func startBackend(t *testing.T, name string) *backend {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := &backend{name: name, ln: ln}
-	b.wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			fmt.Fprintf(c, "%s\n", name)
-			c.Close()
-		}
-	})
-	t.Cleanup(b.stop)
-	return b
+	nstest.Serve(t, ln, func(c net.Conn) { fmt.Fprintf(c, "%s\n", name) })
+	return &backend{name: name, ln: ln}
 }
 
-func (b *backend) stop() { b.ln.Close(); b.wg.Wait() }
+// stop takes the backend down: it refuses new connections.
+func (b *backend) stop() { b.ln.Close() }
 
 func freePort(t *testing.T) int {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -113,6 +103,15 @@ func newSpec(t *testing.T, n int) spec {
 
 func clusterYAML(etcd, node string) string {
 	return fmt.Sprintf("cluster:\n  name: test\n  node: %s\n  refresh_interval: 1s\n  node_ttl: 3s\n  etcd: {endpoints: [%q], prefix: /t, dial_timeout: 1s}\n", node, etcd)
+}
+
+// startPair starts etcd, n backends and two hosts, a and b, that serve
+// them.
+func startPair(t *testing.T, n int) (etcd *etcdtest.Server, s spec, a, b *host) {
+	t.Helper()
+	etcd = etcdtest.Start(t, etcdtest.Options{})
+	s = newSpec(t, n)
+	return etcd, s, startHost(t, etcd, "a", s), startHost(t, etcd, "b", s)
 }
 
 func startHost(t *testing.T, etcd *etcdtest.Server, name string, s spec) *host {
