@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -15,6 +14,7 @@ import (
 	"time"
 
 	"github.com/handoff-lb/handoff/balancer"
+	"github.com/handoff-lb/handoff/internal/nstest"
 )
 
 // demoController is a demoReader that also records every change in calls.
@@ -233,12 +233,7 @@ func TestAPIClientNotTheAPI(t *testing.T) {
 // TestAPIClientUnreachable: no daemon is one line naming the address and
 // the cause.
 func TestAPIClientUnreachable(t *testing.T) {
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
+	addr := nstest.RefusedAddr(t).String()
 	for _, base := range []string{addr, "http://" + addr, "http://" + addr + "/"} {
 		_, err := NewClient(base, "").Status(t.Context())
 		want := "cannot reach the admin API at http://" + addr + ": connection refused"

@@ -2,7 +2,6 @@ package admin
 
 import (
 	"context"
-	"encoding/json"
 	"strings"
 	"testing"
 	"time"
@@ -31,14 +30,8 @@ func TestClusterEndpoint(t *testing.T) {
 		t.Errorf("without a cluster: %d %s", w.Code, w.Body)
 	}
 	s, _ = newTestServer(t, false, Options{Cluster: testCluster()})
-	w := do(s, "GET", "/api/v1/cluster", "")
-	if w.Code != 200 {
-		t.Fatalf("status %d: %s", w.Code, w.Body)
-	}
 	var got cluster.Status
-	if err := json.Unmarshal(w.Body.Bytes(), &got); err != nil {
-		t.Fatal(err)
-	}
+	getJSON(t, s, "/api/v1/cluster", &got)
 	if got.Name != "edge-a" || got.Etcd.Reachable || got.Pending != 12 || len(got.Nodes) != 2 || got.Nodes[1].Behind != 2 {
 		t.Errorf("got %+v", got)
 	}

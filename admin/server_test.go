@@ -64,6 +64,20 @@ func writeToken(t testing.TB, content string) string {
 	return p
 }
 
+// getJSON GETs target from h, wants status 200, and decodes the body into
+// v.
+func getJSON(t *testing.T, h http.Handler, target string, v any) *httptest.ResponseRecorder {
+	t.Helper()
+	w := do(h, "GET", target, "")
+	if w.Code != 200 {
+		t.Fatalf("status %d: %s", w.Code, w.Body)
+	}
+	if err := json.Unmarshal(w.Body.Bytes(), v); err != nil {
+		t.Fatalf("body %q: %v", w.Body, err)
+	}
+	return w
+}
+
 // do sends one request to h as a loopback client would; hdr is pairs of
 // header name and value.
 func do(h http.Handler, method, target, body string, hdr ...string) *httptest.ResponseRecorder {
@@ -357,14 +371,8 @@ func (drainFails) Drain(context.Context, string, string, balancer.DrainOp) (int,
 
 func TestStatusBody(t *testing.T) {
 	s, f := newTestServer(t, false, Options{Version: "v1.2.3"})
-	w := do(s, "GET", "/api/v1/status", "")
-	if w.Code != 200 {
-		t.Fatalf("status %d: %s", w.Code, w.Body)
-	}
 	var got balancer.Status
-	if err := json.Unmarshal(w.Body.Bytes(), &got); err != nil {
-		t.Fatal(err)
-	}
+	w := getJSON(t, s, "/api/v1/status", &got)
 	want := f.status
 	want.Version = "v1.2.3"
 	if got.Mode != want.Mode || got.Version != want.Version || len(got.Services) != 2 ||
@@ -397,18 +405,13 @@ func TestClients(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s, f := newTestServer(t, false, Options{})
-			w := do(s, "GET", "/api/v1/services/web/clients"+tc.query, "")
+			target := "/api/v1/services/web/clients" + tc.query
 			if tc.code != 200 {
-				checkError(t, w, tc.code)
+				checkError(t, do(s, "GET", target, ""), tc.code)
 				return
 			}
-			if w.Code != 200 {
-				t.Fatalf("status %d: %s", w.Code, w.Body)
-			}
 			var pins []balancer.ClientPin
-			if err := json.Unmarshal(w.Body.Bytes(), &pins); err != nil {
-				t.Fatalf("body %q: %v", w.Body, err)
-			}
+			getJSON(t, s, target, &pins)
 			var got []string
 			for _, p := range pins {
 				got = append(got, p.Client)

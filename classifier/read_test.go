@@ -9,11 +9,11 @@ import (
 	"os"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/handoff-lb/handoff/config"
+	"github.com/handoff-lb/handoff/internal/nstest"
 	"github.com/handoff-lb/handoff/internal/testenv"
 )
 
@@ -194,42 +194,18 @@ func TestReadManySilent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
 	sni := sniParser{max: config.DefaultPeekMaxBytes}
 	normal := make(chan time.Time, 1)
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var servers []net.Conn
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			s, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			servers = append(servers, s)
-			mu.Unlock()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				key, _, _ := Read(context.Background(), s, sni, peek, 30*time.Second)
-				if key == "normal.example" {
-					normal <- time.Now()
-				}
-			}()
+	nstest.Serve(t, ln, func(s net.Conn) {
+		key, _, _ := Read(context.Background(), s, sni, peek, 30*time.Second)
+		if key == "normal.example" {
+			normal <- time.Now()
 		}
-	}()
+	})
 	var clients []net.Conn
 	defer func() {
 		for _, c := range clients {
 			c.Close()
-		}
-		ln.Close()
-		wg.Wait()
-		for _, s := range servers {
-			s.Close()
 		}
 	}()
 	for range silent {

@@ -21,6 +21,7 @@ import (
 	"github.com/handoff-lb/handoff/dataplane"
 	"github.com/handoff-lb/handoff/fallback"
 	"github.com/handoff-lb/handoff/internal/etcdtest"
+	"github.com/handoff-lb/handoff/internal/nstest"
 )
 
 func TestMain(m *testing.M) {
@@ -32,7 +33,6 @@ func TestMain(m *testing.M) {
 type backend struct {
 	name string
 	ln   net.Listener
-	wg   sync.WaitGroup
 }
 
 func startBackend(t *testing.T, name string) *backend {
@@ -41,22 +41,12 @@ func startBackend(t *testing.T, name string) *backend {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := &backend{name: name, ln: ln}
-	b.wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			fmt.Fprintf(c, "%s\n", name)
-			c.Close()
-		}
-	})
-	t.Cleanup(b.stop)
-	return b
+	nstest.Serve(t, ln, func(c net.Conn) { fmt.Fprintf(c, "%s\n", name) })
+	return &backend{name: name, ln: ln}
 }
 
-func (b *backend) stop() { b.ln.Close(); b.wg.Wait() }
+// stop takes the backend down: it refuses new connections.
+func (b *backend) stop() { b.ln.Close() }
 
 func freePort(t *testing.T) int {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -92,7 +82,9 @@ type spec struct {
 
 func (s spec) yaml(port int, cl string) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "admin: {listen: off}\nlog: {summary_interval: 0s}\nservices:\n  - name: web\n    listen: 127.0.0.1:%d\n    client_ttl: %s\n    first_connection: proxy\n    on_backend_down: %s\n", port, s.ttl, s.down)
+	// Userspace: the backends listen on loopback, which kernel mode
+	// refuses (DNAT cannot reach it).
+	fmt.Fprintf(&b, "mode: userspace\nadmin: {listen: off}\nlog: {summary_interval: 0s}\nservices:\n  - name: web\n    listen: 127.0.0.1:%d\n    client_ttl: %s\n    first_connection: proxy\n    on_backend_down: %s\n", port, s.ttl, s.down)
 	fmt.Fprintf(&b, "    health: {check: tcp, interval: %s, timeout: 100ms, rise: 1, fall: 1}\n", s.interval)
 	fmt.Fprintf(&b, "    balance: %s\n    backends:\n", s.balance)
 	for _, be := range s.backends {
@@ -111,6 +103,15 @@ func newSpec(t *testing.T, n int) spec {
 
 func clusterYAML(etcd, node string) string {
 	return fmt.Sprintf("cluster:\n  name: test\n  node: %s\n  refresh_interval: 1s\n  node_ttl: 3s\n  etcd: {endpoints: [%q], prefix: /t, dial_timeout: 1s}\n", node, etcd)
+}
+
+// startPair starts etcd, n backends and two hosts, a and b, that serve
+// them.
+func startPair(t *testing.T, n int) (etcd *etcdtest.Server, s spec, a, b *host) {
+	t.Helper()
+	etcd = etcdtest.Start(t, etcdtest.Options{})
+	s = newSpec(t, n)
+	return etcd, s, startHost(t, etcd, "a", s), startHost(t, etcd, "b", s)
 }
 
 func startHost(t *testing.T, etcd *etcdtest.Server, name string, s spec) *host {
@@ -203,7 +204,14 @@ func (h *host) logged(msg string) int {
 // ask connects to the host's listener and returns the backend's name.
 func (h *host) ask(t *testing.T) string {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", h.port), time.Second)
+	return h.askFrom(t, "127.0.0.1")
+}
+
+// askFrom is ask from the loopback address src.
+func (h *host) askFrom(t *testing.T, src string) string {
+	t.Helper()
+	d := net.Dialer{Timeout: time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
+	c, err := d.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", h.port))
 	if err != nil {
 		t.Fatal(err)
 	}

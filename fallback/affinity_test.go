@@ -72,6 +72,19 @@ func newTable(t *testing.T, o tableOptions) *table {
 	return tb
 }
 
+// newSaving opens a Dataplane on real time that saves its state to dir
+// every interval, closed when the test ends.
+func newSaving(t *testing.T, dir string, interval time.Duration) *fallback.Dataplane {
+	t.Helper()
+	logger, _ := logtest.NewNullLogger()
+	dp, err := fallback.New(fallback.Options{StateDir: dir, SaveInterval: interval, Logger: logrus.NewEntry(logger)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dp.Close() })
+	return dp
+}
+
 // webState declares service "web" (and "api") with backends be1, be2.
 func webState(ttl time.Duration, maxClients int, backends ...string) dataplane.State {
 	if len(backends) == 0 {
@@ -477,12 +490,7 @@ func TestAffinityCloseBeforeSyncKeepsPins(t *testing.T) {
 
 func TestAffinityPeriodicSave(t *testing.T) {
 	dir := t.TempDir()
-	logger, _ := logtest.NewNullLogger()
-	dp, err := fallback.New(fallback.Options{StateDir: dir, SaveInterval: 20 * time.Millisecond, Logger: logrus.NewEntry(logger)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dp.Close()
+	dp := newSaving(t, dir, 20*time.Millisecond)
 	if err := dp.Sync(context.Background(), webState(time.Hour, 0)); err != nil {
 		t.Fatal(err)
 	}
@@ -567,12 +575,7 @@ func assertOnlyStateFile(t *testing.T, dir string) {
 func TestAffinityConcurrent(t *testing.T) {
 	const max = 50
 	dir := t.TempDir()
-	logger, _ := logtest.NewNullLogger()
-	dp, err := fallback.New(fallback.Options{StateDir: dir, SaveInterval: 5 * time.Millisecond, Logger: logrus.NewEntry(logger)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dp.Close()
+	dp := newSaving(t, dir, 5*time.Millisecond)
 	ctx := context.Background()
 	if err := dp.Sync(ctx, webState(time.Hour, max, "be1", "be2", "be3")); err != nil {
 		t.Fatal(err)

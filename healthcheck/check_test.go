@@ -9,11 +9,11 @@ import (
 	"net/netip"
 	"reflect"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/handoff-lb/handoff/config"
+	"github.com/handoff-lb/handoff/internal/nstest"
 	"github.com/handoff-lb/handoff/internal/testenv"
 )
 
@@ -28,56 +28,9 @@ func serve(t testing.TB, network, addr string, handle func(c net.Conn, done <-ch
 		testenv.Skipf(t, "listen %s %s: %v", network, addr, err)
 	}
 	done := make(chan struct{})
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	conns := map[net.Conn]bool{}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns[c] = true
-			mu.Unlock()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer func() {
-					mu.Lock()
-					delete(conns, c)
-					mu.Unlock()
-					c.Close()
-				}()
-				handle(c, done)
-			}()
-		}
-	}()
-	t.Cleanup(func() {
-		close(done)
-		ln.Close()
-		mu.Lock()
-		for c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
+	nstest.Serve(t, ln, func(c net.Conn) { handle(c, done) })
+	t.Cleanup(func() { close(done) }) // runs before Serve's cleanup waits for the handlers
 	return ln.Addr().(*net.TCPAddr).AddrPort()
-}
-
-// refusedAddr returns a loopback address where nothing listens.
-func refusedAddr(t testing.TB) netip.AddrPort {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := ln.Addr().(*net.TCPAddr).AddrPort()
-	ln.Close()
-	return a
 }
 
 // silent reads until the client leaves and never answers.
@@ -151,7 +104,7 @@ func runCheckCases(t *testing.T, cases []checkCase) {
 		t.Run(tc.name, func(t *testing.T) {
 			var addr netip.AddrPort
 			if tc.handle == nil {
-				addr = refusedAddr(t)
+				addr = nstest.RefusedAddr(t)
 			} else {
 				addr = serve(t, "tcp", "127.0.0.1:0", tc.handle)
 			}
@@ -195,7 +148,7 @@ func TestTCPIPv6(t *testing.T) {
 	if err := (TCP{}).Check(context.Background(), up); err != nil {
 		t.Fatalf("Check(%v) = %v", up, err)
 	}
-	if err := (TCP{}).Check(context.Background(), netip.AddrPortFrom(netip.IPv6Loopback(), refusedAddr(t).Port())); err == nil {
+	if err := (TCP{}).Check(context.Background(), netip.AddrPortFrom(netip.IPv6Loopback(), nstest.RefusedAddr(t).Port())); err == nil {
 		t.Fatal("Check of a closed IPv6 port passed")
 	}
 }
@@ -289,7 +242,7 @@ func TestSendExpect(t *testing.T) {
 }
 
 func TestNone(t *testing.T) {
-	if err := (None{}).Check(context.Background(), refusedAddr(t)); err != nil {
+	if err := (None{}).Check(context.Background(), nstest.RefusedAddr(t)); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/netip"
 	"os"
-	"os/exec"
 	"runtime"
 	"strings"
 	"syscall"
@@ -110,26 +109,8 @@ func overloaded() (load float64, busy bool) {
 // returns their addresses. The child exits when the test ends.
 func startListeners(t *testing.T, n int) []netip.AddrPort {
 	t.Helper()
-	cmd := exec.Command(os.Args[0]) // TestMain runs serveListeners
-	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%d", listenerEnv, n))
-	cmd.Stderr = os.Stderr
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		stdin.Close()
-		if err := cmd.Wait(); err != nil {
-			t.Errorf("listener process: %v", err)
-		}
-	})
+	child := testenv.StartChild(t, []string{fmt.Sprintf("%s=%d", listenerEnv, n)}) // TestMain runs serveListeners
+	stdout := child.Out
 	var addrs []netip.AddrPort
 	sc := bufio.NewScanner(stdout)
 	for len(addrs) < n && sc.Scan() {

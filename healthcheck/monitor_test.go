@@ -101,6 +101,17 @@ func newMonitor(t *testing.T, s *stepper) (*Monitor, *recorder) {
 	return m, rec
 }
 
+// steppedMonitor is newMonitor with a fresh stepper, watching tgs.
+func steppedMonitor(t *testing.T, tgs ...Target) (*Monitor, *stepper, *recorder) {
+	t.Helper()
+	s := &stepper{}
+	m, rec := newMonitor(t, s)
+	if err := m.Set(tgs); err != nil {
+		t.Fatal(err)
+	}
+	return m, s, rec
+}
+
 // stepped is the health spec of stepped targets: a check starts 1 ms after
 // the last and waits for its result as long as the test needs.
 var stepped = config.Health{Check: config.CheckTCP, Interval: time.Millisecond, Timeout: time.Minute, Rise: 2, Fall: 3}
@@ -196,12 +207,8 @@ func TestFallRise(t *testing.T) {
 }
 
 func TestFlappingGivesNoEvents(t *testing.T) {
-	s := &stepper{}
-	m, rec := newMonitor(t, s)
 	a := stepTarget("web", "be1", 1)
-	if err := m.Set([]Target{a}); err != nil {
-		t.Fatal(err)
-	}
+	m, s, rec := steppedMonitor(t, a)
 	for range 10 {
 		step(t, m, s, a, errRefused)
 		step(t, m, s, a, nil)
@@ -225,12 +232,8 @@ func TestFlappingGivesNoEvents(t *testing.T) {
 }
 
 func TestSetKeepsUnchangedTargets(t *testing.T) {
-	s := &stepper{}
-	m, rec := newMonitor(t, s)
 	a, b := stepTarget("web", "a", 1), stepTarget("web", "b", 2)
-	if err := m.Set([]Target{a, b}); err != nil {
-		t.Fatal(err)
-	}
+	m, s, rec := steppedMonitor(t, a, b)
 	for range stepped.Fall {
 		step(t, m, s, a, errRefused)
 	}
@@ -405,13 +408,9 @@ func TestRemovedTargetStops(t *testing.T) {
 }
 
 func TestCheckNone(t *testing.T) {
-	s := &stepper{}
-	m, rec := newMonitor(t, s)
 	a := stepTarget("web", "a", 1)
 	a.Health.Check = config.CheckNone
-	if err := m.Set([]Target{a}); err != nil {
-		t.Fatal(err)
-	}
+	m, s, rec := steppedMonitor(t, a)
 	m.mu.Lock()
 	if r := m.targets[key{"web", "a"}].run; r != nil {
 		t.Error("check none runs a goroutine")
@@ -444,14 +443,10 @@ func TestCheckNone(t *testing.T) {
 }
 
 func TestReportFailure(t *testing.T) {
-	s := &stepper{}
-	m, rec := newMonitor(t, s)
 	a := stepTarget("web", "a", 1)
 	h := stepTarget("web", "h", 2)
 	h.Health.Check, h.Health.HTTPPath, h.Health.ExpectStatus = config.CheckHTTP, config.DefaultHTTPPath, config.DefaultExpectStatus
-	if err := m.Set([]Target{a, h}); err != nil {
-		t.Fatal(err)
-	}
+	m, s, rec := steppedMonitor(t, a, h)
 	step(t, m, s, a, errRefused)
 	dialErr := errors.New("dial tcp 127.0.0.1:1: connect: connection refused")
 	m.ReportFailure("web", "a", dialErr)
@@ -483,13 +478,9 @@ func TestReportFailure(t *testing.T) {
 }
 
 func TestRegistrationTTL(t *testing.T) {
-	s := &stepper{}
-	m, rec := newMonitor(t, s)
 	a := stepTarget("web", "a", 1)
 	a.Health.Check = config.CheckNone
-	if err := m.Set([]Target{a}); err != nil {
-		t.Fatal(err)
-	}
+	m, _, rec := steppedMonitor(t, a)
 	if err := m.Renew("web", "nope", time.Second); !errors.Is(err, ErrUnknown) {
 		t.Fatalf("Renew of an unknown target = %v, want ErrUnknown", err)
 	}
@@ -538,12 +529,8 @@ func TestRegistrationTTL(t *testing.T) {
 }
 
 func TestRegistrationTTLWithChecks(t *testing.T) {
-	s := &stepper{}
-	m, rec := newMonitor(t, s)
 	a := stepTarget("web", "a", 1)
-	if err := m.Set([]Target{a}); err != nil {
-		t.Fatal(err)
-	}
+	m, s, rec := steppedMonitor(t, a)
 	if err := m.Renew("web", "a", 20*time.Millisecond); err != nil {
 		t.Fatal(err)
 	}
@@ -574,7 +561,7 @@ func TestRegistrationTTLWithChecks(t *testing.T) {
 
 func TestFirstCheckIsImmediate(t *testing.T) {
 	m, rec := newMonitor(t, nil)
-	tg := Target{Service: "web", Backend: "a", Addr: refusedAddr(t),
+	tg := Target{Service: "web", Backend: "a", Addr: nstest.RefusedAddr(t),
 		Health: config.Health{Check: config.CheckTCP, Interval: time.Hour, Timeout: time.Second, Rise: 1, Fall: 1}}
 	if err := m.Set([]Target{tg}); err != nil {
 		t.Fatal(err)
@@ -614,12 +601,8 @@ func TestKilledBackend(t *testing.T) {
 }
 
 func TestClose(t *testing.T) {
-	s := &stepper{}
-	m, rec := newMonitor(t, s)
 	a := stepTarget("web", "a", 1)
-	if err := m.Set([]Target{a}); err != nil {
-		t.Fatal(err)
-	}
+	m, _, rec := steppedMonitor(t, a)
 	if err := m.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -676,12 +659,8 @@ func TestOnChangeCallsMonitor(t *testing.T) {
 }
 
 func TestSnapshot(t *testing.T) {
-	s := &stepper{}
-	m, _ := newMonitor(t, s)
 	tgs := []Target{stepTarget("web", "b", 2), stepTarget("api", "z", 3), stepTarget("web", "a", 1)}
-	if err := m.Set(tgs); err != nil {
-		t.Fatal(err)
-	}
+	m, s, _ := steppedMonitor(t, tgs...)
 	step(t, m, s, tgs[2], errRefused)
 	var got []string
 	for _, st := range m.Snapshot() {

@@ -30,13 +30,8 @@ func fakeLen(k *fakeKernel, set string) int {
 }
 
 func TestPinBatch(t *testing.T) {
-	d, k := newFakeDataplane(Options{})
+	d, k := syncedFake(t, pinServices())
 	ctx := context.Background()
-	st := twoServices()
-	st.Services = append(st.Services,
-		svc("v6", "[2001:2:0:1::1]:80", 10*time.Minute, false, "a", "[2001:2:0:2::11]:80"),
-		svc("forever", "198.18.1.3:80", 0, false, "a", "198.19.1.11:80"))
-	mustSync(t, d, st)
 	ip := netip.MustParseAddr
 	pins := []dataplane.Pin{
 		{Service: "web", Backend: "be1", Client: ip("198.18.0.2"), Key: "src=198.18.0.2"},
@@ -150,10 +145,9 @@ func TestPinBatchErrors(t *testing.T) {
 // the pins reach the rebuilt set, including the re-pin of a client
 // unpinned during the rebuild.
 func TestPinBatchDuringRebuild(t *testing.T) {
-	d, k := newFakeDataplane(Options{})
-	ctx := context.Background()
 	st := twoServices()
-	mustSync(t, d, st)
+	d, k := syncedFake(t, st)
+	ctx := context.Background()
 	old, back, during := netip.MustParseAddr("198.18.0.2"), netip.MustParseAddr("198.18.0.3"), netip.MustParseAddr("198.18.0.4")
 	mustPin(t, d, dataplane.Pin{Service: "web", Backend: "be1", Client: old, Key: "old"})
 	mustPin(t, d, dataplane.Pin{Service: "web", Backend: "be1", Client: back, Key: "back"})
@@ -183,53 +177,19 @@ func TestPinBatchDuringRebuild(t *testing.T) {
 // TestConcurrentPinBatchesAndSyncs is TestConcurrentPinsAndSyncs with
 // batches: no pin may be lost while Syncs rebuild the set (run with -race).
 func TestConcurrentPinBatchesAndSyncs(t *testing.T) {
-	d, k := newFakeDataplane(Options{})
-	ctx := context.Background()
-	st := twoServices()
-	st.Services[0].MaxClients = 10000
-	mustSync(t, d, st)
-	const workers, each = 3, 300
-	stop := make(chan struct{})
-	errc := make(chan error, workers)
-	for w := range workers {
-		go func() {
-			pins := make([]dataplane.Pin, each)
-			for i := range pins {
-				pins[i] = dataplane.Pin{Service: "web", Backend: "be1", Client: benchClient(w*each + i)}
-			}
-			for {
-				if err := d.PinBatch(ctx, pins); err != nil {
-					errc <- err
-					return
-				}
-				select {
-				case <-stop:
-					errc <- nil
-					return
-				default:
-				}
-			}
-		}()
-	}
-	for i := range 30 {
-		st.Services[0].MaxClients = 10000 + i%2 // each Sync rebuilds ho-web-be1
-		mustSync(t, d, st)
-	}
-	close(stop)
-	for range workers {
-		if err := <-errc; err != nil {
-			t.Fatal(err)
+	const each = 300
+	pinDuringSyncs(t, 3, each, 30, func(ctx context.Context, d *Dataplane, w int) error {
+		pins := make([]dataplane.Pin, each)
+		for i := range pins {
+			pins[i] = dataplane.Pin{Service: "web", Backend: "be1", Client: benchClient(w*each + i)}
 		}
-	}
-	if n := fakeLen(k, "ho-web-be1"); n != workers*each {
-		t.Errorf("%d pins in the set, want %d", n, workers*each)
-	}
+		return d.PinBatch(ctx, pins)
+	})
 }
 
 func TestFlushAndCount(t *testing.T) {
-	d, k := newFakeDataplane(Options{})
+	d, k := syncedFake(t, twoServices())
 	ctx := context.Background()
-	mustSync(t, d, twoServices())
 	var pins []dataplane.Pin
 	for i := range 30 {
 		pins = append(pins, dataplane.Pin{Service: "web", Backend: []string{"be1", "be2"}[i%3/2], Client: netip.AddrFrom4([4]byte{198, 18, 0, byte(i)})})
@@ -269,10 +229,9 @@ func TestFlushAndCount(t *testing.T) {
 // TestFlushDuringRebuild flushes a set while Sync rebuilds it: the copy
 // made from the older listing must not bring the flushed pins back.
 func TestFlushDuringRebuild(t *testing.T) {
-	d, k := newFakeDataplane(Options{})
-	ctx := context.Background()
 	st := twoServices()
-	mustSync(t, d, st)
+	d, k := syncedFake(t, st)
+	ctx := context.Background()
 	for i := range 10 {
 		mustPin(t, d, dataplane.Pin{Service: "web", Backend: "be1", Client: netip.AddrFrom4([4]byte{198, 18, 0, byte(i)})})
 	}

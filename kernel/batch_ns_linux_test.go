@@ -43,9 +43,7 @@ func savedEntries(t testing.TB, ns *nstest.NS, set string) map[netip.Addr]member
 }
 
 func TestNSPinBatch(t *testing.T) {
-	nstest.RequireRoot(t)
-	ns := nstest.New(t, "kb-")
-	d, _ := newNSDataplane(t, ns, Options{})
+	ns, d, _ := nsLab(t, "kb-", Options{})
 	ctx := context.Background()
 	mustSync(t, d, labState(3, time.Hour, 10000))
 
@@ -150,9 +148,7 @@ func TestNSPinBatch(t *testing.T) {
 }
 
 func TestNSPinBatchErrors(t *testing.T) {
-	nstest.RequireRoot(t)
-	ns := nstest.New(t, "kb-")
-	d, _ := newNSDataplane(t, ns, Options{})
+	ns, d, _ := nsLab(t, "kb-", Options{})
 	ctx := context.Background()
 	mustSync(t, d, labState(2, time.Hour, 5))
 
@@ -279,9 +275,7 @@ func TestNSBatchReplies(t *testing.T) {
 // headers, leaves out pins whose timeout passed but that the kernel has
 // not collected yet.
 func TestNSCountSkipsTimedOut(t *testing.T) {
-	nstest.RequireRoot(t)
-	ns := nstest.New(t, "kb-")
-	d, _ := newNSDataplane(t, ns, Options{})
+	_, d, _ := nsLab(t, "kb-", Options{})
 	ctx := context.Background()
 	mustSync(t, d, labState(1, time.Hour, 100))
 	var pins []dataplane.Pin

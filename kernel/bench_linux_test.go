@@ -23,9 +23,7 @@ func benchClient(i int) netip.Addr {
 }
 
 func benchDataplane(b *testing.B) *Dataplane {
-	nstest.RequireRoot(b)
-	ns := nstest.New(b, "kb-")
-	d, _ := newNSDataplane(b, ns, Options{})
+	_, d, _ := nsLab(b, "kb-", Options{})
 	st := labState(2, time.Hour, benchClients)
 	mustSync(b, d, st)
 	return d
@@ -245,9 +243,7 @@ func unionState(a, b dataplane.State) dataplane.State {
 // the union of old and new, then the new state. Iterations alternate
 // between the two states.
 func BenchmarkSyncReload1000(b *testing.B) {
-	nstest.RequireRoot(b)
-	ns := nstest.New(b, "kb-")
-	d, _ := newNSDataplane(b, ns, Options{})
+	_, d, _ := nsLab(b, "kb-", Options{})
 	x, y := reloadStates()
 	mustSync(b, d, x)
 	ctx := context.Background()

@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"testing"
 
 	"github.com/vishvananda/netlink"
 
@@ -101,6 +102,15 @@ func newFakeDataplane(o Options) (*Dataplane, *fakeKernel) {
 		o.Logger = quietLogger()
 	}
 	d := newDataplane(o, fakeSets{k}, fakeFlows{k}, [2]iptables{fakeTables{k, ipv4}, fakeTables{k, ipv6}})
+	return d, k
+}
+
+// syncedFake is a Dataplane on a fresh fake kernel, without canary, synced
+// to st.
+func syncedFake(t testing.TB, st dataplane.State) (*Dataplane, *fakeKernel) {
+	t.Helper()
+	d, k := newFakeDataplane(Options{})
+	mustSync(t, d, st)
 	return d, k
 }
 

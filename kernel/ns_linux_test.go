@@ -68,6 +68,17 @@ func newNSDataplane(t testing.TB, ns *nstest.NS, o Options) (*Dataplane, [2]*cou
 	return d, ct
 }
 
+// nsLab is the setup most namespace tests share: root, a fresh namespace
+// named after prefix, and a Dataplane with options o in it (see
+// newNSDataplane).
+func nsLab(t testing.TB, prefix string, o Options) (*nstest.NS, *Dataplane, [2]*countingTables) {
+	t.Helper()
+	nstest.RequireRoot(t)
+	ns := nstest.New(t, prefix)
+	d, ct := newNSDataplane(t, ns, o)
+	return ns, d, ct
+}
+
 // labState is the standard test state: service web on VIP 198.18.0.1:80
 // and web6 on [2001:2:0:1::1]:80, each with backends be0..be<n-1> on port
 // 8080 of the lab's backends.
@@ -107,9 +118,7 @@ func handoffLines(out string) []string {
 }
 
 func TestNSSyncCreatesObjects(t *testing.T) {
-	nstest.RequireRoot(t)
-	ns := nstest.New(t, "k-")
-	d, ct := newNSDataplane(t, ns, Options{})
+	ns, d, ct := nsLab(t, "k-", Options{})
 	st := labState(2, 30*time.Minute, 1000)
 	st.Services[0].SNAT = true
 	st.Services = append(st.Services, dataplane.Service{
@@ -465,9 +474,7 @@ func TestNSRestartAdoptsSets(t *testing.T) {
 }
 
 func TestNSRebuildKeepsMembers(t *testing.T) {
-	nstest.RequireRoot(t)
-	ns := nstest.New(t, "k-")
-	d, _ := newNSDataplane(t, ns, Options{})
+	ns, d, _ := nsLab(t, "k-", Options{})
 	ctx := context.Background()
 	mustSync(t, d, labState(1, time.Hour, 100))
 	var want []netip.Addr
@@ -524,9 +531,7 @@ func TestNSRebuildKeepsMembers(t *testing.T) {
 }
 
 func TestNSCleanup(t *testing.T) {
-	nstest.RequireRoot(t)
-	ns := nstest.New(t, "k-")
-	d, _ := newNSDataplane(t, ns, Options{IPv6: true})
+	ns, d, _ := nsLab(t, "k-", Options{IPv6: true})
 	mustSync(t, d, labState(2, time.Hour, 100))
 	mustPin(t, d, dataplane.Pin{Service: "web", Backend: "be0", Client: nstest.Client4})
 	d.Close()
@@ -641,9 +646,7 @@ func TestNSForget(t *testing.T) {
 }
 
 func TestNSCanaryRestores(t *testing.T) {
-	nstest.RequireRoot(t)
-	ns := nstest.New(t, "k-")
-	d, _ := newNSDataplane(t, ns, Options{CanaryInterval: 100 * time.Millisecond})
+	ns, d, _ := nsLab(t, "k-", Options{CanaryInterval: 100 * time.Millisecond})
 	mustSync(t, d, labState(2, time.Hour, 100))
 	want := ns.Run(t, "iptables-save", "-t", "nat")
 	wantLines := handoffLines(want)

@@ -247,13 +247,25 @@ func blockedWalk(t testing.TB, d *Dataplane, be string, release <-chan struct{})
 	return done
 }
 
+// walkEnds waits up to 10 seconds for the walk blockedWalk started (what)
+// to end with an error wrapping want.
+func walkEnds(t testing.TB, done <-chan error, want error, what string) {
+	t.Helper()
+	select {
+	case err := <-done:
+		if !errors.Is(err, want) {
+			t.Errorf("%s = %v, want an error wrapping %v", what, err, want)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("%s did not return", what)
+	}
+}
+
 // TestNSPinsDuringSync checks that a walk blocked in fn neither blocks nor
 // fails a Sync that must rebuild or destroy the walked set (the kernel
 // refuses both while the set is listed): the Sync interrupts the walk.
 func TestNSPinsDuringSync(t *testing.T) {
-	nstest.RequireRoot(t)
-	ns := nstest.New(t, "kw-")
-	d, _ := newNSDataplane(t, ns, Options{})
+	_, d, _ := nsLab(t, "kw-", Options{})
 	fillWalkSet(t, d, 5000, 5000) // a few datagrams each
 	st := func(ttl time.Duration, backends int) dataplane.State {
 		svc := dataplane.Service{Name: "big", Listen: netip.MustParseAddrPort("[2001:2:0:fe00::1]:80"), ClientTTL: ttl, MaxClients: 10000}
@@ -281,14 +293,7 @@ func TestNSPinsDuringSync(t *testing.T) {
 				t.Fatalf("Sync during a walk: %v", err)
 			}
 			t.Logf("Sync took %v", time.Since(start).Round(time.Millisecond))
-			select {
-			case err := <-done:
-				if !errors.Is(err, errListInterrupted) {
-					t.Errorf("interrupted Pins = %v, want an error wrapping %v", err, errListInterrupted)
-				}
-			case <-time.After(10 * time.Second):
-				t.Fatal("interrupted Pins did not return")
-			}
+			walkEnds(t, done, errListInterrupted, "interrupted Pins")
 			names, err := d.sets.names()
 			if err != nil {
 				t.Fatal(err)
@@ -309,9 +314,7 @@ func TestNSPinsDuringSync(t *testing.T) {
 // TestNSPinsNested checks that fn may call the Dataplane, Pins included,
 // while the walk is in progress.
 func TestNSPinsNested(t *testing.T) {
-	nstest.RequireRoot(t)
-	ns := nstest.New(t, "kw-")
-	d, _ := newNSDataplane(t, ns, Options{})
+	_, d, _ := nsLab(t, "kw-", Options{})
 	fillWalkSet(t, d, 3000, 2000)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -364,9 +367,7 @@ func TestNSPinsNested(t *testing.T) {
 
 // TestNSPinsClose checks that Close ends a walk blocked in fn.
 func TestNSPinsClose(t *testing.T) {
-	nstest.RequireRoot(t)
-	ns := nstest.New(t, "kw-")
-	d, _ := newNSDataplane(t, ns, Options{})
+	_, d, _ := nsLab(t, "kw-", Options{})
 	fillWalkSet(t, d, 5000)
 	release := make(chan struct{})
 	done := blockedWalk(t, d, "be0", release)
@@ -374,22 +375,13 @@ func TestNSPinsClose(t *testing.T) {
 		t.Fatal(err)
 	}
 	close(release)
-	select {
-	case err := <-done:
-		if !errors.Is(err, errClosed) {
-			t.Errorf("Pins across Close = %v, want %v", err, errClosed)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("Pins did not return after Close")
-	}
+	walkEnds(t, done, errClosed, "Pins across Close")
 }
 
 // TestNSListErrors checks the listings of a missing set, and that a dump
 // socket serves again after a failed or abandoned listing.
 func TestNSListErrors(t *testing.T) {
-	nstest.RequireRoot(t)
-	ns := nstest.New(t, "kw-")
-	d, _ := newNSDataplane(t, ns, Options{})
+	_, d, _ := nsLab(t, "kw-", Options{})
 	fillWalkSet(t, d, 3000)
 	s := d.sets.(*nlSets)
 	for range 3 {

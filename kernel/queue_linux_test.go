@@ -12,19 +12,16 @@ func synPacket(src, dst netip.AddrPort) []byte {
 	binary.BigEndian.PutUint16(tcp[0:], src.Port())
 	binary.BigEndian.PutUint16(tcp[2:], dst.Port())
 	tcp[12], tcp[13] = 5<<4, 0x02
-	if src.Addr().Is4() {
-		ip := make([]byte, 20)
-		ip[0], ip[9] = 0x45, 6
-		s, d := src.Addr().As4(), dst.Addr().As4()
-		copy(ip[12:], s[:])
-		copy(ip[16:], d[:])
-		return append(ip, tcp...)
+	// The header's length, first byte, protocol field and source offset.
+	size, first, proto, at := 20, byte(0x45), 9, 12
+	if src.Addr().Is6() {
+		size, first, proto, at = 40, 0x60, 6, 8
 	}
-	ip := make([]byte, 40)
-	ip[0], ip[6] = 0x60, 6
-	s, d := src.Addr().As16(), dst.Addr().As16()
-	copy(ip[8:], s[:])
-	copy(ip[24:], d[:])
+	ip := make([]byte, size)
+	ip[0], ip[proto] = first, 6
+	s, d := src.Addr().AsSlice(), dst.Addr().AsSlice()
+	copy(ip[at:], s)
+	copy(ip[at+len(s):], d)
 	return append(ip, tcp...)
 }
 

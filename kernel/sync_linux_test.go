@@ -16,9 +16,8 @@ import (
 // creates no set that exists as wanted, while a canary check reads every
 // table.
 func TestSyncTrustsWhatItWrote(t *testing.T) {
-	d, k := newFakeDataplane(Options{})
+	d, k := syncedFake(t, twoServices())
 	ctx := context.Background()
-	mustSync(t, d, twoServices())
 	if k.saves == 0 {
 		t.Fatal("the first Sync read no table")
 	}
@@ -52,9 +51,8 @@ func TestSyncTrustsWhatItWrote(t *testing.T) {
 // Sync last wrote fails, because the table changed behind its back, Sync
 // reads the table and succeeds.
 func TestSyncRereadsOnFailure(t *testing.T) {
-	d, k := newFakeDataplane(Options{})
+	d, k := syncedFake(t, twoServices())
 	ctx := context.Background()
-	mustSync(t, d, twoServices())
 	// A foreign rule jumps to api's chain: deleting the chain needs the
 	// rule gone first, which only a plan from the table as read knows.
 	if err := (fakeTables{k, ipv4}).restore(ctx, []byte("*nat\n:FOREIGN - [0:0]\n-A FOREIGN -j HO-SVC-api\nCOMMIT\n")); err != nil {

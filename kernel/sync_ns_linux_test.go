@@ -20,9 +20,7 @@ import (
 // describe them exactly, and that sets with options create does not give
 // are not taken for them.
 func TestNSSetHeaders(t *testing.T) {
-	nstest.RequireRoot(t)
-	ns := nstest.New(t, "ks-")
-	d, _ := newNSDataplane(t, ns, Options{})
+	ns, d, _ := nsLab(t, "ks-", Options{})
 	specs := map[string]setSpec{
 		"ho-a":  {family: ipv4, timeout: 60, maxelem: 1000},
 		"ho-b":  {family: ipv4},
@@ -100,9 +98,7 @@ func setsAndTargets(save string) map[string][]string {
 // new state. It logs the median time of each Sync; HANDOFF_PERF=1 holds
 // it to 150 ms.
 func TestNSSyncReload1000(t *testing.T) {
-	nstest.RequireRoot(t)
-	ns := nstest.New(t, "ks-")
-	d, _ := newNSDataplane(t, ns, Options{})
+	ns, d, _ := nsLab(t, "ks-", Options{})
 	x, y := reloadStates()
 	ctx := context.Background()
 
@@ -164,9 +160,7 @@ func TestNSSyncReload1000(t *testing.T) {
 // reads the table and succeeds, and that the tool's complaint names the
 // failing line (which tells that nothing was written).
 func TestNSSyncRereadsOnFailure(t *testing.T) {
-	nstest.RequireRoot(t)
-	ns := nstest.New(t, "ks-")
-	d, ct := newNSDataplane(t, ns, Options{})
+	ns, d, ct := nsLab(t, "ks-", Options{})
 	ctx := context.Background()
 	st := labState(2, time.Hour, 100)
 	mustSync(t, d, st)

@@ -231,10 +231,19 @@ func twoServices() dataplane.State {
 	}}
 }
 
+// pinServices is twoServices with an IPv6 service, v6, whose pins time out
+// after 10 minutes, and a service, forever, whose pins never time out.
+func pinServices() dataplane.State {
+	st := twoServices()
+	st.Services = append(st.Services,
+		svc("v6", "[2001:2:0:1::1]:80", 10*time.Minute, false, "a", "[2001:2:0:2::11]:80"),
+		svc("forever", "198.18.1.3:80", 0, false, "a", "198.19.1.11:80"))
+	return st
+}
+
 func TestSyncBuildsWorkingRules(t *testing.T) {
-	d, k := newFakeDataplane(Options{})
+	d, k := syncedFake(t, twoServices())
 	ctx := context.Background()
-	mustSync(t, d, twoServices())
 	client := netip.MustParseAddr("198.18.0.7")
 	vip := netip.MustParseAddrPort("198.18.1.1:80")
 	if to, ok, err := k.synLands(client, vip); err != nil || ok {
@@ -479,13 +488,8 @@ func TestCanaryRetriesFailedSync(t *testing.T) {
 }
 
 func TestPin(t *testing.T) {
-	d, k := newFakeDataplane(Options{})
+	d, k := syncedFake(t, pinServices())
 	ctx := context.Background()
-	st := twoServices()
-	st.Services = append(st.Services,
-		svc("v6", "[2001:2:0:1::1]:80", 10*time.Minute, false, "a", "[2001:2:0:2::11]:80"),
-		svc("forever", "198.18.1.3:80", 0, false, "a", "198.19.1.11:80"))
-	mustSync(t, d, st)
 	member := func(set string, ip string) member {
 		k.mu.Lock()
 		defer k.mu.Unlock()
@@ -537,10 +541,10 @@ func TestPin(t *testing.T) {
 	}
 
 	// A full set: ErrFull, naming the set.
+	st := twoServices()
 	st.Services[0].MaxClients = 1
 	st.Services[0].Backends = st.Services[0].Backends[:1]
-	d2, _ := newFakeDataplane(Options{})
-	mustSync(t, d2, dataplane.State{Services: st.Services[:1]})
+	d2, _ := syncedFake(t, dataplane.State{Services: st.Services[:1]})
 	mustPin(t, d2, dataplane.Pin{Service: "web", Backend: "be1", Client: netip.MustParseAddr("198.18.0.2")})
 	mustPin(t, d2, dataplane.Pin{Service: "web", Backend: "be1", Client: netip.MustParseAddr("198.18.0.2")}) // re-pin fits
 	err := d2.Pin(ctx, dataplane.Pin{Service: "web", Backend: "be1", Client: netip.MustParseAddr("198.18.0.3")})
@@ -743,9 +747,8 @@ func TestCleanupWithFake(t *testing.T) {
 // sets of a removed service, which its registry lists, but leaves the
 // chains and sets that merely share handoff's prefixes, with their jumps.
 func TestSyncLeavesForeignPrefixed(t *testing.T) {
-	d, k := newFakeDataplane(Options{})
+	d, k := syncedFake(t, twoServices())
 	ctx := context.Background()
-	mustSync(t, d, twoServices())
 	if err := (fakeTables{k, ipv4}).restore(ctx, []byte("*nat\n:HANDOFF-LOCAL - [0:0]\n:HO-SVC-other - [0:0]\n-A PREROUTING -p udp -j HANDOFF-LOCAL\n-A HO-SVC-other -j ACCEPT\nCOMMIT\n")); err != nil {
 		t.Fatal(err)
 	}
@@ -887,35 +890,47 @@ func TestClosedDataplane(t *testing.T) {
 // TestConcurrentPinsAndSyncs pins from several goroutines while Syncs
 // rebuild the set; no pin may be lost (run with -race).
 func TestConcurrentPinsAndSyncs(t *testing.T) {
-	d, k := newFakeDataplane(Options{})
-	ctx := context.Background()
+	const each = 200
+	pinDuringSyncs(t, 4, each, 50, func(ctx context.Context, d *Dataplane, w int) error {
+		for i := range each {
+			ip := netip.AddrFrom4([4]byte{198, 18, byte(w), byte(i)})
+			if err := d.Pin(ctx, dataplane.Pin{Service: "web", Backend: "be1", Client: ip}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// pinDuringSyncs runs workers goroutines, each pinning its each clients
+// of web/be1 with pinAll over and over, while syncs Syncs rebuild the
+// set, and checks that every client is in the set at the end.
+func pinDuringSyncs(t *testing.T, workers, each, syncs int, pinAll func(ctx context.Context, d *Dataplane, w int) error) {
+	t.Helper()
 	st := twoServices()
 	st.Services[0].MaxClients = 10000
-	mustSync(t, d, st)
-	const workers, each = 4, 200
+	d, k := syncedFake(t, st)
+	ctx := context.Background()
 	stop := make(chan struct{})
 	errc := make(chan error, workers)
 	for w := range workers {
 		go func() {
 			// Keep re-pinning the worker's clients until the Syncs are done.
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					if i >= each {
-						errc <- nil
-						return
-					}
-				default:
-				}
-				ip := netip.AddrFrom4([4]byte{198, 18, byte(w), byte(i % each)})
-				if err := d.Pin(ctx, dataplane.Pin{Service: "web", Backend: "be1", Client: ip}); err != nil {
+			for {
+				if err := pinAll(ctx, d, w); err != nil {
 					errc <- err
 					return
+				}
+				select {
+				case <-stop:
+					errc <- nil
+					return
+				default:
 				}
 			}
 		}()
 	}
-	for i := range 50 {
+	for i := range syncs {
 		st.Services[0].MaxClients = 10000 + i%2 // each Sync rebuilds ho-web-be1
 		mustSync(t, d, st)
 	}
@@ -925,10 +940,7 @@ func TestConcurrentPinsAndSyncs(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	k.mu.Lock()
-	n := len(k.sets["ho-web-be1"].members)
-	k.mu.Unlock()
-	if n != workers*each {
+	if n := fakeLen(k, "ho-web-be1"); n != workers*each {
 		t.Errorf("%d pins in the set, want %d", n, workers*each)
 	}
 }

@@ -323,3 +323,16 @@ func Serve(t testing.TB, ln net.Listener, handle func(c net.Conn)) {
 func AcceptClose(t testing.TB, ln net.Listener) {
 	Serve(t, ln, func(net.Conn) {})
 }
+
+// RefusedAddr returns a loopback IPv4 address where nothing listens: a
+// port the kernel handed out and that was closed again at once.
+func RefusedAddr(t testing.TB) netip.AddrPort {
+	t.Helper()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := ln.Addr().(*net.TCPAddr).AddrPort()
+	ln.Close()
+	return a
+}

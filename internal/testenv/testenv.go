@@ -6,12 +6,14 @@ package testenv
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // CI reports whether the tests run in CI (the environment variable CI is
@@ -86,4 +88,49 @@ func RemoveBinaries() {
 		os.RemoveAll(builds.dir)
 		builds.dir, builds.bins = "", nil
 	}
+}
+
+// Child is this test binary run again as a child process, which talks to
+// the test over its standard input and output.
+type Child struct {
+	In  io.WriteCloser // closing it tells the child to exit
+	Out io.Reader
+}
+
+// StartChild runs this test binary again with args and env added to this
+// process's environment, its standard error on this process's. When the
+// test ends, the child's standard input is closed and the child waited for,
+// killed after 10 seconds; a child that fails or has to be killed fails the
+// test.
+func StartChild(t testing.TB, env []string, args ...string) *Child {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stderr = os.Stderr
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		in.Close()
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		select {
+		case err = <-done:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			err = fmt.Errorf("killed after 10s: %v", <-done)
+		}
+		if err != nil {
+			t.Errorf("child process %s: %v", cmd, err)
+		}
+	})
+	return &Child{In: in, Out: out}
 }
