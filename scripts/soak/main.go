@@ -150,6 +150,26 @@ func newSoak(o options) (*soak, error) {
 			return nil, err
 		}
 	}
+	// The load starts once every backend answers from the balancer's
+	// namespace and its health checks (200 ms, rise 1) had time to see it
+	// up: the daemon was started first, so it saw none of them.
+	for name, a := range s.addrs {
+		addr := strings.SplitN(a, "=", 2)[1]
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			c, err := dialIn(context.Background(), s.lb, netip.Addr{}, addr)
+			if err == nil {
+				c.Close()
+				break
+			}
+			if time.Now().After(deadline) {
+				s.close()
+				return nil, fmt.Errorf("backend %s at %s never answered: %w", name, addr, err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	time.Sleep(time.Second)
 	return s, nil
 }
 
