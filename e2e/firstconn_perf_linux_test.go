@@ -23,22 +23,33 @@ import (
 	"github.com/handoff-lb/handoff/internal/testenv"
 )
 
-// manyClients is the client namespace's block of addresses for brand-new
-// clients: it owns the whole block (a local route), and the balancer routes
-// it back to the client namespace.
-var manyClients = netip.MustParsePrefix("198.18.128.0/17")
+// manyClients are the client namespace's blocks of addresses for
+// brand-new clients: it owns them (local routes), and the balancer routes
+// them back to the client namespace. blockAddr numbers their addresses.
+var manyClients = []netip.Prefix{netip.MustParsePrefix("198.18.128.0/17"), netip.MustParsePrefix("198.19.128.0/17")}
+
+// blockSize is how many addresses manyClients holds.
+const blockSize = 2 << 15
 
 // ownBlock gives the client namespace every address of manyClients.
 func (l *lab) ownBlock(t *testing.T) {
 	t.Helper()
-	l.Client.Run(t, "ip", "route", "add", "local", manyClients.String(), "dev", "lo")
-	l.LB.Run(t, "ip", "route", "add", manyClients.String(), "via", nstest.ClientAddr4(0).String())
+	for _, p := range manyClients {
+		l.Client.Run(t, "ip", "route", "add", "local", p.String(), "dev", "lo")
+		l.LB.Run(t, "ip", "route", "add", p.String(), "via", nstest.ClientAddr4(0).String())
+	}
 }
 
-// blockAddr is the i-th address of manyClients (from 1).
+// inBlock reports whether a is one of manyClients' addresses.
+func inBlock(a netip.Addr) bool {
+	return manyClients[0].Contains(a) || manyClients[1].Contains(a)
+}
+
+// blockAddr is the i-th address of manyClients (from 1, below blockSize).
 func blockAddr(i int) netip.Addr {
-	a := manyClients.Addr().As4()
-	n := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3]) + uint32(i)
+	p := manyClients[i/(blockSize/2)]
+	a := p.Addr().As4()
+	n := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3]) + uint32(i%(blockSize/2))
 	return netip.AddrFrom4([4]byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)})
 }
 
@@ -84,7 +95,9 @@ func TestHeldSYNPerformance(t *testing.T) {
 	be := netip.AddrPortFrom(ipv4.backend(0), 80)
 	ln := l.Backends[0].Listen(t, "tcp", be.String())
 	nstest.AcceptClose(t, ln)
-	cfg := webConfig("kernel", vip, []backend{{"be0", be}}, "classify: source", "health: {check: none}")
+	// Every new client comes from the same few networks: without the
+	// default pin budget (1,024 new pins per /24), as this measures pinning.
+	cfg := webConfig("kernel", vip, []backend{{"be0", be}}, "classify: source", "health: {check: none}", "pin_budget: {per_prefix: 0}")
 	cfg.logLevel = "warn"
 	d := launch(t, l.LB, bin, "run", "-c", writeConfig(t, cfg), "--mode", "kernel")
 	waitListen(t, l.LB, vip)
@@ -92,7 +105,7 @@ func TestHeldSYNPerformance(t *testing.T) {
 
 	samples, rounds, roundFor := 300, 3, time.Second
 	if testenv.Perf() {
-		samples, rounds, roundFor = 3000, 5, 3*time.Second
+		samples, rounds, roundFor = 3000, 5, 2*time.Second
 	}
 	next := 0 // the last block address used
 	var held, pinned, direct []time.Duration
@@ -123,7 +136,8 @@ func TestHeldSYNPerformance(t *testing.T) {
 		var wg sync.WaitGroup
 		var addrs atomic.Int64
 		addrs.Store(int64(next))
-		deadline := time.Now().Add(roundFor)
+		start := time.Now()
+		deadline := start.Add(roundFor)
 		for w := range 32 {
 			wg.Go(func() {
 				l.Client.Do(func() error {
@@ -131,7 +145,11 @@ func TestHeldSYNPerformance(t *testing.T) {
 					for time.Now().Before(deadline) {
 						var src netip.Addr
 						if newClients {
-							src = blockAddr(int(addrs.Add(1)))
+							i := int(addrs.Add(1))
+							if i >= blockSize {
+								break // no new address left: the round ends early
+							}
+							src = blockAddr(i)
 						} else {
 							src = blockAddr(1 + (w*97+i)%samples) // pinned above
 							i++
@@ -155,16 +173,23 @@ func TestHeldSYNPerformance(t *testing.T) {
 		if f := failed.Load(); f > 0 {
 			t.Errorf("%d connections failed (new clients: %v)", f, newClients)
 		}
-		return float64(n.Load()) / roundFor.Seconds()
+		return float64(n.Load()) / time.Since(start).Seconds()
 	}
 	var news, pins, ratios []float64
 	for range rounds {
 		nr, pr := rate(true), rate(false)
+		if next >= blockSize {
+			t.Log("the new clients' addresses ran out: the round is dropped, and the rounds end")
+			break
+		}
 		news, pins, ratios = append(news, nr), append(pins, pr), append(ratios, nr/pr)
+	}
+	if len(ratios) == 0 {
+		t.Fatal("no complete round")
 	}
 	median := func(v []float64) float64 { s := slices.Clone(v); slices.Sort(s); return s[len(s)/2] }
 	t.Logf("connections/s: new clients %.0f, pinned clients %.0f; new/pinned %.2f (median of %d rounds: %s)",
-		median(news), median(pins), median(ratios), rounds, fmt.Sprint(ratios))
+		median(news), median(pins), median(ratios), len(ratios), fmt.Sprint(ratios))
 	if testenv.Perf() {
 		if added > time.Millisecond {
 			t.Errorf("a held SYN adds %v at p99, want at most 1ms", added)
@@ -198,12 +223,12 @@ func TestTransparentFirstConnectionRate(t *testing.T) {
 		if _, err := c.Read(buf); err != nil {
 			return
 		}
-		if a := c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr(); manyClients.Contains(a) {
+		if a := c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr(); inBlock(a) {
 			sawClient.Add(1)
 		}
 		c.Write([]byte("HTTP/1.0 200 OK\r\n\r\n"))
 	})
-	payload := []string{"classify: payload", `payload: {pattern: '^[A-Z]+ /(\w*)', max_bytes: 256, timeout: 2s}`, "health: {check: none}", "client_ttl: 10m"}
+	payload := []string{"classify: payload", `payload: {pattern: '^[A-Z]+ /(\w*)', max_bytes: 256, timeout: 2s}`, "health: {check: none}", "client_ttl: 10m", "pin_budget: {per_prefix: 0}"}
 	tvip, pvip := ipv4.at(80), ipv4.at(81)
 	cfg := daemonConfig{mode: "kernel", logLevel: "warn", services: []service{
 		{"trans", tvip, payload, []backend{{"be0", be}}},
@@ -216,19 +241,24 @@ func TestTransparentFirstConnectionRate(t *testing.T) {
 
 	rounds, roundFor := 3, time.Second
 	if testenv.Perf() {
-		rounds, roundFor = 5, 3*time.Second
+		rounds, roundFor = 5, 2*time.Second
 	}
 	var next atomic.Int64
 	rate := func(vip netip.AddrPort) float64 {
 		var n, failed atomic.Int64
 		var wg sync.WaitGroup
-		deadline := time.Now().Add(roundFor)
+		start := time.Now()
+		deadline := start.Add(roundFor)
 		for range 32 {
 			wg.Go(func() {
 				l.Client.Do(func() error {
 					buf := make([]byte, 64)
 					for time.Now().Before(deadline) {
-						src := blockAddr(int(next.Add(1)))
+						i := int(next.Add(1))
+						if i >= blockSize {
+							break // no new address left: the round ends early
+						}
+						src := blockAddr(i)
 						dl := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0)), Timeout: 5 * time.Second}
 						c, err := dl.Dial("tcp", vip.String())
 						if err == nil {
@@ -252,7 +282,7 @@ func TestTransparentFirstConnectionRate(t *testing.T) {
 		if f := failed.Load(); f > 0 {
 			t.Errorf("%d connections to %s failed", f, vip)
 		}
-		return float64(n.Load()) / roundFor.Seconds()
+		return float64(n.Load()) / time.Since(start).Seconds()
 	}
 	var trans, plain, ratios []float64
 	var transServed int64
@@ -261,11 +291,18 @@ func TestTransparentFirstConnectionRate(t *testing.T) {
 		tr := rate(tvip)
 		transServed += sawClient.Load() - before
 		pr := rate(pvip)
+		if next.Load() >= blockSize {
+			t.Log("the new clients' addresses ran out: the round is dropped, and the rounds end")
+			break
+		}
 		trans, plain, ratios = append(trans, tr), append(plain, pr), append(ratios, tr/pr)
+	}
+	if len(ratios) == 0 {
+		t.Fatal("no complete round")
 	}
 	median := func(v []float64) float64 { s := slices.Clone(v); slices.Sort(s); return s[len(s)/2] }
 	t.Logf("new clients/s, each proxied: transparent %.0f, from the balancer's address (snat: true) %.0f; transparent/plain %.2f (median of %d rounds: %s)",
-		median(trans), median(plain), median(ratios), rounds, fmt.Sprint(ratios))
+		median(trans), median(plain), median(ratios), len(ratios), fmt.Sprint(ratios))
 	if transServed == 0 || sawClient.Load() != transServed {
 		t.Errorf("the backend saw %d connections from clients' own addresses, %d during the transparent rounds; want all of those and none else", sawClient.Load(), transServed)
 	}

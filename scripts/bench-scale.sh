@@ -139,6 +139,10 @@ YAML
     client_ttl: 1h
     first_connection: proxy
     health: {check: none}
+    # Every connection comes from a new address of one /17: the default
+    # pin budget (1,024 new pins per /24 within client_ttl) would serve
+    # most of them unpinned, and this measures pinning.
+    pin_budget: {per_prefix: 0}
 YAML
 		case $t in
 		pay*) printf '    classify: payload\n    payload: {pattern: %s}\n' "'^GET /(\\S+) '" ;;
