@@ -5,6 +5,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/handoff-lb/handoff/proxy"
 )
 
 // backend is the runtime state of one backend of one service. The fields
@@ -18,9 +20,10 @@ type backend struct {
 	draining atomic.Bool // no new clients
 	active   atomic.Int64
 	pins     atomic.Int64 // kernel mode: set members at the last recount plus pins made since
-	bytesIn  atomic.Uint64
-	bytesOut atomic.Uint64
-	conns    atomic.Uint64 // proxied connections served
+	// flow counts the proxied bytes as they move (the routes to this
+	// backend name it).
+	flow  proxy.Flow
+	conns atomic.Uint64 // proxied connections served
 
 	mu        sync.Mutex
 	changedAt time.Time // last health transition
@@ -35,8 +38,8 @@ func (b *backend) carryOver(o *backend) {
 	b.down.Store(o.down.Load())
 	b.draining.Store(o.draining.Load())
 	b.pins.Store(o.pins.Load())
-	b.bytesIn.Store(o.bytesIn.Load())
-	b.bytesOut.Store(o.bytesOut.Load())
+	b.flow.ClientToBackend.Store(o.flow.ClientToBackend.Load())
+	b.flow.BackendToClient.Store(o.flow.BackendToClient.Load())
 	b.conns.Store(o.conns.Load())
 	o.mu.Lock()
 	b.changedAt, b.reason = o.changedAt, o.reason

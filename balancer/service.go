@@ -552,6 +552,7 @@ func (pc *conn) route(b *backend, key, label string, peeked []byte) *proxy.Route
 		Header:         hdr,
 		Replay:         peeked,
 		Group:          pc.s.group,
+		Flow:           &b.flow,
 		Result:         pc,
 	}
 	if pc.s.transparent(pc.snap) {
@@ -581,14 +582,12 @@ func (pc *conn) Connected() {
 	}
 }
 
-// Done counts the connection's bytes and ends it. It runs on the event
-// loop.
+// Done counts the connection and ends it (its bytes were counted as they
+// moved: the route names the backend's flow). It runs on the event loop.
 func (pc *conn) Done(st proxy.Stats, err error) {
 	b := pc.b
 	if pc.connected {
 		b.active.Add(-1)
-		b.bytesIn.Add(uint64(st.ClientToBackend))
-		b.bytesOut.Add(uint64(st.BackendToClient))
 		b.conns.Add(1)
 		pc.accessConn(st, err)
 	}
@@ -690,7 +689,7 @@ func (pc *conn) DialFailed(c *proxy.Conn, err error) {
 		return
 	}
 	pc.b = next
-	pc.r.Backend = next.addr
+	pc.r.Backend, pc.r.Flow = next.addr, &next.flow
 	c.Proxy(&pc.r)
 }
 

@@ -92,8 +92,8 @@ func (e *Engine) Status(ctx context.Context) (Status, error) {
 					Pinned:       int64(counts[cb.Name]),
 					Active:       b.active.Load(),
 					Connections:  b.conns.Load(),
-					BytesIn:      b.bytesIn.Load(),
-					BytesOut:     b.bytesOut.Load(),
+					BytesIn:      uint64(b.flow.ClientToBackend.Load()),
+					BytesOut:     uint64(b.flow.BackendToClient.Load()),
 					Packets:      fwd[k].Packets,
 					ForwardBytes: fwd[k].Bytes,
 				}

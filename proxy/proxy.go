@@ -42,6 +42,14 @@ type Stats struct {
 	BackendToClient int64
 }
 
+// Flow counts the bytes of the connections whose Route names it, as they
+// move on Linux (elsewhere when each connection ends); Route.Replay
+// included, Route.Header not. Many connections may share one (a backend's
+// totals): it is safe for concurrent use.
+type Flow struct {
+	ClientToBackend, BackendToClient atomic.Int64
+}
+
 // AcceptFunc decides what happens to a connection a Server accepted. It is
 // called on the event loop and must not block. It returns the Route to
 // proxy c along at once; or nil, after it reset or closed c, or handed c to
@@ -81,6 +89,8 @@ type Route struct {
 	Header, Replay []byte
 	// Group, when set, ends the connection when the group is aborted.
 	Group *Group
+	// Flow, when set, counts the connection's bytes as they move.
+	Flow *Flow
 	// Result hears the outcome; required.
 	Result Result
 }

@@ -325,7 +325,7 @@ func (s *session) flush(d *dir) bool {
 			return false
 		}
 		d.held -= n
-		d.moved += int64(n)
+		s.moved(d, n)
 	}
 	s.last = s.l.now
 	return true
@@ -346,7 +346,19 @@ func (s *session) count(d *dir, n int) {
 		s.hdr -= h
 		n -= h
 	}
+	s.moved(d, n)
+}
+
+// moved adds n bytes moved to d's total and to the route's Flow.
+func (s *session) moved(d *dir, n int) {
 	d.moved += int64(n)
+	if f := s.r.Flow; f != nil {
+		if d == &s.up {
+			f.ClientToBackend.Add(int64(n))
+		} else {
+			f.BackendToClient.Add(int64(n))
+		}
+	}
 }
 
 // eof passes d's EOF on: it half-closes the receiver's write end, unless

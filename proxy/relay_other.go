@@ -202,6 +202,9 @@ func (s *Server) relay(c *Conn, r *Route) {
 	}
 	r.Result.Connected()
 	st, err := s.splice(c.tc, bc, r)
+	if r.Flow != nil {
+		r.Flow.add(st)
+	}
 	r.Result.Done(st, err)
 }
 
@@ -423,4 +426,10 @@ func (s *session) closeBoth() {
 		s.client.Close()
 		s.backend.Close()
 	})
+}
+
+// add counts st.
+func (f *Flow) add(st Stats) {
+	f.ClientToBackend.Add(st.ClientToBackend)
+	f.BackendToClient.Add(st.BackendToClient)
 }

@@ -561,3 +561,50 @@ func testSpliceManyConcurrent(t *testing.T, handoff bool) {
 		}
 	}
 }
+
+// TestFlowCountsAsItMoves: a Route's Flow counts the bytes of a connection
+// that is still open, both ways, the replay included; at its end they
+// equal the connection's Stats.
+func TestFlowCountsAsItMoves(t *testing.T) { modes(t, testFlowCountsAsItMoves) }
+
+func testFlowCountsAsItMoves(t *testing.T, handoff bool) {
+	const up, down = 1 << 20, 2 << 20
+	release := make(chan struct{})
+	backend := startBackend(t, "", func(c *net.TCPConn) {
+		if _, err := io.CopyN(io.Discard, c, up+5); err != nil {
+			return
+		}
+		c.Write(make([]byte, down))
+		<-release
+	})
+	var flow proxy.Flow
+	p := startProxy(t, backend, proxyConfig{route: proxy.Route{Replay: []byte("hello"), Flow: &flow}, handoff: handoff})
+	c := dial(t, p.addr)
+	defer c.Close()
+	if _, err := c.Write(make([]byte, up)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.CopyN(io.Discard, c, down); err != nil {
+		t.Fatal(err)
+	}
+	// The peer may read the last bytes an instant before the proxy adds
+	// them up.
+	for deadline := time.Now().Add(2 * time.Second); flow.ClientToBackend.Load() != up+5 || flow.BackendToClient.Load() != down; {
+		if time.Now().After(deadline) {
+			t.Fatalf("while open: client to backend %d, want %d; backend to client %d, want %d",
+				flow.ClientToBackend.Load(), up+5, flow.BackendToClient.Load(), down)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	select {
+	case r := <-p.results:
+		t.Fatalf("the connection ended early: %+v", r)
+	default:
+	}
+	close(release)
+	c.Close()
+	r := p.result(t)
+	if r.st.ClientToBackend != flow.ClientToBackend.Load() || r.st.BackendToClient != flow.BackendToClient.Load() {
+		t.Errorf("Stats %+v at the end, flow %d/%d", r.st, flow.ClientToBackend.Load(), flow.BackendToClient.Load())
+	}
+}
