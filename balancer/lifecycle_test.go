@@ -29,7 +29,14 @@ func startWith(t *testing.T, cfg *config.Config, dp balancer.Dataplane, kernel b
 	t.Helper()
 	log := logrus.New()
 	log.SetLevel(logrus.ErrorLevel)
-	eng, err := balancer.New(balancer.Options{Config: cfg, Dataplane: dp, Kernel: kernel, Logger: logrus.NewEntry(log)})
+	return runEngine(t, balancer.Options{Config: cfg, Dataplane: dp, Kernel: kernel, Logger: logrus.NewEntry(log)})
+}
+
+// runEngine runs an engine with opts until it serves; it is stopped, and
+// must return no error, when the test ends.
+func runEngine(t *testing.T, opts balancer.Options) *balancer.Engine {
+	t.Helper()
+	eng, err := balancer.New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -52,17 +52,7 @@ func TestPinFailuresLogRateLimited(t *testing.T) {
 	log := logrus.New()
 	log.Out = &out
 	log.SetLevel(logrus.InfoLevel)
-	eng, err := balancer.New(balancer.Options{Config: &config.Config{Services: []config.Service{sc}}, Dataplane: failingPins{newFDP(t)}, Kernel: true, Logger: logrus.NewEntry(log)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- eng.Run(ctx) }()
-	defer func() { cancel(); <-done }()
-	for eng.State() != balancer.StateServing {
-		time.Sleep(5 * time.Millisecond)
-	}
+	eng := runEngine(t, balancer.Options{Config: &config.Config{Services: []config.Service{sc}}, Dataplane: failingPins{newFDP(t)}, Kernel: true, Logger: logrus.NewEntry(log)})
 	addr := eng.Addr("web").String()
 	const conns = 1000
 	start := time.Now()
