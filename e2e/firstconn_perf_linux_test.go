@@ -35,6 +35,20 @@ func (l *lab) ownBlock(t *testing.T) {
 	l.LB.Run(t, "ip", "route", "add", manyClients.String(), "via", nstest.ClientAddr4(0).String())
 }
 
+// newBlockLab returns a lab of one backend and a client namespace that
+// owns manyClients, and the daemon built without -race (the measurements
+// are of the daemon, not of the race detector).
+func newBlockLab(t *testing.T) (*lab, string) {
+	t.Helper()
+	bin, err := testenv.HandoffBinary(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := newLab(t, 1, 1)
+	l.ownBlock(t)
+	return l, bin
+}
+
 // blockAddr is the i-th address of manyClients (from 1).
 func blockAddr(i int) netip.Addr {
 	a := manyClients.Addr().As4()
@@ -74,12 +88,7 @@ func percentile(d []time.Duration, p float64) time.Duration {
 //     address never seen, and of pinned clients, 32 at a time, rounds
 //     alternating (target: new ≥ 0.5× pinned).
 func TestHeldSYNPerformance(t *testing.T) {
-	bin, err := testenv.HandoffBinary(false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := newLab(t, 1, 1)
-	l.ownBlock(t)
+	l, bin := newBlockLab(t)
 	vip := ipv4.at(80)
 	be := netip.AddrPortFrom(ipv4.backend(0), 80)
 	ln := l.Backends[0].Listen(t, "tcp", be.String())
@@ -185,12 +194,7 @@ func TestHeldSYNPerformance(t *testing.T) {
 // alternating (target: transparent ≥ 0.9× the plain proxy, the margin of
 // this machine's noise, under HANDOFF_PERF=1).
 func TestTransparentFirstConnectionRate(t *testing.T) {
-	bin, err := testenv.HandoffBinary(false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := newLab(t, 1, 1)
-	l.ownBlock(t)
+	l, bin := newBlockLab(t)
 	be := netip.AddrPortFrom(ipv4.backend(0), 80)
 	var sawClient atomic.Int64 // answers to a client's own address
 	nstest.Serve(t, l.Backends[0].Listen(t, "tcp", be.String()), func(c net.Conn) {
