@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/netip"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,6 +16,7 @@ import (
 	"github.com/handoff-lb/handoff/balancer"
 	"github.com/handoff-lb/handoff/config"
 	"github.com/handoff-lb/handoff/fallback"
+	"github.com/handoff-lb/handoff/internal/nstest"
 )
 
 // namedEcho is a loopback backend that greets each connection with its name
@@ -24,7 +24,6 @@ import (
 type namedEcho struct {
 	name string
 	ln   net.Listener
-	wg   sync.WaitGroup
 }
 
 func startEcho(t *testing.T, name string) *namedEcho {
@@ -33,30 +32,17 @@ func startEcho(t *testing.T, name string) *namedEcho {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &namedEcho{name: name, ln: ln}
-	e.wg.Add(1)
-	go func() {
-		defer e.wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			e.wg.Add(1)
-			go func() {
-				defer e.wg.Done()
-				defer c.Close()
-				fmt.Fprintf(c, "%s %s\n", name, c.RemoteAddr().(*net.TCPAddr).IP)
-				io.Copy(c, c)
-				c.(*net.TCPConn).CloseWrite()
-			}()
-		}
-	}()
-	t.Cleanup(e.stop)
-	return e
+	nstest.Serve(t, ln, func(c net.Conn) {
+		fmt.Fprintf(c, "%s %s\n", name, c.RemoteAddr().(*net.TCPAddr).IP)
+		io.Copy(c, c)
+		c.(*net.TCPConn).CloseWrite()
+	})
+	return &namedEcho{name: name, ln: ln}
 }
 
-func (e *namedEcho) stop() { e.ln.Close(); e.wg.Wait() }
+// stop closes the listener: new connections are refused, as by a backend
+// that went down. Connections already open go on until the test ends.
+func (e *namedEcho) stop() { e.ln.Close() }
 
 func (e *namedEcho) addr() netip.AddrPort {
 	return e.ln.Addr().(*net.TCPAddr).AddrPort()

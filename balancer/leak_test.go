@@ -21,6 +21,7 @@ import (
 	"github.com/handoff-lb/handoff/balancer"
 	"github.com/handoff-lb/handoff/config"
 	"github.com/handoff-lb/handoff/fallback"
+	"github.com/handoff-lb/handoff/internal/testenv"
 )
 
 // TestNoGoroutineLeak runs a userspace engine on loopback through a burst of
@@ -100,7 +101,7 @@ func TestNoGoroutineLeak(t *testing.T) {
 	// its connection was reset.
 	log := logrus.New()
 	log.SetLevel(logrus.WarnLevel)
-	warnings := &lockedBuffer{}
+	warnings := &testenv.Buffer{}
 	log.SetOutput(warnings)
 	dp, err := fallback.New(fallback.Options{StateDir: t.TempDir(), Logger: logrus.NewEntry(log)})
 	if err != nil {

@@ -20,6 +20,7 @@ import (
 	"github.com/handoff-lb/handoff/dataplane"
 	"github.com/handoff-lb/handoff/fallback"
 	"github.com/handoff-lb/handoff/healthcheck"
+	"github.com/handoff-lb/handoff/internal/nstest"
 )
 
 // startWith runs an engine over dp (kernel mode when kernel is set) until
@@ -28,7 +29,14 @@ func startWith(t *testing.T, cfg *config.Config, dp balancer.Dataplane, kernel b
 	t.Helper()
 	log := logrus.New()
 	log.SetLevel(logrus.ErrorLevel)
-	eng, err := balancer.New(balancer.Options{Config: cfg, Dataplane: dp, Kernel: kernel, Logger: logrus.NewEntry(log)})
+	return runEngine(t, balancer.Options{Config: cfg, Dataplane: dp, Kernel: kernel, Logger: logrus.NewEntry(log)})
+}
+
+// runEngine runs an engine with opts until it serves; it is stopped, and
+// must return no error, when the test ends.
+func runEngine(t *testing.T, opts balancer.Options) *balancer.Engine {
+	t.Helper()
+	eng, err := balancer.New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,18 +70,6 @@ func newFDP(t *testing.T) *fallback.Dataplane {
 	}
 	t.Cleanup(func() { dp.Close() })
 	return dp
-}
-
-// deadAddr is a loopback address nothing listens on.
-func deadAddr(t *testing.T) netip.AddrPort {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := ln.Addr().(*net.TCPAddr).AddrPort()
-	ln.Close()
-	return a
 }
 
 // TestMaxConnectionsSurvivesReload: the connections open when a reload
@@ -138,7 +134,7 @@ func TestMaxConnectionsSurvivesReload(t *testing.T) {
 func TestDownSurvivesAddressChange(t *testing.T) {
 	be1 := startEcho(t, "be1")
 	sc := testService("web", config.CheckTCP, be1)
-	sc.Pools[0].Backends = append(sc.Pools[0].Backends, config.Backend{Name: "dead", Address: deadAddr(t), Weight: 1})
+	sc.Pools[0].Backends = append(sc.Pools[0].Backends, config.Backend{Name: "dead", Address: nstest.RefusedAddr(t), Weight: 1})
 	dp := newFDP(t)
 	eng := startWith(t, &config.Config{Services: []config.Service{sc}}, dp, false)
 	waitHealth := func(want string) {
@@ -155,7 +151,7 @@ func TestDownSurvivesAddressChange(t *testing.T) {
 
 	sc2 := sc
 	sc2.Pools = []config.Pool{{Name: "default", Balance: config.BalanceMaglev, Backends: []config.Backend{
-		sc.Pools[0].Backends[0], {Name: "dead", Address: deadAddr(t), Weight: 1}}}}
+		sc.Pools[0].Backends[0], {Name: "dead", Address: nstest.RefusedAddr(t), Weight: 1}}}}
 	if err := eng.Reload(context.Background(), &config.Config{Services: []config.Service{sc2}}); err != nil {
 		t.Fatal(err)
 	}

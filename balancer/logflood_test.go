@@ -1,7 +1,6 @@
 package balancer_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"net"
@@ -15,6 +14,7 @@ import (
 	"github.com/handoff-lb/handoff/balancer"
 	"github.com/handoff-lb/handoff/config"
 	"github.com/handoff-lb/handoff/dataplane"
+	"github.com/handoff-lb/handoff/internal/testenv"
 )
 
 // failingPins is a data plane whose sets are gone: every pin fails.
@@ -24,45 +24,17 @@ func (failingPins) Pin(context.Context, dataplane.Pin) error {
 	return errors.New(`ipset "ho-web-be1": add: set does not exist`)
 }
 
-// lockedBuffer is a log sink for concurrent writers.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // TestPinFailuresLogRateLimited: with the sets gone, a burst of new
 // connections logs a handful of "pin failed" lines, not one per
 // connection, and a later line says how many were suppressed.
 func TestPinFailuresLogRateLimited(t *testing.T) {
 	be1 := startEcho(t, "be1")
 	sc := testService("web", config.CheckNone, be1)
-	var out lockedBuffer
+	var out testenv.Buffer
 	log := logrus.New()
 	log.Out = &out
 	log.SetLevel(logrus.InfoLevel)
-	eng, err := balancer.New(balancer.Options{Config: &config.Config{Services: []config.Service{sc}}, Dataplane: failingPins{newFDP(t)}, Kernel: true, Logger: logrus.NewEntry(log)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- eng.Run(ctx) }()
-	defer func() { cancel(); <-done }()
-	for eng.State() != balancer.StateServing {
-		time.Sleep(5 * time.Millisecond)
-	}
+	eng := runEngine(t, balancer.Options{Config: &config.Config{Services: []config.Service{sc}}, Dataplane: failingPins{newFDP(t)}, Kernel: true, Logger: logrus.NewEntry(log)})
 	addr := eng.Addr("web").String()
 	const conns = 1000
 	start := time.Now()

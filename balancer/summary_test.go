@@ -1,7 +1,6 @@
 package balancer_test
 
 import (
-	"context"
 	"testing"
 	"time"
 
@@ -21,15 +20,8 @@ func TestSummaryLog(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer dp.Close()
-	eng, err := balancer.New(balancer.Options{Config: cfg, Dataplane: dp, Logger: logrus.NewEntry(log)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- eng.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	t.Cleanup(func() { dp.Close() }) // after the engine stops
+	eng := runEngine(t, balancer.Options{Config: cfg, Dataplane: dp, Logger: logrus.NewEntry(log)})
 	waitStatus(t, eng)
 	backendName(t, eng.Addr("web"), "127.0.0.5")
 	deadline := time.Now().Add(3 * time.Second)

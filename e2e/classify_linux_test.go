@@ -258,20 +258,7 @@ func (l *classifyLab) first(t *testing.T, s classifyService, src netip.Addr, tal
 		}
 		return l.again(t, s, src, talk)
 	}
-	ctx, cancel := talkCtx()
-	defer cancel()
-	a, err := talk(ctx, l, src, l.addr(s))
-	if err != nil {
-		t.Fatalf("%s: client %s: first connection: %v", s.name, src, err)
-	}
-	want := ipv4.lbBack.String()
-	if l.kernel {
-		want = src.String()
-	}
-	if a.seen != want {
-		t.Errorf("%s: client %s: proxied first connection reached %s, want it from %s", s.name, src, a, want)
-	}
-	return a.backend
+	return l.connect(t, s, src, talk, "proxied first connection")
 }
 
 // again is a later connection of a pinned client: in kernel mode it must be
@@ -279,18 +266,26 @@ func (l *classifyLab) first(t *testing.T, s classifyService, src netip.Addr, tal
 // userspace mode proxied.
 func (l *classifyLab) again(t *testing.T, s classifyService, src netip.Addr, talk talk) string {
 	t.Helper()
+	return l.connect(t, s, src, talk, "connection")
+}
+
+// connect makes one connection (what, for messages) from src to s that
+// must be answered, from the client's address in kernel mode and from the
+// balancer's in userspace mode; it returns the backend that answered.
+func (l *classifyLab) connect(t *testing.T, s classifyService, src netip.Addr, talk talk, what string) string {
+	t.Helper()
 	ctx, cancel := talkCtx()
 	defer cancel()
 	a, err := talk(ctx, l, src, l.addr(s))
 	if err != nil {
-		t.Fatalf("%s: client %s: %v", s.name, src, err)
+		t.Fatalf("%s: client %s: %s: %v", s.name, src, what, err)
 	}
 	want := ipv4.lbBack.String()
 	if l.kernel {
 		want = src.String()
 	}
 	if a.seen != want {
-		t.Errorf("%s: client %s: %s, want the connection from %s", s.name, src, a, want)
+		t.Errorf("%s: client %s: %s reached %s, want it from %s", s.name, src, what, a, want)
 	}
 	return a.backend
 }

@@ -32,10 +32,8 @@ func startProc(t *testing.T, ns *nstest.NS, env []string, argv ...string) *exec.
 	t.Helper()
 	cmd := exec.Command("ip", append([]string{"netns", "exec", ns.Name}, argv...)...)
 	cmd.Env = append(os.Environ(), env...)
-	var logs strings.Builder
-	var mu sync.Mutex
-	w := syncWriter{&mu, &logs}
-	cmd.Stdout, cmd.Stderr = w, w
+	var logs testenv.Buffer
+	cmd.Stdout, cmd.Stderr = &logs, &logs
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("%s: %v", argv[0], err)
@@ -46,23 +44,10 @@ func startProc(t *testing.T, ns *nstest.NS, env []string, argv ...string) *exec.
 		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) // the process group: keepalived's children too
 		<-done
 		if t.Failed() {
-			mu.Lock()
 			t.Logf("%s in %s:\n%s", argv[0], ns.Name, logs.String())
-			mu.Unlock()
 		}
 	})
 	return cmd
-}
-
-type syncWriter struct {
-	mu *sync.Mutex
-	b  *strings.Builder
-}
-
-func (w syncWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Write(p)
 }
 
 // pairFile writes deploy/cluster/name for host n (1 or 2) into dir, with

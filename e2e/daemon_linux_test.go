@@ -1,18 +1,17 @@
 package e2e
 
 import (
-	"bytes"
 	"net/netip"
 	"os/exec"
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/handoff-lb/handoff/internal/nstest"
+	"github.com/handoff-lb/handoff/internal/testenv"
 )
 
 // raceReport starts what the race detector prints when it finds a race.
@@ -22,23 +21,12 @@ const raceReport = "WARNING: DATA RACE"
 // output captured.
 type daemon struct {
 	cmd  *exec.Cmd
-	mu   sync.Mutex
-	out  bytes.Buffer
+	out  testenv.Buffer
 	done chan struct{}
 }
 
-func (d *daemon) Write(p []byte) (int, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.out.Write(p)
-}
-
 // log returns everything the daemon wrote so far.
-func (d *daemon) log() string {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.out.String()
-}
+func (d *daemon) log() string { return d.out.String() }
 
 // launch starts argv (the handoff binary, its arguments, and before them
 // a command prefix such as setpriv that takes something from the daemon)
@@ -47,7 +35,7 @@ func (d *daemon) log() string {
 func launch(t *testing.T, ns *nstest.NS, argv ...string) *daemon {
 	t.Helper()
 	d := &daemon{cmd: exec.Command("ip", append([]string{"netns", "exec", ns.Name}, argv...)...), done: make(chan struct{})}
-	d.cmd.Stdout, d.cmd.Stderr = d, d
+	d.cmd.Stdout, d.cmd.Stderr = &d.out, &d.out
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

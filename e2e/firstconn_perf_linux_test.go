@@ -45,6 +45,20 @@ func inBlock(a netip.Addr) bool {
 	return manyClients[0].Contains(a) || manyClients[1].Contains(a)
 }
 
+// newBlockLab returns a lab of one backend and a client namespace that
+// owns manyClients, and the daemon built without -race (the measurements
+// are of the daemon, not of the race detector).
+func newBlockLab(t *testing.T) (*lab, string) {
+	t.Helper()
+	bin, err := testenv.HandoffBinary(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := newLab(t, 1, 1)
+	l.ownBlock(t)
+	return l, bin
+}
+
 // blockAddr is the i-th address of manyClients (from 1, below blockSize).
 func blockAddr(i int) netip.Addr {
 	p := manyClients[i/(blockSize/2)]
@@ -85,12 +99,7 @@ func percentile(d []time.Duration, p float64) time.Duration {
 //     address never seen, and of pinned clients, 32 at a time, rounds
 //     alternating (target: new ≥ 0.5× pinned).
 func TestHeldSYNPerformance(t *testing.T) {
-	bin, err := testenv.HandoffBinary(false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := newLab(t, 1, 1)
-	l.ownBlock(t)
+	l, bin := newBlockLab(t)
 	vip := ipv4.at(80)
 	be := netip.AddrPortFrom(ipv4.backend(0), 80)
 	ln := l.Backends[0].Listen(t, "tcp", be.String())
@@ -210,12 +219,7 @@ func TestHeldSYNPerformance(t *testing.T) {
 // alternating (target: transparent ≥ 0.9× the plain proxy, the margin of
 // this machine's noise, under HANDOFF_PERF=1).
 func TestTransparentFirstConnectionRate(t *testing.T) {
-	bin, err := testenv.HandoffBinary(false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := newLab(t, 1, 1)
-	l.ownBlock(t)
+	l, bin := newBlockLab(t)
 	be := netip.AddrPortFrom(ipv4.backend(0), 80)
 	var sawClient atomic.Int64 // answers to a client's own address
 	nstest.Serve(t, l.Backends[0].Listen(t, "tcp", be.String()), func(c net.Conn) {

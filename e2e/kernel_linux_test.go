@@ -27,6 +27,17 @@ func kernelConfig(f family, first string, fields ...string) (cfg daemonConfig, v
 	return webConfig("kernel", vip, bes, append([]string{"first_connection: " + first, "health: {check: none}", "balance: maglev"}, fields...)...), vip, bes
 }
 
+// startKernel starts greeters on the backends of kernelConfig(f, first,
+// fields...) and a daemon in kernel mode on that config; it returns the
+// daemon, the service's address and the config file's path.
+func (l *lab) startKernel(t *testing.T, f family, first string, fields ...string) (*daemon, netip.AddrPort, string) {
+	t.Helper()
+	cfg, vip, bes := kernelConfig(f, first, fields...)
+	l.greeters(t, bes)
+	path := writeConfig(t, cfg)
+	return startDaemon(t, l.LB, path, vip, "--mode", "kernel"), vip, path
+}
+
 // TestKernelHeldSYN: a new client of a source-classified service never
 // meets the listener: its first SYN waits in the kernel until it is pinned
 // and then reaches a backend in-kernel, which sees the client's own
@@ -38,9 +49,7 @@ func TestKernelHeldSYN(t *testing.T) {
 	for _, fam := range families {
 		t.Run(fam.name, func(t *testing.T) {
 			l := newLab(t, 2, 10)
-			cfg, vip, bes := kernelConfig(fam, "reset") // reset is never used: no SYN reaches the listener
-			l.greeters(t, bes)
-			d := startDaemon(t, l.LB, writeConfig(t, cfg), vip, "--mode", "kernel")
+			d, vip, _ := l.startKernel(t, fam, "reset") // reset is never used: no SYN reaches the listener
 
 			used := map[string]bool{}
 			for _, c := range l.clients(fam) {
@@ -83,9 +92,7 @@ func TestKernelResetMode(t *testing.T) {
 	for _, fam := range families {
 		t.Run(fam.name, func(t *testing.T) {
 			l := newLab(t, 2, 3)
-			cfg, vip, bes := kernelConfig(fam, "reset", payloadHello...)
-			l.greeters(t, bes)
-			d := startDaemon(t, l.LB, writeConfig(t, cfg), vip, "--mode", "kernel")
+			d, vip, _ := l.startKernel(t, fam, "reset", payloadHello...)
 			for _, c := range l.clients(fam) {
 				ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 				got, err := l.exchange(ctx, c, vip, "HELLO\n")
@@ -119,9 +126,7 @@ func TestKernelProxyMode(t *testing.T) {
 		t.Run(fam.name, func(t *testing.T) {
 			l := newLab(t, 2, 1)
 			c := fam.client(0)
-			cfg, vip, bes := kernelConfig(fam, "proxy", payloadHello...)
-			l.greeters(t, bes)
-			startDaemon(t, l.LB, writeConfig(t, cfg), vip, "--mode", "kernel")
+			_, vip, _ := l.startKernel(t, fam, "proxy", payloadHello...)
 
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
@@ -161,10 +166,7 @@ func TestKernelProxyMode(t *testing.T) {
 // backend and an unknown one does not; a restart keeps every pin.
 func TestKillAndRestart(t *testing.T) {
 	l := newLab(t, 2, 4)
-	cfg, vip, bes := kernelConfig(ipv4, "reset")
-	l.greeters(t, bes)
-	path := writeConfig(t, cfg)
-	d := startDaemon(t, l.LB, path, vip, "--mode", "kernel")
+	d, vip, path := l.startKernel(t, ipv4, "reset")
 
 	clients := l.clients(ipv4)
 	pinned, stranger := clients[:3], clients[3]
@@ -345,10 +347,7 @@ func checkFallback(t *testing.T, fam family, wrap []string, how string) {
 // after the restart is served in-kernel.
 func TestKillWhileSYNsHeld(t *testing.T) {
 	l := newLab(t, 2, 1)
-	cfg, vip, bes := kernelConfig(ipv4, "proxy")
-	l.greeters(t, bes)
-	path := writeConfig(t, cfg)
-	d := startDaemon(t, l.LB, path, vip, "--mode", "kernel")
+	d, vip, path := l.startKernel(t, ipv4, "proxy")
 	clients := l.addClients(t, ipv4, 10)
 	if err := d.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)

@@ -5,16 +5,14 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
-	"os"
-	"os/exec"
 	"strings"
 	"testing"
-	"time"
+
+	"github.com/handoff-lb/handoff/internal/testenv"
 )
 
 // peer is a running peer process.
 type peer struct {
-	cmd     *exec.Cmd
 	in      io.WriteCloser
 	out     *bufio.Scanner
 	backend netip.AddrPort
@@ -22,32 +20,8 @@ type peer struct {
 
 func startPeer(tb testing.TB) *peer {
 	tb.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), peerEnv+"=1")
-	cmd.Stderr = os.Stderr
-	in, err := cmd.StdinPipe()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		tb.Fatal(err)
-	}
-	p := &peer{cmd: cmd, in: in, out: bufio.NewScanner(out)}
-	tb.Cleanup(func() {
-		in.Close()
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
-	})
+	child := testenv.StartChild(tb, []string{peerEnv + "=1"}, "-test.run=^$")
+	p := &peer{in: child.In, out: bufio.NewScanner(child.Out)}
 	line := p.line(tb)
 	addr, ok := strings.CutPrefix(line, "backend ")
 	if !ok {

@@ -5,6 +5,7 @@
 package testenv
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"os"
@@ -133,4 +134,25 @@ func StartChild(t testing.TB, env []string, args ...string) *Child {
 		}
 	})
 	return &Child{In: in, Out: out}
+}
+
+// Buffer is a bytes.Buffer that concurrent writers (a child process's
+// standard output and error, a logger) may share with a reader.
+type Buffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+// Write appends p to the buffer.
+func (b *Buffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+// String returns everything written so far.
+func (b *Buffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }
