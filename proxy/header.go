@@ -16,16 +16,9 @@ import (
 // local must be *net.TCPAddr; IPv4-mapped IPv6 addresses are sent as IPv4,
 // and a pair of mixed families as IPv6.
 func Header(version config.ProxyProtocol, client, local net.Addr) ([]byte, error) {
-	var v byte
-	switch version {
-	case "", config.ProxyProtocolOff:
-		return nil, nil
-	case config.ProxyProtocolV1:
-		v = 1
-	case config.ProxyProtocolV2:
-		v = 2
-	default:
-		return nil, fmt.Errorf("proxy protocol %q: want off, v1 or v2", version)
+	v, err := headerVersion(version)
+	if v == 0 || err != nil {
+		return nil, err
 	}
 	src, ok1 := tcpAddrPort(client)
 	dst, ok2 := tcpAddrPort(local)
@@ -50,19 +43,26 @@ func Header(version config.ProxyProtocol, client, local net.Addr) ([]byte, error
 // neither logs an error nor takes the checker for a client. version "off"
 // and "" return nil.
 func CheckHeader(version config.ProxyProtocol) ([]byte, error) {
-	var v byte
-	switch version {
-	case "", config.ProxyProtocolOff:
-		return nil, nil
-	case config.ProxyProtocolV1:
-		v = 1
-	case config.ProxyProtocolV2:
-		v = 2
-	default:
-		return nil, fmt.Errorf("proxy protocol %q: want off, v1 or v2", version)
+	v, err := headerVersion(version)
+	if v == 0 || err != nil {
+		return nil, err
 	}
 	h := &proxyproto.Header{Version: v, Command: proxyproto.LOCAL, TransportProtocol: proxyproto.UNSPEC}
 	return h.Format()
+}
+
+// headerVersion returns the PROXY protocol version number of version, or
+// 0 for "off" and "".
+func headerVersion(version config.ProxyProtocol) (byte, error) {
+	switch version {
+	case "", config.ProxyProtocolOff:
+		return 0, nil
+	case config.ProxyProtocolV1:
+		return 1, nil
+	case config.ProxyProtocolV2:
+		return 2, nil
+	}
+	return 0, fmt.Errorf("proxy protocol %q: want off, v1 or v2", version)
 }
 
 // tcpAddrPort returns a's address with IPv4-mapped addresses unmapped and
