@@ -67,6 +67,53 @@ func blockAddr(i int) netip.Addr {
 	return netip.AddrFrom4([4]byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)})
 }
 
+// connRate connects to vip for roundFor, 32 connections at a time, each
+// worker on a thread of its own in the client namespace (a switch of
+// namespace per dial would cost more than the connection), and returns
+// the connections per second. src gives worker w's i-th source address;
+// false ends the worker (no address left). talk, when set, runs on each
+// connection before it closes; without it the connection is reset at
+// once. A failed connection fails the test.
+func (l *lab) connRate(t *testing.T, roundFor time.Duration, vip netip.AddrPort, src func(w, i int) (netip.Addr, bool), talk func(net.Conn) error) float64 {
+	var n, failed atomic.Int64
+	var wg sync.WaitGroup
+	start := time.Now()
+	deadline := start.Add(roundFor)
+	for w := range 32 {
+		wg.Go(func() {
+			l.Client.Do(func() error {
+				for i := 0; time.Now().Before(deadline); i++ {
+					a, ok := src(w, i)
+					if !ok {
+						break // the round ends early
+					}
+					dl := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(a, 0)), Timeout: 5 * time.Second}
+					c, err := dl.Dial("tcp", vip.String())
+					if err == nil {
+						if talk != nil {
+							err = talk(c)
+						} else {
+							c.(*net.TCPConn).SetLinger(0)
+						}
+						c.Close()
+					}
+					if err != nil {
+						failed.Add(1)
+						continue
+					}
+					n.Add(1)
+				}
+				return nil
+			})
+		})
+	}
+	wg.Wait()
+	if f := failed.Load(); f > 0 {
+		t.Errorf("%d connections to %s failed", f, vip)
+	}
+	return float64(n.Load()) / time.Since(start).Seconds()
+}
+
 // connectTime dials from src to addr in the client namespace and returns
 // how long the handshake took; the connection is closed at once.
 func (l *lab) connectTime(src netip.Addr, addr netip.AddrPort) (time.Duration, error) {
@@ -141,48 +188,17 @@ func TestHeldSYNPerformance(t *testing.T) {
 	// dials from a thread of its own in the client namespace (a switch of
 	// namespace per dial would cost more than the connection).
 	rate := func(newClients bool) float64 {
-		var n, failed atomic.Int64
-		var wg sync.WaitGroup
 		var addrs atomic.Int64
 		addrs.Store(int64(next))
-		start := time.Now()
-		deadline := start.Add(roundFor)
-		for w := range 32 {
-			wg.Go(func() {
-				l.Client.Do(func() error {
-					i := 0
-					for time.Now().Before(deadline) {
-						var src netip.Addr
-						if newClients {
-							i := int(addrs.Add(1))
-							if i >= blockSize {
-								break // no new address left: the round ends early
-							}
-							src = blockAddr(i)
-						} else {
-							src = blockAddr(1 + (w*97+i)%samples) // pinned above
-							i++
-						}
-						dl := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0)), Timeout: 5 * time.Second}
-						c, err := dl.Dial("tcp", vip.String())
-						if err != nil {
-							failed.Add(1)
-							continue
-						}
-						c.(*net.TCPConn).SetLinger(0)
-						c.Close()
-						n.Add(1)
-					}
-					return nil
-				})
-			})
-		}
-		wg.Wait()
+		r := l.connRate(t, roundFor, vip, func(w, i int) (netip.Addr, bool) {
+			if !newClients {
+				return blockAddr(1 + (w*97+i)%samples), true // pinned above
+			}
+			n := int(addrs.Add(1))
+			return blockAddr(n), n < blockSize
+		}, nil)
 		next = int(addrs.Load())
-		if f := failed.Load(); f > 0 {
-			t.Errorf("%d connections failed (new clients: %v)", f, newClients)
-		}
-		return float64(n.Load()) / time.Since(start).Seconds()
+		return r
 	}
 	var news, pins, ratios []float64
 	for range rounds {
@@ -249,44 +265,17 @@ func TestTransparentFirstConnectionRate(t *testing.T) {
 	}
 	var next atomic.Int64
 	rate := func(vip netip.AddrPort) float64 {
-		var n, failed atomic.Int64
-		var wg sync.WaitGroup
-		start := time.Now()
-		deadline := start.Add(roundFor)
-		for range 32 {
-			wg.Go(func() {
-				l.Client.Do(func() error {
-					buf := make([]byte, 64)
-					for time.Now().Before(deadline) {
-						i := int(next.Add(1))
-						if i >= blockSize {
-							break // no new address left: the round ends early
-						}
-						src := blockAddr(i)
-						dl := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0)), Timeout: 5 * time.Second}
-						c, err := dl.Dial("tcp", vip.String())
-						if err == nil {
-							c.SetDeadline(time.Now().Add(5 * time.Second))
-							if _, err = c.Write([]byte("GET /a HTTP/1.0\r\n\r\n")); err == nil {
-								_, err = c.Read(buf)
-							}
-							c.Close()
-						}
-						if err != nil {
-							failed.Add(1)
-							continue
-						}
-						n.Add(1)
-					}
-					return nil
-				})
-			})
-		}
-		wg.Wait()
-		if f := failed.Load(); f > 0 {
-			t.Errorf("%d connections to %s failed", f, vip)
-		}
-		return float64(n.Load()) / time.Since(start).Seconds()
+		return l.connRate(t, roundFor, vip, func(int, int) (netip.Addr, bool) {
+			n := int(next.Add(1))
+			return blockAddr(n), n < blockSize
+		}, func(c net.Conn) error {
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			if _, err := c.Write([]byte("GET /a HTTP/1.0\r\n\r\n")); err != nil {
+				return err
+			}
+			_, err := c.Read(make([]byte, 64))
+			return err
+		})
 	}
 	var trans, plain, ratios []float64
 	var transServed int64
