@@ -30,8 +30,8 @@ const (
 	maxIdleDumps = 2
 )
 
-// dumpSocket runs ipset listings (IPSET_CMD_LIST dumps) over a
-// NETLINK_NETFILTER socket of its own. Replies are read one datagram at a
+// dumpSocket runs netfilter dumps (ipset listings, conntrack tables) over
+// a NETLINK_NETFILTER socket of its own. Replies are read one datagram at a
 // time into one reused buffer and parsed in place, so a listing of any
 // size costs the buffer and no more: the kernel produces the next part of
 // the dump only as the last is read. A dumpSocket serves one listing at a
@@ -90,6 +90,13 @@ func newDumpSocket(ns netns.NsHandle) (*dumpSocket, error) {
 func (s *dumpSocket) dump(name string, flags uint32, fn func(attrs []byte) error) (reusable bool, err error) {
 	s.seq++
 	s.req = appendList(s.req[:0], s.seq, name, flags)
+	return s.exchange(unix.NFNL_SUBSYS_IPSET<<8|nl.IPSET_CMD_LIST, fn)
+}
+
+// exchange sends the dump request in s.req (sequence number s.seq) and
+// calls fn with the attributes, past the nfgenmsg header, of each reply
+// message of type typ, as dump does.
+func (s *dumpSocket) exchange(typ uint16, fn func(attrs []byte) error) (reusable bool, err error) {
 	if err := s.f.SetWriteDeadline(time.Now().Add(dumpTimeout)); err != nil {
 		return false, fmt.Errorf("netlink socket: %w", err)
 	}
@@ -116,21 +123,21 @@ func (s *dumpSocket) dump(name string, flags uint32, fn func(attrs []byte) error
 			if l < unix.SizeofNlMsghdr || l > len(m) {
 				return false, errors.New("netlink receive: malformed reply")
 			}
-			typ, seq, pid := ne.Uint16(m[4:6]), ne.Uint32(m[8:12]), ne.Uint32(m[12:16])
+			mtyp, seq, pid := ne.Uint16(m[4:6]), ne.Uint32(m[8:12]), ne.Uint32(m[12:16])
 			payload := m[unix.SizeofNlMsghdr:l]
 			m = m[min(nlAlign(l), len(m)):]
 			if seq != s.seq || pid != s.pid {
 				continue // a reply to an earlier request
 			}
-			switch typ {
+			switch mtyp {
 			case unix.NLMSG_DONE, unix.NLMSG_ERROR:
 				// DONE may carry the dump's error; ERROR carries one, or
 				// 0 for an ack.
 				if len(payload) < 4 {
 					return true, nil
 				}
-				return true, ackErr(payload)
-			case unix.NFNL_SUBSYS_IPSET<<8 | nl.IPSET_CMD_LIST:
+				return true, rawAckErr(payload)
+			case typ:
 				if len(payload) < nl.SizeofNfgenmsg {
 					continue
 				}
@@ -263,6 +270,18 @@ func (p *dumpSockets) interrupt(set string) int {
 		}
 	}
 	return n
+}
+
+// requestSocket opens a pinSocket in the namespace for requests that
+// run alongside a dump (the caller closes its fd), under p.mu as get
+// does.
+func (p *dumpSockets) requestSocket() (*pinSocket, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return nil, errClosed
+	}
+	return newPinSocket(p.ns)
 }
 
 // isClosed reports whether close was called.

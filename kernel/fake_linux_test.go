@@ -17,8 +17,6 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/vishvananda/netlink"
-
 	"github.com/handoff-lb/handoff/dataplane"
 )
 
@@ -71,7 +69,7 @@ type fakeKernel struct {
 	log     []string            // operations that changed something, in order
 	failOn  string              // restore input containing this fails at that line
 	onList  func()              // called (unlocked) before a list returns, once: the list takes it
-	flows   []*netlink.ConntrackFlow
+	flows   []flow
 	restore int // restore calls
 	saves   int // save calls
 	// lastWalk is the cost of the last synLands: rules looked at and set
@@ -365,12 +363,12 @@ func (f fakeSets) list(name string, fn func(member) error) error {
 // fakeFlows is the conntrack seam on a fakeKernel.
 type fakeFlows struct{ k *fakeKernel }
 
-func (f fakeFlows) deleteFlows(fam family, match func(*netlink.ConntrackFlow) bool) (int, error) {
+func (f fakeFlows) deleteFlows(fam family, match func(flow) bool) (int, error) {
 	f.k.mu.Lock()
 	defer f.k.mu.Unlock()
 	n := 0
-	f.k.flows = slices.DeleteFunc(f.k.flows, func(fl *netlink.ConntrackFlow) bool {
-		if (fl.FamilyType == 10) != (fam == ipv6) || !match(fl) {
+	f.k.flows = slices.DeleteFunc(f.k.flows, func(fl flow) bool {
+		if fl.dst.Addr().Is6() != (fam == ipv6) || !match(fl) {
 			return false
 		}
 		n++

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
-	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
@@ -30,7 +29,7 @@ const maxComment = 255
 type flowDeleter interface {
 	// deleteFlows deletes the conntrack entries of family fam for which
 	// match returns true and returns how many went.
-	deleteFlows(fam family, match func(*netlink.ConntrackFlow) bool) (int, error)
+	deleteFlows(fam family, match func(flow) bool) (int, error)
 }
 
 // Dataplane is the kernel data plane of one network namespace. It
@@ -418,7 +417,7 @@ func (d *Dataplane) Forget(ctx context.Context, service, backend string) (int, e
 		return 0, errClosed
 	}
 	vip, be := s.vip, b.addr
-	n, err := d.flows.deleteFlows(s.fam, func(f *netlink.ConntrackFlow) bool { return flowMatches(vip, be, f) })
+	n, err := d.flows.deleteFlows(s.fam, func(f flow) bool { return flowMatches(vip, be, f) })
 	if err != nil {
 		return n, fmt.Errorf("conntrack: forget flows of service %q to backend %q (%s): %w", service, backend, be, err)
 	}
@@ -426,22 +425,14 @@ func (d *Dataplane) Forget(ctx context.Context, service, backend string) (int, e
 }
 
 // flowMatches reports whether f is a TCP flow to vip that was DNATed to be.
-func flowMatches(vip, be netip.AddrPort, f *netlink.ConntrackFlow) bool {
-	if f.Forward.Protocol != unix.IPPROTO_TCP || f.Forward.DstPort != vip.Port() {
+func flowMatches(vip, be netip.AddrPort, f flow) bool {
+	if f.proto != unix.IPPROTO_TCP || f.dst.Port() != vip.Port() || f.replySrc != be {
 		return false
 	}
-	if f.Reverse.SrcPort != be.Port() || !ipEqual(f.Reverse.SrcIP, be.Addr()) {
-		return false
-	}
-	if ipEqual(f.Forward.DstIP, be.Addr()) && f.Forward.DstPort == be.Port() {
+	if f.dst == be {
 		return false // not DNATed: a direct connection to the backend
 	}
-	return vip.Addr().IsUnspecified() || ipEqual(f.Forward.DstIP, vip.Addr())
-}
-
-func ipEqual(ip []byte, a netip.Addr) bool {
-	b, ok := netip.AddrFromSlice(ip)
-	return ok && b.Unmap() == a
+	return vip.Addr().IsUnspecified() || f.dst.Addr() == vip.Addr()
 }
 
 // lookupLocked finds a service and, unless backend is "", its backend.
@@ -576,19 +567,3 @@ func tempSetName(name string) string {
 	}
 	return p + tempTag + strconv.FormatUint(h.Sum64(), 16)
 }
-
-// deleteFlows implements flowDeleter with the netlink conntrack API.
-func (s *nlSets) deleteFlows(fam family, match func(*netlink.ConntrackFlow) bool) (n int, err error) {
-	defer recoverNetlink(&err)
-	f := netlink.InetFamily(unix.AF_INET)
-	if fam == ipv6 {
-		f = unix.AF_INET6
-	}
-	c, err := s.h.ConntrackDeleteFilters(netlink.ConntrackTable, f, flowFilter(match))
-	return int(c), err
-}
-
-// flowFilter adapts a func to netlink.CustomConntrackFilter.
-type flowFilter func(*netlink.ConntrackFlow) bool
-
-func (f flowFilter) MatchConntrackFlow(flow *netlink.ConntrackFlow) bool { return f(flow) }

@@ -231,9 +231,15 @@ func (s *pinSocket) replies(first uint32, errs []error) (lost bool, err error) {
 // so an existing entry gets the new timeout and comment.
 func (s *pinSocket) add(e setAdd, replace bool) error {
 	s.seq++
-	b := appendAdd(s.req[:0], s.seq, addFlags(replace)|unix.NLM_F_ACK, e)
-	s.req = b
-	if err := retryEINTR(func() error { _, err := unix.Write(s.fd, b); return err }); err != nil {
+	s.req = appendAdd(s.req[:0], s.seq, addFlags(replace)|unix.NLM_F_ACK, e)
+	return mapIpsetErr(s.request())
+}
+
+// request sends the request in s.req, whose sequence number is s.seq and
+// which asks for an ack, and returns the kernel's answer: nil, an
+// nl.IPSetError or a syscall.Errno.
+func (s *pinSocket) request() error {
+	if err := retryEINTR(func() error { _, err := unix.Write(s.fd, s.req); return err }); err != nil {
 		return fmt.Errorf("netlink send: %w", err)
 	}
 	return s.ack()
@@ -292,7 +298,7 @@ func appendAdd(b []byte, seq uint32, flags uint16, e setAdd) []byte {
 }
 
 // ack reads replies until the one to the last request and returns its
-// error.
+// error, unmapped (rawAckErr).
 func (s *pinSocket) ack() error {
 	ne := binary.NativeEndian
 	for {
@@ -309,7 +315,7 @@ func (s *pinSocket) ack() error {
 			}
 			typ, seq := ne.Uint16(m[4:6]), ne.Uint32(m[8:12])
 			if seq == s.seq && typ == unix.NLMSG_ERROR && l >= unix.SizeofNlMsghdr+4 {
-				return ackErr(m[unix.SizeofNlMsghdr:])
+				return rawAckErr(m[unix.SizeofNlMsghdr:])
 			}
 			// A reply to an earlier request that timed out: skip it.
 			m = m[min(nlAlign(l), len(m)):]
@@ -317,16 +323,21 @@ func (s *pinSocket) ack() error {
 	}
 }
 
-// ackErr returns the error of an NLMSG_ERROR payload (nil for an ack).
-func ackErr(payload []byte) error {
+// ackErr returns the error of an NLMSG_ERROR payload (nil for an ack),
+// mapped as an ipset command's.
+func ackErr(payload []byte) error { return mapIpsetErr(rawAckErr(payload)) }
+
+// rawAckErr returns the error of an NLMSG_ERROR payload (nil for an ack):
+// an nl.IPSetError for ipset's own codes, else a syscall.Errno.
+func rawAckErr(payload []byte) error {
 	errno := -int32(binary.NativeEndian.Uint32(payload))
 	switch {
 	case errno == 0:
 		return nil
 	case errno >= nl.IPSET_ERR_PRIVATE:
-		return mapIpsetErr(nl.IPSetError(errno))
+		return nl.IPSetError(errno)
 	default:
-		return mapIpsetErr(syscall.Errno(errno))
+		return syscall.Errno(errno)
 	}
 }
 

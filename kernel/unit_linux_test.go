@@ -15,8 +15,6 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
-	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 
 	"github.com/handoff-lb/handoff/dataplane"
 )
@@ -650,26 +648,23 @@ func TestRebuildKeepsPins(t *testing.T) {
 func TestForgetMatchesFlows(t *testing.T) {
 	vip := netip.MustParseAddrPort("198.18.1.1:80")
 	be := netip.MustParseAddrPort("198.19.1.11:8080")
-	flow := func(proto uint8, dst string, dport uint16, rsrc string, rsport uint16) *netlink.ConntrackFlow {
-		f := &netlink.ConntrackFlow{FamilyType: unix.AF_INET}
-		f.Forward = netlink.IPTuple{Protocol: proto, SrcIP: netip.MustParseAddr("198.18.0.2").AsSlice(), SrcPort: 40000, DstIP: netip.MustParseAddr(dst).AsSlice(), DstPort: dport}
-		f.Reverse = netlink.IPTuple{Protocol: proto, SrcIP: netip.MustParseAddr(rsrc).AsSlice(), SrcPort: rsport, DstIP: netip.MustParseAddr("198.18.0.2").AsSlice(), DstPort: 40000}
-		return f
+	mk := func(proto uint8, dst string, dport uint16, rsrc string, rsport uint16) flow {
+		return flow{proto: proto, dst: netip.AddrPortFrom(netip.MustParseAddr(dst), dport), replySrc: netip.AddrPortFrom(netip.MustParseAddr(rsrc), rsport)}
 	}
 	for _, c := range []struct {
 		desc string
 		vip  netip.AddrPort
-		f    *netlink.ConntrackFlow
+		f    flow
 		want bool
 	}{
-		{"dnated to backend", vip, flow(6, "198.18.1.1", 80, "198.19.1.11", 8080), true},
-		{"other backend", vip, flow(6, "198.18.1.1", 80, "198.19.1.12", 8080), false},
-		{"other backend port", vip, flow(6, "198.18.1.1", 80, "198.19.1.11", 9090), false},
-		{"other vip", vip, flow(6, "198.18.1.9", 80, "198.19.1.11", 8080), false},
-		{"other port", vip, flow(6, "198.18.1.1", 81, "198.19.1.11", 8080), false},
-		{"udp", vip, flow(17, "198.18.1.1", 80, "198.19.1.11", 8080), false},
-		{"not dnated", netip.MustParseAddrPort("0.0.0.0:8080"), flow(6, "198.19.1.11", 8080, "198.19.1.11", 8080), false},
-		{"any local vip", netip.MustParseAddrPort("0.0.0.0:80"), flow(6, "198.18.1.7", 80, "198.19.1.11", 8080), true},
+		{"dnated to backend", vip, mk(6, "198.18.1.1", 80, "198.19.1.11", 8080), true},
+		{"other backend", vip, mk(6, "198.18.1.1", 80, "198.19.1.12", 8080), false},
+		{"other backend port", vip, mk(6, "198.18.1.1", 80, "198.19.1.11", 9090), false},
+		{"other vip", vip, mk(6, "198.18.1.9", 80, "198.19.1.11", 8080), false},
+		{"other port", vip, mk(6, "198.18.1.1", 81, "198.19.1.11", 8080), false},
+		{"udp", vip, mk(17, "198.18.1.1", 80, "198.19.1.11", 8080), false},
+		{"not dnated", netip.MustParseAddrPort("0.0.0.0:8080"), mk(6, "198.19.1.11", 8080, "198.19.1.11", 8080), false},
+		{"any local vip", netip.MustParseAddrPort("0.0.0.0:80"), mk(6, "198.18.1.7", 80, "198.19.1.11", 8080), true},
 	} {
 		t.Run(c.desc, func(t *testing.T) {
 			if got := flowMatches(c.vip, be, c.f); got != c.want {
@@ -679,10 +674,10 @@ func TestForgetMatchesFlows(t *testing.T) {
 	}
 	d, k := newFakeDataplane(Options{})
 	mustSync(t, d, dataplane.State{Services: []dataplane.Service{svc("web", "198.18.1.1:80", time.Hour, false, "a", "198.19.1.11:8080", "b", "198.19.1.12:8080")}})
-	k.flows = []*netlink.ConntrackFlow{
-		flow(6, "198.18.1.1", 80, "198.19.1.11", 8080),
-		flow(6, "198.18.1.1", 80, "198.19.1.11", 8080),
-		flow(6, "198.18.1.1", 80, "198.19.1.12", 8080),
+	k.flows = []flow{
+		mk(6, "198.18.1.1", 80, "198.19.1.11", 8080),
+		mk(6, "198.18.1.1", 80, "198.19.1.11", 8080),
+		mk(6, "198.18.1.1", 80, "198.19.1.12", 8080),
 	}
 	if n, err := d.Forget(context.Background(), "web", "a"); n != 2 || err != nil {
 		t.Errorf("Forget = %d, %v; want 2", n, err)
