@@ -43,6 +43,8 @@ type loop struct {
 	live     session // sentinel of the list of live sessions
 	spare    *[]byte // a copy buffer for the next read
 	pollFn   func(fd uintptr) bool
+	// timeWaits destroys the TIME_WAIT sockets of transparent sessions.
+	timeWaits timeWaits
 }
 
 // handler is what an epoll registration points to: a connection, or a
@@ -322,6 +324,7 @@ func (l *loop) shutdown() {
 	}
 	l.epf.Close()
 	rawClose(l.evfd)
+	l.timeWaits.close()
 }
 
 // setDeadline makes the poller wake the loop for its next timer.

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 
 	"golang.org/x/sys/unix"
@@ -382,7 +383,15 @@ func (s *session) end(err error) {
 	}
 	s.finish()
 	if s.backend.l != nil {
+		var local netip.AddrPort
+		if s.r.Source.IsValid() {
+			s.backend.LocalAddr() // asks the kernel: the port may not be Source's
+			local = s.backend.local
+		}
 		s.backend.closeFD()
+		if local.IsValid() {
+			s.l.timeWaits.destroy(local, s.r.Backend) // see timewait_linux.go
+		}
 	}
 	s.client.closeFD()
 	s.r.Result.Done(Stats{ClientToBackend: s.up.moved, BackendToClient: s.down.moved}, err)

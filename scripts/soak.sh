@@ -74,7 +74,10 @@ if grep -E 'level=(error|fatal|panic)' "$work/handoff.log" | grep -v 'backend do
 	status=1
 fi
 if [ "$status" -ne 0 ]; then
-	echo "--- handoff log (last 40 lines)" >&2
+	keep=$(mktemp /tmp/handoff-soak-XXXXXX.log)
+	cp "$work/handoff.log" "$keep"
+	echo "--- handoff log (warnings, then the last 40 lines; all of it in $keep)" >&2
+	grep -E 'level=(warning|error|fatal|panic)' "$work/handoff.log" | tail -n 40 >&2 || true
 	tail -n 40 "$work/handoff.log" >&2
 	exit "$status"
 fi

@@ -147,9 +147,14 @@ func (n *NS) Dial(ctx context.Context, network, addr string) (net.Conn, error) {
 // (any address when src is the zero Addr). Use it with the addresses of
 // Topology.AddClients to act as many clients.
 func (n *NS) DialFrom(ctx context.Context, src netip.Addr, network, addr string) (net.Conn, error) {
+	return n.DialFromPort(ctx, netip.AddrPortFrom(src, 0), network, addr)
+}
+
+// DialFromPort is DialFrom from a given source port too (any when 0).
+func (n *NS) DialFromPort(ctx context.Context, src netip.AddrPort, network, addr string) (net.Conn, error) {
 	var d net.Dialer
-	if src.IsValid() {
-		d.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}
+	if src.Addr().IsValid() {
+		d.LocalAddr = net.TCPAddrFromAddrPort(src)
 	}
 	var c net.Conn
 	err := n.Do(func() (err error) {
