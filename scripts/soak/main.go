@@ -16,6 +16,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"golang.org/x/time/rate"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -76,6 +77,7 @@ type options struct {
 	clients                                  int
 	pinned                                   int
 	workers                                  int
+	rate                                     float64
 	rssGrowth                                float64
 }
 
@@ -94,6 +96,11 @@ func drive(args []string) int {
 	fs.IntVar(&o.clients, "clients", 100, "client addresses 198.18.0.2..")
 	fs.IntVar(&o.pinned, "pinned", 20, "of them, the ones that come back all the time (pinned)")
 	fs.IntVar(&o.workers, "workers", 8, "concurrent clients")
+	// Every connection holds a conntrack entry for two minutes after it
+	// closes (TIME_WAIT): unpaced, the workers fill the default table
+	// (262,144) and the kernel drops SYNs, which tests the host's sizing,
+	// not handoff. 1,000/s keeps it under half full.
+	fs.Float64Var(&o.rate, "rate", 1000, "connections per second, all workers together (0: unpaced)")
 	fs.Float64Var(&o.rssGrowth, "rss-growth", 1.5, "RSS bound: this times the baseline, plus 64 MiB")
 	var bes string
 	fs.StringVar(&bes, "backends", "ho-be1=198.19.1.11:80=be1,ho-be2=198.19.1.12:80=be2,ho-be3=198.19.1.13:80=be3", "backends: ns=addr=name, comma-separated")
@@ -127,6 +134,7 @@ type soak struct {
 	served   atomic.Int64
 	refused  atomic.Int64 // connections refused in a kill window (allowed)
 	failures chan error
+	pace     *rate.Limiter
 }
 
 func newSoak(o options) (*soak, error) {
@@ -139,7 +147,10 @@ func newSoak(o options) (*soak, error) {
 		c.Close()
 		return nil, fmt.Errorf("netns %s: %w", o.lbNS, err)
 	}
-	s := &soak{o: o, client: c, lb: l, procs: map[string]*exec.Cmd{}, addrs: map[string]string{}, failures: make(chan error, 16)}
+	s := &soak{o: o, client: c, lb: l, procs: map[string]*exec.Cmd{}, addrs: map[string]string{}, failures: make(chan error, 16), pace: rate.NewLimiter(rate.Inf, 1)}
+	if o.rate > 0 {
+		s.pace = rate.NewLimiter(rate.Limit(o.rate), o.workers)
+	}
 	for _, b := range o.backends {
 		p := strings.Split(b, "=")
 		if len(p) != 3 {
@@ -250,8 +261,11 @@ func (s *soak) load(ctx context.Context, w int) {
 		if r.IntN(2) == 0 {
 			i = s.o.pinned + r.IntN(s.o.clients-s.o.pinned)
 		}
+		if s.pace.Wait(ctx) != nil {
+			return
+		}
 		if err := s.exchange(ctx, clientAddr(i)); err != nil && ctx.Err() == nil {
-			s.fail(err)
+			s.fail(fmt.Errorf("%w\n%s", err, s.kernelView(clientAddr(i))))
 			return
 		}
 	}
@@ -284,6 +298,37 @@ func (s *soak) exchange(ctx context.Context, src netip.Addr) error {
 	}
 	s.served.Add(1)
 	return nil
+}
+
+// kernelView is what the balancer's kernel holds for a failed client:
+// its conntrack entries and its set memberships, for the failure report.
+func (s *soak) kernelView(client netip.Addr) string {
+	var b strings.Builder
+	type view struct {
+		ns   string
+		args []string
+	}
+	views := []view{
+		{s.o.lbNS, []string{"sh", "-c", "conntrack -L -p tcp -s " + client.String() + " 2>&1 | grep -v TIME_WAIT"}},
+		{s.o.lbNS, []string{"sh", "-c", "conntrack -L -p tcp -s " + client.String() + " 2>/dev/null | grep -c TIME_WAIT"}},
+		{s.o.lbNS, []string{"sh", "-c", "ipset save | grep -F -w -- " + client.String()}},
+		{s.o.clientNS, []string{"sh", "-c", "ss -tan src " + client.String() + " | awk '{print $1}' | sort | uniq -c"}},
+	}
+	for _, nsAddr := range s.addrs {
+		ns, _, _ := strings.Cut(nsAddr, "=")
+		views = append(views, view{ns, []string{"sh", "-c", "nstat -az TcpExtListenDrops TcpExtListenOverflows TcpExtTCPTimeWaitOverflow; ss -tan dst " + client.String() + " | awk '{print $1}' | sort | uniq -c"}})
+	}
+	for _, v := range views {
+		args := v.args
+		fmt.Fprintf(&b, "--- in %s: ", v.ns)
+		out, _ := exec.Command("ip", append([]string{"netns", "exec", v.ns}, args...)...).CombinedOutput()
+		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+		if len(lines) > 40 {
+			lines = append(lines[:40], fmt.Sprintf("... %d lines more", len(lines)-40))
+		}
+		fmt.Fprintf(&b, "%s:\n%s\n", strings.Join(args, " "), strings.Join(lines, "\n"))
+	}
+	return b.String()
 }
 
 // killWindow is how long after a backend is killed its clients may see
@@ -404,6 +449,7 @@ func (s *soak) watch(ctx context.Context) error {
 	defer t.Stop()
 	start := time.Now()
 	var base map[string]float64
+	excess := false // the last reading showed more pins than clients
 	for {
 		select {
 		case <-ctx.Done():
@@ -419,10 +465,25 @@ func (s *soak) watch(ctx context.Context) error {
 			}
 			return fmt.Errorf("metrics: %w", err)
 		}
-		fmt.Printf("soak: %s served %d rss %.0f MiB goroutines %.0f fds %.0f pins %.0f\n", time.Since(start).Round(time.Second),
-			s.served.Load(), m["process_resident_memory_bytes"]/(1<<20), m["go_goroutines"], m["process_open_fds"], m["handoff_pins"])
+		fill := 0.0
+		if m["handoff_conntrack_max"] > 0 {
+			fill = m["handoff_conntrack_entries"] / m["handoff_conntrack_max"]
+		}
+		fmt.Printf("soak: %s served %d rss %.0f MiB goroutines %.0f fds %.0f pins %.0f conntrack %.0f%%\n", time.Since(start).Round(time.Second),
+			s.served.Load(), m["process_resident_memory_bytes"]/(1<<20), m["go_goroutines"], m["process_open_fds"], m["handoff_pins"], 100*fill)
+		// A migration pins its clients to their new backend before it
+		// unpins them from the old one: more pins than clients is a leak
+		// only when the next reading still shows it.
 		if m["handoff_pins"] > float64(s.o.clients) {
-			return fmt.Errorf("%.0f pins for %d client addresses", m["handoff_pins"], s.o.clients)
+			if excess {
+				return fmt.Errorf("%.0f pins for %d client addresses, twice in a row", m["handoff_pins"], s.o.clients)
+			}
+			excess = true
+		} else {
+			excess = false
+		}
+		if fill > 0.9 {
+			return fmt.Errorf("the conntrack table is %.0f%% full: the load outgrew the host, not handoff (lower -rate)", 100*fill)
 		}
 		if time.Since(start) < s.o.warmup {
 			continue
@@ -470,7 +531,7 @@ func (s *soak) metrics(ctx context.Context) (map[string]float64, error) {
 			name = name[:i]
 		}
 		switch name {
-		case "process_resident_memory_bytes", "go_goroutines", "process_open_fds", "handoff_pins":
+		case "process_resident_memory_bytes", "go_goroutines", "process_open_fds", "handoff_pins", "handoff_conntrack_entries", "handoff_conntrack_max":
 			v, err := strconv.ParseFloat(strings.TrimSpace(rest), 64)
 			if err != nil {
 				return nil, errors.New("metrics: " + line)
