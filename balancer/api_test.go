@@ -12,63 +12,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sirupsen/logrus"
-
 	"github.com/handoff-lb/handoff/balancer"
 	"github.com/handoff-lb/handoff/config"
-	"github.com/handoff-lb/handoff/fallback"
 )
-
-// startStateful runs a userspace engine whose affinity table and runtime
-// state live in dir, so a second call with the same dir is a restart.
-func startStateful(t *testing.T, cfg *config.Config, dir string) *running {
-	t.Helper()
-	log := logrus.New()
-	log.SetLevel(logrus.WarnLevel)
-	dp, err := fallback.New(fallback.Options{StateDir: dir, Logger: logrus.NewEntry(log)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	eng, err := balancer.New(balancer.Options{Config: cfg, Dataplane: dp, Logger: logrus.NewEntry(log), StateDir: dir, Version: "test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{eng: eng, cancel: cancel, done: make(chan error, 1), dp: dp}
-	go func() { r.done <- eng.Run(ctx) }()
-	stopped := false
-	stop := func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		cancel()
-		if err := <-r.done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-		dp.Close()
-	}
-	t.Cleanup(stop)
-	r.stop = stop
-	waitStatus(t, eng)
-	return r
-}
-
-// waitStatus waits until Run has started (Status reports an uptime).
-func waitStatus(t *testing.T, eng *balancer.Engine) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		st, err := eng.Status(context.Background())
-		if err == nil && !st.Started.IsZero() && len(st.Services) > 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("engine never started: %v", err)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
 
 func backendOf(t *testing.T, st balancer.Status, svc, name string) balancer.BackendStatus {
 	t.Helper()

@@ -20,7 +20,6 @@ import (
 
 	"github.com/handoff-lb/handoff/balancer"
 	"github.com/handoff-lb/handoff/config"
-	"github.com/handoff-lb/handoff/fallback"
 	"github.com/handoff-lb/handoff/internal/testenv"
 )
 
@@ -103,27 +102,15 @@ func TestNoGoroutineLeak(t *testing.T) {
 	log.SetLevel(logrus.WarnLevel)
 	warnings := &testenv.Buffer{}
 	log.SetOutput(warnings)
-	dp, err := fallback.New(fallback.Options{StateDir: t.TempDir(), Logger: logrus.NewEntry(log)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	eng, err := balancer.New(balancer.Options{Config: cfg, Dataplane: dp, Logger: logrus.NewEntry(log), StateDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- eng.Run(ctx) }()
+	r := runEngine(t, balancer.Options{Config: cfg, Logger: logrus.NewEntry(log), StateDir: t.TempDir()})
+	eng := r.eng
 	addr := map[string]string{}
-	deadline := time.Now().Add(5 * time.Second)
 	for _, s := range cfg.Services {
-		for eng.Addr(s.Name) == nil {
-			if time.Now().After(deadline) {
-				t.Fatalf("service %s never listened", s.Name)
-			}
-			time.Sleep(5 * time.Millisecond)
+		a := eng.Addr(s.Name)
+		if a == nil {
+			t.Fatalf("serving, but service %s does not listen", s.Name)
 		}
-		addr[s.Name] = eng.Addr(s.Name).String()
+		addr[s.Name] = a.String()
 	}
 
 	// Clients come from 127.0.0.2-127.0.0.41, so the affinity table holds
@@ -271,11 +258,7 @@ func TestNoGoroutineLeak(t *testing.T) {
 		t.Errorf("%d of 30 connections past max_connections refused", refused)
 	}
 
-	cancel()
-	if err := <-done; err != nil {
-		t.Errorf("Run: %v", err)
-	}
-	if err := dp.Close(); err != nil {
+	if err := r.stop(); err != nil {
 		t.Errorf("data plane Close: %v", err)
 	}
 	for _, c := range held {
