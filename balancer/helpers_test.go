@@ -73,8 +73,8 @@ func testService(name string, health config.Check, backends ...*namedEcho) confi
 
 // running is an engine that serves until the test ends or stop is called.
 type running struct {
-	eng  *balancer.Engine
-	dp   *fallback.Dataplane // the data plane runEngine made, if it made one
+	eng *balancer.Engine
+	dp  *fallback.Dataplane // the data plane runEngine made, if it made one
 	// stop stops the engine now and returns the error of closing the
 	// data plane runEngine made; it does nothing the second time.
 	stop func() error
