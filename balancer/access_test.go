@@ -14,7 +14,6 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/handoff-lb/handoff/balancer"
-	"github.com/handoff-lb/handoff/config"
 	"github.com/handoff-lb/handoff/internal/testenv"
 )
 
@@ -23,7 +22,7 @@ import (
 // counters of the status.
 func TestAccessLog(t *testing.T) {
 	be1 := startEcho(t, "be1")
-	cfg := &config.Config{Services: []config.Service{testService("web", config.CheckNone, be1)}}
+	cfg := webConfig(be1)
 	var buf testenv.Buffer
 	access := logrus.New()
 	access.SetOutput(&buf)

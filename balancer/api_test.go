@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/handoff-lb/handoff/balancer"
-	"github.com/handoff-lb/handoff/config"
 )
 
 func backendOf(t *testing.T, st balancer.Status, svc, name string) balancer.BackendStatus {
@@ -41,15 +40,9 @@ func status(t *testing.T, eng *balancer.Engine) balancer.Status {
 	return st
 }
 
-func backendName(t *testing.T, addr net.Addr, src string) string {
-	t.Helper()
-	name, _, _ := strings.Cut(ask(t, addr, src), " ")
-	return name
-}
-
 func TestControlPinsAndStatus(t *testing.T) {
 	be1, be2 := startEcho(t, "be1"), startEcho(t, "be2")
-	cfg := &config.Config{Services: []config.Service{testService("web", config.CheckNone, be1, be2)}}
+	cfg := webConfig(be1, be2)
 	r := startStateful(t, cfg, t.TempDir())
 	ctx := context.Background()
 	addr := r.eng.Addr("web")
@@ -141,7 +134,7 @@ func TestControlPinsAndStatus(t *testing.T) {
 
 func TestControlRegisterDrainCloseSurviveRestart(t *testing.T) {
 	be1, be2, be3 := startEcho(t, "be1"), startEcho(t, "be2"), startEcho(t, "be3")
-	cfg := &config.Config{Services: []config.Service{testService("web", config.CheckNone, be1)}}
+	cfg := webConfig(be1)
 	dir := t.TempDir()
 	r := startStateful(t, cfg, dir)
 	ctx := context.Background()

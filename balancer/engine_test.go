@@ -1,7 +1,6 @@
 package balancer_test
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -21,7 +20,7 @@ import (
 // "stopping" once Run's context ends.
 func TestEngineState(t *testing.T) {
 	be1 := startEcho(t, "be1")
-	cfg := &config.Config{Services: []config.Service{testService("web", config.CheckNone, be1)}}
+	cfg := webConfig(be1)
 	log := logrus.New()
 	log.SetLevel(logrus.WarnLevel)
 	dp := &gatedSync{Dataplane: newFDP(t), gate: newGate()}
@@ -69,26 +68,9 @@ func TestEngineState(t *testing.T) {
 	}
 }
 
-// ask connects from source address src and returns the backend's greeting.
-func ask(t *testing.T, addr net.Addr, src string) string {
-	t.Helper()
-	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 2 * time.Second}
-	c, err := d.Dial("tcp", addr.String())
-	if err != nil {
-		t.Fatalf("dial from %s: %v", src, err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(3 * time.Second))
-	line, err := bufio.NewReader(c).ReadString('\n')
-	if err != nil {
-		t.Fatalf("read from %s: %v", src, err)
-	}
-	return strings.TrimSpace(line)
-}
-
 func TestUserspaceClientsStick(t *testing.T) {
 	be1, be2 := startEcho(t, "be1"), startEcho(t, "be2")
-	cfg := &config.Config{Services: []config.Service{testService("web", config.CheckNone, be1, be2)}}
+	cfg := webConfig(be1, be2)
 	r := startEngine(t, cfg)
 	addr := r.eng.Addr("web")
 
@@ -111,7 +93,7 @@ func TestUserspaceClientsStick(t *testing.T) {
 
 func TestUserspaceHalfCloseEcho(t *testing.T) {
 	be1 := startEcho(t, "be1")
-	r := startEngine(t, &config.Config{Services: []config.Service{testService("web", config.CheckNone, be1)}})
+	r := startEngine(t, webConfig(be1))
 	c, err := net.Dial("tcp", r.eng.Addr("web").String())
 	if err != nil {
 		t.Fatal(err)

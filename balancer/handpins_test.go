@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/handoff-lb/handoff/balancer"
-	"github.com/handoff-lb/handoff/config"
 	"github.com/handoff-lb/handoff/fallback"
 	"github.com/handoff-lb/handoff/healthcheck"
 )
@@ -36,7 +35,7 @@ func pinOf(t *testing.T, eng *balancer.Engine, client string) string {
 // is unpinned by hand.
 func TestHandPinsPersist(t *testing.T) {
 	be1, be2 := startEcho(t, "be1"), startEcho(t, "be2")
-	cfg := &config.Config{Services: []config.Service{testService("web", config.CheckNone, be1, be2)}}
+	cfg := webConfig(be1, be2)
 	dir := t.TempDir()
 	ctx := context.Background()
 	client := netip.MustParseAddr("127.0.0.9")
@@ -79,7 +78,7 @@ func TestHandPinsPersist(t *testing.T) {
 // is made.
 func TestHandPinToUnusableBackendConflicts(t *testing.T) {
 	be1, be2 := startEcho(t, "be1"), startEcho(t, "be2")
-	r := startEngine(t, &config.Config{Services: []config.Service{testService("web", config.CheckNone, be1, be2)}})
+	r := startEngine(t, webConfig(be1, be2))
 	ctx := context.Background()
 	client := netip.MustParseAddr("127.0.0.9")
 	r.eng.OnHealth(healthcheck.Event{Service: "web", Backend: "be1", Up: false, Reason: "test", At: time.Now()})

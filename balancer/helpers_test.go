@@ -1,6 +1,7 @@
 package balancer_test
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -69,6 +70,35 @@ func testService(name string, health config.Check, backends ...*namedEcho) confi
 		sc.Pools[0].Backends = append(sc.Pools[0].Backends, config.Backend{Name: b.name, Address: b.addr(), Weight: 1})
 	}
 	return sc
+}
+
+// webConfig is a config of one service, "web", over backends.
+func webConfig(backends ...*namedEcho) *config.Config {
+	return &config.Config{Services: []config.Service{testService("web", config.CheckNone, backends...)}}
+}
+
+// ask connects from source address src and returns the backend's greeting.
+func ask(t *testing.T, addr net.Addr, src string) string {
+	t.Helper()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 2 * time.Second}
+	c, err := d.Dial("tcp", addr.String())
+	if err != nil {
+		t.Fatalf("dial from %s: %v", src, err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(3 * time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		t.Fatalf("read from %s: %v", src, err)
+	}
+	return strings.TrimSpace(line)
+}
+
+// backendName is the name of the backend that answers a client from src.
+func backendName(t *testing.T, addr net.Addr, src string) string {
+	t.Helper()
+	name, _, _ := strings.Cut(ask(t, addr, src), " ")
+	return name
 }
 
 // running is an engine that serves until the test ends or stop is called.

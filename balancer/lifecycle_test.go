@@ -157,7 +157,7 @@ func (f *failNthSync) Sync(ctx context.Context, st dataplane.State) error {
 func TestFailedSyncRestoresRunningState(t *testing.T) {
 	be1, be2 := startEcho(t, "be1"), startEcho(t, "be2")
 	dp := &failNthSync{Dataplane: newFDP(t), fail: map[int]bool{2: true}} // 1: Run, 2: the registration's union
-	eng := startWith(t, &config.Config{Services: []config.Service{testService("web", config.CheckNone, be1)}}, dp, false)
+	eng := startWith(t, webConfig(be1), dp, false)
 	if err := eng.Register(context.Background(), "web", balancer.Registration{Name: "be2", Address: be2.addr()}); err == nil {
 		t.Fatal("Register succeeded although the data plane sync failed")
 	}
@@ -208,7 +208,7 @@ func TestRegisterUnsavedIsUndone(t *testing.T) {
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	cfg := &config.Config{Services: []config.Service{testService("web", config.CheckNone, be1)}}
+	cfg := webConfig(be1)
 	r := startStateful(t, cfg, dir)
 	ctx := context.Background()
 	// state_dir becomes unusable: a file where the directory was.

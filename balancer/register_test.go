@@ -90,7 +90,7 @@ func TestKernelModeRefusesUnforwardableRegistrations(t *testing.T) {
 	if err := eng.Register(ctx, "web", balancer.Registration{Name: "x", Address: netip.MustParseAddrPort("198.19.0.5:80")}); err != nil {
 		t.Errorf("kernel mode, register a routable backend: %v", err)
 	}
-	r := startEngine(t, &config.Config{Services: []config.Service{testService("web", config.CheckNone, be1)}})
+	r := startEngine(t, webConfig(be1))
 	if err := r.eng.Register(ctx, "web", balancer.Registration{Name: "x", Address: netip.MustParseAddrPort("127.0.0.5:80")}); err != nil {
 		t.Errorf("userspace mode, register a loopback backend: %v", err)
 	}
