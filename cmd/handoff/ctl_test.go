@@ -299,12 +299,7 @@ func canonicalJSON(s string) string {
 // stdout.
 func TestCtlErrors(t *testing.T) {
 	api, url, tokenFile := ctlSetup(t)
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := ln.Addr().String()
-	ln.Close()
+	dead := freeAddr(t)
 	api1 := []string{"--admin", url, "--token-file", tokenFile}
 	noToken := filepath.Join(t.TempDir(), "none")
 
@@ -410,16 +405,11 @@ services:
 // TestCtlBinary: the built binary exits 1 with one line when the daemon is
 // not there.
 func TestCtlBinary(t *testing.T) {
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := ln.Addr().String()
-	ln.Close()
+	dead := freeAddr(t)
 	cmd := exec.Command(binary(t), "status", "--admin", dead, "--token-file", "")
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err = cmd.Run()
+	err := cmd.Run()
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
 		t.Fatalf("status: %v, want exit 1", err)
 	}
