@@ -29,11 +29,7 @@ type namedEcho struct {
 
 func startEcho(t *testing.T, name string) *namedEcho {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	nstest.Serve(t, ln, func(c net.Conn) {
+	ln := nstest.ServeLoopback(t, func(c net.Conn) {
 		fmt.Fprintf(c, "%s %s\n", name, c.RemoteAddr().(*net.TCPAddr).IP)
 		io.Copy(c, c)
 		c.(*net.TCPConn).CloseWrite()

@@ -17,6 +17,7 @@ import (
 
 	"github.com/handoff-lb/handoff/balancer"
 	"github.com/handoff-lb/handoff/config"
+	"github.com/handoff-lb/handoff/internal/nstest"
 )
 
 // ctlStatusJSON is what the fake API answers to GET /api/v1/status.
@@ -299,7 +300,7 @@ func canonicalJSON(s string) string {
 // stdout.
 func TestCtlErrors(t *testing.T) {
 	api, url, tokenFile := ctlSetup(t)
-	dead := freeAddr(t)
+	dead := nstest.RefusedAddr(t).String()
 	api1 := []string{"--admin", url, "--token-file", tokenFile}
 	noToken := filepath.Join(t.TempDir(), "none")
 
@@ -405,7 +406,7 @@ services:
 // TestCtlBinary: the built binary exits 1 with one line when the daemon is
 // not there.
 func TestCtlBinary(t *testing.T) {
-	dead := freeAddr(t)
+	dead := nstest.RefusedAddr(t).String()
 	cmd := exec.Command(binary(t), "status", "--admin", dead, "--token-file", "")
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -19,18 +18,6 @@ func binary(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return bin
-}
-
-// freeAddr is a loopback address nothing listens on now: the daemon under
-// test binds it, and a race for it makes a test fail, not pass.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 // writeWebConfig writes dir/handoff.yaml: head (a mode: line, or none),

@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/handoff-lb/handoff/internal/nstest"
 )
 
 // TestSystemdNotify: started as a Type=notify service with a watchdog, the
@@ -22,7 +24,7 @@ func TestSystemdNotify(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	cfg := writeWebConfig(t, dir, "mode: userspace", freeAddr(t), "127.0.0.1:9")
+	cfg := writeWebConfig(t, dir, "mode: userspace", nstest.RefusedAddr(t).String(), "127.0.0.1:9")
 	cmd := exec.Command(binary(t), "run", "-c", cfg)
 	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock, "WATCHDOG_USEC=200000")
 	var stderr strings.Builder
