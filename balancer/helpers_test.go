@@ -111,7 +111,7 @@ type running struct {
 // directory when that is empty), closed once the engine stopped. The
 // engine is stopped, and its Run must return no error, at r.stop or when
 // the test ends.
-func runEngine(t *testing.T, opts balancer.Options) *running {
+func runEngine(t testing.TB, opts balancer.Options) *running {
 	t.Helper()
 	if opts.Logger == nil {
 		log := logrus.New()
