@@ -38,67 +38,33 @@ func TestMonitoringNamesExist(t *testing.T) {
 
 	dir := "../deploy/monitoring"
 	named := map[string][]string{} // metric → where
-	files, _ := filepath.Glob(filepath.Join(dir, "*.yaml"))
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var doc struct {
-			Groups []struct {
-				Rules []struct {
-					Alert, Record, Expr string
-				}
-			}
-			Tests []struct {
-				InputSeries []struct {
-					Series string
-				} `yaml:"input_series"`
-			}
-		}
-		if err := yaml.Unmarshal(b, &doc); err != nil {
-			t.Fatalf("%s: %v", f, err)
-		}
+	files := decodeAll(t, filepath.Join(dir, "*.yaml"), yaml.Unmarshal, func(f string, doc *ruleFile) {
 		for _, g := range doc.Groups {
 			for _, r := range g.Rules {
 				for _, m := range metricName.FindAllString(r.Expr, -1) {
-					named[m] = append(named[m], filepath.Base(f)+" "+r.Alert+r.Record)
+					named[m] = append(named[m], f+" "+r.Alert+r.Record)
 				}
 			}
 		}
 		for _, tc := range doc.Tests {
 			for _, in := range tc.InputSeries {
 				for _, m := range metricName.FindAllString(in.Series, 1) {
-					named[m] = append(named[m], filepath.Base(f)+" input series")
+					named[m] = append(named[m], f+" input series")
 				}
 			}
 		}
-	}
-	dashboards, _ := filepath.Glob(filepath.Join(dir, "*.json"))
-	for _, f := range dashboards {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var d struct {
-			Panels []struct {
-				Title   string
-				Targets []struct{ Expr string }
-			}
-		}
-		if err := json.Unmarshal(b, &d); err != nil {
-			t.Fatalf("%s: %v", f, err)
-		}
+	})
+	dashboards := decodeAll(t, filepath.Join(dir, "*.json"), json.Unmarshal, func(f string, d *dashboard) {
 		for _, p := range d.Panels {
 			for _, tg := range p.Targets {
 				for _, m := range metricName.FindAllString(tg.Expr, -1) {
-					named[m] = append(named[m], filepath.Base(f)+" panel "+p.Title)
+					named[m] = append(named[m], f+" panel "+p.Title)
 				}
 			}
 		}
-	}
-	if len(files) == 0 || len(dashboards) == 0 || len(named) < 20 {
-		t.Fatalf("found %d rule files, %d dashboards, %d metric names in %s", len(files), len(dashboards), len(named), dir)
+	})
+	if files == 0 || dashboards == 0 || len(named) < 20 {
+		t.Fatalf("found %d rule files, %d dashboards, %d metric names in %s", files, dashboards, len(named), dir)
 	}
 	for _, m := range slices.Sorted(func(yield func(string) bool) {
 		for k := range named {
@@ -111,4 +77,46 @@ func TestMonitoringNamesExist(t *testing.T) {
 			t.Errorf("%s, named by %s, is not in /metrics", m, strings.Join(slices.Compact(named[m]), ", "))
 		}
 	}
+}
+
+// ruleFile is what the test reads of a Prometheus rule file with its unit
+// tests.
+type ruleFile struct {
+	Groups []struct {
+		Rules []struct {
+			Alert, Record, Expr string
+		}
+	}
+	Tests []struct {
+		InputSeries []struct {
+			Series string
+		} `yaml:"input_series"`
+	}
+}
+
+// dashboard is what the test reads of a Grafana dashboard.
+type dashboard struct {
+	Panels []struct {
+		Title   string
+		Targets []struct{ Expr string }
+	}
+}
+
+// decodeAll decodes each file that matches pattern with unmarshal and
+// hands it, by its base name, to use; it returns how many files matched.
+func decodeAll[T any](t *testing.T, pattern string, unmarshal func([]byte, any) error, use func(file string, v *T)) int {
+	t.Helper()
+	files, _ := filepath.Glob(pattern)
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var v T
+		if err := unmarshal(b, &v); err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		use(filepath.Base(f), &v)
+	}
+	return len(files)
 }

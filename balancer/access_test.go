@@ -2,78 +2,33 @@ package balancer_test
 
 import (
 	"bufio"
-	"bytes"
 	"context"
-	"encoding/json"
 	"io"
 	"net"
 	"net/netip"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/sirupsen/logrus"
 
 	"github.com/handoff-lb/handoff/balancer"
-	"github.com/handoff-lb/handoff/config"
-	"github.com/handoff-lb/handoff/fallback"
+	"github.com/handoff-lb/handoff/internal/testenv"
 )
-
-// syncBuffer is a bytes.Buffer safe for the logger's concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) lines() []map[string]any {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var out []map[string]any
-	for _, l := range strings.Split(strings.TrimSpace(s.b.String()), "\n") {
-		var m map[string]any
-		if json.Unmarshal([]byte(l), &m) == nil {
-			out = append(out, m)
-		}
-	}
-	return out
-}
 
 // TestAccessLog: one JSON line per proxied connection (client, backend,
 // bytes each way, duration, how it ended) and per pin event, and the pin
 // counters of the status.
 func TestAccessLog(t *testing.T) {
 	be1 := startEcho(t, "be1")
-	cfg := &config.Config{Services: []config.Service{testService("web", config.CheckNone, be1)}}
-	log := logrus.New()
-	log.SetLevel(logrus.WarnLevel)
-	var buf syncBuffer
+	cfg := webConfig(be1)
+	var buf testenv.Buffer
 	access := logrus.New()
 	access.SetOutput(&buf)
 	access.SetFormatter(&logrus.JSONFormatter{})
-	dp, err := fallback.New(fallback.Options{StateDir: t.TempDir(), Logger: logrus.NewEntry(log)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dp.Close()
-	eng, err := balancer.New(balancer.Options{Config: cfg, Dataplane: dp, Logger: logrus.NewEntry(log), AccessLog: logrus.NewEntry(access)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- eng.Run(ctx) }()
-	defer func() { cancel(); <-done }()
-	for eng.State() != balancer.StateServing {
-		time.Sleep(5 * time.Millisecond)
-	}
+	eng := runEngine(t, balancer.Options{Config: cfg, AccessLog: logrus.NewEntry(access)}).eng
+	ctx := context.Background()
 
 	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}}
 	c, err := d.Dial("tcp", eng.Addr("web").String())
@@ -106,7 +61,7 @@ func TestAccessLog(t *testing.T) {
 	deadline := time.Now().Add(5 * time.Second)
 	for conn == nil && time.Now().Before(deadline) {
 		events = nil
-		for _, l := range buf.lines() {
+		for _, l := range jsonLines(buf.String()) {
 			events = append(events, l["event"].(string))
 			if l["event"] == "connection" {
 				conn = l

@@ -12,63 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sirupsen/logrus"
-
 	"github.com/handoff-lb/handoff/balancer"
-	"github.com/handoff-lb/handoff/config"
-	"github.com/handoff-lb/handoff/fallback"
 )
-
-// startStateful runs a userspace engine whose affinity table and runtime
-// state live in dir, so a second call with the same dir is a restart.
-func startStateful(t *testing.T, cfg *config.Config, dir string) *running {
-	t.Helper()
-	log := logrus.New()
-	log.SetLevel(logrus.WarnLevel)
-	dp, err := fallback.New(fallback.Options{StateDir: dir, Logger: logrus.NewEntry(log)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	eng, err := balancer.New(balancer.Options{Config: cfg, Dataplane: dp, Logger: logrus.NewEntry(log), StateDir: dir, Version: "test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{eng: eng, cancel: cancel, done: make(chan error, 1), dp: dp}
-	go func() { r.done <- eng.Run(ctx) }()
-	stopped := false
-	stop := func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		cancel()
-		if err := <-r.done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-		dp.Close()
-	}
-	t.Cleanup(stop)
-	r.stop = stop
-	waitStatus(t, eng)
-	return r
-}
-
-// waitStatus waits until Run has started (Status reports an uptime).
-func waitStatus(t *testing.T, eng *balancer.Engine) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		st, err := eng.Status(context.Background())
-		if err == nil && !st.Started.IsZero() && len(st.Services) > 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("engine never started: %v", err)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
 
 func backendOf(t *testing.T, st balancer.Status, svc, name string) balancer.BackendStatus {
 	t.Helper()
@@ -95,15 +40,9 @@ func status(t *testing.T, eng *balancer.Engine) balancer.Status {
 	return st
 }
 
-func backendName(t *testing.T, addr net.Addr, src string) string {
-	t.Helper()
-	name, _, _ := strings.Cut(ask(t, addr, src), " ")
-	return name
-}
-
 func TestControlPinsAndStatus(t *testing.T) {
 	be1, be2 := startEcho(t, "be1"), startEcho(t, "be2")
-	cfg := &config.Config{Services: []config.Service{testService("web", config.CheckNone, be1, be2)}}
+	cfg := webConfig(be1, be2)
 	r := startStateful(t, cfg, t.TempDir())
 	ctx := context.Background()
 	addr := r.eng.Addr("web")
@@ -195,7 +134,7 @@ func TestControlPinsAndStatus(t *testing.T) {
 
 func TestControlRegisterDrainCloseSurviveRestart(t *testing.T) {
 	be1, be2, be3 := startEcho(t, "be1"), startEcho(t, "be2"), startEcho(t, "be3")
-	cfg := &config.Config{Services: []config.Service{testService("web", config.CheckNone, be1)}}
+	cfg := webConfig(be1)
 	dir := t.TempDir()
 	r := startStateful(t, cfg, dir)
 	ctx := context.Background()

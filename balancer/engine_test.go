@@ -1,12 +1,10 @@
 package balancer_test
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
 	"net"
-	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -15,114 +13,14 @@ import (
 
 	"github.com/handoff-lb/handoff/balancer"
 	"github.com/handoff-lb/handoff/config"
-	"github.com/handoff-lb/handoff/fallback"
-	"github.com/handoff-lb/handoff/internal/nstest"
 )
-
-// namedEcho is a loopback backend that greets each connection with its name
-// and the client address it sees, then echoes until the client half-closes.
-type namedEcho struct {
-	name string
-	ln   net.Listener
-}
-
-func startEcho(t *testing.T, name string) *namedEcho {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	nstest.Serve(t, ln, func(c net.Conn) {
-		fmt.Fprintf(c, "%s %s\n", name, c.RemoteAddr().(*net.TCPAddr).IP)
-		io.Copy(c, c)
-		c.(*net.TCPConn).CloseWrite()
-	})
-	return &namedEcho{name: name, ln: ln}
-}
-
-// stop closes the listener: new connections are refused, as by a backend
-// that went down. Connections already open go on until the test ends.
-func (e *namedEcho) stop() { e.ln.Close() }
-
-func (e *namedEcho) addr() netip.AddrPort {
-	return e.ln.Addr().(*net.TCPAddr).AddrPort()
-}
-
-func testService(name string, health config.Check, backends ...*namedEcho) config.Service {
-	sc := config.Service{
-		Name:            name,
-		Listen:          netip.MustParseAddrPort("127.0.0.1:0"),
-		FirstConnection: config.FirstReset,
-		ClientTTL:       time.Hour,
-		MaxClients:      1000,
-		Classify:        config.ClassifySource,
-		Payload:         config.Payload{MaxBytes: 512, Timeout: time.Second},
-		OnUnclassified:  "default",
-		OnBackendDown:   "rehash",
-		Timeouts:        config.Timeouts{Connect: time.Second, Idle: time.Minute},
-		MaxConnections:  1000,
-		ProxyProtocol:   "off",
-		Health:          config.Health{Check: health, Interval: 50 * time.Millisecond, Timeout: 200 * time.Millisecond, Rise: 1, Fall: 1},
-		Pools:           []config.Pool{{Name: "default", Balance: config.BalanceMaglev}},
-	}
-	for _, b := range backends {
-		sc.Pools[0].Backends = append(sc.Pools[0].Backends, config.Backend{Name: b.name, Address: b.addr(), Weight: 1})
-	}
-	return sc
-}
-
-type running struct {
-	eng    *balancer.Engine
-	cancel context.CancelFunc
-	done   chan error
-	stop   func()              // startStateful only: stops the engine now
-	dp     *fallback.Dataplane // startStateful only
-}
-
-// startEngine runs a userspace-mode engine over the real affinity table.
-func startEngine(t *testing.T, cfg *config.Config) *running {
-	t.Helper()
-	log := logrus.New()
-	log.SetLevel(logrus.WarnLevel)
-	dp, err := fallback.New(fallback.Options{StateDir: t.TempDir(), Logger: logrus.NewEntry(log)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	eng, err := balancer.New(balancer.Options{Config: cfg, Dataplane: dp, Logger: logrus.NewEntry(log)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{eng: eng, cancel: cancel, done: make(chan error, 1)}
-	go func() { r.done <- eng.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-r.done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-		dp.Close()
-	})
-	deadline := time.Now().Add(5 * time.Second)
-	for eng.State() != balancer.StateServing {
-		if time.Now().After(deadline) {
-			t.Fatalf("the engine never served (state %s)", eng.State())
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	for _, s := range cfg.Services {
-		if eng.Addr(s.Name) == nil {
-			t.Fatalf("serving, but service %s does not listen", s.Name)
-		}
-	}
-	return r
-}
 
 // TestEngineState: the state and the status say "starting" until every
 // listener is open and the data plane synced, "serving" then, and
 // "stopping" once Run's context ends.
 func TestEngineState(t *testing.T) {
 	be1 := startEcho(t, "be1")
-	cfg := &config.Config{Services: []config.Service{testService("web", config.CheckNone, be1)}}
+	cfg := webConfig(be1)
 	log := logrus.New()
 	log.SetLevel(logrus.WarnLevel)
 	dp := &gatedSync{Dataplane: newFDP(t), gate: newGate()}
@@ -170,26 +68,9 @@ func TestEngineState(t *testing.T) {
 	}
 }
 
-// ask connects from source address src and returns the backend's greeting.
-func ask(t *testing.T, addr net.Addr, src string) string {
-	t.Helper()
-	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 2 * time.Second}
-	c, err := d.Dial("tcp", addr.String())
-	if err != nil {
-		t.Fatalf("dial from %s: %v", src, err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(3 * time.Second))
-	line, err := bufio.NewReader(c).ReadString('\n')
-	if err != nil {
-		t.Fatalf("read from %s: %v", src, err)
-	}
-	return strings.TrimSpace(line)
-}
-
 func TestUserspaceClientsStick(t *testing.T) {
 	be1, be2 := startEcho(t, "be1"), startEcho(t, "be2")
-	cfg := &config.Config{Services: []config.Service{testService("web", config.CheckNone, be1, be2)}}
+	cfg := webConfig(be1, be2)
 	r := startEngine(t, cfg)
 	addr := r.eng.Addr("web")
 
@@ -212,7 +93,7 @@ func TestUserspaceClientsStick(t *testing.T) {
 
 func TestUserspaceHalfCloseEcho(t *testing.T) {
 	be1 := startEcho(t, "be1")
-	r := startEngine(t, &config.Config{Services: []config.Service{testService("web", config.CheckNone, be1)}})
+	r := startEngine(t, webConfig(be1))
 	c, err := net.Dial("tcp", r.eng.Addr("web").String())
 	if err != nil {
 		t.Fatal(err)

@@ -2,6 +2,7 @@ package balancer_test
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -9,8 +10,8 @@ import (
 	"time"
 
 	"github.com/handoff-lb/handoff/balancer"
-	"github.com/handoff-lb/handoff/config"
 	"github.com/handoff-lb/handoff/fallback"
+	"github.com/handoff-lb/handoff/healthcheck"
 )
 
 // pinOf returns client's backend in service web, "" when unpinned.
@@ -34,7 +35,7 @@ func pinOf(t *testing.T, eng *balancer.Engine, client string) string {
 // is unpinned by hand.
 func TestHandPinsPersist(t *testing.T) {
 	be1, be2 := startEcho(t, "be1"), startEcho(t, "be2")
-	cfg := &config.Config{Services: []config.Service{testService("web", config.CheckNone, be1, be2)}}
+	cfg := webConfig(be1, be2)
 	dir := t.TempDir()
 	ctx := context.Background()
 	client := netip.MustParseAddr("127.0.0.9")
@@ -69,5 +70,30 @@ func TestHandPinsPersist(t *testing.T) {
 	r = startStateful(t, cfg, dir)
 	if got := pinOf(t, r.eng, client.String()); got != "" {
 		t.Fatalf("unpinned by hand, yet pinned to %q after a restart", got)
+	}
+}
+
+// TestHandPinToUnusableBackendConflicts: a hand-made pin to a backend
+// that is down or draining is refused with ErrConflict (409), and none
+// is made.
+func TestHandPinToUnusableBackendConflicts(t *testing.T) {
+	be1, be2 := startEcho(t, "be1"), startEcho(t, "be2")
+	r := startEngine(t, webConfig(be1, be2))
+	ctx := context.Background()
+	client := netip.MustParseAddr("127.0.0.9")
+	r.eng.OnHealth(healthcheck.Event{Service: "web", Backend: "be1", Up: false, Reason: "test", At: time.Now()})
+	if err := r.eng.PinClient(ctx, "web", client, "be1"); !errors.Is(err, balancer.ErrConflict) {
+		t.Fatalf("pin to a down backend: %v, want a conflict", err)
+	}
+	if _, err := r.eng.Drain(ctx, "web", "be2", balancer.DrainStart); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.eng.PinClient(ctx, "web", client, "be2"); !errors.Is(err, balancer.ErrConflict) {
+		t.Fatalf("pin to a draining backend: %v, want a conflict", err)
+	}
+	n := 0
+	r.eng.Clients(ctx, "web", "", 0, func(balancer.ClientPin) error { n++; return nil })
+	if n != 0 {
+		t.Fatalf("%d pins after refused hand pins", n)
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"net"
 	"net/netip"
 	"slices"
 	"sync"
@@ -12,12 +11,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sirupsen/logrus"
-
 	"github.com/handoff-lb/handoff/balancer"
 	"github.com/handoff-lb/handoff/config"
 	"github.com/handoff-lb/handoff/internal/nstest"
-	"github.com/handoff-lb/handoff/kernel"
 )
 
 // BenchmarkAcceptToPinKernel measures, on a real kernel in a namespace lab,
@@ -31,47 +27,14 @@ func BenchmarkAcceptToPinKernel(b *testing.B) {
 	clients = append(clients, nstest.Client4)
 
 	vip := netip.AddrPortFrom(nstest.LBClient4, 80)
-	sc := config.Service{
-		Name: "bench", Listen: vip, FirstConnection: config.FirstReset, ClientTTL: time.Hour,
-		MaxClients: 65536, Classify: config.ClassifySource, OnUnclassified: "default", OnBackendDown: "rehash",
-		Timeouts: config.Timeouts{Connect: time.Second}, MaxConnections: 10000, ProxyProtocol: "off",
-		Health: config.Health{Check: config.CheckNone},
-		Pools: []config.Pool{{Name: "default", Balance: config.BalanceMaglev, Backends: []config.Backend{
-			{Name: "be1", Address: netip.AddrPortFrom(nstest.Backend4(0), 80), Weight: 1},
-			{Name: "be2", Address: netip.AddrPortFrom(nstest.Backend4(1), 80), Weight: 1}}}},
-	}
-	log := logrus.New()
-	log.SetLevel(logrus.WarnLevel)
-	ctx, cancel := context.WithCancel(context.Background())
-	dp, err := kernel.New(ctx, kernel.Options{NetNS: tp.LB.Path, Logger: logrus.NewEntry(log)})
-	if err != nil {
-		b.Fatal(err)
-	}
+	sc := kernelService("bench", vip, 2, 65536)
 	var mu sync.Mutex
 	var samples []time.Duration
-	eng, err := balancer.New(balancer.Options{
-		Config: &config.Config{Services: []config.Service{sc}}, Dataplane: dp, Kernel: true,
-		Logger: logrus.NewEntry(log),
-		Listen: func(ctx context.Context, network, addr string) (ln net.Listener, err error) {
-			err = tp.LB.Do(func() error { ln, err = net.Listen(network, addr); return err })
-			return ln, err
-		},
+	_, dp := runKernelEngine(b, tp.LB, balancer.Options{
+		Config:     &config.Config{Services: []config.Service{sc}},
 		ObservePin: func(_ string, d time.Duration) { mu.Lock(); samples = append(samples, d); mu.Unlock() },
 	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- eng.Run(ctx) }()
-	b.Cleanup(func() {
-		cancel()
-		<-done
-		kernel.Cleanup(context.Background(), kernel.Options{NetNS: tp.LB.Path})
-		dp.Close()
-	})
-	for eng.Addr("bench") == nil {
-		time.Sleep(5 * time.Millisecond)
-	}
+	ctx := context.Background()
 
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {

@@ -20,7 +20,6 @@ import (
 
 	"github.com/handoff-lb/handoff/balancer"
 	"github.com/handoff-lb/handoff/config"
-	"github.com/handoff-lb/handoff/fallback"
 	"github.com/handoff-lb/handoff/internal/testenv"
 )
 
@@ -103,27 +102,15 @@ func TestNoGoroutineLeak(t *testing.T) {
 	log.SetLevel(logrus.WarnLevel)
 	warnings := &testenv.Buffer{}
 	log.SetOutput(warnings)
-	dp, err := fallback.New(fallback.Options{StateDir: t.TempDir(), Logger: logrus.NewEntry(log)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	eng, err := balancer.New(balancer.Options{Config: cfg, Dataplane: dp, Logger: logrus.NewEntry(log), StateDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- eng.Run(ctx) }()
+	r := runEngine(t, balancer.Options{Config: cfg, Logger: logrus.NewEntry(log), StateDir: t.TempDir()})
+	eng := r.eng
 	addr := map[string]string{}
-	deadline := time.Now().Add(5 * time.Second)
 	for _, s := range cfg.Services {
-		for eng.Addr(s.Name) == nil {
-			if time.Now().After(deadline) {
-				t.Fatalf("service %s never listened", s.Name)
-			}
-			time.Sleep(5 * time.Millisecond)
+		a := eng.Addr(s.Name)
+		if a == nil {
+			t.Fatalf("serving, but service %s does not listen", s.Name)
 		}
-		addr[s.Name] = eng.Addr(s.Name).String()
+		addr[s.Name] = a.String()
 	}
 
 	// Clients come from 127.0.0.2-127.0.0.41, so the affinity table holds
@@ -149,14 +136,20 @@ func TestNoGoroutineLeak(t *testing.T) {
 			})
 		}
 	}
+	// clients runs fn over n connections to svc, each closed after fn.
+	clients := func(n int, svc string, fn func(i int, c *net.TCPConn) error) {
+		run(n, func(i int) error {
+			c, err := dial(svc)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			return fn(i, c)
+		})
+	}
 
 	// 150 echoes with a half-close.
-	run(150, func(i int) error {
-		c, err := dial("echo")
-		if err != nil {
-			return err
-		}
-		defer c.Close()
+	clients(150, "echo", func(i int, c *net.TCPConn) error {
 		msg := bytes.Repeat([]byte{byte(i)}, 1000+i*37)
 		if _, err := c.Write(msg); err != nil {
 			return err
@@ -170,13 +163,8 @@ func TestNoGoroutineLeak(t *testing.T) {
 	})
 	// 50 clients reset the connection in the middle of a download, and 50
 	// see the backend reset it.
-	run(50, func(i int) error {
-		c, err := dial("stream")
-		if err != nil {
-			return err
-		}
+	clients(50, "stream", func(i int, c *net.TCPConn) error {
 		if _, err := io.CopyN(io.Discard, c, int64(64<<10+i*1000)); err != nil {
-			c.Close()
 			return fmt.Errorf("stream %d: %v", i, err)
 		}
 		c.SetLinger(0)
@@ -197,12 +185,7 @@ func TestNoGoroutineLeak(t *testing.T) {
 		return nil
 	})
 	// 40 idle connections: the idle timeout closes them.
-	run(40, func(i int) error {
-		c, err := dial("idle")
-		if err != nil {
-			return err
-		}
-		defer c.Close()
+	clients(40, "idle", func(i int, c *net.TCPConn) error {
 		start := time.Now()
 		if n, _ := c.Read(make([]byte, 1)); n != 0 || time.Since(start) > 5*time.Second {
 			return fmt.Errorf("idle %d: read %d bytes, closed after %v", i, n, time.Since(start))
@@ -210,12 +193,7 @@ func TestNoGoroutineLeak(t *testing.T) {
 		return nil
 	})
 	// Clients that never send a greeting, and some that do.
-	run(40, func(i int) error {
-		c, err := dial("payload")
-		if err != nil {
-			return err
-		}
-		defer c.Close()
+	clients(40, "payload", func(i int, c *net.TCPConn) error {
 		if i%2 == 0 {
 			fmt.Fprintf(c, "HELLO s%d\n", i%5)
 			c.CloseWrite()
@@ -271,11 +249,7 @@ func TestNoGoroutineLeak(t *testing.T) {
 		t.Errorf("%d of 30 connections past max_connections refused", refused)
 	}
 
-	cancel()
-	if err := <-done; err != nil {
-		t.Errorf("Run: %v", err)
-	}
-	if err := dp.Close(); err != nil {
+	if err := r.stop(); err != nil {
 		t.Errorf("data plane Close: %v", err)
 	}
 	for _, c := range held {

@@ -13,64 +13,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sirupsen/logrus"
-
 	"github.com/handoff-lb/handoff/balancer"
 	"github.com/handoff-lb/handoff/config"
 	"github.com/handoff-lb/handoff/dataplane"
-	"github.com/handoff-lb/handoff/fallback"
 	"github.com/handoff-lb/handoff/healthcheck"
 	"github.com/handoff-lb/handoff/internal/nstest"
 )
-
-// startWith runs an engine over dp (kernel mode when kernel is set) until
-// it serves.
-func startWith(t *testing.T, cfg *config.Config, dp balancer.Dataplane, kernel bool) *balancer.Engine {
-	t.Helper()
-	log := logrus.New()
-	log.SetLevel(logrus.ErrorLevel)
-	return runEngine(t, balancer.Options{Config: cfg, Dataplane: dp, Kernel: kernel, Logger: logrus.NewEntry(log)})
-}
-
-// runEngine runs an engine with opts until it serves; it is stopped, and
-// must return no error, when the test ends.
-func runEngine(t *testing.T, opts balancer.Options) *balancer.Engine {
-	t.Helper()
-	eng, err := balancer.New(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- eng.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
-	deadline := time.Now().Add(5 * time.Second)
-	for eng.State() != balancer.StateServing {
-		if time.Now().After(deadline) {
-			t.Fatalf("never served (state %s)", eng.State())
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	return eng
-}
-
-// newFDP is a userspace data plane in a temporary state directory.
-func newFDP(t *testing.T) *fallback.Dataplane {
-	t.Helper()
-	log := logrus.New()
-	log.SetLevel(logrus.ErrorLevel)
-	dp, err := fallback.New(fallback.Options{StateDir: t.TempDir(), Logger: logrus.NewEntry(log)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { dp.Close() })
-	return dp
-}
 
 // TestMaxConnectionsSurvivesReload: the connections open when a reload
 // happens still count against max_connections afterwards.
@@ -209,7 +157,7 @@ func (f *failNthSync) Sync(ctx context.Context, st dataplane.State) error {
 func TestFailedSyncRestoresRunningState(t *testing.T) {
 	be1, be2 := startEcho(t, "be1"), startEcho(t, "be2")
 	dp := &failNthSync{Dataplane: newFDP(t), fail: map[int]bool{2: true}} // 1: Run, 2: the registration's union
-	eng := startWith(t, &config.Config{Services: []config.Service{testService("web", config.CheckNone, be1)}}, dp, false)
+	eng := startWith(t, webConfig(be1), dp, false)
 	if err := eng.Register(context.Background(), "web", balancer.Registration{Name: "be2", Address: be2.addr()}); err == nil {
 		t.Fatal("Register succeeded although the data plane sync failed")
 	}
@@ -260,7 +208,7 @@ func TestRegisterUnsavedIsUndone(t *testing.T) {
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	cfg := &config.Config{Services: []config.Service{testService("web", config.CheckNone, be1)}}
+	cfg := webConfig(be1)
 	r := startStateful(t, cfg, dir)
 	ctx := context.Background()
 	// state_dir becomes unusable: a file where the directory was.

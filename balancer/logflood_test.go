@@ -34,7 +34,7 @@ func TestPinFailuresLogRateLimited(t *testing.T) {
 	log := logrus.New()
 	log.Out = &out
 	log.SetLevel(logrus.InfoLevel)
-	eng := runEngine(t, balancer.Options{Config: &config.Config{Services: []config.Service{sc}}, Dataplane: failingPins{newFDP(t)}, Kernel: true, Logger: logrus.NewEntry(log)})
+	eng := runEngine(t, balancer.Options{Config: &config.Config{Services: []config.Service{sc}}, Dataplane: failingPins{newFDP(t)}, Kernel: true, Logger: logrus.NewEntry(log)}).eng
 	addr := eng.Addr("web").String()
 	const conns = 1000
 	start := time.Now()

@@ -2,12 +2,9 @@ package balancer_test
 
 import (
 	"context"
-	"net"
 	"net/netip"
 	"testing"
 	"time"
-
-	"github.com/sirupsen/logrus"
 
 	"github.com/handoff-lb/handoff/balancer"
 	"github.com/handoff-lb/handoff/config"
@@ -15,7 +12,6 @@ import (
 	"github.com/handoff-lb/handoff/healthcheck"
 	"github.com/handoff-lb/handoff/internal/nstest"
 	"github.com/handoff-lb/handoff/internal/testenv"
-	"github.com/handoff-lb/handoff/kernel"
 )
 
 // TestMigrateKernel: when a backend with N pinned clients goes down, the
@@ -31,50 +27,10 @@ func TestMigrateKernel(t *testing.T) {
 	}
 	ns := nstest.New(t, "mig-")
 	ns.Run(t, "ip", "link", "set", "lo", "up")
-	sc := config.Service{
-		Name: "web", Listen: netip.MustParseAddrPort("127.0.0.1:8080"), FirstConnection: config.FirstReset, ClientTTL: time.Hour,
-		MaxClients: 1 << 20, Classify: config.ClassifySource, OnUnclassified: "default", OnBackendDown: "rehash",
-		Timeouts: config.Timeouts{Connect: time.Second}, MaxConnections: 100, ProxyProtocol: "off",
-		Health: config.Health{Check: config.CheckNone},
-		Pools:  []config.Pool{{Name: "default", Balance: config.BalanceMaglev}},
-	}
-	for i := range 4 {
-		sc.Pools[0].Backends = append(sc.Pools[0].Backends, config.Backend{
-			Name: []string{"be1", "be2", "be3", "be4"}[i], Address: netip.AddrPortFrom(nstest.Backend4(i), 80), Weight: 1})
-	}
-	log := logrus.New()
-	log.SetLevel(logrus.WarnLevel)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	dp, err := kernel.New(ctx, kernel.Options{NetNS: ns.Path, Logger: logrus.NewEntry(log)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dp.Close()
-	eng, err := balancer.New(balancer.Options{
-		Config: &config.Config{Services: []config.Service{sc}}, Dataplane: dp, Kernel: true, Logger: logrus.NewEntry(log),
-		Listen: func(ctx context.Context, network, addr string) (ln net.Listener, err error) {
-			err = ns.Do(func() error { ln, err = net.Listen(network, addr); return err })
-			return ln, err
-		},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- eng.Run(ctx) }()
-	defer func() { cancel(); <-done }()
-	for deadline := time.Now().Add(10 * time.Second); eng.Addr("web") == nil; {
-		select {
-		case err := <-done:
-			t.Fatalf("Run: %v", err)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the engine never listened")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	sc := kernelService("web", netip.MustParseAddrPort("127.0.0.1:8080"), 4, 1<<20)
+	r, dp := runKernelEngine(t, ns, balancer.Options{Config: &config.Config{Services: []config.Service{sc}}})
+	eng := r.eng
+	ctx := context.Background()
 	time.Sleep(50 * time.Millisecond) // Run syncs and starts the monitor after listening
 
 	pins := make([]dataplane.Pin, n)

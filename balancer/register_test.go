@@ -3,6 +3,7 @@ package balancer_test
 import (
 	"context"
 	"errors"
+	"net/netip"
 	"slices"
 	"strings"
 	"testing"
@@ -69,4 +70,28 @@ func backendNames(st balancer.Status, service string) string {
 	}
 	slices.Sort(names)
 	return strings.Join(names, " ")
+}
+
+// TestKernelModeRefusesUnforwardableRegistrations: in kernel mode the API
+// refuses a backend on a loopback, link-local, multicast or the VIP's
+// address; in userspace mode a loopback backend is fine.
+func TestKernelModeRefusesUnforwardableRegistrations(t *testing.T) {
+	be1 := startEcho(t, "be1")
+	sc := testService("web", config.CheckNone, be1)
+	sc.Listen = netip.MustParseAddrPort("127.0.0.1:0")
+	eng := startWith(t, &config.Config{Services: []config.Service{sc}}, newFDP(t), true)
+	ctx := context.Background()
+	for _, a := range []string{"127.0.0.5:80", "169.254.0.1:80", "224.0.0.9:80", "255.255.255.255:80"} {
+		err := eng.Register(ctx, "web", balancer.Registration{Name: "x", Address: netip.MustParseAddrPort(a)})
+		if !errors.Is(err, balancer.ErrInvalid) {
+			t.Errorf("kernel mode, register %s: %v, want invalid", a, err)
+		}
+	}
+	if err := eng.Register(ctx, "web", balancer.Registration{Name: "x", Address: netip.MustParseAddrPort("198.19.0.5:80")}); err != nil {
+		t.Errorf("kernel mode, register a routable backend: %v", err)
+	}
+	r := startEngine(t, webConfig(be1))
+	if err := r.eng.Register(ctx, "web", balancer.Registration{Name: "x", Address: netip.MustParseAddrPort("127.0.0.5:80")}); err != nil {
+		t.Errorf("userspace mode, register a loopback backend: %v", err)
+	}
 }

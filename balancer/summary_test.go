@@ -9,19 +9,13 @@ import (
 
 	"github.com/handoff-lb/handoff/balancer"
 	"github.com/handoff-lb/handoff/config"
-	"github.com/handoff-lb/handoff/fallback"
 )
 
 func TestSummaryLog(t *testing.T) {
 	be1 := startEcho(t, "be1")
 	cfg := &config.Config{Log: config.Log{SummaryInterval: 50 * time.Millisecond}, Services: []config.Service{testService("web", config.CheckNone, be1)}}
 	log, hook := logtest.NewNullLogger()
-	dp, err := fallback.New(fallback.Options{Logger: logrus.NewEntry(log)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { dp.Close() }) // after the engine stops
-	eng := runEngine(t, balancer.Options{Config: cfg, Dataplane: dp, Logger: logrus.NewEntry(log)})
+	eng := runEngine(t, balancer.Options{Config: cfg, Logger: logrus.NewEntry(log)}).eng
 	waitStatus(t, eng)
 	backendName(t, eng.Addr("web"), "127.0.0.5")
 	deadline := time.Now().Add(3 * time.Second)

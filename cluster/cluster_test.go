@@ -255,8 +255,10 @@ func TestMigrationAgrees(t *testing.T) {
 	}
 	waitFor(t, 5*time.Second, "be2's clients moved to the same backends on both hosts", same)
 	// A hand-made pin to the down backend is refused (a conflict), on
-	// either host.
+	// either host, once its own health check saw it down (a host may learn
+	// of the moved pins from the other one first).
 	for _, h := range []*host{a, b} {
+		waitFor(t, 5*time.Second, "host "+h.name+" sees be2 down", func() bool { return h.health(t, "be2") == "down" })
 		if err := h.eng.PinClient(ctx(t), "web", netip.MustParseAddr("198.18.2.1"), "be2"); err == nil {
 			t.Errorf("host %s pinned a client to the down backend by hand", h.name)
 		}

@@ -37,37 +37,63 @@ type backend struct {
 
 func startBackend(t *testing.T, name string) *backend {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	nstest.Serve(t, ln, func(c net.Conn) { fmt.Fprintf(c, "%s\n", name) })
+	ln := nstest.ServeLoopback(t, func(c net.Conn) { fmt.Fprintf(c, "%s\n", name) })
 	return &backend{name: name, ln: ln}
 }
 
 // stop takes the backend down: it refuses new connections.
 func (b *backend) stop() { b.ln.Close() }
 
-func freePort(t *testing.T) int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // host is one handoff host of a test cluster: a real engine over the
 // userspace data plane, and its Node.
 type host struct {
-	name   string
-	eng    *balancer.Engine
-	node   *cluster.Node
-	dp     *fallback.Dataplane
+	name string
+	eng  *balancer.Engine
+	node *cluster.Node
+	dp   *fallback.Dataplane
+	port int
+	logs *logtest.Hook // everything the host logged, info and up
+	hostRun
+}
+
+// hostRun runs the engine and the Node of a test host until stop.
+type hostRun struct {
 	cancel context.CancelFunc
-	done   sync.WaitGroup
-	port   int
-	logs   *logtest.Hook // everything the host logged, info and up
+	wg     sync.WaitGroup
+	close  func() // closes the Node and the data plane once both stopped
+}
+
+// run starts eng and node, whose Run applies through apply (the engine or
+// a wrapper of it), stops them when the test ends and waits up to wait for
+// the engine to serve; closeDP closes the data plane after them. An error
+// of the engine's Run fails the test.
+func (r *hostRun) run(t *testing.T, name string, eng *balancer.Engine, node *cluster.Node, apply cluster.Engine, wait time.Duration, closeDP func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	r.cancel = cancel
+	r.close = func() {
+		node.Close()
+		closeDP()
+	}
+	r.wg.Go(func() {
+		if err := eng.Run(ctx); err != nil {
+			t.Errorf("%s: Run: %v", name, err)
+		}
+	})
+	r.wg.Go(func() { node.Run(ctx, apply) })
+	t.Cleanup(r.stop)
+	waitFor(t, wait, name+" serving", func() bool { return eng.State() == balancer.StateServing })
+}
+
+// stop ends the host as a crash would leave etcd: its pins stay there.
+func (r *hostRun) stop() {
+	if r.cancel == nil {
+		return
+	}
+	r.cancel()
+	r.wg.Wait()
+	r.close()
+	r.cancel = nil
 }
 
 // spec is the test cluster's service config; %d is the listen port, the
@@ -116,7 +142,7 @@ func startPair(t *testing.T, n int) (etcd *etcdtest.Server, s spec, a, b *host) 
 
 func startHost(t *testing.T, etcd *etcdtest.Server, name string, s spec) *host {
 	t.Helper()
-	h := &host{name: name, port: freePort(t)}
+	h := &host{name: name, port: int(nstest.RefusedAddr(t).Port())}
 	cfg, err := config.Parse(name+".yaml", []byte(s.yaml(h.port, clusterYAML(etcd.Endpoint, name))))
 	if err != nil {
 		t.Fatal(err)
@@ -141,29 +167,26 @@ func startHost(t *testing.T, etcd *etcdtest.Server, name string, s spec) *host {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	h.cancel = cancel
-	h.done.Go(func() {
-		if err := h.eng.Run(ctx); err != nil {
-			t.Errorf("%s: Run: %v", name, err)
-		}
-	})
-	h.done.Go(func() { h.node.Run(ctx, h.eng) })
-	t.Cleanup(h.stop)
-	waitFor(t, 5*time.Second, name+" serving", func() bool { return h.eng.State() == balancer.StateServing })
+	h.run(t, name, h.eng, h.node, h.eng, 5*time.Second, func() { h.dp.Close() })
 	return h
 }
 
-// stop ends the host as a crash would leave etcd: its pins stay there.
-func (h *host) stop() {
-	if h.cancel == nil {
-		return
+// health is the health ("up" or "down") of backend as the host sees it.
+func (h *host) health(t *testing.T, backend string) string {
+	t.Helper()
+	st, err := h.eng.Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
 	}
-	h.cancel()
-	h.done.Wait()
-	h.node.Close()
-	h.dp.Close()
-	h.cancel = nil
+	for _, s := range st.Services {
+		for _, b := range s.Backends {
+			if b.Name == backend {
+				return b.Health
+			}
+		}
+	}
+	t.Fatalf("host %s has no backend %s", h.name, backend)
+	return ""
 }
 
 // pin returns the host's pin of client, if any.

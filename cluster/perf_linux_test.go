@@ -32,14 +32,13 @@ import (
 // kernelHost is a cluster host over the kernel data plane in a namespace
 // of its own.
 type kernelHost struct {
-	ns     *nstest.NS
-	log    *logrus.Entry
-	dp     *kernel.Dataplane
-	eng    *balancer.Engine
-	node   *cluster.Node
-	probe  *probe
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	ns    *nstest.NS
+	log   *logrus.Entry
+	dp    *kernel.Dataplane
+	eng   *balancer.Engine
+	node  *cluster.Node
+	probe *probe
+	hostRun
 }
 
 // probe wraps the engine the Node applies through and records when each
@@ -102,9 +101,7 @@ func startKernelHost(t *testing.T, etcd *etcdtest.Server, name string) *kernelHo
 	log.SetLevel(logrus.WarnLevel)
 	entry := logrus.NewEntry(log).WithField("host", name)
 	h := &kernelHost{ns: nstest.New(t, name), log: entry}
-	ctx, cancel := context.WithCancel(context.Background())
-	h.cancel = cancel
-	if h.dp, err = kernel.New(ctx, kernel.Options{NetNS: h.ns.Path, Logger: entry}); err != nil {
+	if h.dp, err = kernel.New(context.Background(), kernel.Options{NetNS: h.ns.Path, Logger: entry}); err != nil {
 		t.Fatal(err)
 	}
 	if h.node, err = cluster.New(cluster.Options{Config: cfg.Cluster, Logger: entry}); err != nil {
@@ -119,24 +116,11 @@ func startKernelHost(t *testing.T, etcd *etcdtest.Server, name string) *kernelHo
 		t.Fatal(err)
 	}
 	h.probe = &probe{Engine: h.eng, applied: map[netip.Addr]time.Time{}}
-	h.wg.Go(func() { h.eng.Run(ctx) })
-	h.wg.Go(func() { h.node.Run(ctx, h.probe) })
-	t.Cleanup(h.stop)
-	waitFor(t, 10*time.Second, name+" serving", func() bool { return h.eng.State() == balancer.StateServing })
+	h.run(t, name, h.eng, h.node, h.probe, 10*time.Second, func() {
+		kernel.Cleanup(context.Background(), kernel.Options{NetNS: h.ns.Path, Logger: h.log})
+		h.dp.Close()
+	})
 	return h
-}
-
-// stop ends the host; its pins stay in etcd.
-func (h *kernelHost) stop() {
-	if h.cancel == nil {
-		return
-	}
-	h.cancel()
-	h.wg.Wait()
-	h.node.Close()
-	kernel.Cleanup(context.Background(), kernel.Options{NetNS: h.ns.Path, Logger: h.log})
-	h.dp.Close()
-	h.cancel = nil
 }
 
 // makePins pins clients on h as the engine pins new clients (the data

@@ -29,7 +29,7 @@ func TestClusterActiveActive(t *testing.T) {
 	cfgs := [2]string{}
 	for i, lb := range l.lb {
 		lb.Run(t, "ip", "addr", "add", "198.18.11.1/32", "dev", "lo")
-		cfgs[i] = writeConfig(t, yaml(clusterConfig(i+1, vip.String(), true)))
+		cfgs[i] = writeConfig(t, yaml(clusterConfig(i+1, vip, true)))
 		d[i] = startDaemon(t, lb, cfgs[i], web)
 	}
 

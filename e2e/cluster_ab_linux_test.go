@@ -117,7 +117,7 @@ func TestClusterActiveBackup(t *testing.T) {
 		// the new master must not call the moved flows' packets invalid.
 		lb.Run(t, "sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_be_liberal=1")
 		h.conntrackd = startProc(t, lb, nil, "conntrackd", "-C", h.ctdConf)
-		h.handoff = startDaemon(t, lb, writeConfig(t, yaml(clusterConfig(n, vipAddr.String(), false))), web)
+		h.handoff = startDaemon(t, lb, writeConfig(t, yaml(clusterConfig(n, vipAddr, false))), web)
 	}
 	if out := l.lb[1].Run(t, "ip", "-4", "addr"); strings.Contains(out, vipAddr.String()) {
 		t.Fatal("lb2 holds the VIP before keepalived runs")

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -113,44 +114,24 @@ func runHost(t *testing.T, name string, args ...string) {
 }
 
 // clusterConfig is a handoff config for host n (1 or 2) of the lab, with
-// services web (source) and game (payload) on vip.
-func clusterConfig(n int, vip string, snat bool) string {
-	return fmt.Sprintf(`mode: kernel
-admin: {listen: 127.0.0.1:9900}
-log: {summary_interval: 0s}
-state_dir: STATE_DIR
-services:
-  - name: web
-    listen: %[1]s:80
-    first_connection: proxy
-    snat: %[2]t
-    client_ttl: 10m
-    health: {check: tcp, interval: 200ms, timeout: 150ms, rise: 1, fall: 2}
-    balance: maglev
-    backends:
-      - {name: be1, address: 198.19.1.11:80}
-      - {name: be2, address: 198.19.1.12:80}
-      - {name: be3, address: 198.19.1.13:80}
-  - name: game
-    listen: %[1]s:7000
-    first_connection: proxy
-    snat: %[2]t
-    client_ttl: 10m
-    classify: payload
-    payload: {pattern: '^HELLO ([a-z0-9-]+)\n', max_bytes: 64, timeout: 2s}
-    health: {check: tcp, interval: 200ms, timeout: 150ms, rise: 1, fall: 2}
-    balance: maglev
-    backends:
-      - {name: be1, address: 198.19.1.11:7000}
-      - {name: be2, address: 198.19.1.12:7000}
-      - {name: be3, address: 198.19.1.13:7000}
-cluster:
+// services web (source) and game (payload) on vip, each over three
+// backends, and the lab's cluster.
+func clusterConfig(n int, vip netip.Addr, snat bool) string {
+	fields := []string{"first_connection: proxy", fmt.Sprintf("snat: %t", snat), "client_ttl: 10m",
+		"health: {check: tcp, interval: 200ms, timeout: 150ms, rise: 1, fall: 2}", "balance: maglev"}
+	names := []string{"be1", "be2", "be3"}
+	cfg := daemonConfig{mode: "kernel", logLevel: "info", services: []service{
+		{"web", netip.AddrPortFrom(vip, 80), fields, backends(ipv4, 80, names...)},
+		{"game", netip.AddrPortFrom(vip, 7000), append(slices.Clone(fields), "classify: payload",
+			`payload: {pattern: '^HELLO ([a-z0-9-]+)\n', max_bytes: 64, timeout: 2s}`), backends(ipv4, 7000, names...)},
+	}}
+	return cfg.String() + fmt.Sprintf(`cluster:
   name: e2e
-  node: lb%[3]d
+  node: lb%d
   refresh_interval: 2s
   node_ttl: 3s
-  etcd: {endpoints: [%[4]q], dial_timeout: 1s}
-`, vip, snat, n, etcdEndpoint)
+  etcd: {endpoints: [%q], dial_timeout: 1s}
+`, n, etcdEndpoint)
 }
 
 // api GETs path from the admin API of the daemon in ns into v.

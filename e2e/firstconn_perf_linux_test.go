@@ -130,6 +130,29 @@ func (l *lab) connectTime(src netip.Addr, addr netip.AddrPort) (time.Duration, e
 	return took, nil
 }
 
+// rateRounds runs round, which measures two rates, up to rounds times and
+// returns each rate and their ratio a/b per round. A round after which
+// ranOut says the new clients' addresses ran out is dropped, and the rounds
+// end; the test fails when no round completed.
+func rateRounds(t *testing.T, rounds int, round func() (a, b float64), ranOut func() bool) (as, bs, ratios []float64) {
+	t.Helper()
+	for range rounds {
+		a, b := round()
+		if ranOut() {
+			t.Log("the new clients' addresses ran out: the round is dropped, and the rounds end")
+			break
+		}
+		as, bs, ratios = append(as, a), append(bs, b), append(ratios, a/b)
+	}
+	if len(ratios) == 0 {
+		t.Fatal("no complete round")
+	}
+	return as, bs, ratios
+}
+
+// median is the middle of v (the upper one of an even count).
+func median(v []float64) float64 { s := slices.Clone(v); slices.Sort(s); return s[len(s)/2] }
+
 func percentile(d []time.Duration, p float64) time.Duration {
 	s := slices.Clone(d)
 	slices.Sort(s)
@@ -200,19 +223,8 @@ func TestHeldSYNPerformance(t *testing.T) {
 		next = int(addrs.Load())
 		return r
 	}
-	var news, pins, ratios []float64
-	for range rounds {
-		nr, pr := rate(true), rate(false)
-		if next >= blockSize {
-			t.Log("the new clients' addresses ran out: the round is dropped, and the rounds end")
-			break
-		}
-		news, pins, ratios = append(news, nr), append(pins, pr), append(ratios, nr/pr)
-	}
-	if len(ratios) == 0 {
-		t.Fatal("no complete round")
-	}
-	median := func(v []float64) float64 { s := slices.Clone(v); slices.Sort(s); return s[len(s)/2] }
+	news, pins, ratios := rateRounds(t, rounds, func() (float64, float64) { return rate(true), rate(false) },
+		func() bool { return next >= blockSize })
 	t.Logf("connections/s: new clients %.0f, pinned clients %.0f; new/pinned %.2f (median of %d rounds: %s)",
 		median(news), median(pins), median(ratios), len(ratios), fmt.Sprint(ratios))
 	if testenv.Perf() {
@@ -277,23 +289,13 @@ func TestTransparentFirstConnectionRate(t *testing.T) {
 			return err
 		})
 	}
-	var trans, plain, ratios []float64
 	var transServed int64
-	for range rounds {
+	trans, plain, ratios := rateRounds(t, rounds, func() (float64, float64) {
 		before := sawClient.Load()
 		tr := rate(tvip)
 		transServed += sawClient.Load() - before
-		pr := rate(pvip)
-		if next.Load() >= blockSize {
-			t.Log("the new clients' addresses ran out: the round is dropped, and the rounds end")
-			break
-		}
-		trans, plain, ratios = append(trans, tr), append(plain, pr), append(ratios, tr/pr)
-	}
-	if len(ratios) == 0 {
-		t.Fatal("no complete round")
-	}
-	median := func(v []float64) float64 { s := slices.Clone(v); slices.Sort(s); return s[len(s)/2] }
+		return tr, rate(pvip)
+	}, func() bool { return next.Load() >= blockSize })
 	t.Logf("new clients/s, each proxied: transparent %.0f, from the balancer's address (snat: true) %.0f; transparent/plain %.2f (median of %d rounds: %s)",
 		median(trans), median(plain), median(ratios), len(ratios), fmt.Sprint(ratios))
 	if transServed == 0 || sawClient.Load() != transServed {

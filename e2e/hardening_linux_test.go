@@ -54,17 +54,9 @@ func TestFullSet(t *testing.T) {
 			d := startDaemon(t, l.LB, writeConfig(t, cfg), proxyVIP)
 			api := newAdminAPI(t, l.LB, adminListen, "")
 			cs := l.clients(ipv4)
-			for _, c := range cs {
-				for range 2 {
-					a, err := l.greet(c, proxyVIP)
-					if err != nil {
-						t.Fatalf("client %s of a full set not served: %v", c, err)
-					}
-					if mode == "kernel" && a.seen != c.String() {
-						t.Errorf("client %s served without a pin seen as %s: want its own address (transparent)", c, a.seen)
-					}
-				}
-			}
+			// Clients of a full set are served, in kernel mode from their own
+			// address (transparent).
+			l.greetTwice(t, cs, proxyVIP, mode == "kernel")
 			var pins []balancer.ClientPin
 			api.must(200, "GET", "/api/v1/services/web/clients", nil, &pins)
 			if len(pins) != 3 {
@@ -537,18 +529,9 @@ func testIPv6NetworkPins(t *testing.T, mode string) {
 
 	got := map[string]int{}
 	first := ""
-	for _, c := range cs {
-		for range 2 {
-			a, err := l.greet(c, netVIP)
-			if err != nil {
-				t.Fatalf("client %s: %v", c, err)
-			}
-			if mode == "kernel" && a.seen != c.String() {
-				t.Errorf("client %s seen as %s", c, a.seen)
-			}
-			first = cmp.Or(first, a.backend)
-			got[a.backend]++
-		}
+	for _, a := range l.greetTwice(t, cs, netVIP, mode == "kernel") {
+		first = cmp.Or(first, a.backend)
+		got[a.backend]++
 	}
 	if got[first] != 2*len(cs) {
 		t.Errorf("the addresses of one /64 went to %v, want all to %s", got, first)

@@ -207,6 +207,28 @@ func (l *lab) greet(src netip.Addr, vip netip.AddrPort) (answer, error) {
 	return parseAnswer(line), nil
 }
 
+// greetTwice greets vip twice from each client and returns the answers in
+// that order; a failed greeting fails the test at once. With transparent
+// (kernel mode, where pinned and proxied connections alike keep the
+// client's address) each answer must show the client's own address.
+func (l *lab) greetTwice(t *testing.T, clients []netip.Addr, vip netip.AddrPort, transparent bool) []answer {
+	t.Helper()
+	var out []answer
+	for _, c := range clients {
+		for range 2 {
+			a, err := l.greet(c, vip)
+			if err != nil {
+				t.Fatalf("client %s at %s: %v", c, vip, err)
+			}
+			if transparent && a.seen != c.String() {
+				t.Errorf("client %s at %s seen as %s, want its own address", c, vip, a.seen)
+			}
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
 // dial connects from src to addr or fails the test.
 func (l *lab) dial(t *testing.T, src netip.Addr, addr netip.AddrPort) net.Conn {
 	t.Helper()

@@ -3,12 +3,13 @@ package healthcheck
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/netip"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/handoff-lb/handoff/internal/nstest"
 )
 
 func TestConnectProbeAddresses(t *testing.T) {
@@ -54,46 +55,12 @@ func TestConnectOutcome(t *testing.T) {
 	}
 }
 
-// fullBacklog returns the address of a listener whose accept queue is full
-// (backlog 0, one connection pending and never accepted): the kernel drops
-// further SYNs, so a connect to it stays mid-handshake and the probe must
-// wait in the poller. accept takes the pending connection off the queue,
-// so the next SYN retransmission (after ~1 s) completes.
-func fullBacklog(t *testing.T) (addr netip.AddrPort, accept func()) {
-	t.Helper()
-	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { syscall.Close(fd) })
-	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Listen(fd, 0); err != nil {
-		t.Fatal(err)
-	}
-	sa, _ := syscall.Getsockname(fd)
-	addr = netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(sa.(*syscall.SockaddrInet4).Port))
-	for i := 0; i < 2; i++ { // fill the queue: backlog 0 holds one
-		c, err := net.DialTimeout("tcp", addr.String(), 200*time.Millisecond)
-		if err != nil {
-			break
-		}
-		t.Cleanup(func() { c.Close() })
-	}
-	return addr, func() {
-		if nfd, _, err := syscall.Accept(fd); err == nil {
-			syscall.Close(nfd)
-		}
-	}
-}
-
 // TestConnectProbeWaits covers the poller path: a handshake that does not
 // complete within connect times out at the context's deadline, and one
 // that completes later (the SYN retransmitted once the queue has room)
 // passes.
 func TestConnectProbeWaits(t *testing.T) {
-	addr, accept := fullBacklog(t)
+	addr, accept := nstest.FullBacklog(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	start := time.Now()
 	err := connectProbe(ctx, addr)

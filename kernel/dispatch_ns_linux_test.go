@@ -42,10 +42,7 @@ func wideLabState(n int) dataplane.State {
 // refresh leaves its index entry's mark, and that the dispatch tree is
 // what iptables shows.
 func TestNSDispatchWide(t *testing.T) {
-	nstest.RequireRoot(t)
-	tp := nstest.NewTopology(t, 1)
-	seen, _ := labBackends(t, tp)
-	d, _ := newNSDataplane(t, tp.LB, Options{})
+	tp, d, seen, _ := topoLab(t, 1, Options{})
 	mustSync(t, d, wideLabState(1000))
 	mustPin(t, d, dataplane.Pin{Service: "web", Backend: "last", Client: nstest.Client4, Key: "src=" + nstest.Client4.String()})
 	vip := netip.AddrPortFrom(nstest.LBClient4, 80)
@@ -171,11 +168,8 @@ func TestNSUpgradeKeepsPins(t *testing.T) {
 // tables are back to what the Sync made, that the change was counted, and
 // that pinned clients reach their backends in the kernel again.
 func TestNSCanaryRepairsDrift(t *testing.T) {
-	nstest.RequireRoot(t)
-	tp := nstest.NewTopology(t, 2)
+	tp, d, seen, _ := topoLab(t, 2, Options{})
 	others, _ := tp.AddClients(t, 1)
-	seen, _ := labBackends(t, tp)
-	d, _ := newNSDataplane(t, tp.LB, Options{})
 	st := labState(2, time.Hour, 1000)
 	st.Services = st.Services[:1]
 	mustSync(t, d, st)
@@ -259,11 +253,8 @@ func TestNSCanaryRepairsDrift(t *testing.T) {
 // address, and once nothing serves the queue new clients' SYNs pass to
 // the listener (nothing listens here: refused at once, never held).
 func TestNSHoldSYN(t *testing.T) {
-	nstest.RequireRoot(t)
-	tp := nstest.NewTopology(t, 2)
+	tp, d, seen4, seen6 := topoLab(t, 2, Options{})
 	clients4, clients6 := tp.AddClients(t, 3)
-	seen4, seen6 := labBackends(t, tp)
-	d, _ := newNSDataplane(t, tp.LB, Options{})
 	st := labState(2, time.Hour, 1000)
 	for i := range st.Services {
 		st.Services[i].HoldSYN = true
@@ -341,10 +332,7 @@ func TestNSHoldSYN(t *testing.T) {
 // to the socket through the rule and route Sync installs; that the canary
 // restores a deleted rule; and that both go when no longer asked for.
 func TestNSTransparentDial(t *testing.T) {
-	nstest.RequireRoot(t)
-	tp := nstest.NewTopology(t, 1)
-	seen4, seen6 := labBackends(t, tp)
-	d, _ := newNSDataplane(t, tp.LB, Options{})
+	tp, d, seen4, seen6 := topoLab(t, 1, Options{})
 	st := labState(1, time.Hour, 100)
 	st.Transparent = true
 	mustSync(t, d, st)

@@ -47,8 +47,7 @@ func wantSeen(t testing.TB, seen <-chan netip.AddrPort, src netip.Addr) {
 // of it, and turning it off and on again moves the service to sets of the
 // other type.
 func TestNSPinNetworks(t *testing.T) {
-	nstest.RequireRoot(t)
-	tp := nstest.NewTopology(t, 2)
+	tp, d, _, seen6 := topoLab(t, 2, Options{})
 	// Client6 is 2001:2:0:1::2; the clients added are ::3 to ::10, so
 	// ::3 shares Client6's /124 and ::10 is in the next one.
 	_, more6 := tp.AddClients(t, 14)
@@ -56,8 +55,6 @@ func TestNSPinNetworks(t *testing.T) {
 	if inside != netip.MustParseAddr("2001:2:0:1::3") || outside != netip.MustParseAddr("2001:2:0:1::10") {
 		t.Fatalf("client addresses %s, %s", inside, outside)
 	}
-	_, seen6 := labBackends(t, tp)
-	d, _ := newNSDataplane(t, tp.LB, Options{})
 	ctx := context.Background()
 	vip := netip.AddrPortFrom(nstest.LBClient6, 80)
 

@@ -310,12 +310,22 @@ func labBackends(t testing.TB, tp *nstest.Topology) (v4, v6 []<-chan netip.AddrP
 	return v4, v6
 }
 
-func TestNSPinForwards(t *testing.T) {
+// topoLab is the setup of the namespace tests that send traffic: root, a
+// topology of n backends that listen on port 8080 in both families (see
+// labBackends), and a Dataplane with options o in the load balancer's
+// namespace (see newNSDataplane).
+func topoLab(t testing.TB, n int, o Options) (tp *nstest.Topology, d *Dataplane, seen4, seen6 []<-chan netip.AddrPort) {
+	t.Helper()
 	nstest.RequireRoot(t)
-	tp := nstest.NewTopology(t, 2)
+	tp = nstest.NewTopology(t, n)
+	seen4, seen6 = labBackends(t, tp)
+	d, _ = newNSDataplane(t, tp.LB, o)
+	return tp, d, seen4, seen6
+}
+
+func TestNSPinForwards(t *testing.T) {
+	tp, d, seen4, seen6 := topoLab(t, 2, Options{})
 	other4, other6 := tp.AddClients(t, 1)
-	seen4, seen6 := labBackends(t, tp)
-	d, _ := newNSDataplane(t, tp.LB, Options{})
 	mustSync(t, d, labState(2, time.Hour, 1000))
 	ctx := context.Background()
 
@@ -405,10 +415,7 @@ func entryTimeout(t testing.TB, ns *nstest.NS, set string, ip netip.Addr) int {
 }
 
 func TestNSConnectionRefreshesTimeout(t *testing.T) {
-	nstest.RequireRoot(t)
-	tp := nstest.NewTopology(t, 1)
-	labBackends(t, tp)
-	d, _ := newNSDataplane(t, tp.LB, Options{})
+	tp, d, _, _ := topoLab(t, 1, Options{})
 	mustSync(t, d, labState(1, 100*time.Second, 100))
 	mustPin(t, d, dataplane.Pin{Service: "web", Backend: "be0", Client: nstest.Client4})
 	time.Sleep(2500 * time.Millisecond)
@@ -431,14 +438,11 @@ func TestNSConnectionRefreshesTimeout(t *testing.T) {
 }
 
 func TestNSRestartAdoptsSets(t *testing.T) {
-	nstest.RequireRoot(t)
-	tp := nstest.NewTopology(t, 2)
+	tp, d1, seen4, _ := topoLab(t, 2, Options{})
 	clients, _ := tp.AddClients(t, 3)
-	seen4, _ := labBackends(t, tp)
 	st := labState(2, time.Hour, 1000)
 	ctx := context.Background()
 
-	d1, _ := newNSDataplane(t, tp.LB, Options{})
 	mustSync(t, d1, st)
 	for i, c := range clients {
 		mustPin(t, d1, dataplane.Pin{Service: "web", Backend: fmt.Sprintf("be%d", i%2), Client: c, Key: fmt.Sprintf("key-%d", i)})
@@ -593,10 +597,7 @@ func quietLogger() *logrus.Entry {
 }
 
 func TestNSForget(t *testing.T) {
-	nstest.RequireRoot(t)
-	tp := nstest.NewTopology(t, 2)
-	seen4, seen6 := labBackends(t, tp)
-	d, _ := newNSDataplane(t, tp.LB, Options{})
+	tp, d, seen4, seen6 := topoLab(t, 2, Options{})
 	mustSync(t, d, labState(2, time.Hour, 100))
 	ctx := context.Background()
 	mustPin(t, d, dataplane.Pin{Service: "web", Backend: "be1", Client: nstest.Client4})

@@ -10,8 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/handoff-lb/handoff/internal/nstest"
 	"github.com/handoff-lb/handoff/proxy"
 )
 
@@ -83,25 +82,8 @@ func (f *failover) DialFailed(c *proxy.Conn, err error) {
 }
 
 // silentBackend returns the address of a listener that never answers a
-// SYN: its accept queue (backlog 0) holds one connection nobody accepts.
+// SYN: its accept queue (backlog 0) is full.
 func silentBackend(t *testing.T) netip.AddrPort {
-	t.Helper()
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Close(fd) })
-	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Listen(fd, 0); err != nil {
-		t.Fatal(err)
-	}
-	sa, err := unix.Getsockname(fd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := netip.AddrPortFrom(netip.AddrFrom4(sa.(*unix.SockaddrInet4).Addr), uint16(sa.(*unix.SockaddrInet4).Port))
-	dial(t, addr) // fills the queue
+	addr, _ := nstest.FullBacklog(t)
 	return addr
 }

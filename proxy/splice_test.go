@@ -337,6 +337,19 @@ type digest struct {
 	err error
 }
 
+// both streams n bytes from seed to c, then half-closes it, while it
+// drains what c sends, and returns what it sent and what it got.
+func both(c *net.TCPConn, seed uint64, n int64) (sent, got digest) {
+	done := make(chan digest, 1)
+	go func() {
+		sum, err := stream(c, seed, n)
+		c.CloseWrite()
+		done <- digest{n, sum, err}
+	}()
+	m, sum, err := drain(c)
+	return <-done, digest{m, sum, err}
+}
+
 func TestSplice100MB(t *testing.T) { modes(t, testSplice100MB) }
 
 func testSplice100MB(t *testing.T, handoff bool) {
@@ -344,28 +357,13 @@ func testSplice100MB(t *testing.T, handoff bool) {
 	backendGot := make(chan digest, 1)
 	backendSent := make(chan digest, 1)
 	backend := startBackend(t, "", func(c *net.TCPConn) {
-		sent := make(chan digest, 1)
-		go func() {
-			sum, err := stream(c, 2, size)
-			c.CloseWrite()
-			sent <- digest{size, sum, err}
-		}()
-		n, sum, err := drain(c)
-		backendGot <- digest{n, sum, err}
-		backendSent <- <-sent // before the handler closes c
+		sent, got := both(c, 2, size) // before the handler closes c
+		backendGot <- got
+		backendSent <- sent
 	})
 	p := startProxy(t, backend, proxyConfig{route: proxy.Route{Idle: 10 * time.Second}, handoff: handoff})
-	c := dial(t, p.addr)
-	clientSent := make(chan digest, 1)
-	go func() {
-		sum, err := stream(c, 1, size)
-		c.CloseWrite()
-		clientSent <- digest{size, sum, err}
-	}()
-	n, sum, err := drain(c)
-	clientGot := digest{n, sum, err}
-
-	up, down := <-clientSent, <-backendSent
+	up, clientGot := both(dial(t, p.addr), 1, size)
+	down := <-backendSent
 	if got := <-backendGot; got != up || up.err != nil {
 		t.Errorf("client → backend: sent %d %x (%v), got %d %x (%v)", up.n, up.sum, up.err, got.n, got.sum, got.err)
 	}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/handoff-lb/handoff/balancer"
 	"github.com/handoff-lb/handoff/config"
+	"github.com/handoff-lb/handoff/internal/nstest"
 )
 
 // ctlStatusJSON is what the fake API answers to GET /api/v1/status.
@@ -299,12 +300,7 @@ func canonicalJSON(s string) string {
 // stdout.
 func TestCtlErrors(t *testing.T) {
 	api, url, tokenFile := ctlSetup(t)
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := ln.Addr().String()
-	ln.Close()
+	dead := nstest.RefusedAddr(t).String()
 	api1 := []string{"--admin", url, "--token-file", tokenFile}
 	noToken := filepath.Join(t.TempDir(), "none")
 
@@ -410,16 +406,11 @@ services:
 // TestCtlBinary: the built binary exits 1 with one line when the daemon is
 // not there.
 func TestCtlBinary(t *testing.T) {
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := ln.Addr().String()
-	ln.Close()
+	dead := nstest.RefusedAddr(t).String()
 	cmd := exec.Command(binary(t), "status", "--admin", dead, "--token-file", "")
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err = cmd.Run()
+	err := cmd.Run()
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
 		t.Fatalf("status: %v, want exit 1", err)
 	}

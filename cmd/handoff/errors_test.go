@@ -2,7 +2,6 @@ package main
 
 import (
 	"net"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -20,16 +19,7 @@ func TestOneLineErrors(t *testing.T) {
 	}
 	defer busy.Close()
 	dir := t.TempDir()
-	inUse := filepath.Join(dir, "in-use.yaml")
-	os.WriteFile(inUse, []byte(`mode: userspace
-state_dir: `+filepath.Join(dir, "state")+`
-admin: {listen: "off"}
-services:
-  - name: web
-    listen: `+busy.Addr().String()+`
-    health: {check: none}
-    backends: [{name: be1, address: 127.0.0.1:9}]
-`), 0o644)
+	inUse := writeWebConfig(t, dir, "mode: userspace", busy.Addr().String(), "127.0.0.1:9")
 
 	for _, tc := range []struct {
 		desc, config, want string

@@ -5,13 +5,13 @@ import (
 	"errors"
 	"io"
 	"net"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/handoff-lb/handoff/internal/nstest"
 )
 
 // TestProxyProtocolModes: a config without mode: and with a proxy_protocol
@@ -19,23 +19,8 @@ import (
 // in userspace with the reason in auto mode, and is refused at once with
 // --mode kernel. None of them touches the kernel's tables.
 func TestProxyProtocolModes(t *testing.T) {
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close() // the daemon binds it; a race for it makes the test fail, not pass
-	dir := t.TempDir()
-	cfg := filepath.Join(dir, "handoff.yaml")
-	os.WriteFile(cfg, []byte(`state_dir: `+filepath.Join(dir, "state")+`
-admin: {listen: "off"}
-services:
-  - name: web
-    listen: 127.0.0.1:`+itoa(port)+`
-    proxy_protocol: v2
-    health: {check: none}
-    backends: [{name: be1, address: 198.19.1.11:9}]
-`), 0o644)
+	addr := nstest.RefusedAddr(t).String() // the daemon binds it; a race for it makes the test fail, not pass
+	cfg := writeWebConfig(t, t.TempDir(), "", addr, "198.19.1.11:9", "proxy_protocol: v2")
 
 	for _, tc := range []struct {
 		mode, want string
@@ -93,7 +78,7 @@ services:
 			}
 			// The backend refuses, so the connection is reset once accepted;
 			// a refusal would mean nothing listens.
-			c, err := net.DialTimeout("tcp4", "127.0.0.1:"+itoa(port), 5*time.Second)
+			c, err := net.DialTimeout("tcp4", addr, 5*time.Second)
 			if errors.Is(err, syscall.ECONNREFUSED) {
 				t.Fatalf("the service does not listen: %v\n%s", err, strings.Join(seen, "\n"))
 			}

@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/handoff-lb/handoff/internal/nstest"
 )
 
 // TestSystemdNotify: started as a Type=notify service with a watchdog, the
@@ -22,22 +24,7 @@ func TestSystemdNotify(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close() // the daemon binds it
-	cfg := filepath.Join(dir, "handoff.yaml")
-	os.WriteFile(cfg, []byte(`mode: userspace
-state_dir: `+filepath.Join(dir, "state")+`
-admin: {listen: "off"}
-services:
-  - name: web
-    listen: 127.0.0.1:`+itoa(port)+`
-    health: {check: none}
-    backends: [{name: be1, address: 127.0.0.1:9}]
-`), 0o644)
+	cfg := writeWebConfig(t, dir, "mode: userspace", nstest.RefusedAddr(t).String(), "127.0.0.1:9")
 	cmd := exec.Command(binary(t), "run", "-c", cfg)
 	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock, "WATCHDOG_USEC=200000")
 	var stderr strings.Builder

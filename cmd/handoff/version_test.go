@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -31,25 +32,14 @@ func TestVersion(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bin := filepath.Join(t.TempDir(), "handoff")
-	build := exec.Command("go", "build", "-ldflags", "-X main.version=v9.8.7", "-o", bin, "./cmd/handoff")
+	build := exec.Command("go", "build", "-ldflags", "-X main.version=v9.8.7", "./cmd/handoff")
 	build.Dir = dir
 	build.Env = append(os.Environ(), "GOFLAGS=-buildvcs=true") // a go env file may turn it off
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	out, err := exec.Command(bin, "version", "--json").Output()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var b buildInfo
-	if err := json.Unmarshal(out, &b); err != nil {
-		t.Fatalf("%v: %s", err, out)
-	}
+	bin, b := buildVersion(t, build)
 	if b.Version != "v9.8.7" || b.Module != "github.com/handoff-lb/handoff" || b.Commit != strings.TrimSpace(string(head)) || b.Date == "" {
 		t.Errorf("version --json: %+v; want v9.8.7, the module, commit %s and a date", b, head)
 	}
-	out, err = exec.Command(bin, "version").Output()
+	out, err := exec.Command(bin, "version").Output()
 	if err != nil || !strings.HasPrefix(string(out), "handoff v9.8.7\n") || !strings.Contains(string(out), "commit   "+b.Commit) {
 		t.Errorf("version: %v\n%s", err, out)
 	}
@@ -58,8 +48,18 @@ func TestVersion(t *testing.T) {
 // TestVersionCommitFlag: a build without VCS data (the container image's,
 // whose context has no .git) reports the commit given with -ldflags.
 func TestVersionCommitFlag(t *testing.T) {
+	_, b := buildVersion(t, exec.Command("go", "build", "-buildvcs=false", "-ldflags", "-X main.version=v1.2.3 -X main.commit=0123abcd", "."))
+	if b.Version != "v1.2.3" || b.Commit != "0123abcd" {
+		t.Errorf("version --json: %+v; want v1.2.3 and commit 0123abcd", b)
+	}
+}
+
+// buildVersion runs build, a "go build" without -o, writing the binary to
+// a temporary directory, and returns the binary and what its "version --json" reports.
+func buildVersion(t *testing.T, build *exec.Cmd) (string, buildInfo) {
+	t.Helper()
 	bin := filepath.Join(t.TempDir(), "handoff")
-	build := exec.Command("go", "build", "-buildvcs=false", "-ldflags", "-X main.version=v1.2.3 -X main.commit=0123abcd", "-o", bin, ".")
+	build.Args = slices.Insert(build.Args, 2, "-o", bin) // after "go build"
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
@@ -71,7 +71,5 @@ func TestVersionCommitFlag(t *testing.T) {
 	if err := json.Unmarshal(out, &b); err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}
-	if b.Version != "v1.2.3" || b.Commit != "0123abcd" {
-		t.Errorf("version --json: %+v; want v1.2.3 and commit 0123abcd", b)
-	}
+	return bin, b
 }

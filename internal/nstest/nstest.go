@@ -322,6 +322,18 @@ func Serve(t testing.TB, ln net.Listener, handle func(c net.Conn)) {
 	})
 }
 
+// ServeLoopback listens on a free port of 127.0.0.1 and serves it with
+// handle as Serve does: a loopback backend for tests without namespaces.
+func ServeLoopback(t testing.TB, handle func(c net.Conn)) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	Serve(t, ln, handle)
+	return ln
+}
+
 // AcceptClose accepts on ln until ln closes and closes every connection at
 // once: a backend that is up (a TCP health check passes) and says nothing.
 // ln is closed and the accept loop waited for when the test ends.
