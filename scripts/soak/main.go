@@ -264,11 +264,20 @@ func (s *soak) load(ctx context.Context, w int) {
 		if s.pace.Wait(ctx) != nil {
 			return
 		}
-		if err := s.exchange(ctx, clientAddr(i)); err != nil && ctx.Err() == nil {
+		if err := s.exchange(ctx, clientAddr(i)); err != nil && !over(ctx) {
 			s.fail(fmt.Errorf("%w\n%s", err, s.kernelView(clientAddr(i))))
 			return
 		}
 	}
+}
+
+// over reports whether the run is over. Its deadline also bounds each
+// dial, whose own timer can fire a moment before ctx's: a dial cut by
+// the end of the run then fails with "i/o timeout" while ctx.Err() is
+// still nil, and must not count as a client's error.
+func over(ctx context.Context) bool {
+	d, ok := ctx.Deadline()
+	return ctx.Err() != nil || ok && !time.Now().Before(d)
 }
 
 // exchange opens one connection, reads the greeting, sends a line and
@@ -435,7 +444,7 @@ func (s *soak) api(ctx context.Context) {
 			{"GET", "/api/v1/services/web/clients?limit=50"},
 			{"DELETE", "/api/v1/services/web/pins/" + clientAddr(s.o.pinned+r.IntN(s.o.clients-s.o.pinned)).String()},
 		} {
-			if code, body, err := s.call(ctx, req.method, req.path, nil); ctx.Err() == nil && (err != nil || code != 200) {
+			if code, body, err := s.call(ctx, req.method, req.path, nil); !over(ctx) && (err != nil || code != 200) {
 				s.fail(fmt.Errorf("%s %s: %d %s %v", req.method, req.path, code, body, err))
 			}
 		}
