@@ -83,3 +83,18 @@ for pkg in "${!norace[@]}"; do
 	go test -count=1 -timeout 5m -run "^(${norace[$pkg]})\$" "$pkg"
 done
 
+
+# The short soak (docs/development.md "Soak"): two minutes of mixed load in
+# the lab's namespaces (scripts/lab.sh, which it brings down after), with a
+# reload every 30 s and a backend killed and restored; it fails on growth
+# of RSS, goroutines, descriptors or pins, a full conntrack table, an error
+# the daemon logs, or an error any served client sees.
+step "soak (2 minutes, kernel mode)"
+if [ "$(id -u)" -eq 0 ]; then
+	SOAK_DURATION=2m scripts/soak.sh
+elif [ "${CI:-}" = true ]; then
+	echo "the soak needs root: under CI=true that is a failure" >&2
+	exit 1
+else
+	echo "skipped: the soak needs root"
+fi
