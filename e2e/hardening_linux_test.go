@@ -194,9 +194,11 @@ func TestNoBlackHoles(t *testing.T) {
 
 // proxyCounter is a backend that requires a PROXY header on every
 // connection and counts the connections without one: what a backend with
-// accept-proxy logs as errors.
+// accept-proxy logs as errors. It counts apart the connections closed
+// before any byte: a check whose connect timed out just as the handshake
+// completed.
 type proxyCounter struct {
-	missing, local atomic.Int64
+	missing, local, empty atomic.Int64
 }
 
 func serveProxyCounter(t *testing.T, ns *nstest.NS, addr netip.AddrPort) *proxyCounter {
@@ -205,6 +207,10 @@ func serveProxyCounter(t *testing.T, ns *nstest.NS, addr netip.AddrPort) *proxyC
 	nstest.Serve(t, ns.Listen(t, "tcp", addr.String()), func(c net.Conn) {
 		c.SetDeadline(time.Now().Add(5 * time.Second))
 		r := bufio.NewReader(c)
+		if _, err := r.Peek(1); err != nil {
+			pc.empty.Add(1)
+			return
+		}
 		h, err := proxyproto.Read(r)
 		if err != nil {
 			pc.missing.Add(1)
@@ -231,6 +237,7 @@ func TestProxyProtocolHealthChecks(t *testing.T) {
 	pc := serveProxyCounter(t, l.Backends[0], addr)
 	vip := ipv4.at(80)
 	for _, check := range []string{"{check: tcp, interval: 100ms, timeout: 100ms, rise: 1, fall: 2}", "{check: send-expect, send: \"PING\\n\", expect: PONG, interval: 100ms, timeout: 100ms}"} {
+		pc.empty.Store(0)
 		cfg := writeConfig(t, webConfig("userspace", vip, []backend{{"be1", addr}}, "proxy_protocol: v2", "health: "+check))
 		d := startDaemon(t, l.LB, cfg, vip)
 		time.Sleep(time.Second)
@@ -239,6 +246,11 @@ func TestProxyProtocolHealthChecks(t *testing.T) {
 		}
 		if n := pc.missing.Load(); n != 0 {
 			t.Fatalf("health %s: the backend saw %d connections without a PROXY header", check, n)
+		}
+		// An empty connection is a check that gave up (the machine is
+		// loaded): never more of them than failed checks.
+		if e, failed := pc.empty.Load(), len(d.lines("health check failed")); e > int64(failed) {
+			t.Fatalf("health %s: the backend saw %d connections closed before any byte, and only %d checks failed", check, e, failed)
 		}
 		if pc.local.Load() < 5 {
 			t.Fatalf("health %s: %d checks with a LOCAL header in a second at a 100ms interval", check, pc.local.Load())
