@@ -119,6 +119,23 @@ func dnatPackets(t *testing.T, ns *nstest.NS, chain string) map[string]uint64 {
 	return m
 }
 
+// forwardBytes reads the byte counters of the forward rules of chain (a
+// service's counting tree of one level) in ns's filter table, keyed by
+// backend, from iptables -L -v -x.
+func forwardBytes(t *testing.T, ns *nstest.NS, chain string) map[string]uint64 {
+	t.Helper()
+	out := ns.Run(t, "iptables", "-L", chain, "-v", "-x", "-n")
+	re := regexp.MustCompile(`^\s*\d+\s+(\d+)\s+ACCEPT\b.*/\* handoff [^/ ]+/(\S+) forward \*/`)
+	m := map[string]uint64{}
+	for _, l := range strings.Split(out, "\n") {
+		if s := re.FindStringSubmatch(l); s != nil {
+			n, _ := strconv.ParseUint(s[1], 10, 64)
+			m[s[2]] += n
+		}
+	}
+	return m
+}
+
 // tables is what ns's kernel holds that handoff could touch: the ipset
 // names and every iptables and ip6tables table, without the dumps'
 // timestamp comments.

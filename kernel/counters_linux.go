@@ -13,9 +13,12 @@ import (
 	"github.com/handoff-lb/handoff/dataplane"
 )
 
-// Counters returns the packet and byte counters of every backend's DNAT
-// rule in o.NetNS, keyed by {service, backend}, read with iptables-save -c
-// (IPv4, and IPv6 where ip6tables is installed).
+// Counters returns the counters of every backend in o.NetNS, keyed by
+// {service, backend}, read with one iptables-save -c of every table (IPv4,
+// and IPv6 where ip6tables is installed): the packets of its DNAT rule in
+// nat, which sees the first packet of each connection (one a
+// connection), and the bytes of its forward rule in filter, which sees
+// every forwarded packet of its connections, both ways.
 func Counters(ctx context.Context, o Options) (map[dataplane.BackendRef]Counter, error) {
 	ns, err := openNS(o.NetNS)
 	if err != nil {
@@ -48,7 +51,7 @@ func (d *Dataplane) readCounters(ctx context.Context) (map[dataplane.BackendRef]
 	}
 	out := map[dataplane.BackendRef]Counter{}
 	for _, fam := range fams {
-		b, err := d.ipt[fam].save(ctx, natTable, true)
+		b, err := d.ipt[fam].save(ctx, allTables, true)
 		if err != nil {
 			return nil, fmt.Errorf("kernel: counters: %w", err)
 		}
@@ -64,7 +67,7 @@ func counters(ctx context.Context, ns netns.NsHandle, fams []family) (map[datapl
 		if _, err := exec.LookPath(ipt.bin("save")); err != nil && fam == ipv6 {
 			continue
 		}
-		b, err := ipt.save(ctx, natTable, true)
+		b, err := ipt.save(ctx, allTables, true)
 		if err != nil {
 			return nil, fmt.Errorf("kernel: counters: %w", err)
 		}
@@ -73,8 +76,9 @@ func counters(ctx context.Context, ns netns.NsHandle, fams []family) (map[datapl
 	return out, nil
 }
 
-// parseCounters reads iptables-save -c output and adds each DNAT rule's
-// counters to out under {service, backend}.
+// parseCounters reads iptables-save -c output and adds, under {service,
+// backend}, the packets of each DNAT rule and the bytes of each forward
+// rule to out.
 func parseCounters(b []byte, out map[dataplane.BackendRef]Counter) {
 	for line := range bytes.Lines(b) {
 		l := strings.TrimSpace(string(line))
@@ -90,7 +94,7 @@ func parseCounters(b []byte, out map[dataplane.BackendRef]Counter) {
 			continue
 		}
 		svc, be, what := ruleTag(rest)
-		if what != "dnat" {
+		if what != "dnat" && what != "forward" {
 			continue
 		}
 		p, err1 := strconv.ParseUint(ps, 10, 64)
@@ -100,8 +104,11 @@ func parseCounters(b []byte, out map[dataplane.BackendRef]Counter) {
 		}
 		k := dataplane.BackendRef{Service: svc, Backend: be}
 		c := out[k]
-		c.Packets += p
-		c.Bytes += n
+		if what == "dnat" {
+			c.Packets += p
+		} else {
+			c.Bytes += n
+		}
 		out[k] = c
 	}
 }

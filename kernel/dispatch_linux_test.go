@@ -50,9 +50,16 @@ func TestDispatchCost(t *testing.T) {
 					t.Fatalf("client of b%d lands at %v, %v, %v", be, to, ok, err)
 				}
 				// The index, then the pin set twice (refresh, DNAT) and the
-				// refresh's add; at most 16 rules a level, 3 levels.
-				if k.lastWalk.lookups != 4 || k.lastWalk.rules > 72 {
-					t.Errorf("client of b%d: %d rules and %d set lookups, want at most 72 and 4", be, k.lastWalk.rules, k.lastWalk.lookups)
+				// refresh's add; two rules to the service's chain, at most
+				// 17 in the root, 16 in the middle level and three a
+				// backend (refresh, slot, DNAT) in the leaf.
+				if k.lastWalk.lookups != 4 || k.lastWalk.rules > 2+17+16+3*16 {
+					t.Errorf("client of b%d: %d rules and %d set lookups, want at most 83 and 4", be, k.lastWalk.rules, k.lastWalk.lookups)
+				}
+				// The connection carries its backend's slot, for the
+				// counting tree in filter.
+				if want := defaultLayout.mark(uint32(be) + 1).value; k.lastWalk.ctmark != want {
+					t.Errorf("client of b%d: connection mark %#x, want its slot's %#x", be, k.lastWalk.ctmark, want)
 				}
 				worst = max(worst, k.lastWalk.rules)
 			}
@@ -65,6 +72,72 @@ func TestDispatchCost(t *testing.T) {
 		})
 	}
 	t.Logf("the most rules a pinned SYN met: %d", worst)
+}
+
+// TestForwardCounting walks the later packets of kernel-forwarded
+// connections through filter: each reaches its backend's forward rule (the
+// rule whose bytes Counters reports) down the counting tree in a few rules
+// whatever the number of backends; the packets handoff accepted before the
+// counting (flows DNATed to the VIP) are all accepted still, those without
+// a slot or whose backend is gone too; other flows are not touched. A
+// service listening on every address counts by its per-backend rules.
+func TestForwardCounting(t *testing.T) {
+	for _, n := range []int{1, 17, 1000, 4094} {
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			any := svc("any", "0.0.0.0:25", time.Hour, false, "m0", "198.19.9.1:2525", "m1", "198.19.9.2:2525")
+			any.MaxClients = 10
+			st := dataplane.State{Services: []dataplane.Service{any, wideService(n)}}
+			d, k := syncedFake(t, st)
+			k.local[netip.MustParseAddr("198.18.1.9")] = true
+			worst := 0
+			for i, be := range slices.Compact([]int{0, n / 2, n - 1}) {
+				client := netip.AddrFrom4([4]byte{198, 18, 0, byte(10 + i)})
+				name := fmt.Sprintf("b%d", be)
+				mustPin(t, d, dataplane.Pin{Service: "web", Backend: name, Client: client})
+				to, ok, err := k.synLands(client, webVIP)
+				if err != nil || !ok {
+					t.Fatalf("client of %s: not DNATed (%v)", name, err)
+				}
+				verdict, by, err := k.forwardLands(client, webVIP, to, k.lastWalk.ctmark)
+				if err != nil || verdict != "ACCEPT" || by != "handoff web/"+name+" forward" {
+					t.Fatalf("a packet of %s's connection: %q by %q (%v), want ACCEPT by its forward rule", name, verdict, by, err)
+				}
+				// FORWARD's jump, the rules of any (two backends) and web,
+				// then at most 17 rules in the root and 16 a level below.
+				if k.lastWalk.rules > 1+3+17+16+16 || k.lastWalk.lookups != 0 {
+					t.Errorf("a packet of %s's connection met %d rules and %d set lookups, want at most 53 and none", name, k.lastWalk.rules, k.lastWalk.lookups)
+				}
+				worst = max(worst, k.lastWalk.rules)
+			}
+			t.Logf("the most rules a forwarded packet met: %d", worst)
+			client := netip.MustParseAddr("198.18.0.50")
+			to := st.Services[1].Backends[0].Address
+			// The last backend goes; a connection it still serves keeps
+			// its slot.
+			gone := defaultLayout.mark(uint32(n)).value
+			st.Services[1].Backends = st.Services[1].Backends[:n-1]
+			mustSync(t, d, st)
+			for _, c := range []struct {
+				desc        string
+				vip, to     netip.AddrPort
+				ctmark      uint32
+				verdict, by string
+			}{
+				{"no slot (DNATed before the counting)", webVIP, to, 0, "ACCEPT", "handoff web no slot"},
+				{"a removed backend's", webVIP, to, gone, "ACCEPT", "handoff web other slot"},
+				{"another mark bit only", webVIP, to, 0x1, "ACCEPT", "handoff web no slot"},
+				{"another VIP", netip.MustParseAddrPort("198.18.1.2:80"), to, defaultLayout.mark(1).value, "", ""},
+				{"another port", netip.MustParseAddrPort("198.18.1.1:81"), to, defaultLayout.mark(1).value, "", ""},
+				{"any: its backend m1", netip.MustParseAddrPort("198.18.1.9:25"), netip.MustParseAddrPort("198.19.9.2:2525"), 0, "ACCEPT", "handoff any/m1 forward"},
+				{"any: not its backend", netip.MustParseAddrPort("198.18.1.9:25"), netip.MustParseAddrPort("198.19.9.3:2525"), defaultLayout.mark(1).value, "", ""},
+			} {
+				verdict, by, err := k.forwardLands(client, c.vip, c.to, c.ctmark)
+				if err != nil || verdict != c.verdict || by != c.by {
+					t.Errorf("%s: %q by %q (%v), want %q by %q", c.desc, verdict, by, err, c.verdict, c.by)
+				}
+			}
+		})
+	}
 }
 
 // TestDispatchTooManyBackends checks that a service with more backends

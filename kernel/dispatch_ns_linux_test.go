@@ -204,11 +204,12 @@ func TestNSCanaryRepairsDrift(t *testing.T) {
 		script string
 		lost   bool // the drift destroyed the pins themselves
 	}{
-		{"rule edited in place", "iptables -t nat -R HO-SVC-web 3 " + dnat(0, "DNAT --to-destination 198.19.1.12:8080"), false},
-		{"port replaced", "iptables -t nat -R HO-SVC-web 5 " + dnat(1, "DNAT --to-destination 198.19.1.12:9999"), false},
-		{"verdict replaced", "iptables -t nat -R HO-SVC-web 5 " + dnat(1, "RETURN"), false},
-		{"rules reordered", "iptables -t nat -D HO-SVC-web 3 && iptables -t nat -I HO-SVC-web 2 " + dnat(0, "DNAT --to-destination 198.19.1.11:8080"), false},
-		{"rule deleted", "iptables -t nat -D HO-SVC-web 5", false},
+		{"rule edited in place", "iptables -t nat -R HO-SVC-web 4 " + dnat(0, "DNAT --to-destination 198.19.1.12:8080"), false},
+		{"port replaced", "iptables -t nat -R HO-SVC-web 7 " + dnat(1, "DNAT --to-destination 198.19.1.12:9999"), false},
+		{"verdict replaced", "iptables -t nat -R HO-SVC-web 7 " + dnat(1, "RETURN"), false},
+		{"rules reordered", "iptables -t nat -D HO-SVC-web 4 && iptables -t nat -I HO-SVC-web 2 " + dnat(0, "DNAT --to-destination 198.19.1.11:8080"), false},
+		{"rule deleted", "iptables -t nat -D HO-SVC-web 7", false},
+		{"slot rule deleted", "iptables -t nat -D HO-SVC-web 3", false},
 		{"chain flushed", "iptables -t nat -F HO-SVC-web", false},
 		{"chain deleted", "iptables -t nat -F HANDOFF-PREROUTING && iptables -t nat -F HANDOFF-OUTPUT && iptables -t nat -F HO-SVC-web && iptables -t nat -X HO-SVC-web", false},
 		{"jump deleted", `iptables -t nat -D PREROUTING -m comment --comment "handoff jump" -j HANDOFF-PREROUTING`, false},
@@ -217,6 +218,8 @@ func TestNSCanaryRepairsDrift(t *testing.T) {
 		{"mangle rule deleted", "iptables -t mangle -F HANDOFF-MARK", false},
 		{"mangle jump edited", `iptables -t mangle -R PREROUTING 1 -m conntrack --ctstate INVALID -m comment --comment "handoff jump" -j HANDOFF-MARK`, false},
 		{"forward rule replaced", "iptables -R HANDOFF-FORWARD 1 -j DROP", false},
+		{"counting rule edited", `iptables -R HO-SVC-web 2 -m connmark --mark 0x100000/0xfff00000 -m comment --comment "handoff web/be0 forward" -j DROP`, false},
+		{"counting chain flushed", "iptables -F HO-SVC-web", false},
 		{"index emptied", "ipset flush hoi-web", false},
 		{"index destroyed", "iptables -t mangle -F HANDOFF-MARK && ipset destroy hoi-web", false},
 		{"everything removed", "iptables -t mangle -F HANDOFF-MARK && iptables -t nat -F HO-SVC-web && ipset destroy hoi-web && ipset destroy ho-web-be0 && ipset destroy ho-web-be1", true},

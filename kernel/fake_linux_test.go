@@ -78,7 +78,9 @@ type fakeKernel struct {
 	// lookups made.
 	lastWalk struct {
 		rules, lookups int
-		held           bool // the SYN went to the held-SYN queue
+		held           bool   // the SYN went to the held-SYN queue
+		ctmark         uint32 // the connection mark at the end
+		by             string // the comment of the rule that ended the walk
 	}
 	creates int // create calls
 	batches int // addBatch calls
@@ -571,25 +573,47 @@ func (k *fakeKernel) synLands(src netip.Addr, dst netip.AddrPort) (netip.AddrPor
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	fam := familyOf(dst.Addr())
-	w := &synWalk{k: k, src: src, dst: dst}
+	w := &synWalk{k: k, src: src, dst: dst, states: map[string]bool{"NEW": true}}
 	_, verdict, err := w.walk(k.tables[fam][mangleTable], "PREROUTING", 0)
 	k.lastWalk.held = verdict == "NFQUEUE"
 	if err != nil || k.lastWalk.held {
 		return netip.AddrPort{}, false, err
 	}
 	to, verdict, err := w.walk(k.tables[fam][natTable], "PREROUTING", 0)
-	k.lastWalk.rules, k.lastWalk.lookups = w.rules, w.lookups
+	k.lastWalk.rules, k.lastWalk.lookups, k.lastWalk.ctmark = w.rules, w.lookups, w.ctmark
 	return to, verdict == "DNAT", err
 }
 
-// synWalk is one SYN on its way through the tables.
-type synWalk struct {
-	k    *fakeKernel
-	src  netip.Addr
-	dst  netip.AddrPort
-	mark uint32
+// forwardLands walks a packet of a connection from src to vip, DNATed to
+// be and carrying connection mark ctmark, through filter FORWARD, as the
+// kernel does every packet of a forwarded flow (either way: the
+// connection's attributes are the same). It returns the verdict ("" when
+// the packet fell off to the chain's policy) and the comment of the rule
+// that gave it; lastWalk.rules counts the rules looked at.
+func (k *fakeKernel) forwardLands(src netip.Addr, vip, be netip.AddrPort, ctmark uint32) (verdict, by string, err error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	w := &synWalk{k: k, src: src, dst: be, ctmark: ctmark, states: map[string]bool{"DNAT": true, "ESTABLISHED": true},
+		orig: vip, reply: be}
+	_, verdict, err = w.walk(k.tables[familyOf(vip.Addr())][filterTable], "FORWARD", 0)
+	k.lastWalk.rules, k.lastWalk.lookups = w.rules, w.lookups
+	return verdict, w.by, err
+}
 
-	rules, lookups int // the walk's cost so far
+// synWalk is one packet on its way through the tables: a SYN, or a
+// packet of a forwarded connection (forwardLands).
+type synWalk struct {
+	k      *fakeKernel
+	src    netip.Addr
+	dst    netip.AddrPort
+	mark   uint32
+	ctmark uint32          // the connection's mark
+	states map[string]bool // the conntrack states the packet is in
+	orig   netip.AddrPort  // the connection's original destination (forwarded packets)
+	reply  netip.AddrPort  // its reply source: where it was DNATed to
+
+	rules, lookups int    // the walk's cost so far
+	by             string // the comment of the rule that ended the walk
 }
 
 // walk runs the packet through chain and returns the verdict that ended
@@ -606,7 +630,7 @@ rules:
 	for _, r := range ft.rules[chain] {
 		w.rules++
 		args := splitArgs(r)[2:]
-		module := ""
+		module, note := "", ""
 		for i := 0; i < len(args); i++ {
 			a := args[i]
 			next := func() string { i++; return args[i] }
@@ -628,9 +652,29 @@ rules:
 					return fail("fake cannot interpret a negation in %q", r)
 				}
 			case "--comment":
-				next()
+				note = next()
 			case "--ctstate":
-				if next() != "NEW" {
+				if !w.states[next()] {
+					continue rules
+				}
+			case "--ctproto":
+				if next() != "tcp" {
+					continue rules
+				}
+			case "--ctorigdst":
+				if p := netip.MustParsePrefix(next()); !w.orig.IsValid() || !p.Contains(w.orig.Addr()) {
+					continue rules
+				}
+			case "--ctorigdstport":
+				if next() != strconv.Itoa(int(w.orig.Port())) {
+					continue rules
+				}
+			case "--ctreplsrc":
+				if p := netip.MustParsePrefix(next()); !w.reply.IsValid() || !p.Contains(w.reply.Addr()) {
+					continue rules
+				}
+			case "--ctreplsrcport":
+				if next() != strconv.Itoa(int(w.reply.Port())) {
 					continue rules
 				}
 			case "-d":
@@ -651,7 +695,7 @@ rules:
 				m, _ := strconv.ParseUint(ms, 0, 32)
 				mark := w.mark
 				if module == "connmark" {
-					mark = 0 // a new connection's
+					mark = w.ctmark
 				}
 				if mark&uint32(m) != uint32(v) {
 					continue rules
@@ -680,9 +724,20 @@ rules:
 					continue rules
 				case "NFQUEUE":
 					return netip.AddrPort{}, "NFQUEUE", nil
+				case "CONNMARK":
+					// ctmark = ctmark AND NOT mask XOR value
+					if next() != "--set-xmark" {
+						return fail("bad CONNMARK in %q", r)
+					}
+					vs, ms, _ := strings.Cut(next(), "/")
+					v, _ := strconv.ParseUint(vs, 0, 32)
+					m, _ := strconv.ParseUint(ms, 0, 32)
+					w.ctmark = w.ctmark&^uint32(m) ^ uint32(v)
+					continue rules
 				case "RETURN":
 					return netip.AddrPort{}, "", nil
 				case "ACCEPT":
+					w.by = note
 					return netip.AddrPort{}, "ACCEPT", nil
 				default:
 					to, verdict, err := w.walk(ft, target, depth+1)

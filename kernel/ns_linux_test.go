@@ -174,8 +174,10 @@ func TestNSSyncCreatesObjects(t *testing.T) {
 		`-A HO-SVC-any -p tcp -m mark --mark 0x100000/0xfff00000 -m set --match-set ho-any-a src -m comment --comment "handoff any/a dnat" -j DNAT --to-destination 198.19.1.11:443`,
 		`-A HO-SVC-web -m mark --mark 0x0/0xfff00000 -m comment --comment "handoff web new clients" -j RETURN`,
 		`-A HO-SVC-web -p tcp -m mark --mark 0x100000/0xfff00000 -m set --match-set ho-web-be0 src -m comment --comment "handoff web/be0 refresh" -j SET --add-set ho-web-be0 src --exist --timeout 1800`,
+		`-A HO-SVC-web -p tcp -m mark --mark 0x100000/0xfff00000 -m comment --comment "handoff web/be0 slot" -j CONNMARK --set-xmark 0x100000/0xfff00000`,
 		`-A HO-SVC-web -p tcp -m mark --mark 0x100000/0xfff00000 -m set --match-set ho-web-be0 src -m comment --comment "handoff web/be0 dnat" -j DNAT --to-destination 198.19.1.11:8080`,
 		`-A HO-SVC-web -p tcp -m mark --mark 0x200000/0xfff00000 -m set --match-set ho-web-be1 src -m comment --comment "handoff web/be1 refresh" -j SET --add-set ho-web-be1 src --exist --timeout 1800`,
+		`-A HO-SVC-web -p tcp -m mark --mark 0x200000/0xfff00000 -m comment --comment "handoff web/be1 slot" -j CONNMARK --set-xmark 0x200000/0xfff00000`,
 		`-A HO-SVC-web -p tcp -m mark --mark 0x200000/0xfff00000 -m set --match-set ho-web-be1 src -m comment --comment "handoff web/be1 dnat" -j DNAT --to-destination 198.19.1.12:8080`,
 	}
 	checkLines(t, "iptables -t nat -S", ns.Run(t, "iptables", "-t", "nat", "-S"), wantNat)
@@ -196,9 +198,15 @@ func TestNSSyncCreatesObjects(t *testing.T) {
 	checkLines(t, "iptables -S", ns.Run(t, "iptables", "-S"), []string{
 		"-N HANDOFF-FORWARD",
 		"-N HANDOFF-CANARY",
+		"-N HO-SVC-web",
 		`-A FORWARD -m comment --comment "handoff jump" -j HANDOFF-FORWARD`,
-		`-A HANDOFF-FORWARD -p tcp -m conntrack --ctstate DNAT --ctproto 6 --ctorigdst 198.18.0.1 --ctorigdstport 80 -m comment --comment "handoff web forward" -j ACCEPT`,
 		`-A HANDOFF-FORWARD -p tcp -m conntrack --ctstate DNAT --ctproto 6 --ctreplsrc 198.19.1.11 --ctorigdstport 8443 --ctreplsrcport 443 -m comment --comment "handoff any/a forward" -j ACCEPT`,
+		`-A HANDOFF-FORWARD -p tcp -m conntrack --ctstate DNAT --ctproto 6 --ctorigdst 198.18.0.1 --ctorigdstport 80 -m comment --comment "handoff web forward" -j HO-SVC-web`,
+		`-A HANDOFF-CANARY -m comment --comment "handoff owns chain HO-SVC-web"`,
+		`-A HO-SVC-web -m connmark --mark 0x0/0xfff00000 -m comment --comment "handoff web no slot" -j ACCEPT`,
+		`-A HO-SVC-web -m connmark --mark 0x100000/0xfff00000 -m comment --comment "handoff web/be0 forward" -j ACCEPT`,
+		`-A HO-SVC-web -m connmark --mark 0x200000/0xfff00000 -m comment --comment "handoff web/be1 forward" -j ACCEPT`,
+		`-A HO-SVC-web -m comment --comment "handoff web other slot" -j ACCEPT`,
 	})
 	checkLines(t, "ip6tables -t nat -S", ns.Run(t, "ip6tables", "-t", "nat", "-S"), []string{
 		"-N HANDOFF-PREROUTING",
@@ -214,15 +222,23 @@ func TestNSSyncCreatesObjects(t *testing.T) {
 		`-A HANDOFF-CANARY -m comment --comment "handoff owns chain HO-SVC-web6"`,
 		`-A HO-SVC-web6 -m mark --mark 0x0/0xfff00000 -m comment --comment "handoff web6 new clients" -j RETURN`,
 		`-A HO-SVC-web6 -p tcp -m mark --mark 0x100000/0xfff00000 -m set --match-set ho6-web6-be0 src -m comment --comment "handoff web6/be0 refresh" -j SET --add-set ho6-web6-be0 src --exist --timeout 1800`,
+		`-A HO-SVC-web6 -p tcp -m mark --mark 0x100000/0xfff00000 -m comment --comment "handoff web6/be0 slot" -j CONNMARK --set-xmark 0x100000/0xfff00000`,
 		`-A HO-SVC-web6 -p tcp -m mark --mark 0x100000/0xfff00000 -m set --match-set ho6-web6-be0 src -m comment --comment "handoff web6/be0 dnat" -j DNAT --to-destination [2001:2:0:2::11]:8080`,
 		`-A HO-SVC-web6 -p tcp -m mark --mark 0x200000/0xfff00000 -m set --match-set ho6-web6-be1 src -m comment --comment "handoff web6/be1 refresh" -j SET --add-set ho6-web6-be1 src --exist --timeout 1800`,
+		`-A HO-SVC-web6 -p tcp -m mark --mark 0x200000/0xfff00000 -m comment --comment "handoff web6/be1 slot" -j CONNMARK --set-xmark 0x200000/0xfff00000`,
 		`-A HO-SVC-web6 -p tcp -m mark --mark 0x200000/0xfff00000 -m set --match-set ho6-web6-be1 src -m comment --comment "handoff web6/be1 dnat" -j DNAT --to-destination [2001:2:0:2::12]:8080`,
 	})
 	checkLines(t, "ip6tables -S", ns.Run(t, "ip6tables", "-S"), []string{
 		"-N HANDOFF-FORWARD",
 		"-N HANDOFF-CANARY",
+		"-N HO-SVC-web6",
 		`-A FORWARD -m comment --comment "handoff jump" -j HANDOFF-FORWARD`,
-		`-A HANDOFF-FORWARD -p tcp -m conntrack --ctstate DNAT --ctproto 6 --ctorigdst 2001:2:0:1::1 --ctorigdstport 80 -m comment --comment "handoff web6 forward" -j ACCEPT`,
+		`-A HANDOFF-FORWARD -p tcp -m conntrack --ctstate DNAT --ctproto 6 --ctorigdst 2001:2:0:1::1 --ctorigdstport 80 -m comment --comment "handoff web6 forward" -j HO-SVC-web6`,
+		`-A HANDOFF-CANARY -m comment --comment "handoff owns chain HO-SVC-web6"`,
+		`-A HO-SVC-web6 -m connmark --mark 0x0/0xfff00000 -m comment --comment "handoff web6 no slot" -j ACCEPT`,
+		`-A HO-SVC-web6 -m connmark --mark 0x100000/0xfff00000 -m comment --comment "handoff web6/be0 forward" -j ACCEPT`,
+		`-A HO-SVC-web6 -m connmark --mark 0x200000/0xfff00000 -m comment --comment "handoff web6/be1 forward" -j ACCEPT`,
+		`-A HO-SVC-web6 -m comment --comment "handoff web6 other slot" -j ACCEPT`,
 	})
 
 	// A second Sync of the same state writes nothing.
@@ -306,6 +322,10 @@ func labBackends(t testing.TB, tp *nstest.Topology) (v4, v6 []<-chan netip.AddrP
 	return v4, v6
 }
 
+// forwardPayload is what TestNSPinForwards sends each way through a
+// kernel-forwarded connection.
+const forwardPayload = 256 << 10
+
 func TestNSPinForwards(t *testing.T) {
 	nstest.RequireRoot(t)
 	tp := nstest.NewTopology(t, 2)
@@ -330,6 +350,13 @@ func TestNSPinForwards(t *testing.T) {
 			conn, err := dialVIP(ctx, tp, c.client, c.vip)
 			if err != nil {
 				t.Fatalf("pinned client %s: dial %s: %v", c.client, c.vip, err)
+			}
+			// Traffic each way that the counters must see: the kernel
+			// forwards every packet of it, and nat sees only the first.
+			conn.SetDeadline(time.Now().Add(5 * time.Second))
+			go conn.Write(make([]byte, forwardPayload))
+			if _, err := io.ReadFull(conn, make([]byte, forwardPayload)); err != nil {
+				t.Fatalf("echo of %d bytes: %v", forwardPayload, err)
 			}
 			conn.Close()
 			select {
@@ -367,7 +394,8 @@ func TestNSPinForwards(t *testing.T) {
 			}
 		})
 	}
-	// One new connection each went through the DNAT rules of be1.
+	// One new connection each went through the DNAT rules of be1, and its
+	// bytes, both ways, through be1's forward rule in filter.
 	want := map[dataplane.BackendRef]Counter{{Service: "web", Backend: "be1"}: {Packets: 1}, {Service: "web6", Backend: "be1"}: {Packets: 1}}
 	for name, get := range map[string]func() (map[dataplane.BackendRef]Counter, error){
 		"method":   func() (map[dataplane.BackendRef]Counter, error) { return d.Counters(ctx) },
@@ -378,11 +406,13 @@ func TestNSPinForwards(t *testing.T) {
 			t.Fatalf("Counters (%s): %v", name, err)
 		}
 		for k, w := range want {
-			if got[k].Packets != w.Packets || got[k].Bytes == 0 {
-				t.Errorf("Counters (%s)[%v] = %+v, want %d packet(s)", name, k, got[k], w.Packets)
+			// The payload each way and the ping, with their headers: at
+			// most 30% more on this path's smallest packets.
+			if got[k].Packets != w.Packets || got[k].Bytes < 2*forwardPayload || got[k].Bytes > 2*forwardPayload*13/10 {
+				t.Errorf("Counters (%s)[%v] = %+v, want %d packet(s) and the %d bytes each way with their headers", name, k, got[k], w.Packets, forwardPayload)
 			}
 		}
-		if c := got[dataplane.BackendRef{Service: "web", Backend: "be0"}]; c.Packets != 0 {
+		if c := got[dataplane.BackendRef{Service: "web", Backend: "be0"}]; c.Packets != 0 || c.Bytes != 0 {
 			t.Errorf("Counters (%s)[web be0] = %+v", name, c)
 		}
 	}

@@ -278,17 +278,23 @@ type rendered map[table][]chain
 // nat, HO-SVC-<svc> returns unmarked packets (new clients, for the
 // listener) at once, and walks marked ones down a tree of chains, one
 // hexadecimal digit of the slot per level, to the leaf rules of the
-// backend: refresh the pin's timeout in its set, then DNAT. Each step
-// costs the same whatever the number of backends: one index lookup, at
-// most 16 mark comparisons per level (three levels for 4,095 backends)
-// and the two set lookups of one backend.
+// backend: refresh the pin's timeout in its set, put the slot in the
+// connection mark, then DNAT. Each step costs the same whatever the
+// number of backends: one index lookup, at most 16 mark comparisons per
+// level (three levels for 4,095 backends) and the two set lookups of one
+// backend.
+//
+// Every later packet of the connection, both ways, takes the service's
+// rule in filter's HANDOFF-FORWARD and the same tree in filter, by the
+// connection mark, to its backend's forward rule, whose byte counter is
+// the backend's kernel-forwarded traffic (see countTree).
 func render(fam family, svcs []*service, l markLayout, queue uint16) rendered {
 	pre := chain{name: chainPrerouting}
 	out := chain{name: chainOutput}
 	post := chain{name: chainPostrouting}
 	fwd := chain{name: chainForward}
 	mark := chain{name: chainMark}
-	var svcChains []chain
+	var svcChains, countChains []chain // nat's dispatch trees, filter's counting trees
 	for _, s := range svcs {
 		if s.fam != fam {
 			continue
@@ -314,19 +320,22 @@ func render(fam family, svcs []*service, l markLayout, queue uint16) rendered {
 			mark.add(syn + " " + l.match(0, l.slotBits(0)) + " " + comment(commentPrefix+" "+s.name+" hold") +
 				" -j NFQUEUE --queue-num " + strconv.Itoa(int(queue)) + " --queue-bypass")
 		}
-		svcChains = append(svcChains, s.dispatch(l)...)
+		svcChains = append(svcChains, s.dispatch(l, s.dispatchTree(l))...)
 
 		// Forwarded flows of this service: by VIP when it is one address,
 		// else by the backend the flow was DNATed to.
 		dnated := "-p tcp -m conntrack --ctstate DNAT --ctproto tcp"
 		if !s.vip.Addr().IsUnspecified() {
 			m := dnated + " --ctorigdst " + hostCIDR(s.vip.Addr()) + " --ctorigdstport " + strconv.Itoa(int(s.vip.Port()))
-			fwd.add(m + " " + comment(commentPrefix+" "+s.name+" forward") + " -j ACCEPT")
+			fwd.add(m + " " + comment(commentPrefix+" "+s.name+" forward") + " -j " + dataplane.ServiceChain(s.name))
+			countChains = append(countChains, s.dispatch(l, s.countTree(l))...)
 			if s.snat {
 				post.add(m + " " + comment(commentPrefix+" "+s.name+" snat") + " -j MASQUERADE")
 			}
 			continue
 		}
+		// One rule per backend, whose byte counter is the backend's
+		// traffic: these flows need no counting tree.
 		for _, b := range s.backends {
 			m := dnated + " --ctorigdstport " + strconv.Itoa(int(s.vip.Port())) +
 				" --ctreplsrc " + hostCIDR(b.addr.Addr()) + " --ctreplsrcport " + strconv.Itoa(int(b.addr.Port()))
@@ -352,6 +361,10 @@ func render(fam family, svcs []*service, l markLayout, queue uint16) rendered {
 	for _, c := range svcChains {
 		natCanary.add(registryRule(ownsChain, c.name))
 	}
+	filterCanary := chain{name: chainCanary}
+	for _, c := range countChains {
+		filterCanary.add(registryRule(ownsChain, c.name))
+	}
 	if fam == ipv4 {
 		for _, s := range svcs {
 			natCanary.add(registryRule(ownsSet, s.index))
@@ -363,7 +376,48 @@ func render(fam family, svcs []*service, l markLayout, queue uint16) rendered {
 	return rendered{
 		mangleTable: {mark, dial, reply, {name: chainCanary}},
 		natTable:    append([]chain{pre, out, post, natCanary}, svcChains...),
-		filterTable: {fwd, {name: chainCanary}},
+		filterTable: append([]chain{fwd, filterCanary}, countChains...),
+	}
+}
+
+// tree is what a tree of slot chains (dispatch) holds besides its
+// structure.
+type tree struct {
+	match  func(v, m uint32) string // the option matching slot bits v under mask m
+	first  string                   // the root's first rule, for packets without a slot
+	leaf   func(c *chain, b backend)
+	last   string // every chain's last rule ("" none), for slots without a backend
+	prefix string // the comment of dispatch rules
+}
+
+// dispatchTree is the tree of nat: it walks a new connection by its
+// packet mark (the index's slot) to its backend's DNAT.
+func (s *service) dispatchTree(l markLayout) tree {
+	return tree{
+		match:  l.match,
+		first:  comment(commentPrefix+" "+s.name+" new clients") + " -j RETURN",
+		leaf:   func(c *chain, b backend) { s.leaf(c, l, b) },
+		prefix: commentPrefix + " " + s.name + " dispatch",
+	}
+}
+
+// countTree is the tree of filter: it walks every forwarded packet of the
+// service, both ways, by the slot the DNAT leaf left in its connection
+// mark, to the backend's forward rule, which accepts it and counts its
+// bytes. The service's rule in HANDOFF-FORWARD, which jumps here, matches
+// exactly what handoff accepts without the counting, the flows DNATed to
+// the VIP, so the tree accepts every packet it sees: without a slot (a
+// connection DNATed before the slot rule existed) in the root's first
+// rule, with a slot whose backend is gone in each chain's last.
+func (s *service) countTree(l markLayout) tree {
+	return tree{
+		match: l.connMatch,
+		first: comment(commentPrefix+" "+s.name+" no slot") + " -j ACCEPT",
+		leaf: func(c *chain, b backend) {
+			c.add(l.connMatch(b.slot, l.slotBits(0)) + " " + comment(commentPrefix+" "+s.name+"/"+b.name+" forward") + " -j ACCEPT")
+		},
+		last:   comment(commentPrefix+" "+s.name+" other slot") + " -j ACCEPT",
+		prefix: commentPrefix + " " + s.name + " dispatch",
 	}
 }
 
@@ -374,7 +428,7 @@ func render(fam family, svcs []*service, l markLayout, queue uint16) rendered {
 // HO-SVC-web.3 and HO-SVC-web.3e for slot 0x3e8), and the
 // chains of level 1 hold the leaf rules. Chains with no backend below
 // them are not made.
-func (s *service) dispatch(l markLayout) []chain {
+func (s *service) dispatch(l markLayout, tr tree) []chain {
 	bes := slices.Clone(s.backends)
 	slices.SortFunc(bes, func(a, b backend) int { return int(a.slot) - int(b.slot) })
 	levels := 1
@@ -384,13 +438,18 @@ func (s *service) dispatch(l markLayout) []chain {
 		}
 	}
 	root := chain{name: dataplane.ServiceChain(s.name)}
-	root.add(l.match(0, l.slotBits(0)) + " " + comment(commentPrefix+" "+s.name+" new clients") + " -j RETURN")
+	root.add(tr.match(0, l.slotBits(0)) + " " + tr.first)
 	var out []chain
 	var node func(c *chain, level int, bes []backend)
 	node = func(c *chain, level int, bes []backend) {
+		defer func() {
+			if tr.last != "" {
+				c.add(tr.last)
+			}
+		}()
 		if level == 1 {
 			for _, b := range bes {
-				s.leaf(c, l, b)
+				tr.leaf(c, b)
 			}
 			return
 		}
@@ -404,7 +463,7 @@ func (s *service) dispatch(l markLayout) []chain {
 			// The digits above the child's level, all of them, so that
 			// chains of different levels never share a name.
 			child := chain{name: fmt.Sprintf("%s.%0*x", dataplane.ServiceChain(s.name), levels-level+1, prefix)}
-			c.add(l.match(prefix<<shift, l.slotBits(uint(shift))) + " " + comment(commentPrefix+" "+s.name+" dispatch") + " -g " + child.name)
+			c.add(tr.match(prefix<<shift, l.slotBits(uint(shift))) + " " + comment(tr.prefix) + " -g " + child.name)
 			node(&child, level-1, bes[:n])
 			out = append(out, child)
 			bes = bes[n:]
@@ -415,14 +474,21 @@ func (s *service) dispatch(l markLayout) []chain {
 }
 
 // leaf adds the rules of backend b to c: refresh the client's pin (a new
-// connection restarts its timeout) and DNAT. Both match the pin set, so
-// a stale index entry (the pin expired or moved) falls through to the
-// listener.
+// connection restarts its timeout), put the backend's slot in the
+// connection mark (for the counting tree in filter), and DNAT. The
+// refresh and the DNAT match the pin set, so a stale index entry (the pin
+// expired or moved) falls through to the listener; the slot rule needs no
+// lookup of its own: a connection it marks that is not DNATed goes to the
+// local listener, which filter's FORWARD never sees. Services without one
+// VIP count by the backend's forward rule and need no slot.
 func (s *service) leaf(c *chain, l markLayout, b backend) {
 	tag := commentPrefix + " " + s.name + "/" + b.name
 	in := "-p tcp " + l.match(b.slot, l.slotBits(0)) + " -m set --match-set " + b.set + " src "
 	if s.ttl > 0 {
 		c.add(in + comment(tag+" refresh") + " -j SET --add-set " + b.set + " src --exist --timeout " + strconv.FormatUint(uint64(s.ttl), 10))
+	}
+	if !s.vip.Addr().IsUnspecified() {
+		c.add("-p tcp " + l.match(b.slot, l.slotBits(0)) + " " + comment(tag+" slot") + " -j CONNMARK --set-xmark " + l.slotMatch(b.slot))
 	}
 	c.add(in + comment(tag+" dnat") + " -j DNAT --to-destination " + b.addr.String())
 }
@@ -793,6 +859,17 @@ func (l markLayout) slotBits(from uint) uint32 { return (l.mask >> l.shift) &^ (
 // match is the rule option matching slot bits v under mask m (slot space).
 func (l markLayout) match(v, m uint32) string {
 	return "-m mark --mark 0x" + strconv.FormatUint(uint64(v<<l.shift), 16) + "/0x" + strconv.FormatUint(uint64(m<<l.shift), 16)
+}
+
+// connMatch is match for the connection mark.
+func (l markLayout) connMatch(v, m uint32) string {
+	return "-m connmark --mark 0x" + strconv.FormatUint(uint64(v<<l.shift), 16) + "/0x" + strconv.FormatUint(uint64(m<<l.shift), 16)
+}
+
+// slotMatch is "V/M" of slot's full mark, as CONNMARK --set-xmark takes
+// it: only the field's bits change.
+func (l markLayout) slotMatch(slot uint32) string {
+	return "0x" + strconv.FormatUint(uint64(slot<<l.shift), 16) + "/0x" + strconv.FormatUint(uint64(l.mask), 16)
 }
 
 // reserved is the field's all-ones value, which no slot takes: the mark

@@ -85,11 +85,18 @@ func TestRender(t *testing.T) {
 -A HANDOFF-CANARY -m comment --comment "handoff owns set ho-web-be2"
 -A HO-SVC-web -m mark --mark 0x0/0xfff00000 -m comment --comment "handoff web new clients" -j RETURN
 -A HO-SVC-web -p tcp -m mark --mark 0x100000/0xfff00000 -m set --match-set ho-web-be1 src -m comment --comment "handoff web/be1 refresh" -j SET --add-set ho-web-be1 src --exist --timeout 1800
+-A HO-SVC-web -p tcp -m mark --mark 0x100000/0xfff00000 -m comment --comment "handoff web/be1 slot" -j CONNMARK --set-xmark 0x100000/0xfff00000
 -A HO-SVC-web -p tcp -m mark --mark 0x100000/0xfff00000 -m set --match-set ho-web-be1 src -m comment --comment "handoff web/be1 dnat" -j DNAT --to-destination 198.19.1.11:8080
 -A HO-SVC-web -p tcp -m mark --mark 0x200000/0xfff00000 -m set --match-set ho-web-be2 src -m comment --comment "handoff web/be2 refresh" -j SET --add-set ho-web-be2 src --exist --timeout 1800
+-A HO-SVC-web -p tcp -m mark --mark 0x200000/0xfff00000 -m comment --comment "handoff web/be2 slot" -j CONNMARK --set-xmark 0x200000/0xfff00000
 -A HO-SVC-web -p tcp -m mark --mark 0x200000/0xfff00000 -m set --match-set ho-web-be2 src -m comment --comment "handoff web/be2 dnat" -j DNAT --to-destination 198.19.1.12:8080
 *filter
--A HANDOFF-FORWARD -p tcp -m conntrack --ctstate DNAT --ctproto tcp --ctorigdst 198.18.1.1/32 --ctorigdstport 80 -m comment --comment "handoff web forward" -j ACCEPT
+-A HANDOFF-FORWARD -p tcp -m conntrack --ctstate DNAT --ctproto tcp --ctorigdst 198.18.1.1/32 --ctorigdstport 80 -m comment --comment "handoff web forward" -j HO-SVC-web
+-A HANDOFF-CANARY -m comment --comment "handoff owns chain HO-SVC-web"
+-A HO-SVC-web -m connmark --mark 0x0/0xfff00000 -m comment --comment "handoff web no slot" -j ACCEPT
+-A HO-SVC-web -m connmark --mark 0x100000/0xfff00000 -m comment --comment "handoff web/be1 forward" -j ACCEPT
+-A HO-SVC-web -m connmark --mark 0x200000/0xfff00000 -m comment --comment "handoff web/be2 forward" -j ACCEPT
+-A HO-SVC-web -m comment --comment "handoff web other slot" -j ACCEPT
 `,
 	}, {
 		desc: "ipv6",
@@ -105,9 +112,14 @@ func TestRender(t *testing.T) {
 -A HANDOFF-CANARY -m comment --comment "handoff owns chain HO-SVC-web6"
 -A HO-SVC-web6 -m mark --mark 0x0/0xfff00000 -m comment --comment "handoff web6 new clients" -j RETURN
 -A HO-SVC-web6 -p tcp -m mark --mark 0x100000/0xfff00000 -m set --match-set ho6-web6-a src -m comment --comment "handoff web6/a refresh" -j SET --add-set ho6-web6-a src --exist --timeout 3600
+-A HO-SVC-web6 -p tcp -m mark --mark 0x100000/0xfff00000 -m comment --comment "handoff web6/a slot" -j CONNMARK --set-xmark 0x100000/0xfff00000
 -A HO-SVC-web6 -p tcp -m mark --mark 0x100000/0xfff00000 -m set --match-set ho6-web6-a src -m comment --comment "handoff web6/a dnat" -j DNAT --to-destination [2001:2:0:2::11]:8443
 *filter
--A HANDOFF-FORWARD -p tcp -m conntrack --ctstate DNAT --ctproto tcp --ctorigdst 2001:2:0:1::1/128 --ctorigdstport 443 -m comment --comment "handoff web6 forward" -j ACCEPT
+-A HANDOFF-FORWARD -p tcp -m conntrack --ctstate DNAT --ctproto tcp --ctorigdst 2001:2:0:1::1/128 --ctorigdstport 443 -m comment --comment "handoff web6 forward" -j HO-SVC-web6
+-A HANDOFF-CANARY -m comment --comment "handoff owns chain HO-SVC-web6"
+-A HO-SVC-web6 -m connmark --mark 0x0/0xfff00000 -m comment --comment "handoff web6 no slot" -j ACCEPT
+-A HO-SVC-web6 -m connmark --mark 0x100000/0xfff00000 -m comment --comment "handoff web6/a forward" -j ACCEPT
+-A HO-SVC-web6 -m comment --comment "handoff web6 other slot" -j ACCEPT
 `,
 	}, {
 		desc: "unspecified VIP with snat",
@@ -146,9 +158,14 @@ func TestRender(t *testing.T) {
 -A HANDOFF-CANARY -m comment --comment "handoff owns set hoi-db"
 -A HANDOFF-CANARY -m comment --comment "handoff owns set ho-db-p"
 -A HO-SVC-db -m mark --mark 0x0/0xfff00000 -m comment --comment "handoff db new clients" -j RETURN
+-A HO-SVC-db -p tcp -m mark --mark 0x100000/0xfff00000 -m comment --comment "handoff db/p slot" -j CONNMARK --set-xmark 0x100000/0xfff00000
 -A HO-SVC-db -p tcp -m mark --mark 0x100000/0xfff00000 -m set --match-set ho-db-p src -m comment --comment "handoff db/p dnat" -j DNAT --to-destination 198.19.1.13:5432
 *filter
--A HANDOFF-FORWARD -p tcp -m conntrack --ctstate DNAT --ctproto tcp --ctorigdst 198.18.1.2/32 --ctorigdstport 5432 -m comment --comment "handoff db forward" -j ACCEPT
+-A HANDOFF-FORWARD -p tcp -m conntrack --ctstate DNAT --ctproto tcp --ctorigdst 198.18.1.2/32 --ctorigdstport 5432 -m comment --comment "handoff db forward" -j HO-SVC-db
+-A HANDOFF-CANARY -m comment --comment "handoff owns chain HO-SVC-db"
+-A HO-SVC-db -m connmark --mark 0x0/0xfff00000 -m comment --comment "handoff db no slot" -j ACCEPT
+-A HO-SVC-db -m connmark --mark 0x100000/0xfff00000 -m comment --comment "handoff db/p forward" -j ACCEPT
+-A HO-SVC-db -m comment --comment "handoff db other slot" -j ACCEPT
 `,
 	}, {
 		desc: "ipv4-mapped listen address is IPv4",
@@ -166,9 +183,14 @@ func TestRender(t *testing.T) {
 -A HANDOFF-CANARY -m comment --comment "handoff owns set ho-m-x"
 -A HO-SVC-m -m mark --mark 0x0/0xfff00000 -m comment --comment "handoff m new clients" -j RETURN
 -A HO-SVC-m -p tcp -m mark --mark 0x100000/0xfff00000 -m set --match-set ho-m-x src -m comment --comment "handoff m/x refresh" -j SET --add-set ho-m-x src --exist --timeout 1
+-A HO-SVC-m -p tcp -m mark --mark 0x100000/0xfff00000 -m comment --comment "handoff m/x slot" -j CONNMARK --set-xmark 0x100000/0xfff00000
 -A HO-SVC-m -p tcp -m mark --mark 0x100000/0xfff00000 -m set --match-set ho-m-x src -m comment --comment "handoff m/x dnat" -j DNAT --to-destination 198.19.1.11:80
 *filter
--A HANDOFF-FORWARD -p tcp -m conntrack --ctstate DNAT --ctproto tcp --ctorigdst 198.18.1.3/32 --ctorigdstport 80 -m comment --comment "handoff m forward" -j ACCEPT
+-A HANDOFF-FORWARD -p tcp -m conntrack --ctstate DNAT --ctproto tcp --ctorigdst 198.18.1.3/32 --ctorigdstport 80 -m comment --comment "handoff m forward" -j HO-SVC-m
+-A HANDOFF-CANARY -m comment --comment "handoff owns chain HO-SVC-m"
+-A HO-SVC-m -m connmark --mark 0x0/0xfff00000 -m comment --comment "handoff m no slot" -j ACCEPT
+-A HO-SVC-m -m connmark --mark 0x100000/0xfff00000 -m comment --comment "handoff m/x forward" -j ACCEPT
+-A HO-SVC-m -m comment --comment "handoff m other slot" -j ACCEPT
 `,
 	}} {
 		t.Run(c.desc, func(t *testing.T) {
@@ -782,14 +804,27 @@ func TestParseCounters(t *testing.T) {
 [7:420] -A HO-SVC-web -p tcp -m set --match-set ho-web-be2 src -m comment --comment "handoff web/be2 dnat" -j DNAT --to-destination 198.19.1.12:80
 [9:9] -A PREROUTING -m comment --comment handoff -j ACCEPT
 COMMIT
+*filter
+:HO-SVC-web - [0:0]
+[5:500] -A HANDOFF-FORWARD -p tcp -m conntrack --ctstate DNAT --ctproto 6 --ctorigdst 198.18.0.1 --ctorigdstport 80 -m comment --comment "handoff web forward" -j HO-SVC-web
+[1:60] -A HO-SVC-web -m connmark --mark 0x0/0xfff00000 -m comment --comment "handoff web no slot" -j ACCEPT
+[50:70000] -A HO-SVC-web -m connmark --mark 0x100000/0xfff00000 -m comment --comment "handoff web/be1 forward" -j ACCEPT
+[20:3000] -A HO-SVC-web -m connmark --mark 0x200000/0xfff00000 -m comment --comment "handoff web/be2 forward" -j ACCEPT
+[2:120] -A HO-SVC-web -m comment --comment "handoff web other slot" -j ACCEPT
+[8:800] -A HANDOFF-FORWARD -p tcp -m conntrack --ctstate DNAT --ctproto 6 --ctorigdstport 25 --ctreplsrc 198.19.1.11 --ctreplsrcport 2525 -m comment --comment "handoff any/m1 forward" -j ACCEPT
+COMMIT
 `
+	// Packets are the DNAT rules' (a connection's first packet); bytes
+	// are the forward rules', which see every packet of the backend's
+	// connections (in the tree of a service with one VIP, or per backend).
 	got := map[dataplane.BackendRef]Counter{}
 	parseCounters([]byte(in), got)
 	parseCounters([]byte(strings.ReplaceAll(in, "be2", "be3")), got)
 	want := map[dataplane.BackendRef]Counter{
-		{Service: "web", Backend: "be1"}: {Packets: 6, Bytes: 360},
-		{Service: "web", Backend: "be2"}: {Packets: 7, Bytes: 420},
-		{Service: "web", Backend: "be3"}: {Packets: 7, Bytes: 420},
+		{Service: "web", Backend: "be1"}: {Packets: 6, Bytes: 140000},
+		{Service: "web", Backend: "be2"}: {Packets: 7, Bytes: 3000},
+		{Service: "web", Backend: "be3"}: {Packets: 7, Bytes: 3000},
+		{Service: "any", Backend: "m1"}:  {Bytes: 1600},
 	}
 	if len(got) != len(want) {
 		t.Errorf("counters %v, want %v", got, want)
