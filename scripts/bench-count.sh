@@ -21,11 +21,12 @@
 #              (one ACCEPT rule per service, same matches, same order): the
 #              packets are accepted there and never reach the tree. The
 #              nat leaf's slot rule (a connection's first packet only) stays.
-#   amp        (AMP=K > 0) count, plus K more walks of a copy of i1000's
-#              counting tree (BENCH-T…, its verdicts RETURN) for every
-#              forwarded packet, first: (amp - count) / K is the cost of one
-#              walk, above the machine's noise (a client of the 1,000th
-#              backend walks the same depth in i1000's and w1000's trees).
+#   amp        (AMP=K > 0) count, plus K more walks of a copy of the
+#              counting tree of AMPTREE (i1000, or i2; BENCH-T…, its verdicts
+#              RETURN) for every forwarded packet, first: (amp - count) / K
+#              is the cost of one walk, above the machine's noise (the
+#              pinned backend's slot, 1,000 or 2, is the same in the i and
+#              w services, so their trees walk alike).
 #   set        (MODES) a layout measured for comparison, not handoff's: per
 #              service a hash:ip,port set with counters holding its
 #              backends' addresses (bench-c-<svc>), and in place of the
@@ -42,7 +43,7 @@
 # The mode switch is checked: the tree's counter of the measured backend
 # must grow in count mode and stay in nocount mode.
 #
-# Usage: sudo [AMP=K] [MODES="nocount count set amp ampset"] [RUNS="i2:tput1 …"] scripts/bench-count.sh [ROUNDS=3] [SECONDS=4]
+# Usage: sudo [AMP=K] [AMPTREE=i1000|i2] [MODES="nocount count set ampset"] [RUNS="i2:tput1 …"] scripts/bench-count.sh [ROUNDS=3] [SECONDS=4]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin:/usr/sbin:/sbin"
@@ -148,8 +149,9 @@ done
 	echo "COMMIT"
 } | lb iptables-restore --noflush
 AMP=${AMP:-0}
+AMPTREE=${AMPTREE:-i1000}
 MODES=${MODES:-nocount count}
-[ "$AMP" -gt 0 ] && MODES=${MODES/count/count amp}
+if [ "$AMP" -gt 0 ] && [[ " $MODES " != *" amp "* ]]; then MODES="$MODES amp"; fi
 if [[ " $MODES " == *" set "* || " $MODES " == *" ampset "* ]]; then
 	{
 		for t in i1000 i2 w1000 w2; do
@@ -179,10 +181,10 @@ fi
 if [[ " $MODES " == *" amp "* ]]; then
 	{
 		echo "*filter"
-		lb iptables-save -t filter | awk '/^-A HO-SVC-i1000[ .]/ {print $2}' | sort -u | sed 's/^HO-SVC-i1000/:BENCH-T/; s/$/ - [0:0]/'
+		lb iptables-save -t filter | awk -v c="HO-SVC-$AMPTREE" '$1 == "-A" && ($2 == c || index($2, c ".") == 1) {print $2}' | sort -u | sed "s/^HO-SVC-$AMPTREE/:BENCH-T/; s/\$/ - [0:0]/"
 		echo ":BENCH-AMP - [0:0]"
-		lb iptables-save -t filter | grep -E '^-A HO-SVC-i1000[ .]' |
-			sed -E 's/HO-SVC-i1000/BENCH-T/g; s/-m comment --comment "[^"]*" //; s/-j ACCEPT$/-j RETURN/'
+		lb iptables-save -t filter | grep -E "^-A HO-SVC-$AMPTREE[ .]" |
+			sed -E "s/HO-SVC-$AMPTREE/BENCH-T/g; s/-m comment --comment \"[^\"]*\" //; s/-j ACCEPT\$/-j RETURN/"
 		for _ in $(seq "$AMP"); do echo "-A BENCH-AMP -j BENCH-T"; done
 		echo "COMMIT"
 	} | lb iptables-restore --noflush
