@@ -106,7 +106,7 @@ type BackendStatus struct {
 	BytesOut    uint64  `json:"bytes_out"`   // backend → client, proxied
 	// Kernel-forwarded traffic (kernel mode): the packets its DNAT rule
 	// matched (one a connection, nat sees no other) and the bytes of its
-	// connections both ways, counted by a rule that sees every packet.
+	// connections both ways, counted by rules that see every packet.
 	Packets      uint64 `json:"forwarded_packets"`
 	ForwardBytes uint64 `json:"forwarded_bytes"`
 	// Health checks run and failed since the backend's checks started, and

@@ -169,12 +169,12 @@ func TestAdminAPI(t *testing.T) {
 
 	// Metrics match the kernel: pins against ipset, forwarded packets
 	// against the DNAT rules' counters, forwarded bytes against the
-	// forward rules' in filter; the transfer's backend has its bytes. No
+	// counting set's entries; the transfer's backend has its bytes. No
 	// traffic runs meanwhile.
 	fams := api.metrics()
 	sets := readSets(t, l.LB)
 	counters := dnatPackets(t, l.LB, "HO-SVC-web")
-	fwdBytes := forwardBytes(t, l.LB, "HO-SVC-web")
+	fwdBytes := forwardBytes(t, l.LB, "hoc-web")
 	if got := metricValue(t, fams, "handoff_forwarded_bytes_total", map[string]string{"service": "web", "backend": heavyBe}); got < 2*forwardPayload {
 		t.Errorf("handoff_forwarded_bytes_total{backend=%s} = %v after a kernel-forwarded connection moved %d bytes each way", heavyBe, got, forwardPayload)
 	}
@@ -189,8 +189,8 @@ func TestAdminAPI(t *testing.T) {
 		if got, want := metricValue(t, fams, "handoff_forwarded_packets_total", labels), counters[be.addr.String()]; got != float64(want) {
 			t.Errorf("handoff_forwarded_packets_total{backend=%s} = %v, iptables -L -v -x says %d", be.name, got, want)
 		}
-		if got, want := metricValue(t, fams, "handoff_forwarded_bytes_total", labels), fwdBytes[be.name]; got != float64(want) {
-			t.Errorf("handoff_forwarded_bytes_total{backend=%s} = %v, iptables -L -v -x says %d", be.name, got, want)
+		if got, want := metricValue(t, fams, "handoff_forwarded_bytes_total", labels), fwdBytes[be.addr.String()]; got != float64(want) {
+			t.Errorf("handoff_forwarded_bytes_total{backend=%s} = %v, ipset list says %d", be.name, got, want)
 		}
 	}
 	if v := metricValue(t, fams, "handoff_backend_up", map[string]string{"service": "web", "backend": "be3"}); v != 1 {

@@ -38,6 +38,7 @@ var standardTargets = map[string]bool{
 type fakeSet struct {
 	spec    setSpec
 	members map[netip.Addr]member
+	ports   map[netip.AddrPort]member // hash:ip,port sets (counting sets)
 }
 
 // fakeTable is one table: chains in creation order and their rules.
@@ -78,9 +79,7 @@ type fakeKernel struct {
 	// lookups made.
 	lastWalk struct {
 		rules, lookups int
-		held           bool   // the SYN went to the held-SYN queue
-		ctmark         uint32 // the connection mark at the end
-		by             string // the comment of the rule that ended the walk
+		held           bool // the SYN went to the held-SYN queue
 	}
 	creates int // create calls
 	batches int // addBatch calls
@@ -161,7 +160,7 @@ func (f fakeSets) create(name string, s setSpec) error {
 		}
 		return nil
 	}
-	f.k.sets[name] = &fakeSet{spec: s, members: map[netip.Addr]member{}}
+	f.k.sets[name] = &fakeSet{spec: s, members: map[netip.Addr]member{}, ports: map[netip.AddrPort]member{}}
 	f.k.logf("create %s", name)
 	return nil
 }
@@ -210,7 +209,7 @@ func (f fakeSets) headers() ([]setHeader, error) {
 		if spec.maxelem == 0 {
 			spec.maxelem = defaultMaxelem
 		}
-		out = append(out, setHeader{name: name, spec: spec, exact: true, entries: len(f.k.sets[name].members)})
+		out = append(out, setHeader{name: name, spec: spec, exact: true, entries: len(f.k.sets[name].members) + len(f.k.sets[name].ports)})
 	}
 	return out, nil
 }
@@ -245,6 +244,9 @@ func (f fakeSets) addEntry(e setAdd, replace bool) error {
 	}
 	if (ip.Is4() != (s.spec.family == ipv4)) || ip.Is4In6() {
 		return fmt.Errorf("invalid family")
+	}
+	if s.spec.counters {
+		return fmt.Errorf("missing port in a hash:ip,port set")
 	}
 	ip, err := fakeEntry(s, ip, e.cidr)
 	if err != nil {
@@ -297,6 +299,7 @@ func (f fakeSets) flush(name string) error {
 		return nil
 	}
 	clear(s.members)
+	clear(s.ports)
 	f.k.logf("flush %s", name)
 	return nil
 }
@@ -308,7 +311,7 @@ func (f fakeSets) count(name string) (int, error) {
 	if s == nil {
 		return 0, errNoSet
 	}
-	return len(s.members), nil
+	return len(s.members) + len(s.ports), nil
 }
 
 func (f fakeSets) del(name string, ip netip.Addr, cidr uint8) error {
@@ -349,10 +352,13 @@ func (f fakeSets) list(name string, fn func(member) error) error {
 		return errNoSet
 	}
 	ms := slices.Collect(maps.Values(s.members))
+	ms = slices.AppendSeq(ms, maps.Values(s.ports))
 	hook := f.k.onList
 	f.k.onList = nil
 	f.k.mu.Unlock()
-	slices.SortFunc(ms, func(a, b member) int { return a.ip.Compare(b.ip) })
+	slices.SortFunc(ms, func(a, b member) int {
+		return netip.AddrPortFrom(a.ip, a.port).Compare(netip.AddrPortFrom(b.ip, b.port))
+	})
 	if hook != nil {
 		hook()
 	}
@@ -360,6 +366,49 @@ func (f fakeSets) list(name string, fn func(member) error) error {
 		if err := fn(m); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// portSet returns the hash:ip,port set name for an entry of ap, checking
+// ap as the kernel does. The caller holds f.k.mu.
+func (f fakeSets) portSet(name string, ap netip.AddrPort) (*fakeSet, error) {
+	s := f.k.sets[name]
+	switch {
+	case s == nil:
+		return nil, errNoSet
+	case !s.spec.counters:
+		return nil, fmt.Errorf("a port in a %s set", s.spec.typeName())
+	case ap.Addr().Is4() != (s.spec.family == ipv4) || ap.Addr().Is4In6():
+		return nil, fmt.Errorf("invalid family")
+	}
+	return s, nil
+}
+
+func (f fakeSets) addPort(name string, ap netip.AddrPort) error {
+	f.k.mu.Lock()
+	defer f.k.mu.Unlock()
+	s, err := f.portSet(name, ap)
+	if err != nil {
+		return err
+	}
+	if _, ok := s.ports[ap]; !ok {
+		s.ports[ap] = member{ip: ap.Addr(), port: ap.Port()}
+		f.k.logf("add %s %s", name, ap)
+	}
+	return nil
+}
+
+func (f fakeSets) delPort(name string, ap netip.AddrPort) error {
+	f.k.mu.Lock()
+	defer f.k.mu.Unlock()
+	s, err := f.portSet(name, ap)
+	if err != nil {
+		return err
+	}
+	if _, ok := s.ports[ap]; ok {
+		delete(s.ports, ap)
+		f.k.logf("del %s %s", name, ap)
 	}
 	return nil
 }
@@ -580,21 +629,25 @@ func (k *fakeKernel) synLands(src netip.Addr, dst netip.AddrPort) (netip.AddrPor
 		return netip.AddrPort{}, false, err
 	}
 	to, verdict, err := w.walk(k.tables[fam][natTable], "PREROUTING", 0)
-	k.lastWalk.rules, k.lastWalk.lookups, k.lastWalk.ctmark = w.rules, w.lookups, w.ctmark
+	k.lastWalk.rules, k.lastWalk.lookups = w.rules, w.lookups
 	return to, verdict == "DNAT", err
 }
 
-// forwardLands walks a packet of a connection from src to vip, DNATed to
-// be and carrying connection mark ctmark, through filter FORWARD, as the
-// kernel does every packet of a forwarded flow (either way: the
-// connection's attributes are the same). It returns the verdict ("" when
-// the packet fell off to the chain's policy) and the comment of the rule
-// that gave it; lastWalk.rules counts the rules looked at.
-func (k *fakeKernel) forwardLands(src netip.Addr, vip, be netip.AddrPort, ctmark uint32) (verdict, by string, err error) {
+// forwardLands walks a packet of size bytes of a connection from client
+// (port clientPort) to vip, DNATed to be, through filter FORWARD, as the
+// kernel does every packet of a forwarded flow: from the client to be
+// or, with reply set, be's reply. A counting set entry it matches counts
+// it. It returns the verdict ("" when the packet fell off to the chain's
+// policy) and the comment of the rule that gave it; lastWalk counts the
+// rules looked at and the set lookups.
+func (k *fakeKernel) forwardLands(client netip.AddrPort, vip, be netip.AddrPort, reply bool, size int) (verdict, by string, err error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	w := &synWalk{k: k, src: src, dst: be, ctmark: ctmark, states: map[string]bool{"DNAT": true, "ESTABLISHED": true},
-		orig: vip, reply: be}
+	w := &synWalk{k: k, src: client.Addr(), sport: client.Port(), dst: be, size: size,
+		states: map[string]bool{"DNAT": true, "ESTABLISHED": true}, orig: vip, reply: be}
+	if reply {
+		w.src, w.sport, w.dst = be.Addr(), be.Port(), client
+	}
 	_, verdict, err = w.walk(k.tables[familyOf(vip.Addr())][filterTable], "FORWARD", 0)
 	k.lastWalk.rules, k.lastWalk.lookups = w.rules, w.lookups
 	return verdict, w.by, err
@@ -605,9 +658,10 @@ func (k *fakeKernel) forwardLands(src netip.Addr, vip, be netip.AddrPort, ctmark
 type synWalk struct {
 	k      *fakeKernel
 	src    netip.Addr
+	sport  uint16 // forwarded packets only
 	dst    netip.AddrPort
+	size   int // bytes, for the counters of counting sets
 	mark   uint32
-	ctmark uint32          // the connection's mark
 	states map[string]bool // the conntrack states the packet is in
 	orig   netip.AddrPort  // the connection's original destination (forwarded packets)
 	reply  netip.AddrPort  // its reply source: where it was DNATed to
@@ -695,20 +749,41 @@ rules:
 				m, _ := strconv.ParseUint(ms, 0, 32)
 				mark := w.mark
 				if module == "connmark" {
-					mark = w.ctmark
+					mark = 0 // a new connection's
 				}
 				if mark&uint32(m) != uint32(v) {
 					continue rules
 				}
 			case "--match-set":
-				s := w.k.sets[next()]
-				if next() != "src" || s == nil {
+				s, dir := w.k.sets[next()], next()
+				if s == nil {
 					return fail("bad match-set in %q", r)
 				}
 				w.lookups++
-				if _, ok := s.members[w.src]; !ok {
+				if dir == "src" && !s.spec.counters {
+					if _, ok := s.members[w.src]; !ok {
+						continue rules
+					}
+					break
+				}
+				// A counting set, by destination or by source; a match
+				// counts the packet against the entry.
+				var key netip.AddrPort
+				switch {
+				case dir == "dst,dst" && s.spec.counters:
+					key = w.dst
+				case dir == "src,src" && s.spec.counters:
+					key = netip.AddrPortFrom(w.src, w.sport)
+				default:
+					return fail("bad match-set in %q", r)
+				}
+				m, ok := s.ports[key]
+				if !ok {
 					continue rules
 				}
+				m.packets++
+				m.bytes += uint64(w.size)
+				s.ports[key] = m
 			case "-g", "-j":
 				target := next()
 				switch target {
@@ -724,16 +799,6 @@ rules:
 					continue rules
 				case "NFQUEUE":
 					return netip.AddrPort{}, "NFQUEUE", nil
-				case "CONNMARK":
-					// ctmark = ctmark AND NOT mask XOR value
-					if next() != "--set-xmark" {
-						return fail("bad CONNMARK in %q", r)
-					}
-					vs, ms, _ := strings.Cut(next(), "/")
-					v, _ := strconv.ParseUint(vs, 0, 32)
-					m, _ := strconv.ParseUint(ms, 0, 32)
-					w.ctmark = w.ctmark&^uint32(m) ^ uint32(v)
-					continue rules
 				case "RETURN":
 					return netip.AddrPort{}, "", nil
 				case "ACCEPT":

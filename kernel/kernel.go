@@ -107,8 +107,9 @@ type Counter struct {
 	// kernel-forwarded connection (nat sees no other), so the connections.
 	Packets uint64
 	// Bytes is the traffic of its kernel-forwarded connections, both
-	// ways, counted by its forward rule in filter, which sees every
-	// packet; connections to the VIP from the host itself are not
-	// forwarded, and not counted.
+	// ways: the bytes of its address's entry in the service's counting
+	// set, which the service's rules in filter, seeing every forwarded
+	// packet, count each packet against. Connections to the VIP from the
+	// host itself are not forwarded, and not counted.
 	Bytes uint64
 }

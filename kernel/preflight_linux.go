@@ -118,7 +118,6 @@ func features(p prober, o PreflightOptions) []Finding {
 		{"xt_set", "the set match and SET target of the rules", "/proc/net/ip_tables_targets", "SET"},
 		{"nf_conntrack", "connection tracking", "/proc/sys/net/netfilter/nf_conntrack_max", ""},
 		{"nf_nat", "the DNAT target", "/proc/net/ip_tables_targets", "DNAT"},
-		{"xt_connmark", "the CONNMARK target and connmark match: counting kernel-forwarded bytes, transparent dials", "/proc/net/ip_tables_targets", "CONNMARK"},
 	}
 	if o.HoldSYNs {
 		fts = append(fts,
@@ -127,6 +126,7 @@ func features(p prober, o PreflightOptions) []Finding {
 	}
 	if o.Transparent {
 		fts = append(fts,
+			feature{"xt_connmark", "the CONNMARK target of transparent dials", "/proc/net/ip_tables_targets", "CONNMARK"},
 			feature{"xt_mark", "the MARK target of transparent dials' replies", "/proc/net/ip_tables_targets", "MARK"})
 	}
 	var out []Finding

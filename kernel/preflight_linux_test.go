@@ -63,10 +63,6 @@ func TestPreflightChecks(t *testing.T) {
 		{"IPv6 forwarding off, unused", func(fakeHost, *PreflightOptions) {}, "ipv6 forwarding", SeverityOK, ""},
 		{"IPv6 forwarding off, used", func(_ fakeHost, o *PreflightOptions) { o.IPv6 = true }, "ipv6 forwarding", SeverityFatal, "sysctl -w net.ipv6.conf.all.forwarding=1"},
 		{"xt_set missing", func(h fakeHost, _ *PreflightOptions) { h.files["/proc/net/ip_tables_targets"] = "DNAT\nNFQUEUE" }, "module xt_set", SeverityWarn, "modprobe xt_set"},
-		{"xt_connmark missing", func(h fakeHost, o *PreflightOptions) {
-			h.files["/proc/net/ip_tables_targets"] = "DNAT\nSET\nMARK"
-			o.Transparent = false // counting the forwarded bytes needs it too
-		}, "module xt_connmark", SeverityWarn, "modprobe xt_connmark"},
 		{"nfnetlink_queue missing", func(h fakeHost, _ *PreflightOptions) { delete(h.files, "/proc/net/netfilter/nfnetlink_queue") }, "module nfnetlink_queue", SeverityWarn, "modprobe nfnetlink_queue"},
 		{"conntrack below capacity", func(_ fakeHost, o *PreflightOptions) { o.PinCapacity = 1 << 21 }, "conntrack table", SeverityWarn, "sysctl -w net.netfilter.nf_conntrack_max=2097152"},
 		{"rp_filter strict with transparent dials", func(h fakeHost, _ *PreflightOptions) { h.files["/proc/sys/net/ipv4/conf/eth0/rp_filter"] = "1" }, "rp_filter", SeverityWarn, "sysctl -w net.ipv4.conf.all.rp_filter=2 net.ipv4.conf.eth0.rp_filter=2"},

@@ -138,6 +138,7 @@ type service struct {
 	snat     bool
 	maxelem  uint32
 	index    string // the dispatch index set: hoi-<svc> or hoi6-<svc>
+	count    string // the counting set: hoc-<svc> or hoc6-<svc>
 	hold     bool   // queue the SYNs of unpinned clients (Hold)
 	cidr     uint8  // IPv6 services pinning networks: their prefix length (hash:net sets); 0 = addresses
 	backends []backend
@@ -166,6 +167,22 @@ const indexMaxelem = 1 << 30
 
 func (s *service) indexSpec() setSpec {
 	return setSpec{family: s.fam, maxelem: indexMaxelem, index: true, net: s.cidr != 0}
+}
+
+// countSpec is the counting set's spec: hash:ip,port with counters, of
+// the kernel's default maxelem (far above the backends a mark numbers).
+func (s *service) countSpec() setSpec {
+	return setSpec{family: s.fam, counters: true}
+}
+
+// countEntries is what the counting set of s holds: the address of each
+// backend.
+func (s *service) countEntries() map[netip.AddrPort]bool {
+	out := make(map[netip.AddrPort]bool, len(s.backends))
+	for _, b := range s.backends {
+		out[b.addr] = true
+	}
+	return out
 }
 
 // validName matches the service and backend names the kernel objects can
@@ -208,6 +225,7 @@ func compile(st dataplane.State) ([]*service, error) {
 			snat:    ds.SNAT,
 			maxelem: uint32(ds.MaxClients),
 			index:   indexSetName(ds.Name, familyOf(vip.Addr())),
+			count:   countSetName(ds.Name, familyOf(vip.Addr())),
 			hold:    ds.HoldSYN,
 			byName:  map[string]*backend{},
 		}
@@ -278,23 +296,26 @@ type rendered map[table][]chain
 // nat, HO-SVC-<svc> returns unmarked packets (new clients, for the
 // listener) at once, and walks marked ones down a tree of chains, one
 // hexadecimal digit of the slot per level, to the leaf rules of the
-// backend: refresh the pin's timeout in its set, put the slot in the
-// connection mark, then DNAT. Each step costs the same whatever the
-// number of backends: one index lookup, at most 16 mark comparisons per
-// level (three levels for 4,095 backends) and the two set lookups of one
-// backend.
+// backend: refresh the pin's timeout in its set, then DNAT. Each step
+// costs the same whatever the number of backends: one index lookup, at
+// most 16 mark comparisons per level (three levels for 4,095 backends)
+// and the two set lookups of one backend.
 //
 // Every later packet of the connection, both ways, takes the service's
-// rule in filter's HANDOFF-FORWARD and the same tree in filter, by the
-// connection mark, to its backend's forward rule, whose byte counter is
-// the backend's kernel-forwarded traffic (see countTree).
+// rule in filter's HANDOFF-FORWARD and its chain HO-SVC-<svc> in filter,
+// whose rules match the service's counting set (hoc-<svc>, hash:ip,port
+// with counters, one entry a backend) by destination (client to backend,
+// after DNAT) and by source (the backend's replies, before the reverse
+// NAT): the entry's counters are the backend's kernel-forwarded traffic,
+// at the cost of one or two hash lookups a packet whatever the number of
+// backends (see countChain).
 func render(fam family, svcs []*service, l markLayout, queue uint16) rendered {
 	pre := chain{name: chainPrerouting}
 	out := chain{name: chainOutput}
 	post := chain{name: chainPostrouting}
 	fwd := chain{name: chainForward}
 	mark := chain{name: chainMark}
-	var svcChains, countChains []chain // nat's dispatch trees, filter's counting trees
+	var svcChains, countChains []chain // nat's dispatch trees, filter's counting chains
 	for _, s := range svcs {
 		if s.fam != fam {
 			continue
@@ -320,29 +341,27 @@ func render(fam family, svcs []*service, l markLayout, queue uint16) rendered {
 			mark.add(syn + " " + l.match(0, l.slotBits(0)) + " " + comment(commentPrefix+" "+s.name+" hold") +
 				" -j NFQUEUE --queue-num " + strconv.Itoa(int(queue)) + " --queue-bypass")
 		}
-		svcChains = append(svcChains, s.dispatch(l, s.dispatchTree(l))...)
+		svcChains = append(svcChains, s.dispatch(l)...)
 
 		// Forwarded flows of this service: by VIP when it is one address,
-		// else by the backend the flow was DNATed to.
+		// else by the port and, in its chain, the backend the flow was
+		// DNATed to.
 		dnated := "-p tcp -m conntrack --ctstate DNAT --ctproto tcp"
+		countChains = append(countChains, s.countChain())
 		if !s.vip.Addr().IsUnspecified() {
 			m := dnated + " --ctorigdst " + hostCIDR(s.vip.Addr()) + " --ctorigdstport " + strconv.Itoa(int(s.vip.Port()))
 			fwd.add(m + " " + comment(commentPrefix+" "+s.name+" forward") + " -j " + dataplane.ServiceChain(s.name))
-			countChains = append(countChains, s.dispatch(l, s.countTree(l))...)
 			if s.snat {
 				post.add(m + " " + comment(commentPrefix+" "+s.name+" snat") + " -j MASQUERADE")
 			}
 			continue
 		}
-		// One rule per backend, whose byte counter is the backend's
-		// traffic: these flows need no counting tree.
-		for _, b := range s.backends {
-			m := dnated + " --ctorigdstport " + strconv.Itoa(int(s.vip.Port())) +
-				" --ctreplsrc " + hostCIDR(b.addr.Addr()) + " --ctreplsrcport " + strconv.Itoa(int(b.addr.Port()))
-			tag := commentPrefix + " " + s.name + "/" + b.name
-			fwd.add(m + " " + comment(tag+" forward") + " -j ACCEPT")
-			if s.snat {
-				post.add(m + " " + comment(tag+" snat") + " -j MASQUERADE")
+		fwd.add(dnated + " --ctorigdstport " + strconv.Itoa(int(s.vip.Port())) + " " + comment(commentPrefix+" "+s.name+" forward") + " -j " + dataplane.ServiceChain(s.name))
+		if s.snat {
+			for _, b := range s.backends {
+				m := dnated + " --ctorigdstport " + strconv.Itoa(int(s.vip.Port())) +
+					" --ctreplsrc " + hostCIDR(b.addr.Addr()) + " --ctreplsrcport " + strconv.Itoa(int(b.addr.Port()))
+				post.add(m + " " + comment(commentPrefix+" "+s.name+"/"+b.name+" snat") + " -j MASQUERADE")
 			}
 		}
 	}
@@ -368,6 +387,7 @@ func render(fam family, svcs []*service, l markLayout, queue uint16) rendered {
 	if fam == ipv4 {
 		for _, s := range svcs {
 			natCanary.add(registryRule(ownsSet, s.index))
+			natCanary.add(registryRule(ownsSet, s.count))
 			for _, b := range s.backends {
 				natCanary.add(registryRule(ownsSet, b.set))
 			}
@@ -380,45 +400,24 @@ func render(fam family, svcs []*service, l markLayout, queue uint16) rendered {
 	}
 }
 
-// tree is what a tree of slot chains (dispatch) holds besides its
-// structure.
-type tree struct {
-	match  func(v, m uint32) string // the option matching slot bits v under mask m
-	first  string                   // the root's first rule, for packets without a slot
-	leaf   func(c *chain, b backend)
-	last   string // every chain's last rule ("" none), for slots without a backend
-	prefix string // the comment of dispatch rules
-}
-
-// dispatchTree is the tree of nat: it walks a new connection by its
-// packet mark (the index's slot) to its backend's DNAT.
-func (s *service) dispatchTree(l markLayout) tree {
-	return tree{
-		match:  l.match,
-		first:  comment(commentPrefix+" "+s.name+" new clients") + " -j RETURN",
-		leaf:   func(c *chain, b backend) { s.leaf(c, l, b) },
-		prefix: commentPrefix + " " + s.name + " dispatch",
+// countChain is the chain of s in filter, which HANDOFF-FORWARD sends the
+// service's forwarded packets to: it accepts a packet to a backend (its
+// destination, after DNAT, is one of the counting set's entries) or from
+// one (its source, before the reverse NAT), each lookup adding the packet
+// to that backend's entry's counters. A service with one VIP accepts the
+// rest too, as its rule in HANDOFF-FORWARD accepted every flow DNATed to
+// the VIP before the counting: those of a backend removed or moved since.
+// A service listening on every address is matched there by port only, so
+// its chain accepts only the flows of its backends, as the rules of each
+// backend did.
+func (s *service) countChain() chain {
+	c := chain{name: dataplane.ServiceChain(s.name)}
+	c.add("-m set --match-set " + s.count + " dst,dst " + comment(commentPrefix+" "+s.name+" to backends") + " -j ACCEPT")
+	c.add("-m set --match-set " + s.count + " src,src " + comment(commentPrefix+" "+s.name+" from backends") + " -j ACCEPT")
+	if !s.vip.Addr().IsUnspecified() {
+		c.add(comment(commentPrefix+" "+s.name+" other") + " -j ACCEPT")
 	}
-}
-
-// countTree is the tree of filter: it walks every forwarded packet of the
-// service, both ways, by the slot the DNAT leaf left in its connection
-// mark, to the backend's forward rule, which accepts it and counts its
-// bytes. The service's rule in HANDOFF-FORWARD, which jumps here, matches
-// exactly what handoff accepts without the counting, the flows DNATed to
-// the VIP, so the tree accepts every packet it sees: without a slot (a
-// connection DNATed before the slot rule existed) in the root's first
-// rule, with a slot whose backend is gone in each chain's last.
-func (s *service) countTree(l markLayout) tree {
-	return tree{
-		match: l.connMatch,
-		first: comment(commentPrefix+" "+s.name+" no slot") + " -j ACCEPT",
-		leaf: func(c *chain, b backend) {
-			c.add(l.connMatch(b.slot, l.slotBits(0)) + " " + comment(commentPrefix+" "+s.name+"/"+b.name+" forward") + " -j ACCEPT")
-		},
-		last:   comment(commentPrefix+" "+s.name+" other slot") + " -j ACCEPT",
-		prefix: commentPrefix + " " + s.name + " dispatch",
-	}
+	return c
 }
 
 // dispatch returns the service chain and the tree below it. The tree has
@@ -428,7 +427,7 @@ func (s *service) countTree(l markLayout) tree {
 // HO-SVC-web.3 and HO-SVC-web.3e for slot 0x3e8), and the
 // chains of level 1 hold the leaf rules. Chains with no backend below
 // them are not made.
-func (s *service) dispatch(l markLayout, tr tree) []chain {
+func (s *service) dispatch(l markLayout) []chain {
 	bes := slices.Clone(s.backends)
 	slices.SortFunc(bes, func(a, b backend) int { return int(a.slot) - int(b.slot) })
 	levels := 1
@@ -438,18 +437,13 @@ func (s *service) dispatch(l markLayout, tr tree) []chain {
 		}
 	}
 	root := chain{name: dataplane.ServiceChain(s.name)}
-	root.add(tr.match(0, l.slotBits(0)) + " " + tr.first)
+	root.add(l.match(0, l.slotBits(0)) + " " + comment(commentPrefix+" "+s.name+" new clients") + " -j RETURN")
 	var out []chain
 	var node func(c *chain, level int, bes []backend)
 	node = func(c *chain, level int, bes []backend) {
-		defer func() {
-			if tr.last != "" {
-				c.add(tr.last)
-			}
-		}()
 		if level == 1 {
 			for _, b := range bes {
-				tr.leaf(c, b)
+				s.leaf(c, l, b)
 			}
 			return
 		}
@@ -463,7 +457,7 @@ func (s *service) dispatch(l markLayout, tr tree) []chain {
 			// The digits above the child's level, all of them, so that
 			// chains of different levels never share a name.
 			child := chain{name: fmt.Sprintf("%s.%0*x", dataplane.ServiceChain(s.name), levels-level+1, prefix)}
-			c.add(tr.match(prefix<<shift, l.slotBits(uint(shift))) + " " + comment(tr.prefix) + " -g " + child.name)
+			c.add(l.match(prefix<<shift, l.slotBits(uint(shift))) + " " + comment(commentPrefix+" "+s.name+" dispatch") + " -g " + child.name)
 			node(&child, level-1, bes[:n])
 			out = append(out, child)
 			bes = bes[n:]
@@ -474,21 +468,14 @@ func (s *service) dispatch(l markLayout, tr tree) []chain {
 }
 
 // leaf adds the rules of backend b to c: refresh the client's pin (a new
-// connection restarts its timeout), put the backend's slot in the
-// connection mark (for the counting tree in filter), and DNAT. The
-// refresh and the DNAT match the pin set, so a stale index entry (the pin
-// expired or moved) falls through to the listener; the slot rule needs no
-// lookup of its own: a connection it marks that is not DNATed goes to the
-// local listener, which filter's FORWARD never sees. Services without one
-// VIP count by the backend's forward rule and need no slot.
+// connection restarts its timeout) and DNAT. Both match the pin set, so
+// a stale index entry (the pin expired or moved) falls through to the
+// listener.
 func (s *service) leaf(c *chain, l markLayout, b backend) {
 	tag := commentPrefix + " " + s.name + "/" + b.name
 	in := "-p tcp " + l.match(b.slot, l.slotBits(0)) + " -m set --match-set " + b.set + " src "
 	if s.ttl > 0 {
 		c.add(in + comment(tag+" refresh") + " -j SET --add-set " + b.set + " src --exist --timeout " + strconv.FormatUint(uint64(s.ttl), 10))
-	}
-	if !s.vip.Addr().IsUnspecified() {
-		c.add("-p tcp " + l.match(b.slot, l.slotBits(0)) + " " + comment(tag+" slot") + " -j CONNMARK --set-xmark " + l.slotMatch(b.slot))
 	}
 	c.add(in + comment(tag+" dnat") + " -j DNAT --to-destination " + b.addr.String())
 }
@@ -859,17 +846,6 @@ func (l markLayout) slotBits(from uint) uint32 { return (l.mask >> l.shift) &^ (
 // match is the rule option matching slot bits v under mask m (slot space).
 func (l markLayout) match(v, m uint32) string {
 	return "-m mark --mark 0x" + strconv.FormatUint(uint64(v<<l.shift), 16) + "/0x" + strconv.FormatUint(uint64(m<<l.shift), 16)
-}
-
-// connMatch is match for the connection mark.
-func (l markLayout) connMatch(v, m uint32) string {
-	return "-m connmark --mark 0x" + strconv.FormatUint(uint64(v<<l.shift), 16) + "/0x" + strconv.FormatUint(uint64(m<<l.shift), 16)
-}
-
-// slotMatch is "V/M" of slot's full mark, as CONNMARK --set-xmark takes
-// it: only the field's bits change.
-func (l markLayout) slotMatch(slot uint32) string {
-	return "0x" + strconv.FormatUint(uint64(slot<<l.shift), 16) + "/0x" + strconv.FormatUint(uint64(l.mask), 16)
 }
 
 // reserved is the field's all-ones value, which no slot takes: the mark

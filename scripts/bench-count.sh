@@ -1,49 +1,41 @@
 #!/usr/bin/env bash
 # bench-count.sh: the per-packet cost of counting kernel-forwarded bytes
-# (the counting tree in filter, docs/how-it-works.md "Traffic counters"),
-# side by side in one run.
+# (each service's counting set in filter, docs/how-it-works.md "Traffic
+# counters"), side by side in one run.
 #
 # Lab (its own namespaces, hk-client, hk-lb and hk-be; nothing in the root
 # namespace): the client 198.18.0.2, the VIP 198.18.0.1 in hk-lb, and
 # hk-be owning 198.19.16.0/20 through a local route, with iperf3 on :5201
 # and nginx on :80 answering on every address. One kernel-mode daemon
-# serves four services, the client pinned to the LAST backend of each (the
-# deepest walk of the tree):
+# serves four services, the client pinned to the LAST backend of each:
 #   i2 i1000   iperf3 through a service of 2 or 1,000 backends
 #   w2 w1000   nginx (wrk, Connection: close) through 2 or 1,000 backends
 # Each figure is measured in two modes, alternating inside each round (the
 # order flips every round):
 #   count      the daemon's rules as they are: every forwarded packet takes
-#              its service's rule in HANDOFF-FORWARD and walks the counting
-#              tree to its backend's forward rule
+#              its service's rule in HANDOFF-FORWARD and its chain in
+#              filter, whose rules look the packet up in the service's
+#              counting set (hoc-<svc>, hash:ip,port with counters) by
+#              destination, then by source, counting it against its
+#              backend's entry
 #   nocount    the same rules, plus a chain BENCH-MAIN jumped to first from
 #              FORWARD holding what HANDOFF-FORWARD held before the counting
 #              (one ACCEPT rule per service, same matches, same order): the
-#              packets are accepted there and never reach the tree. The
-#              nat leaf's slot rule (a connection's first packet only) stays.
-#   amp        (AMP=K > 0) count, plus K more walks of a copy of the
-#              counting tree of AMPTREE (i1000, or i2; BENCH-T…, its verdicts
-#              RETURN) for every forwarded packet, first: (amp - count) / K
-#              is the cost of one walk, above the machine's noise (the
-#              pinned backend's slot, 1,000 or 2, is the same in the i and
-#              w services, so their trees walk alike).
-#   set        (MODES) a layout measured for comparison, not handoff's: per
-#              service a hash:ip,port set with counters holding its
-#              backends' addresses (bench-c-<svc>), and in place of the
-#              tree one chain: the set matched by destination (packets to
-#              the backend) then by source (its replies), each counting the
-#              backend's element, then ACCEPT
-#   ampset     set, plus K more passes of that chain (RETURN verdicts)
+#              packets are accepted there and never reach the set
+#   amp        (AMP=K > 0) count, plus K more passes of a copy of the
+#              measured service's chain (BENCH-T-<svc>, its verdicts RETURN,
+#              the same set) for every forwarded packet, first: (amp -
+#              count) / K is the cost of one pass, above the machine's noise
 # Metrics: iperf3 single stream and 8 streams (Gb/s) and wrk's connection
 # rate, each the median of ROUNDS rounds with the median of the per-round
 # count/nocount ratios; the host's kernel CPU (system+irq+softirq from
 # /proc/stat: the forwarding, both TCP stacks, iperf3's and nginx's system
 # calls) per GB moved and per connection. Before every run TIME_WAIT
 # sockets are killed and conntrack is flushed in all three namespaces.
-# The mode switch is checked: the tree's counter of the measured backend
-# must grow in count mode and stay in nocount mode.
+# The mode switch is checked: the measured backend's entry in the counting
+# set must grow in count mode and stay in nocount mode.
 #
-# Usage: sudo [AMP=K] [AMPTREE=i1000|i2] [MODES="nocount count set ampset"] [RUNS="i2:tput1 …"] scripts/bench-count.sh [ROUNDS=3] [SECONDS=4]
+# Usage: sudo [AMP=K] [MODES="nocount count amp"] [RUNS="i2:tput1 …"] scripts/bench-count.sh [ROUNDS=3] [SECONDS=4]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin:/usr/sbin:/sbin"
@@ -149,74 +141,34 @@ done
 	echo "COMMIT"
 } | lb iptables-restore --noflush
 AMP=${AMP:-0}
-AMPTREE=${AMPTREE:-i1000}
 MODES=${MODES:-nocount count}
 if [ "$AMP" -gt 0 ] && [[ " $MODES " != *" amp "* ]]; then MODES="$MODES amp"; fi
-if [[ " $MODES " == *" set "* || " $MODES " == *" ampset "* ]]; then
-	{
-		for t in i1000 i2 w1000 w2; do
-			echo "create bench-c-$t hash:ip,port counters"
-			for j in $(seq 1 "${NBE[$t]}"); do echo "add bench-c-$t $(beaddr "$j"),tcp:${BEPORT[$t]}"; done
-		done
-	} | lb ipset restore
-	{
-		echo "*filter"
-		echo ":BENCH-SET - [0:0]"
-		echo ":BENCH-SAMP - [0:0]"
-		for t in i1000 i2 w1000 w2; do
-			echo ":BENCH-S-$t - [0:0]"
-			echo ":BENCH-SR-$t - [0:0]"
-		done
-		for t in i1000 i2 w1000 w2; do
-			echo "-A BENCH-SET -p tcp -m conntrack --ctstate DNAT --ctproto tcp --ctorigdst $VIP/32 --ctorigdstport ${PORT[$t]} -j BENCH-S-$t"
-			for v in ACCEPT:S RETURN:SR; do
-				echo "-A BENCH-${v#*:}-$t -m set --match-set bench-c-$t dst,dst -j ${v%:*}"
-				echo "-A BENCH-${v#*:}-$t -m set --match-set bench-c-$t src,src -j ${v%:*}"
-				echo "-A BENCH-${v#*:}-$t -j ${v%:*}"
-			done
-		done
-		echo "COMMIT"
-	} | lb iptables-restore --noflush
-fi
 if [[ " $MODES " == *" amp "* ]]; then
 	{
 		echo "*filter"
-		lb iptables-save -t filter | awk -v c="HO-SVC-$AMPTREE" '$1 == "-A" && ($2 == c || index($2, c ".") == 1) {print $2}' | sort -u | sed "s/^HO-SVC-$AMPTREE/:BENCH-T/; s/\$/ - [0:0]/"
-		echo ":BENCH-AMP - [0:0]"
-		lb iptables-save -t filter | grep -E "^-A HO-SVC-$AMPTREE[ .]" |
-			sed -E "s/HO-SVC-$AMPTREE/BENCH-T/g; s/-m comment --comment \"[^\"]*\" //; s/-j ACCEPT\$/-j RETURN/"
-		for _ in $(seq "$AMP"); do echo "-A BENCH-AMP -j BENCH-T"; done
+		for t in i1000 i2 w1000 w2; do
+			echo ":BENCH-T-$t - [0:0]"
+			echo ":BENCH-AMP-$t - [0:0]"
+			lb iptables-save -t filter | grep -E "^-A HO-SVC-$t " |
+				sed -E "s/^-A HO-SVC-$t /-A BENCH-T-$t /; s/-m comment --comment \"[^\"]*\" //; s/-j ACCEPT\$/-j RETURN/"
+			for _ in $(seq "$AMP"); do echo "-A BENCH-AMP-$t -j BENCH-T-$t"; done
+		done
 		echo "COMMIT"
 	} | lb iptables-restore --noflush
 fi
 mode() { # MODE SERVICE
 	local c
-	for c in BENCH-MAIN BENCH-AMP BENCH-SET BENCH-SAMP; do
+	for c in BENCH-MAIN BENCH-AMP-i1000 BENCH-AMP-i2 BENCH-AMP-w1000 BENCH-AMP-w2; do
 		lb iptables -D FORWARD -m comment --comment bench-mode -j $c 2>/dev/null || true
 	done
 	case $1 in
 	nocount) lb iptables -I FORWARD 1 -m comment --comment bench-mode -j BENCH-MAIN ;;
-	amp) lb iptables -I FORWARD 1 -m comment --comment bench-mode -j BENCH-AMP ;;
-	set) lb iptables -I FORWARD 1 -m comment --comment bench-mode -j BENCH-SET ;;
-	ampset)
-		{
-			echo "*filter"
-			echo ":BENCH-SAMP - [0:0]"
-			for _ in $(seq "$AMP"); do echo "-A BENCH-SAMP -j BENCH-SR-$2"; done
-			echo "-A BENCH-SAMP -j BENCH-SET"
-			echo "COMMIT"
-		} | lb iptables-restore --noflush
-		lb iptables -I FORWARD 1 -m comment --comment bench-mode -j BENCH-SAMP ;;
+	amp) lb iptables -I FORWARD 1 -m comment --comment bench-mode -j "BENCH-AMP-$2" ;;
 	esac
 }
-# set_bytes SERVICE: the bytes of the pinned backend's element in bench-c-SERVICE
+# set_bytes SERVICE: the bytes of the pinned backend's entry in hoc-SERVICE
 set_bytes() {
-	[[ " $MODES " == *" set "* || " $MODES " == *" ampset "* ]] || { echo 0; return; }
-	lb ipset list "bench-c-$1" | awk -v e="$(beaddr "${NBE[$1]}"),tcp:${BEPORT[$1]}" '$1 == e {for (i = 2; i < NF; i++) if ($i == "bytes") print $(i + 1)}'
-}
-# leaf_bytes SERVICE: the bytes of the pinned backend's forward rule
-leaf_bytes() {
-	lb iptables-save -c -t filter | awk -v tag="\"handoff $1/be${NBE[$1]} forward\"" 'index($0, tag) {gsub(/[\[\]]/, "", $1); split($1, a, ":"); print a[2]; exit}'
+	lb ipset list "hoc-$1" | awk -v e="$(beaddr "${NBE[$1]}"),tcp:${BEPORT[$1]}" '$1 == e {for (i = 2; i < NF; i++) if ($i == "bytes") print $(i + 1)}'
 }
 
 clear_tw() {
@@ -242,7 +194,7 @@ measure() { # target metric -> "value work kernel-cpu-seconds counted-bytes"
 	case $m in
 	tput1 | tput8) iperf_server ;;
 	esac
-	b0=$(($(leaf_bytes "$t") + $(set_bytes "$t")))
+	b0=$(set_bytes "$t")
 	k0=$(kernel_ticks)
 	case $m in
 	tput1 | tput8)
@@ -253,7 +205,7 @@ measure() { # target metric -> "value work kernel-cpu-seconds counted-bytes"
 			awk '/requests in/ {n = $1} /Requests\/sec/ {r = $2} END {print r + 0, n + 0}') ;;
 	esac
 	k1=$(kernel_ticks)
-	b1=$(($(leaf_bytes "$t") + $(set_bytes "$t")))
+	b1=$(set_bytes "$t")
 	echo "$out $(awk -v d=$((k1 - k0)) -v hz="$HZ" 'BEGIN {print d / hz}') $((b1 - b0))"
 }
 
@@ -269,9 +221,9 @@ for r in $(seq 1 "$ROUNDS"); do
 			mode "$md" "$t"
 			read -r v w c n <<<"$(measure "$t" "$m")"
 			V[$run,$md,$r]=${v:-0} W[$run,$md,$r]=${w:-0} C[$run,$md,$r]=${c:-0}
-			# the switch works: the tree counts in count mode only
+			# the switch works: the set counts in count mode only
 			if { [ "$md" != nocount ] && [ "${n:-0}" -le 0 ]; } || { [ "$md" = nocount ] && [ "${n:-0}" -ne 0 ]; }; then
-				echo "bench-count.sh: $t $md: the backend's forward rule counted $n bytes" >&2
+				echo "bench-count.sh: $t $md: the backend's counting set entry counted $n bytes" >&2
 				bad=1
 			fi
 			printf 'round %d  %-6s %-9s %-8s %12s  kernel CPU %6.2fs  counted %s bytes\n' "$r" "$t" "$m" "$md" "$v" "$c" "$n" >&2
@@ -285,8 +237,8 @@ col() { # run mode field(V|C-per-work) -> median over rounds
 	local run=$1 md=$2 f=$3 r s=""
 	for r in $(seq 1 "$ROUNDS"); do
 		case $f in
-		V) s+="${V[$run,$md,$r]} " ;;
-		cpu) s+="$(awk -v c="${C[$run,$md,$r]}" -v w="${W[$run,$md,$r]}" -v m="${run#*:}" 'BEGIN {if (w > 0) print (m == "connrate" ? c * 1e6 / w : c * 1e9 / w)}') " ;;
+		V) s+="${V[$run,$md,$r]:-0} " ;;
+		cpu) s+="$(awk -v c="${C[$run,$md,$r]:-0}" -v w="${W[$run,$md,$r]:-0}" -v m="${run#*:}" 'BEGIN {if (w > 0) print (m == "connrate" ? c * 1e6 / w : c * 1e9 / w)}') " ;;
 		esac
 	done
 	echo "$s" | median
@@ -295,10 +247,10 @@ ratio() { # run field [A B] -> median over rounds of A/B (count/nocount)
 	local run=$1 f=$2 ma=${3:-count} mb=${4:-nocount} r s="" a b
 	for r in $(seq 1 "$ROUNDS"); do
 		if [ "$f" = V ]; then
-			a=${V[$run,$ma,$r]} b=${V[$run,$mb,$r]}
+			a=${V[$run,$ma,$r]:-0} b=${V[$run,$mb,$r]:-0}
 		else
-			a=$(awk -v c="${C[$run,$ma,$r]}" -v w="${W[$run,$ma,$r]}" 'BEGIN {if (w > 0) print c / w}')
-			b=$(awk -v c="${C[$run,$mb,$r]}" -v w="${W[$run,$mb,$r]}" 'BEGIN {if (w > 0) print c / w}')
+			a=$(awk -v c="${C[$run,$ma,$r]:-0}" -v w="${W[$run,$ma,$r]:-0}" 'BEGIN {if (w > 0) print c / w}')
+			b=$(awk -v c="${C[$run,$mb,$r]:-0}" -v w="${W[$run,$mb,$r]:-0}" 'BEGIN {if (w > 0) print c / w}')
 		fi
 		s+="$(awk -v a="$a" -v b="$b" 'BEGIN {if (b > 0) print a / b}') "
 	done
@@ -312,19 +264,12 @@ for run in $RUNS; do
 		"$(col "$run" nocount cpu)" "$(col "$run" count cpu)" "$(ratio "$run" cpu)"
 done
 echo "(medians of $ROUNDS rounds of ${DUR}s; ratios are count/nocount, the median of the per-round ratios)"
-if [[ " $MODES " == *" set "* ]]; then
-	printf '\n%-16s %12s %7s %14s %7s   (the set layout against nocount)\n' "run" "set" "ratio" "kCPU set" "ratio"
-	for run in $RUNS; do
-		printf '%-16s %12.2f %7.3f %14.2f %7.3f\n' "$run" "$(col "$run" set V)" "$(ratio "$run" V set nocount)" \
-			"$(col "$run" set cpu)" "$(ratio "$run" cpu set nocount)"
-	done
-fi
 if [ "$AMP" -gt 0 ]; then
 	# one walk's kernel CPU: (amp - count) / AMP, per GB and per connection,
 	# the median of the rounds' differences; and as a share of count's
 	printf '\n%-22s %12s %16s %18s\n' "run" "amp value" "kCPU amp" "one pass's kCPU"
 	for run in $RUNS; do
-		for pair in amp:count ampset:set; do
+		for pair in amp:count; do
 			a=${pair%:*} b=${pair#*:}
 			[[ " $MODES " == *" $a "* ]] || continue
 			s=""
@@ -337,6 +282,6 @@ if [ "$AMP" -gt 0 ]; then
 				"$(awk -v w="$w" -v c="$(col "$run" $b cpu)" 'BEGIN {if (c > 0) print 100 * w / c}')"
 		done
 	done
-	echo "(s/GB for throughput, us/conn for connections; the share is of count's, or set's, kernel CPU)"
+	echo "(s/GB for throughput, us/conn for connections; the share is of count's kernel CPU)"
 fi
 exit $bad
