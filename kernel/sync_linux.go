@@ -324,9 +324,9 @@ func (d *Dataplane) ensureEmpty(name string, spec setSpec, have map[string]setHe
 // addresses of its backends, and returns what it changed. Entries that
 // stay keep their counters: a backend whose address is unchanged keeps
 // its traffic across reloads; one whose address changed gets a new entry,
-// counting from zero. It lists the set every time (a few entries a
-// backend, one dump), so a set flushed or edited behind handoff's back is
-// refilled by the next Sync or canary check.
+// counting from zero. It lists the set every time (an entry a backend,
+// one dump), so a set flushed, edited or destroyed behind handoff's back
+// is refilled by the next Sync or canary check.
 func (d *Dataplane) syncCount(s *service, have map[string]setHeader) (changes []string, err error) {
 	h, ok := have[s.count]
 	if !ok || !h.is(s.countSpec()) {
