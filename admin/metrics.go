@@ -124,8 +124,8 @@ func newStatusCollector(ctl Reader, version string, log *logrus.Entry) *statusCo
 		active:       d("handoff_active_connections", "Live connections proxied in userspace.", be, nil),
 		proxiedConns: d("handoff_proxied_connections_total", "Connections proxied in userspace.", be, nil),
 		proxiedBytes: d("handoff_proxied_bytes_total", "Bytes proxied in userspace; direction in is client to backend, out is backend to client.", []string{"service", "backend", "direction"}, nil),
-		fwdPackets:   d("handoff_forwarded_packets_total", "Packets the kernel's DNAT rule for the backend matched (kernel mode).", be, nil),
-		fwdBytes:     d("handoff_forwarded_bytes_total", "Bytes the kernel's DNAT rule for the backend matched (kernel mode): nat sees only the first packet of each connection, so this is not the traffic.", be, nil),
+		fwdPackets:   d("handoff_forwarded_packets_total", "Packets the kernel's DNAT rule for the backend matched: the first packet of each kernel-forwarded connection (kernel mode).", be, nil),
+		fwdBytes:     d("handoff_forwarded_bytes_total", "Bytes of the backend's kernel-forwarded connections, both ways, counted in its entry of the service's counting set by rules in filter that see every packet (kernel mode; connections from this host itself are not forwarded, and not counted).", be, nil),
 
 		lastReloadOK:   d("handoff_config_last_reload_successful", "1 when the last config reload succeeded (or none was made since the start), else 0.", nil, nil),
 		lastReloadTime: d("handoff_config_last_reload_timestamp_seconds", "When the last config reload was made (the start, before the first), Unix time.", nil, nil),

@@ -486,7 +486,7 @@ footer a { color: inherit; }
           <td class="n">{{num .Connections}}</td>
           <td class="n traffic">{{bytes (add (add .BytesIn .BytesOut) .ForwardBytes)}}
             <div class="sub" title="proxied: client to backend ↑, backend to client ↓">↑ {{bytes .BytesIn}} ↓ {{bytes .BytesOut}}</div>
-            {{- if .ForwardBytes}}<div class="sub" title="forwarded in the kernel (DNAT rule counters)">kernel {{bytes .ForwardBytes}}</div>{{end}}</td>
+            {{- if .ForwardBytes}}<div class="sub" title="forwarded in the kernel, both ways (its entry's counter in the service's counting set, which sees every packet)">kernel {{bytes .ForwardBytes}}</div>{{end}}</td>
         </tr>
       {{- end}}
       </tbody>

@@ -104,8 +104,9 @@ type BackendStatus struct {
 	Connections uint64  `json:"connections"` // proxied connections served
 	BytesIn     uint64  `json:"bytes_in"`    // client → backend, proxied
 	BytesOut    uint64  `json:"bytes_out"`   // backend → client, proxied
-	// Kernel-forwarded traffic (kernel mode): packets and bytes of the
-	// backend's flows both ways, from rules that see every packet.
+	// Kernel-forwarded traffic (kernel mode): the packets its DNAT rule
+	// matched (one a connection, nat sees no other) and the bytes of its
+	// connections both ways, counted by rules that see every packet.
 	Packets      uint64 `json:"forwarded_packets"`
 	ForwardBytes uint64 `json:"forwarded_bytes"`
 	// Health checks run and failed since the backend's checks started, and

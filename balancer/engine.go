@@ -90,7 +90,8 @@ type SYNHolder interface {
 }
 
 // Forwarded is the traffic the kernel forwarded to one backend: the packets
-// and bytes its DNAT rule matched (new connections' first packets).
+// its DNAT rule matched (each connection's first) and the bytes of its
+// connections, both ways.
 type Forwarded struct {
 	Packets, Bytes uint64
 }

@@ -136,6 +136,12 @@ func TestAdminAPI(t *testing.T) {
 	if len(clientsOf(home, "be3")) == 0 {
 		t.Fatalf("no new client reached the registered backend: %v", home)
 	}
+	// A pinned client's later connection is kernel-forwarded: its bytes,
+	// both ways, are its backend's forwarded bytes below.
+	heavy, heavyBe := clients[1], home[clients[1]]
+	heavyFlow := l.hold(t, heavy, vip, answer{backend: heavyBe, seen: heavy.String()})
+	heavyFlow.transfer(t, forwardPayload)
+	heavyFlow.c.Close()
 	// Heartbeats (here with ttl in seconds) keep it up past its TTL, until
 	// the restart below.
 	beat := func() (int, []byte, error) {
@@ -162,10 +168,19 @@ func TestAdminAPI(t *testing.T) {
 	}
 
 	// Metrics match the kernel: pins against ipset, forwarded packets
-	// against the DNAT rules' counters. No traffic runs meanwhile.
+	// against the DNAT rules' counters, forwarded bytes against the
+	// counting set's entries; the transfer's backend has its bytes. No
+	// traffic runs meanwhile.
 	fams := api.metrics()
 	sets := readSets(t, l.LB)
 	counters := dnatPackets(t, l.LB, "HO-SVC-web")
+	fwdBytes := forwardBytes(t, l.LB, "hoc-web")
+	if got := metricValue(t, fams, "handoff_forwarded_bytes_total", map[string]string{"service": "web", "backend": heavyBe}); got < 2*forwardPayload {
+		t.Errorf("handoff_forwarded_bytes_total{backend=%s} = %v after a kernel-forwarded connection moved %d bytes each way", heavyBe, got, forwardPayload)
+	}
+	if b, _ := backendStatus(api.status(), "web", heavyBe); b.ForwardBytes < 2*forwardPayload {
+		t.Errorf("status: %s forwarded %d bytes after a kernel-forwarded connection moved %d bytes each way", heavyBe, b.ForwardBytes, forwardPayload)
+	}
 	for _, be := range bes {
 		labels := map[string]string{"service": "web", "backend": be.name}
 		if got, want := metricValue(t, fams, "handoff_pins", labels), float64(len(sets["ho-web-"+be.name])); got != want {
@@ -173,6 +188,9 @@ func TestAdminAPI(t *testing.T) {
 		}
 		if got, want := metricValue(t, fams, "handoff_forwarded_packets_total", labels), counters[be.addr.String()]; got != float64(want) {
 			t.Errorf("handoff_forwarded_packets_total{backend=%s} = %v, iptables -L -v -x says %d", be.name, got, want)
+		}
+		if got, want := metricValue(t, fams, "handoff_forwarded_bytes_total", labels), fwdBytes[be.addr.String()]; got != float64(want) {
+			t.Errorf("handoff_forwarded_bytes_total{backend=%s} = %v, ipset list says %d", be.name, got, want)
 		}
 	}
 	if v := metricValue(t, fams, "handoff_backend_up", map[string]string{"service": "web", "backend": "be3"}); v != 1 {

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
 	"cmp"
 	"context"
 	"fmt"
@@ -282,6 +283,29 @@ func (l *lab) hold(t *testing.T, src netip.Addr, vip netip.AddrPort, want answer
 		t.Fatalf("client %s: long-lived connection got %q, %v; want %s", src, line, err, want)
 	}
 	return f
+}
+
+// forwardPayload is what a flow's transfer moves each way.
+const forwardPayload = 256 << 10
+
+// transfer sends n bytes on the flow and reads them back from the greeter's
+// echo.
+func (f *flow) transfer(t *testing.T, n int) {
+	t.Helper()
+	f.c.SetDeadline(time.Now().Add(5 * time.Second))
+	defer f.c.SetDeadline(time.Time{})
+	werr := make(chan error, 1)
+	go func() {
+		_, err := f.c.Write(bytes.Repeat([]byte("x"), n))
+		werr <- err
+	}()
+	got, err := io.CopyN(io.Discard, f.r, int64(n))
+	if err != nil {
+		t.Fatalf("transfer: %d of %d bytes back: %v", got, n, err)
+	}
+	if err := <-werr; err != nil {
+		t.Fatalf("transfer: write: %v", err)
+	}
 }
 
 // echo checks that the flow still carries bytes: a line sent comes back.

@@ -13,8 +13,8 @@ import (
 )
 
 // ipsets is what `ipset list` shows in a namespace: each pin set (an empty
-// one too) with its entries. The dispatch index sets (hoi-, hoi6-) are
-// left out.
+// one too) with its entries. The dispatch index sets (hoi-, hoi6-) and
+// the counting sets (hoc-, hoc6-) are left out.
 type ipsets map[string][]ipsetEntry
 
 // ipsetEntry is one member of a set and its comment (a pin's key).
@@ -32,11 +32,11 @@ func readSets(t *testing.T, ns *nstest.NS) ipsets {
 		switch {
 		case strings.HasPrefix(l, "Name: "):
 			cur, inMembers = strings.TrimPrefix(l, "Name: "), false
-			if !strings.HasPrefix(cur, "hoi") {
+			if !notPins(cur) {
 				sets[cur] = nil
 			}
 		case strings.HasPrefix(l, "Members:"):
-			inMembers = !strings.HasPrefix(cur, "hoi")
+			inMembers = !notPins(cur)
 		case inMembers && strings.TrimSpace(l) != "":
 			e := ipsetEntry{member: strings.Fields(l)[0]}
 			if m := ipsetComment.FindStringSubmatch(l); m != nil {
@@ -47,6 +47,9 @@ func readSets(t *testing.T, ns *nstest.NS) ipsets {
 	}
 	return sets
 }
+
+// notPins reports whether set is an index or a counting set.
+func notPins(set string) bool { return strings.HasPrefix(set, "hoi") || strings.HasPrefix(set, "hoc") }
 
 // members returns the members of set.
 func (s ipsets) members(set string) []string {
@@ -114,6 +117,24 @@ func dnatPackets(t *testing.T, ns *nstest.NS, chain string) map[string]uint64 {
 		if s := re.FindStringSubmatch(l); s != nil {
 			n, _ := strconv.ParseUint(s[1], 10, 64)
 			m[s[2]] += n
+		}
+	}
+	return m
+}
+
+// forwardBytes reads the byte counters of the entries of set (a
+// service's counting set) in ns, keyed by backend address (ip:port), from
+// ipset list.
+func forwardBytes(t *testing.T, ns *nstest.NS, set string) map[string]uint64 {
+	t.Helper()
+	out := ns.Run(t, "ipset", "list", set)
+	re := regexp.MustCompile(`^(\S+),tcp:(\d+) packets \d+ bytes (\d+)`)
+	m := map[string]uint64{}
+	for _, l := range strings.Split(out, "\n") {
+		if s := re.FindStringSubmatch(l); s != nil {
+			n, _ := strconv.ParseUint(s[3], 10, 64)
+			p, _ := strconv.ParseUint(s[2], 10, 16)
+			m[netip.AddrPortFrom(netip.MustParseAddr(s[1]), uint16(p)).String()] += n
 		}
 	}
 	return m

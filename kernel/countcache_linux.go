@@ -10,10 +10,11 @@ import (
 	"github.com/handoff-lb/handoff/dataplane"
 )
 
-// countersMaxAge is how old the DNAT counters Dataplane.Counters returns
-// may be. Reading them runs iptables-save -c over the whole nat table (tens
-// of milliseconds with a thousand backends); a status page, a Prometheus
-// scrape and the CLI asking at once share one read.
+// countersMaxAge is how old the counters Dataplane.Counters returns may
+// be. Reading them runs iptables-save -c over the nat table (tens of
+// milliseconds with a thousand backends) and lists each service's
+// counting set; a status page, a Prometheus scrape and the CLI asking at
+// once share one read.
 const countersMaxAge = time.Second
 
 // countCache remembers the last counters read and when. Callers that arrive

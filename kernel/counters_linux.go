@@ -3,32 +3,51 @@ package kernel
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"net/netip"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
-
-	"github.com/vishvananda/netns"
 
 	"github.com/handoff-lb/handoff/dataplane"
 )
 
-// Counters returns the packet and byte counters of every backend's DNAT
-// rule in o.NetNS, keyed by {service, backend}, read with iptables-save -c
-// (IPv4, and IPv6 where ip6tables is installed).
+// Counters returns the counters of every backend in o.NetNS, keyed by
+// {service, backend} (IPv4, and IPv6 where ip6tables is installed): the
+// packets of its DNAT rule in nat, read with iptables-save -c, which sees
+// the first packet of each connection (one a connection), and the bytes
+// of its entry in the service's counting set, which the service's rules in
+// filter count every forwarded packet of its connections against, both
+// ways.
 func Counters(ctx context.Context, o Options) (map[dataplane.BackendRef]Counter, error) {
 	ns, err := openNS(o.NetNS)
 	if err != nil {
 		return nil, fmt.Errorf("kernel: counters: %w", err)
 	}
 	defer closeNS(ns)
-	return counters(ctx, ns, []family{ipv4, ipv6})
+	sets, err := newNLSets(ns)
+	if err != nil {
+		return nil, fmt.Errorf("kernel: counters: %w", err)
+	}
+	defer sets.close()
+	var ipt [2]iptables
+	fams := []family{ipv4}
+	for _, fam := range []family{ipv4, ipv6} {
+		e := execTables{fam, ns}
+		ipt[fam] = e
+		if _, err := exec.LookPath(e.bin("save")); err == nil && fam == ipv6 {
+			fams = append(fams, ipv6)
+		}
+	}
+	return counters(ctx, ipt, sets, fams)
 }
 
 // Counters is the package's Counters for the Dataplane's namespace and
 // managed families. The counters may be up to a second old (countersMaxAge):
-// callers within a second of each other share one iptables-save; a Sync
-// makes the next call read them again.
+// callers within a second of each other share one read; a Sync makes the
+// next call read them again.
 func (d *Dataplane) Counters(ctx context.Context) (map[dataplane.BackendRef]Counter, error) {
 	return d.counts.get(ctx, d.readCounters)
 }
@@ -46,36 +65,56 @@ func (d *Dataplane) readCounters(ctx context.Context) (map[dataplane.BackendRef]
 	if closed {
 		return nil, errClosed
 	}
+	return counters(ctx, d.ipt, d.sets, fams)
+}
+
+// counters reads the counters of fams: the DNAT rules of each family's
+// nat table, which name every backend and its address, then the counting
+// set of each service they name.
+func counters(ctx context.Context, ipt [2]iptables, sets ipsets, fams []family) (map[dataplane.BackendRef]Counter, error) {
 	out := map[dataplane.BackendRef]Counter{}
 	for _, fam := range fams {
-		b, err := d.ipt[fam].save(ctx, natTable, true)
+		b, err := ipt[fam].save(ctx, natTable, true)
 		if err != nil {
 			return nil, fmt.Errorf("kernel: counters: %w", err)
 		}
-		parseCounters(b, out)
+		dnats := parseCounters(b)
+		for _, svc := range sortedServices(dnats) {
+			name := countSetName(svc, fam)
+			entries := map[netip.AddrPort]uint64{}
+			err := sets.list(name, func(m member) error {
+				entries[netip.AddrPortFrom(m.ip.Unmap(), m.port)] += m.bytes
+				return nil
+			})
+			if err != nil && !errors.Is(err, errNoSet) {
+				return nil, fmt.Errorf("kernel: counters: ipset %q: %w", name, err)
+			}
+			addBytes(dnats, svc, entries)
+		}
+		for _, d := range dnats {
+			c := out[d.ref]
+			c.Packets += d.packets
+			c.Bytes += d.bytes
+			out[d.ref] = c
+		}
 	}
 	return out, nil
 }
 
-func counters(ctx context.Context, ns netns.NsHandle, fams []family) (map[dataplane.BackendRef]Counter, error) {
-	out := map[dataplane.BackendRef]Counter{}
-	for _, fam := range fams {
-		ipt := execTables{fam, ns}
-		if _, err := exec.LookPath(ipt.bin("save")); err != nil && fam == ipv6 {
-			continue
-		}
-		b, err := ipt.save(ctx, natTable, true)
-		if err != nil {
-			return nil, fmt.Errorf("kernel: counters: %w", err)
-		}
-		parseCounters(b, out)
-	}
-	return out, nil
+// dnatCounter is a backend's DNAT rule as iptables-save -c shows it, and
+// the bytes of its counting set entry.
+type dnatCounter struct {
+	ref     dataplane.BackendRef
+	to      netip.AddrPort // the rule's --to-destination
+	packets uint64
+	bytes   uint64
 }
 
-// parseCounters reads iptables-save -c output and adds each DNAT rule's
-// counters to out under {service, backend}.
-func parseCounters(b []byte, out map[dataplane.BackendRef]Counter) {
+// parseCounters reads iptables-save -c output of a nat table and returns
+// its DNAT rules, one per backend (a backend with more, which handoff
+// never renders, has their packets summed).
+func parseCounters(b []byte) []dnatCounter {
+	var out []dnatCounter
 	for line := range bytes.Lines(b) {
 		l := strings.TrimSpace(string(line))
 		if !strings.HasPrefix(l, "[") {
@@ -85,7 +124,7 @@ func parseCounters(b []byte, out map[dataplane.BackendRef]Counter) {
 		if !ok {
 			continue
 		}
-		ps, bs, ok := strings.Cut(cnt, ":")
+		ps, _, ok := strings.Cut(cnt, ":")
 		if !ok {
 			continue
 		}
@@ -93,15 +132,52 @@ func parseCounters(b []byte, out map[dataplane.BackendRef]Counter) {
 		if what != "dnat" {
 			continue
 		}
-		p, err1 := strconv.ParseUint(ps, 10, 64)
-		n, err2 := strconv.ParseUint(bs, 10, 64)
-		if err1 != nil || err2 != nil {
+		p, err := strconv.ParseUint(ps, 10, 64)
+		if err != nil {
 			continue
 		}
-		k := dataplane.BackendRef{Service: svc, Backend: be}
-		c := out[k]
-		c.Packets += p
-		c.Bytes += n
-		out[k] = c
+		args := splitArgs(rest)
+		var to netip.AddrPort
+		if i := slices.Index(args, "--to-destination"); i >= 0 && i+1 < len(args) {
+			to, _ = netip.ParseAddrPort(args[i+1])
+			to = netip.AddrPortFrom(to.Addr().Unmap(), to.Port())
+		}
+		ref := dataplane.BackendRef{Service: svc, Backend: be}
+		if i := slices.IndexFunc(out, func(d dnatCounter) bool { return d.ref == ref }); i >= 0 {
+			out[i].packets += p
+			continue
+		}
+		out = append(out, dnatCounter{ref: ref, to: to, packets: p})
+	}
+	return out
+}
+
+// sortedServices returns the services dnats name, once each.
+func sortedServices(dnats []dnatCounter) []string {
+	var out []string
+	for _, d := range dnats {
+		out = append(out, d.ref.Service)
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// addBytes gives each backend of svc in dnats the bytes of the counting
+// set entry of its address. Backends of one service that share an address
+// share its entry: its bytes go to the first of them by name, so that no
+// byte is counted twice.
+func addBytes(dnats []dnatCounter, svc string, entries map[netip.AddrPort]uint64) {
+	idx := make([]int, 0, len(dnats))
+	for i, d := range dnats {
+		if d.ref.Service == svc {
+			idx = append(idx, i)
+		}
+	}
+	slices.SortFunc(idx, func(a, b int) int { return strings.Compare(dnats[a].ref.Backend, dnats[b].ref.Backend) })
+	for _, i := range idx {
+		if n, ok := entries[dnats[i].to]; ok {
+			dnats[i].bytes = n
+			delete(entries, dnats[i].to)
+		}
 	}
 }

@@ -67,6 +67,179 @@ func TestDispatchCost(t *testing.T) {
 	t.Logf("the most rules a pinned SYN met: %d", worst)
 }
 
+// TestForwardCounting walks the later packets of kernel-forwarded
+// connections through filter, both ways: each is accepted by its
+// service's chain in one or two lookups of the counting set whatever the
+// number of backends, and counted against its backend's entry, which is
+// what Counters reports; what handoff accepted before the counting (every
+// flow DNATed to the VIP) is accepted still, a removed backend's too;
+// other flows are not touched. A service listening on every address
+// accepts its backends' flows only.
+func TestForwardCounting(t *testing.T) {
+	for _, n := range []int{1, 17, 1000, 4094} {
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			any := svc("any", "0.0.0.0:25", time.Hour, false, "m0", "198.19.250.1:2525", "m1", "198.19.250.2:2525")
+			any.MaxClients = 10
+			st := dataplane.State{Services: []dataplane.Service{any, wideService(n)}}
+			d, k := syncedFake(t, st)
+			k.local[netip.MustParseAddr("198.18.1.9")] = true
+			want := map[dataplane.BackendRef]Counter{}
+			for i, be := range slices.Compact([]int{0, n / 2, n - 1}) {
+				client := netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, 0, byte(10 + i)}), 40000)
+				name := fmt.Sprintf("b%d", be)
+				to := st.Services[1].Backends[be].Address
+				for _, c := range []struct {
+					reply   bool
+					size    int
+					by      string
+					lookups int
+				}{{false, 1500, "handoff web to backends", 1}, {true, 700, "handoff web from backends", 2}} {
+					verdict, by, err := k.forwardLands(client, webVIP, to, c.reply, c.size)
+					if err != nil || verdict != "ACCEPT" || by != c.by {
+						t.Fatalf("a packet of %s's connection (reply %v): %q by %q (%v), want ACCEPT by %q", name, c.reply, verdict, by, err, c.by)
+					}
+					// FORWARD's jump, the rules of any and web, then the
+					// chain's one or two.
+					if k.lastWalk.rules > 3+c.lookups+1 || k.lastWalk.lookups != c.lookups {
+						t.Errorf("a packet of %s's connection (reply %v) met %d rules and %d set lookups, want at most %d and %d",
+							name, c.reply, k.lastWalk.rules, k.lastWalk.lookups, 3+c.lookups+1, c.lookups)
+					}
+				}
+				want[dataplane.BackendRef{Service: "web", Backend: name}] = Counter{Bytes: 2200}
+			}
+			got, err := d.Counters(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			for ref, c := range got {
+				if c != want[ref] {
+					t.Errorf("Counters[%v] = %+v, want %+v", ref, c, want[ref])
+				}
+			}
+			if len(got) != n+2 {
+				t.Errorf("Counters has %d backends, want %d", len(got), n+2)
+			}
+
+			client := netip.MustParseAddrPort("198.18.0.50:40000")
+			to := st.Services[1].Backends[n-1].Address
+			// The last backend goes; a connection it still serves is
+			// accepted, and not counted.
+			st.Services[1].Backends = st.Services[1].Backends[:n-1]
+			mustSync(t, d, st)
+			for _, c := range []struct {
+				desc        string
+				vip, to     netip.AddrPort
+				verdict, by string
+			}{
+				{"a removed backend's", webVIP, to, "ACCEPT", "handoff web other"},
+				{"another VIP", netip.MustParseAddrPort("198.18.1.2:80"), to, "", ""},
+				{"another port", netip.MustParseAddrPort("198.18.1.1:81"), to, "", ""},
+				{"any: its backend m1", netip.MustParseAddrPort("198.18.1.9:25"), netip.MustParseAddrPort("198.19.250.2:2525"), "ACCEPT", "handoff any to backends"},
+				{"any: not its backend", netip.MustParseAddrPort("198.18.1.9:25"), netip.MustParseAddrPort("198.19.250.3:2525"), "", ""},
+				{"any: its backend's address, another port", netip.MustParseAddrPort("198.18.1.9:25"), netip.MustParseAddrPort("198.19.250.2:2526"), "", ""},
+			} {
+				for _, reply := range []bool{false, true} {
+					verdict, by, err := k.forwardLands(client, c.vip, c.to, reply, 100)
+					if err != nil || verdict != c.verdict || by != strings.Replace(c.by, " to ", map[bool]string{false: " to ", true: " from "}[reply], 1) {
+						t.Errorf("%s (reply %v): %q by %q (%v), want %q by %q", c.desc, reply, verdict, by, err, c.verdict, c.by)
+					}
+				}
+			}
+		})
+	}
+}
+
+// TestCountSetSync checks that Sync keeps the counting set of a service
+// to its backends' addresses: a backend added gets an entry, one removed
+// or moved loses its entry (a moved one counts afresh), one unchanged
+// keeps its entry and its counters; a service removed loses its set. A
+// set flushed or destroyed behind handoff's back is refilled by the
+// canary.
+func TestCountSetSync(t *testing.T) {
+	ctx := context.Background()
+	st := dataplane.State{Services: []dataplane.Service{
+		svc("web", "198.18.1.1:80", time.Hour, false, "be1", "198.19.1.11:8080", "be2", "198.19.1.12:8080"),
+		svc("web6", "[2001:2:0:1::1]:80", time.Hour, false, "a", "[2001:2:0:2::11]:8080"),
+	}}
+	d, k := syncedFake(t, st)
+	entries := func(set string) []string {
+		t.Helper()
+		var out []string
+		if err := (fakeSets{k}).list(set, func(m member) error {
+			out = append(out, fmt.Sprintf("%s %d", netip.AddrPortFrom(m.ip, m.port), m.bytes))
+			return nil
+		}); err != nil {
+			t.Fatalf("list %s: %v", set, err)
+		}
+		return out
+	}
+	check := func(set string, want ...string) {
+		t.Helper()
+		if got := entries(set); !slices.Equal(got, want) {
+			t.Errorf("%s: %q, want %q", set, got, want)
+		}
+	}
+	check("hoc-web", "198.19.1.11:8080 0", "198.19.1.12:8080 0")
+	check("hoc6-web6", "[2001:2:0:2::11]:8080 0")
+	client := netip.MustParseAddrPort("198.18.0.10:40000")
+	for _, to := range []string{"198.19.1.11:8080", "198.19.1.12:8080"} {
+		if v, _, err := k.forwardLands(client, webVIP, netip.MustParseAddrPort(to), false, 1000); v != "ACCEPT" || err != nil {
+			t.Fatalf("to %s: %q (%v)", to, v, err)
+		}
+	}
+	check("hoc-web", "198.19.1.11:8080 1000", "198.19.1.12:8080 1000")
+
+	// A reload: be2 moves, be3 comes; be1 keeps its counters.
+	st.Services[0].Backends[1].Address = netip.MustParseAddrPort("198.19.1.22:8080")
+	st.Services[0].Backends = append(st.Services[0].Backends, dataplane.Backend{Name: "be3", Address: netip.MustParseAddrPort("198.19.1.13:8080")})
+	mustSync(t, d, st)
+	check("hoc-web", "198.19.1.11:8080 1000", "198.19.1.13:8080 0", "198.19.1.22:8080 0")
+	got, err := d.Counters(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := got[dataplane.BackendRef{Service: "web", Backend: "be1"}]; c.Bytes != 1000 {
+		t.Errorf("be1 after the reload: %+v, want its 1000 bytes", c)
+	}
+	if c := got[dataplane.BackendRef{Service: "web", Backend: "be2"}]; c.Bytes != 0 {
+		t.Errorf("be2 moved: %+v, want no bytes", c)
+	}
+	// A Sync of the same state changes nothing.
+	k.log = nil
+	mustSync(t, d, st)
+	if len(k.log) != 0 {
+		t.Errorf("a no-op Sync: %q", k.log)
+	}
+
+	// Drift: the canary refills a flushed set, and makes a destroyed one
+	// again (a rule refers to it, so the kernel refuses to destroy it
+	// while the rules stand: the fake drops it as a restart of the
+	// kernel's sets would).
+	before := d.Repairs()
+	if err := (fakeSets{k}).flush("hoc-web"); err != nil {
+		t.Fatal(err)
+	}
+	k.mu.Lock()
+	delete(k.sets, "hoc6-web6")
+	k.mu.Unlock()
+	d.checkCanary(ctx)
+	check("hoc-web", "198.19.1.11:8080 0", "198.19.1.13:8080 0", "198.19.1.22:8080 0")
+	check("hoc6-web6", "[2001:2:0:2::11]:8080 0")
+	if d.Repairs() == before {
+		t.Error("the canary repaired nothing")
+	}
+
+	// The service goes: its set goes too.
+	st.Services = st.Services[1:]
+	mustSync(t, d, st)
+	k.mu.Lock()
+	_, ok := k.sets["hoc-web"]
+	k.mu.Unlock()
+	if ok {
+		t.Error("hoc-web outlived its service")
+	}
+}
+
 // TestDispatchTooManyBackends checks that a service with more backends
 // than the mark field numbers is refused, with a narrow mask too.
 func TestDispatchTooManyBackends(t *testing.T) {

@@ -189,6 +189,22 @@ func TestNSCanaryRepairsDrift(t *testing.T) {
 		return out
 	}
 	want := tables()
+	// countingEntries is what the counting set holds, as ipset save shows
+	// it (counters left out).
+	countingEntries := func() []string {
+		var out []string
+		for l := range strings.Lines(tp.LB.Run(t, "ipset", "save", "hoc-web")) {
+			if f := strings.Fields(l); len(f) >= 3 && f[0] == "add" {
+				out = append(out, f[2])
+			}
+		}
+		slices.Sort(out)
+		return out
+	}
+	wantCounting := []string{"198.19.1.11,tcp:8080", "198.19.1.12,tcp:8080"}
+	if got := countingEntries(); !slices.Equal(got, wantCounting) {
+		t.Fatalf("the counting set: %q, want %q", got, wantCounting)
+	}
 	vip := netip.AddrPortFrom(nstest.LBClient4, 80)
 	dnat := func(be int, to string) string {
 		return fmt.Sprintf(`-p tcp -m mark --mark 0x%x/0xfff00000 -m set --match-set ho-web-be%d src -m comment --comment "handoff web/be%d dnat" -j %s`, (be+1)<<20, be, be, to)
@@ -211,6 +227,11 @@ func TestNSCanaryRepairsDrift(t *testing.T) {
 		{"mangle rule deleted", "iptables -t mangle -F HANDOFF-MARK", false},
 		{"mangle jump edited", `iptables -t mangle -R PREROUTING 1 -m conntrack --ctstate INVALID -m comment --comment "handoff jump" -j HANDOFF-MARK`, false},
 		{"forward rule replaced", "iptables -R HANDOFF-FORWARD 1 -j DROP", false},
+		{"counting rule edited", `iptables -R HO-SVC-web 2 -m set --match-set hoc-web src,src -m comment --comment "handoff web from backends" -j DROP`, false},
+		{"counting chain flushed", "iptables -F HO-SVC-web", false},
+		{"counting set emptied", "ipset flush hoc-web", false},
+		{"counting set entry replaced", "ipset del hoc-web 198.19.1.11,tcp:8080 && ipset add hoc-web 198.19.1.11,tcp:9999", false},
+		{"counting set destroyed", "iptables -F HO-SVC-web && ipset destroy hoc-web", false},
 		{"index emptied", "ipset flush hoi-web", false},
 		{"index destroyed", "iptables -t mangle -F HANDOFF-MARK && ipset destroy hoi-web", false},
 		{"everything removed", "iptables -t mangle -F HANDOFF-MARK && iptables -t nat -F HO-SVC-web && ipset destroy hoi-web && ipset destroy ho-web-be0 && ipset destroy ho-web-be1", true},
@@ -225,6 +246,9 @@ func TestNSCanaryRepairsDrift(t *testing.T) {
 			}
 			if got := tables(); !slices.Equal(got, want) {
 				t.Errorf("after one canary check:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+			}
+			if got := countingEntries(); !slices.Equal(got, wantCounting) {
+				t.Errorf("the counting set after one canary check: %q, want %q", got, wantCounting)
 			}
 			if c.lost {
 				pinAll(t)

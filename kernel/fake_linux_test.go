@@ -36,6 +36,7 @@ var standardTargets = map[string]bool{
 type fakeSet struct {
 	spec    setSpec
 	members map[netip.Addr]member
+	ports   map[netip.AddrPort]member // hash:ip,port sets (counting sets)
 }
 
 // fakeTable is one table: chains in creation order and their rules.
@@ -157,7 +158,7 @@ func (f fakeSets) create(name string, s setSpec) error {
 		}
 		return nil
 	}
-	f.k.sets[name] = &fakeSet{spec: s, members: map[netip.Addr]member{}}
+	f.k.sets[name] = &fakeSet{spec: s, members: map[netip.Addr]member{}, ports: map[netip.AddrPort]member{}}
 	f.k.logf("create %s", name)
 	return nil
 }
@@ -206,7 +207,7 @@ func (f fakeSets) headers() ([]setHeader, error) {
 		if spec.maxelem == 0 {
 			spec.maxelem = defaultMaxelem
 		}
-		out = append(out, setHeader{name: name, spec: spec, exact: true, entries: len(f.k.sets[name].members)})
+		out = append(out, setHeader{name: name, spec: spec, exact: true, entries: len(f.k.sets[name].members) + len(f.k.sets[name].ports)})
 	}
 	return out, nil
 }
@@ -241,6 +242,9 @@ func (f fakeSets) addEntry(e setAdd, replace bool) error {
 	}
 	if (ip.Is4() != (s.spec.family == ipv4)) || ip.Is4In6() {
 		return fmt.Errorf("invalid family")
+	}
+	if s.spec.counters {
+		return fmt.Errorf("missing port in a hash:ip,port set")
 	}
 	ip, err := fakeEntry(s, ip, e.cidr)
 	if err != nil {
@@ -293,6 +297,7 @@ func (f fakeSets) flush(name string) error {
 		return nil
 	}
 	clear(s.members)
+	clear(s.ports)
 	f.k.logf("flush %s", name)
 	return nil
 }
@@ -304,7 +309,7 @@ func (f fakeSets) count(name string) (int, error) {
 	if s == nil {
 		return 0, errNoSet
 	}
-	return len(s.members), nil
+	return len(s.members) + len(s.ports), nil
 }
 
 func (f fakeSets) del(name string, ip netip.Addr, cidr uint8) error {
@@ -345,10 +350,13 @@ func (f fakeSets) list(name string, fn func(member) error) error {
 		return errNoSet
 	}
 	ms := slices.Collect(maps.Values(s.members))
+	ms = slices.AppendSeq(ms, maps.Values(s.ports))
 	hook := f.k.onList
 	f.k.onList = nil
 	f.k.mu.Unlock()
-	slices.SortFunc(ms, func(a, b member) int { return a.ip.Compare(b.ip) })
+	slices.SortFunc(ms, func(a, b member) int {
+		return netip.AddrPortFrom(a.ip, a.port).Compare(netip.AddrPortFrom(b.ip, b.port))
+	})
 	if hook != nil {
 		hook()
 	}
@@ -356,6 +364,49 @@ func (f fakeSets) list(name string, fn func(member) error) error {
 		if err := fn(m); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// portSet returns the hash:ip,port set name for an entry of ap, checking
+// ap as the kernel does. The caller holds f.k.mu.
+func (f fakeSets) portSet(name string, ap netip.AddrPort) (*fakeSet, error) {
+	s := f.k.sets[name]
+	switch {
+	case s == nil:
+		return nil, errNoSet
+	case !s.spec.counters:
+		return nil, fmt.Errorf("a port in a %s set", s.spec.typeName())
+	case ap.Addr().Is4() != (s.spec.family == ipv4) || ap.Addr().Is4In6():
+		return nil, fmt.Errorf("invalid family")
+	}
+	return s, nil
+}
+
+func (f fakeSets) addPort(name string, ap netip.AddrPort) error {
+	f.k.mu.Lock()
+	defer f.k.mu.Unlock()
+	s, err := f.portSet(name, ap)
+	if err != nil {
+		return err
+	}
+	if _, ok := s.ports[ap]; !ok {
+		s.ports[ap] = member{ip: ap.Addr(), port: ap.Port()}
+		f.k.logf("add %s %s", name, ap)
+	}
+	return nil
+}
+
+func (f fakeSets) delPort(name string, ap netip.AddrPort) error {
+	f.k.mu.Lock()
+	defer f.k.mu.Unlock()
+	s, err := f.portSet(name, ap)
+	if err != nil {
+		return err
+	}
+	if _, ok := s.ports[ap]; ok {
+		delete(s.ports, ap)
+		f.k.logf("del %s %s", name, ap)
 	}
 	return nil
 }
@@ -569,7 +620,7 @@ func (k *fakeKernel) synLands(src netip.Addr, dst netip.AddrPort) (netip.AddrPor
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	fam := familyOf(dst.Addr())
-	w := &synWalk{k: k, src: src, dst: dst}
+	w := &synWalk{k: k, src: src, dst: dst, states: map[string]bool{"NEW": true}}
 	_, verdict, err := w.walk(k.tables[fam][mangleTable], "PREROUTING", 0)
 	k.lastWalk.held = verdict == "NFQUEUE"
 	if err != nil || k.lastWalk.held {
@@ -580,14 +631,41 @@ func (k *fakeKernel) synLands(src netip.Addr, dst netip.AddrPort) (netip.AddrPor
 	return to, verdict == "DNAT", err
 }
 
-// synWalk is one SYN on its way through the tables.
-type synWalk struct {
-	k    *fakeKernel
-	src  netip.Addr
-	dst  netip.AddrPort
-	mark uint32
+// forwardLands walks a packet of size bytes of a connection from client
+// (port clientPort) to vip, DNATed to be, through filter FORWARD, as the
+// kernel does every packet of a forwarded flow: from the client to be
+// or, with reply set, be's reply. A counting set entry it matches counts
+// it. It returns the verdict ("" when the packet fell off to the chain's
+// policy) and the comment of the rule that gave it; lastWalk counts the
+// rules looked at and the set lookups.
+func (k *fakeKernel) forwardLands(client netip.AddrPort, vip, be netip.AddrPort, reply bool, size int) (verdict, by string, err error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	w := &synWalk{k: k, src: client.Addr(), sport: client.Port(), dst: be, size: size,
+		states: map[string]bool{"DNAT": true, "ESTABLISHED": true}, orig: vip, reply: be}
+	if reply {
+		w.src, w.sport, w.dst = be.Addr(), be.Port(), client
+	}
+	_, verdict, err = w.walk(k.tables[familyOf(vip.Addr())][filterTable], "FORWARD", 0)
+	k.lastWalk.rules, k.lastWalk.lookups = w.rules, w.lookups
+	return verdict, w.by, err
+}
 
-	rules, lookups int // the walk's cost so far
+// synWalk is one packet on its way through the tables: a SYN, or a
+// packet of a forwarded connection (forwardLands).
+type synWalk struct {
+	k      *fakeKernel
+	src    netip.Addr
+	sport  uint16 // forwarded packets only
+	dst    netip.AddrPort
+	size   int // bytes, for the counters of counting sets
+	mark   uint32
+	states map[string]bool // the conntrack states the packet is in
+	orig   netip.AddrPort  // the connection's original destination (forwarded packets)
+	reply  netip.AddrPort  // its reply source: where it was DNATed to
+
+	rules, lookups int    // the walk's cost so far
+	by             string // the comment of the rule that ended the walk
 }
 
 // walk runs the packet through chain and returns the verdict that ended
@@ -604,7 +682,7 @@ rules:
 	for _, r := range ft.rules[chain] {
 		w.rules++
 		args := splitArgs(r)[2:]
-		module := ""
+		module, note := "", ""
 		for i := 0; i < len(args); i++ {
 			a := args[i]
 			next := func() string { i++; return args[i] }
@@ -626,9 +704,29 @@ rules:
 					return fail("fake cannot interpret a negation in %q", r)
 				}
 			case "--comment":
-				next()
+				note = next()
 			case "--ctstate":
-				if next() != "NEW" {
+				if !w.states[next()] {
+					continue rules
+				}
+			case "--ctproto":
+				if next() != "tcp" {
+					continue rules
+				}
+			case "--ctorigdst":
+				if p := netip.MustParsePrefix(next()); !w.orig.IsValid() || !p.Contains(w.orig.Addr()) {
+					continue rules
+				}
+			case "--ctorigdstport":
+				if next() != strconv.Itoa(int(w.orig.Port())) {
+					continue rules
+				}
+			case "--ctreplsrc":
+				if p := netip.MustParsePrefix(next()); !w.reply.IsValid() || !p.Contains(w.reply.Addr()) {
+					continue rules
+				}
+			case "--ctreplsrcport":
+				if next() != strconv.Itoa(int(w.reply.Port())) {
 					continue rules
 				}
 			case "-d":
@@ -655,14 +753,35 @@ rules:
 					continue rules
 				}
 			case "--match-set":
-				s := w.k.sets[next()]
-				if next() != "src" || s == nil {
+				s, dir := w.k.sets[next()], next()
+				if s == nil {
 					return fail("bad match-set in %q", r)
 				}
 				w.lookups++
-				if _, ok := s.members[w.src]; !ok {
+				if dir == "src" && !s.spec.counters {
+					if _, ok := s.members[w.src]; !ok {
+						continue rules
+					}
+					break
+				}
+				// A counting set, by destination or by source; a match
+				// counts the packet against the entry.
+				var key netip.AddrPort
+				switch {
+				case dir == "dst,dst" && s.spec.counters:
+					key = w.dst
+				case dir == "src,src" && s.spec.counters:
+					key = netip.AddrPortFrom(w.src, w.sport)
+				default:
+					return fail("bad match-set in %q", r)
+				}
+				m, ok := s.ports[key]
+				if !ok {
 					continue rules
 				}
+				m.packets++
+				m.bytes += uint64(w.size)
+				s.ports[key] = m
 			case "-g", "-j":
 				target := next()
 				switch target {
@@ -681,6 +800,7 @@ rules:
 				case "RETURN":
 					return netip.AddrPort{}, "", nil
 				case "ACCEPT":
+					w.by = note
 					return netip.AddrPort{}, "ACCEPT", nil
 				default:
 					to, verdict, err := w.walk(ft, target, depth+1)

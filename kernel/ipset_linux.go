@@ -44,17 +44,23 @@ func familyOf(a netip.Addr) family {
 // comments) or, with index set, a service's dispatch index (hash:ip with
 // skbinfo, whose entries carry the skb mark of the client's backend). With
 // net set, either is a hash:net set: the service pins client networks.
+// With counters set, it is a service's counting set (hash:ip,port with
+// counters, entries of its backends' addresses, no timeout).
 type setSpec struct {
-	family  family
-	timeout uint32 // default timeout in seconds; 0 = the set has no timeouts
-	maxelem uint32 // 0 = the kernel's default
-	index   bool
-	net     bool
+	family   family
+	timeout  uint32 // default timeout in seconds; 0 = the set has no timeouts
+	maxelem  uint32 // 0 = the kernel's default
+	index    bool
+	net      bool
+	counters bool
 }
 
 // typeName is the ipset type of sets of s.
 func (s setSpec) typeName() string {
-	if s.net {
+	switch {
+	case s.counters:
+		return "hash:ip,port"
+	case s.net:
 		return "hash:net"
 	}
 	return "hash:ip"
@@ -82,8 +88,8 @@ type setHeader struct {
 	name string
 	spec setSpec
 	// exact says that spec describes the set fully: a hash:ip (hash:net)
-	// set with comments (or, for an index, skbinfo), and no option that
-	// create does not give.
+	// set with comments (or, for an index, skbinfo), or a hash:ip,port set
+	// with counters, and no option that create does not give.
 	exact bool
 	// entries is the number of entries, -1 where the kernel does not say.
 	entries int
@@ -105,6 +111,10 @@ type member struct {
 	timeout uint32 // remaining seconds; 0 = permanent
 	comment string
 	mark    skbMark // index sets only
+	// Counting sets only: the entry's TCP port, and the packets and
+	// bytes the set's rules counted against it.
+	port           uint16
+	packets, bytes uint64
 }
 
 var (
@@ -155,6 +165,12 @@ type ipsets interface {
 	test(name string, ip netip.Addr, cidr uint8) (bool, error)
 	// list calls fn for each member, stopping at fn's first error.
 	list(name string, fn func(member) error) error
+	// addPort adds ap (its address, tcp and its port) to a hash:ip,port
+	// set, its counters from zero; an entry already there is kept, with
+	// its counters.
+	addPort(name string, ap netip.AddrPort) error
+	// delPort removes ap from a hash:ip,port set; absent is not an error.
+	delPort(name string, ap netip.AddrPort) error
 }
 
 // ipset command-level flags of IPSET_CMD_LIST (linux/netfilter/ipset/ip_set.h).
@@ -206,8 +222,9 @@ func (s *nlSets) close() {
 func (s *nlSets) create(name string, spec setSpec) (err error) {
 	defer recoverNetlink(&err)
 	o := netlink.IpsetCreateOptions{
-		Comments:    !spec.index,
+		Comments:    !spec.index && !spec.counters,
 		Skbinfo:     spec.index,
+		Counters:    spec.counters,
 		Family:      unix.AF_INET,
 		MaxElements: spec.maxelem,
 	}
@@ -327,6 +344,30 @@ func (s *nlSets) del(name string, ip netip.Addr, cidr uint8) (err error) {
 	return mapIpsetErr(err)
 }
 
+// tcpProto is IPPROTO_TCP, the protocol of every counting set entry.
+const tcpProto = unix.IPPROTO_TCP
+
+func (s *nlSets) addPort(name string, ap netip.AddrPort) (err error) {
+	defer recoverNetlink(&err)
+	proto, port := uint8(tcpProto), ap.Port()
+	err = mapIpsetErr(s.h.IpsetAdd(name, &netlink.IPSetEntry{IP: ipSlice(ap.Addr()), Protocol: &proto, Port: &port}))
+	if errors.Is(err, errExists) {
+		return nil
+	}
+	return err
+}
+
+func (s *nlSets) delPort(name string, ap netip.AddrPort) (err error) {
+	defer recoverNetlink(&err)
+	proto, port := uint8(tcpProto), ap.Port()
+	// Replace clears NLM_F_EXCL, so deleting an absent entry succeeds.
+	err = s.h.IpsetDel(name, &netlink.IPSetEntry{IP: ipSlice(ap.Addr()), Protocol: &proto, Port: &port, Replace: true})
+	if err == nl.IPSetError(nl.IPSET_ERR_EXIST) {
+		return nil
+	}
+	return mapIpsetErr(err)
+}
+
 func (s *nlSets) test(name string, ip netip.Addr, cidr uint8) (ok bool, err error) {
 	defer recoverNetlink(&err)
 	ok, err = s.h.IpsetTest(name, &netlink.IPSetEntry{IP: ipSlice(ip), CIDR: cidr})
@@ -414,13 +455,23 @@ func parseHeader(attrs []byte) (h setHeader, ok bool) {
 	case nl.IPSET_FLAG_WITH_COMMENT:
 	case nl.IPSET_FLAG_WITH_SKBINFO:
 		h.spec.index = true
+	case nl.IPSET_FLAG_WITH_COUNTERS:
+		h.spec.counters = true
 	default:
 		exact = false
 	}
 	// A timeout of 0 is a set with timeouts whose entries default to
-	// none, not a set without timeouts.
+	// none, not a set without timeouts. Counting sets are hash:ip,port,
+	// and no other set is.
 	h.spec.net = typ == "hash:net"
-	h.exact = exact && (typ == "hash:ip" || h.spec.net) && timeout == (h.spec.timeout > 0)
+	wantType := "hash:ip"
+	switch {
+	case h.spec.counters:
+		wantType = "hash:ip,port"
+	case h.spec.net:
+		wantType = "hash:net"
+	}
+	h.exact = exact && typ == wantType && timeout == (h.spec.timeout > 0)
 	return h, ok
 }
 
@@ -471,7 +522,8 @@ func (s *nlSets) dumpSets(name string, flags uint32, fn func(attrs []byte) error
 	return mapIpsetErr(err)
 }
 
-// parseMember decodes one IPSET_ATTR_DATA of a hash:ip or hash:net listing.
+// parseMember decodes one IPSET_ATTR_DATA of a hash:ip, hash:net or
+// hash:ip,port listing.
 func parseMember(data []byte) member {
 	var m member
 	for typ, val := range attributes(data) {
@@ -495,6 +547,18 @@ func parseMember(data []byte) member {
 		case nl.IPSET_ATTR_SKBMARK:
 			if len(val) == 8 {
 				m.mark = skbMark{value: binary.BigEndian.Uint32(val[:4]), mask: binary.BigEndian.Uint32(val[4:])}
+			}
+		case nl.IPSET_ATTR_PORT:
+			if len(val) == 2 {
+				m.port = binary.BigEndian.Uint16(val)
+			}
+		case nl.IPSET_ATTR_PACKETS:
+			if len(val) == 8 {
+				m.packets = binary.BigEndian.Uint64(val)
+			}
+		case nl.IPSET_ATTR_BYTES:
+			if len(val) == 8 {
+				m.bytes = binary.BigEndian.Uint64(val)
 			}
 		}
 	}

@@ -101,10 +101,15 @@ func (o Options) queue() uint16 {
 // and Tailscale (0xff0000) use.
 const DefaultMarkMask = 0xfff00000
 
-// Counter is the traffic a backend's DNAT rule has forwarded: in practice
-// the new connections of pinned clients (the nat table sees only the first
-// packet of each flow).
+// Counter is what the kernel forwarded to a backend.
 type Counter struct {
+	// Packets is what its DNAT rule matched: the first packet of each
+	// kernel-forwarded connection (nat sees no other), so the connections.
 	Packets uint64
-	Bytes   uint64
+	// Bytes is the traffic of its kernel-forwarded connections, both
+	// ways: the bytes of its address's entry in the service's counting
+	// set, which the service's rules in filter, seeing every forwarded
+	// packet, count each packet against. Connections to the VIP from the
+	// host itself are not forwarded, and not counted.
+	Bytes uint64
 }

@@ -492,9 +492,10 @@ func sanitizeComment(key string) string {
 func okCommentByte(c byte) bool { return c >= 0x20 && c < 0x7f && c != '"' }
 
 // isHandoffSet reports whether an ipset name is handoff's: a pin set
-// (ho-, ho6-, hn6-) or an index set (hoi-, hoi6-, hni6-).
+// (ho-, ho6-, hn6-), an index set (hoi-, hoi6-, hni6-) or a counting set
+// (hoc-, hoc6-).
 func isHandoffSet(name string) bool {
-	for _, p := range []string{"ho-", "ho6-", "hoi-", "hoi6-", "hn6-", "hni6-"} {
+	for _, p := range []string{"ho-", "ho6-", "hoi-", "hoi6-", "hn6-", "hni6-", "hoc-", "hoc6-"} {
 		if strings.HasPrefix(name, p) {
 			return true
 		}
@@ -509,6 +510,17 @@ func indexSetName(service string, fam family) string {
 		return "hoi6-" + service
 	}
 	return "hoi-" + service
+}
+
+// countSetName is the counting set of a service: hoc-<svc> (hoc6- for
+// IPv6), whose entries, its backends' addresses, count their
+// kernel-forwarded traffic. A service name short enough for its chain
+// (dataplane.MaxChainNameLen) keeps it within the ipset name limit.
+func countSetName(service string, fam family) string {
+	if fam == ipv6 {
+		return "hoc6-" + service
+	}
+	return "hoc-" + service
 }
 
 // netSetName is the pin set of a backend of a service that pins IPv6

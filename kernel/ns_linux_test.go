@@ -133,7 +133,7 @@ func TestNSSyncCreatesObjects(t *testing.T) {
 
 	sets := strings.Fields(ns.Run(t, "ipset", "list", "-n"))
 	slices.Sort(sets)
-	if want := []string{"ho-any-a", "ho-web-be0", "ho-web-be1", "ho6-web6-be0", "ho6-web6-be1", "hoi-any", "hoi-web", "hoi6-web6"}; !slices.Equal(sets, want) {
+	if want := []string{"ho-any-a", "ho-web-be0", "ho-web-be1", "ho6-web6-be0", "ho6-web6-be1", "hoc-any", "hoc-web", "hoc6-web6", "hoi-any", "hoi-web", "hoi6-web6"}; !slices.Equal(sets, want) {
 		t.Errorf("sets = %v, want %v", sets, want)
 	}
 	for set, want := range map[string]string{
@@ -142,6 +142,8 @@ func TestNSSyncCreatesObjects(t *testing.T) {
 		"ho-any-a":     "family inet hashsize 1024 maxelem 10 comment",
 		"hoi-web":      "family inet hashsize 1024 maxelem 1073741824 skbinfo",
 		"hoi6-web6":    "family inet6 hashsize 1024 maxelem 1073741824 skbinfo",
+		"hoc-web":      "family inet hashsize 1024 maxelem 65536 counters",
+		"hoc6-web6":    "family inet6 hashsize 1024 maxelem 65536 counters",
 	} {
 		out := ns.Run(t, "ipset", "list", set)
 		if !strings.Contains(out, "Type: hash:ip") || !strings.Contains(out, "Header: "+want) {
@@ -167,11 +169,14 @@ func TestNSSyncCreatesObjects(t *testing.T) {
 		`-A HANDOFF-CANARY -m comment --comment "handoff owns chain HO-SVC-any"`,
 		`-A HANDOFF-CANARY -m comment --comment "handoff owns chain HO-SVC-web"`,
 		`-A HANDOFF-CANARY -m comment --comment "handoff owns set hoi-any"`,
+		`-A HANDOFF-CANARY -m comment --comment "handoff owns set hoc-any"`,
 		`-A HANDOFF-CANARY -m comment --comment "handoff owns set ho-any-a"`,
 		`-A HANDOFF-CANARY -m comment --comment "handoff owns set hoi-web"`,
+		`-A HANDOFF-CANARY -m comment --comment "handoff owns set hoc-web"`,
 		`-A HANDOFF-CANARY -m comment --comment "handoff owns set ho-web-be0"`,
 		`-A HANDOFF-CANARY -m comment --comment "handoff owns set ho-web-be1"`,
 		`-A HANDOFF-CANARY -m comment --comment "handoff owns set hoi6-web6"`,
+		`-A HANDOFF-CANARY -m comment --comment "handoff owns set hoc6-web6"`,
 		`-A HANDOFF-CANARY -m comment --comment "handoff owns set ho6-web6-be0"`,
 		`-A HANDOFF-CANARY -m comment --comment "handoff owns set ho6-web6-be1"`,
 		`-A HO-SVC-any -m mark --mark 0x0/0xfff00000 -m comment --comment "handoff any new clients" -j RETURN`,
@@ -200,9 +205,18 @@ func TestNSSyncCreatesObjects(t *testing.T) {
 	checkLines(t, "iptables -S", ns.Run(t, "iptables", "-S"), []string{
 		"-N HANDOFF-FORWARD",
 		"-N HANDOFF-CANARY",
+		"-N HO-SVC-any",
+		"-N HO-SVC-web",
 		`-A FORWARD -m comment --comment "handoff jump" -j HANDOFF-FORWARD`,
-		`-A HANDOFF-FORWARD -p tcp -m conntrack --ctstate DNAT --ctproto 6 --ctorigdst 198.18.0.1 --ctorigdstport 80 -m comment --comment "handoff web forward" -j ACCEPT`,
-		`-A HANDOFF-FORWARD -p tcp -m conntrack --ctstate DNAT --ctproto 6 --ctreplsrc 198.19.1.11 --ctorigdstport 8443 --ctreplsrcport 443 -m comment --comment "handoff any/a forward" -j ACCEPT`,
+		`-A HANDOFF-FORWARD -p tcp -m conntrack --ctstate DNAT --ctproto 6 --ctorigdstport 8443 -m comment --comment "handoff any forward" -j HO-SVC-any`,
+		`-A HANDOFF-FORWARD -p tcp -m conntrack --ctstate DNAT --ctproto 6 --ctorigdst 198.18.0.1 --ctorigdstport 80 -m comment --comment "handoff web forward" -j HO-SVC-web`,
+		`-A HANDOFF-CANARY -m comment --comment "handoff owns chain HO-SVC-any"`,
+		`-A HANDOFF-CANARY -m comment --comment "handoff owns chain HO-SVC-web"`,
+		`-A HO-SVC-any -m set --match-set hoc-any dst,dst -m comment --comment "handoff any to backends" -j ACCEPT`,
+		`-A HO-SVC-any -m set --match-set hoc-any src,src -m comment --comment "handoff any from backends" -j ACCEPT`,
+		`-A HO-SVC-web -m set --match-set hoc-web dst,dst -m comment --comment "handoff web to backends" -j ACCEPT`,
+		`-A HO-SVC-web -m set --match-set hoc-web src,src -m comment --comment "handoff web from backends" -j ACCEPT`,
+		`-A HO-SVC-web -m comment --comment "handoff web other" -j ACCEPT`,
 	})
 	checkLines(t, "ip6tables -t nat -S", ns.Run(t, "ip6tables", "-t", "nat", "-S"), []string{
 		"-N HANDOFF-PREROUTING",
@@ -225,8 +239,13 @@ func TestNSSyncCreatesObjects(t *testing.T) {
 	checkLines(t, "ip6tables -S", ns.Run(t, "ip6tables", "-S"), []string{
 		"-N HANDOFF-FORWARD",
 		"-N HANDOFF-CANARY",
+		"-N HO-SVC-web6",
 		`-A FORWARD -m comment --comment "handoff jump" -j HANDOFF-FORWARD`,
-		`-A HANDOFF-FORWARD -p tcp -m conntrack --ctstate DNAT --ctproto 6 --ctorigdst 2001:2:0:1::1 --ctorigdstport 80 -m comment --comment "handoff web6 forward" -j ACCEPT`,
+		`-A HANDOFF-FORWARD -p tcp -m conntrack --ctstate DNAT --ctproto 6 --ctorigdst 2001:2:0:1::1 --ctorigdstport 80 -m comment --comment "handoff web6 forward" -j HO-SVC-web6`,
+		`-A HANDOFF-CANARY -m comment --comment "handoff owns chain HO-SVC-web6"`,
+		`-A HO-SVC-web6 -m set --match-set hoc6-web6 dst,dst -m comment --comment "handoff web6 to backends" -j ACCEPT`,
+		`-A HO-SVC-web6 -m set --match-set hoc6-web6 src,src -m comment --comment "handoff web6 from backends" -j ACCEPT`,
+		`-A HO-SVC-web6 -m comment --comment "handoff web6 other" -j ACCEPT`,
 	})
 
 	// A second Sync of the same state writes nothing.
@@ -243,7 +262,7 @@ func TestNSSyncCreatesObjects(t *testing.T) {
 	if strings.Contains(nat, "HO-SVC-web\n") || strings.Contains(nat, "ho-web-") {
 		t.Errorf("service web still in nat table:\n%s", nat)
 	}
-	if sets := ns.Run(t, "ipset", "list", "-n"); strings.Contains(sets, "ho-web-") {
+	if sets := ns.Run(t, "ipset", "list", "-n"); strings.Contains(sets, "ho-web-") || strings.Contains(sets, "hoc-web") {
 		t.Errorf("sets of web remain:\n%s", sets)
 	}
 }
@@ -323,6 +342,10 @@ func topoLab(t testing.TB, n int, o Options) (tp *nstest.Topology, d *Dataplane,
 	return tp, d, seen4, seen6
 }
 
+// forwardPayload is what TestNSPinForwards sends each way through a
+// kernel-forwarded connection.
+const forwardPayload = 256 << 10
+
 func TestNSPinForwards(t *testing.T) {
 	tp, d, seen4, seen6 := topoLab(t, 2, Options{})
 	other4, other6 := tp.AddClients(t, 1)
@@ -344,6 +367,13 @@ func TestNSPinForwards(t *testing.T) {
 			conn, err := dialVIP(ctx, tp, c.client, c.vip)
 			if err != nil {
 				t.Fatalf("pinned client %s: dial %s: %v", c.client, c.vip, err)
+			}
+			// Traffic each way that the counters must see: the kernel
+			// forwards every packet of it, and nat sees only the first.
+			conn.SetDeadline(time.Now().Add(5 * time.Second))
+			go conn.Write(make([]byte, forwardPayload))
+			if _, err := io.ReadFull(conn, make([]byte, forwardPayload)); err != nil {
+				t.Fatalf("echo of %d bytes: %v", forwardPayload, err)
 			}
 			conn.Close()
 			select {
@@ -381,25 +411,47 @@ func TestNSPinForwards(t *testing.T) {
 			}
 		})
 	}
-	// One new connection each went through the DNAT rules of be1.
+	// One new connection each went through the DNAT rules of be1, and its
+	// bytes, both ways, through the service's counting set, be1's entry.
 	want := map[dataplane.BackendRef]Counter{{Service: "web", Backend: "be1"}: {Packets: 1}, {Service: "web6", Backend: "be1"}: {Packets: 1}}
-	for name, get := range map[string]func() (map[dataplane.BackendRef]Counter, error){
-		"method":   func() (map[dataplane.BackendRef]Counter, error) { return d.Counters(ctx) },
-		"function": func() (map[dataplane.BackendRef]Counter, error) { return Counters(ctx, Options{NetNS: tp.LB.Path}) },
-	} {
-		got, err := get()
-		if err != nil {
-			t.Fatalf("Counters (%s): %v", name, err)
-		}
-		for k, w := range want {
-			if got[k].Packets != w.Packets || got[k].Bytes == 0 {
-				t.Errorf("Counters (%s)[%v] = %+v, want %d packet(s)", name, k, got[k], w.Packets)
+	// packets says whether the DNAT rules' packets are still counted: a
+	// reload that rewrites the service's chain in nat restarts them (its
+	// rules are new), while the set's entries keep their bytes.
+	check := func(when string, packets bool) {
+		t.Helper()
+		for name, get := range map[string]func() (map[dataplane.BackendRef]Counter, error){
+			"method":   func() (map[dataplane.BackendRef]Counter, error) { return d.Counters(ctx) },
+			"function": func() (map[dataplane.BackendRef]Counter, error) { return Counters(ctx, Options{NetNS: tp.LB.Path}) },
+		} {
+			got, err := get()
+			if err != nil {
+				t.Fatalf("Counters (%s, %s): %v", name, when, err)
+			}
+			for k, w := range want {
+				// The payload each way and the ping, with their headers: at
+				// most 30% more on this path's smallest packets.
+				if (packets && got[k].Packets != w.Packets) || got[k].Bytes < 2*forwardPayload || got[k].Bytes > 2*forwardPayload*13/10 {
+					t.Errorf("Counters (%s, %s)[%v] = %+v, want %d packet(s) and the %d bytes each way with their headers", name, when, k, got[k], w.Packets, forwardPayload)
+				}
+			}
+			if c := got[dataplane.BackendRef{Service: "web", Backend: "be0"}]; c != (Counter{}) {
+				t.Errorf("Counters (%s, %s)[web be0] = %+v", name, when, c)
 			}
 		}
-		if c := got[dataplane.BackendRef{Service: "web", Backend: "be0"}]; c.Packets != 0 {
-			t.Errorf("Counters (%s)[web be0] = %+v", name, c)
-		}
 	}
+	check("after the traffic", true)
+	// A reload that keeps be1 as it is (be0 moves to another port, a
+	// backend comes) keeps be1's bytes, and so does a restart.
+	st := labState(3, time.Hour, 1000)
+	for i := range st.Services {
+		st.Services[i].Backends[0].Address = netip.AddrPortFrom(st.Services[i].Backends[0].Address.Addr(), 8081)
+	}
+	mustSync(t, d, st)
+	check("after a reload", false)
+	d.Close()
+	d, _ = newNSDataplane(t, tp.LB, Options{})
+	mustSync(t, d, st)
+	check("after a restart", false)
 }
 
 // entryTimeout returns the timeout ipset shows for ip in set, or -1.

@@ -18,8 +18,9 @@ import (
 // "kernel mode unavailable: creating ipset ho-_probe-42: operation not
 // permitted (need CAP_NET_ADMIN)".
 //
-// It creates and removes two scratch ipsets (ho-_probe-<pid>, a pin set,
-// and ho-_probe-<pid>i, an index), a scratch mangle chain (HANDOFF-PROBE)
+// It creates and removes three scratch ipsets (ho-_probe-<pid>, a pin set,
+// ho-_probe-<pid>i, an index, and ho-_probe-<pid>c, a counting set), a
+// scratch mangle chain (HANDOFF-PROBE)
 // that maps the index's mark, and a scratch nat chain (HANDOFF-PROBE)
 // whose rules match the mark and use the pin set, SET and DNAT targets,
 // for IPv4 and, when o.IPv6 is set, IPv6: the chains are written with
@@ -86,6 +87,17 @@ func probe(ctx context.Context, o Options) (err error) {
 		undo = append(undo, func() error {
 			if err := s.destroy(index); err != nil {
 				return fmt.Errorf("removing ipset %s: %w", index, err)
+			}
+			return nil
+		})
+
+		count := set + "c"
+		if err := s.create(count, setSpec{family: fam, counters: true}); err != nil {
+			return fmt.Errorf("creating ipset %s (hash:ip,port counters): %w%s", count, err, capHint(err))
+		}
+		undo = append(undo, func() error {
+			if err := s.destroy(count); err != nil {
+				return fmt.Errorf("removing ipset %s: %w", count, err)
 			}
 			return nil
 		})

@@ -138,6 +138,7 @@ type service struct {
 	snat     bool
 	maxelem  uint32
 	index    string // the dispatch index set: hoi-<svc> or hoi6-<svc>
+	count    string // the counting set: hoc-<svc> or hoc6-<svc>
 	hold     bool   // queue the SYNs of unpinned clients (Hold)
 	cidr     uint8  // IPv6 services pinning networks: their prefix length (hash:net sets); 0 = addresses
 	backends []backend
@@ -166,6 +167,22 @@ const indexMaxelem = 1 << 30
 
 func (s *service) indexSpec() setSpec {
 	return setSpec{family: s.fam, maxelem: indexMaxelem, index: true, net: s.cidr != 0}
+}
+
+// countSpec is the counting set's spec: hash:ip,port with counters, of
+// the kernel's default maxelem (far above the backends a mark numbers).
+func (s *service) countSpec() setSpec {
+	return setSpec{family: s.fam, counters: true}
+}
+
+// countEntries is what the counting set of s holds: the address of each
+// backend.
+func (s *service) countEntries() map[netip.AddrPort]bool {
+	out := make(map[netip.AddrPort]bool, len(s.backends))
+	for _, b := range s.backends {
+		out[b.addr] = true
+	}
+	return out
 }
 
 // validName matches the service and backend names the kernel objects can
@@ -208,6 +225,7 @@ func compile(st dataplane.State) ([]*service, error) {
 			snat:    ds.SNAT,
 			maxelem: uint32(ds.MaxClients),
 			index:   indexSetName(ds.Name, familyOf(vip.Addr())),
+			count:   countSetName(ds.Name, familyOf(vip.Addr())),
 			hold:    ds.HoldSYN,
 			byName:  map[string]*backend{},
 		}
@@ -282,13 +300,22 @@ type rendered map[table][]chain
 // costs the same whatever the number of backends: one index lookup, at
 // most 16 mark comparisons per level (three levels for 4,095 backends)
 // and the two set lookups of one backend.
+//
+// Every later packet of the connection, both ways, takes the service's
+// rule in filter's HANDOFF-FORWARD and its chain HO-SVC-<svc> in filter,
+// whose rules match the service's counting set (hoc-<svc>, hash:ip,port
+// with counters, one entry a backend) by destination (client to backend,
+// after DNAT) and by source (the backend's replies, before the reverse
+// NAT): the entry's counters are the backend's kernel-forwarded traffic,
+// at the cost of one or two hash lookups a packet whatever the number of
+// backends (see countChain).
 func render(fam family, svcs []*service, l markLayout, queue uint16) rendered {
 	pre := chain{name: chainPrerouting}
 	out := chain{name: chainOutput}
 	post := chain{name: chainPostrouting}
 	fwd := chain{name: chainForward}
 	mark := chain{name: chainMark}
-	var svcChains []chain
+	var svcChains, countChains []chain // nat's dispatch trees, filter's counting chains
 	for _, s := range svcs {
 		if s.fam != fam {
 			continue
@@ -317,23 +344,24 @@ func render(fam family, svcs []*service, l markLayout, queue uint16) rendered {
 		svcChains = append(svcChains, s.dispatch(l)...)
 
 		// Forwarded flows of this service: by VIP when it is one address,
-		// else by the backend the flow was DNATed to.
+		// else by the port and, in its chain, the backend the flow was
+		// DNATed to.
 		dnated := "-p tcp -m conntrack --ctstate DNAT --ctproto tcp"
+		countChains = append(countChains, s.countChain())
 		if !s.vip.Addr().IsUnspecified() {
 			m := dnated + " --ctorigdst " + hostCIDR(s.vip.Addr()) + " --ctorigdstport " + strconv.Itoa(int(s.vip.Port()))
-			fwd.add(m + " " + comment(commentPrefix+" "+s.name+" forward") + " -j ACCEPT")
+			fwd.add(m + " " + comment(commentPrefix+" "+s.name+" forward") + " -j " + dataplane.ServiceChain(s.name))
 			if s.snat {
 				post.add(m + " " + comment(commentPrefix+" "+s.name+" snat") + " -j MASQUERADE")
 			}
 			continue
 		}
-		for _, b := range s.backends {
-			m := dnated + " --ctorigdstport " + strconv.Itoa(int(s.vip.Port())) +
-				" --ctreplsrc " + hostCIDR(b.addr.Addr()) + " --ctreplsrcport " + strconv.Itoa(int(b.addr.Port()))
-			tag := commentPrefix + " " + s.name + "/" + b.name
-			fwd.add(m + " " + comment(tag+" forward") + " -j ACCEPT")
-			if s.snat {
-				post.add(m + " " + comment(tag+" snat") + " -j MASQUERADE")
+		fwd.add(dnated + " --ctorigdstport " + strconv.Itoa(int(s.vip.Port())) + " " + comment(commentPrefix+" "+s.name+" forward") + " -j " + dataplane.ServiceChain(s.name))
+		if s.snat {
+			for _, b := range s.backends {
+				m := dnated + " --ctorigdstport " + strconv.Itoa(int(s.vip.Port())) +
+					" --ctreplsrc " + hostCIDR(b.addr.Addr()) + " --ctreplsrcport " + strconv.Itoa(int(b.addr.Port()))
+				post.add(m + " " + comment(commentPrefix+" "+s.name+"/"+b.name+" snat") + " -j MASQUERADE")
 			}
 		}
 	}
@@ -352,9 +380,14 @@ func render(fam family, svcs []*service, l markLayout, queue uint16) rendered {
 	for _, c := range svcChains {
 		natCanary.add(registryRule(ownsChain, c.name))
 	}
+	filterCanary := chain{name: chainCanary}
+	for _, c := range countChains {
+		filterCanary.add(registryRule(ownsChain, c.name))
+	}
 	if fam == ipv4 {
 		for _, s := range svcs {
 			natCanary.add(registryRule(ownsSet, s.index))
+			natCanary.add(registryRule(ownsSet, s.count))
 			for _, b := range s.backends {
 				natCanary.add(registryRule(ownsSet, b.set))
 			}
@@ -363,8 +396,28 @@ func render(fam family, svcs []*service, l markLayout, queue uint16) rendered {
 	return rendered{
 		mangleTable: {mark, dial, reply, {name: chainCanary}},
 		natTable:    append([]chain{pre, out, post, natCanary}, svcChains...),
-		filterTable: {fwd, {name: chainCanary}},
+		filterTable: append([]chain{fwd, filterCanary}, countChains...),
 	}
+}
+
+// countChain is the chain of s in filter, which HANDOFF-FORWARD sends the
+// service's forwarded packets to: it accepts a packet to a backend (its
+// destination, after DNAT, is one of the counting set's entries) or from
+// one (its source, before the reverse NAT), each lookup adding the packet
+// to that backend's entry's counters. A service with one VIP accepts the
+// rest too, as its rule in HANDOFF-FORWARD accepted every flow DNATed to
+// the VIP before the counting: those of a backend removed or moved since.
+// A service listening on every address is matched there by port only, so
+// its chain accepts only the flows of its backends, as the rules of each
+// backend did.
+func (s *service) countChain() chain {
+	c := chain{name: dataplane.ServiceChain(s.name)}
+	c.add("-m set --match-set " + s.count + " dst,dst " + comment(commentPrefix+" "+s.name+" to backends") + " -j ACCEPT")
+	c.add("-m set --match-set " + s.count + " src,src " + comment(commentPrefix+" "+s.name+" from backends") + " -j ACCEPT")
+	if !s.vip.Addr().IsUnspecified() {
+		c.add(comment(commentPrefix+" "+s.name+" other") + " -j ACCEPT")
+	}
+	return c
 }
 
 // dispatch returns the service chain and the tree below it. The tree has

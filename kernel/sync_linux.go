@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"runtime"
 	"slices"
@@ -127,12 +128,20 @@ func (d *Dataplane) syncLocked(ctx context.Context, svcs []*service, verify bool
 			continue
 		}
 		changes = append(changes, setChange(s.index, ok))
-		if err := d.ensureIndex(s, have); err != nil {
+		if err := d.ensureEmpty(s.index, s.indexSpec(), have); err != nil {
 			return changes, err
 		}
 		fill = slices.DeleteFunc(fill, func(r ref) bool { return r.s == s })
 		for i := range s.backends {
 			fill = append(fill, ref{s, &s.backends[i]})
+		}
+	}
+	for _, s := range svcs {
+		wanted[s.count] = true
+		c, err := d.syncCount(s, have)
+		changes = append(changes, c...)
+		if err != nil {
+			return changes, err
 		}
 	}
 	byName := make(map[string]*service, len(svcs))
@@ -282,34 +291,78 @@ func setChange(name string, existed bool) string {
 	return "ipset " + name + " missing"
 }
 
-// ensureIndex creates the index set of s, or empties it into the right
-// spec when a set of its name exists with another one (a rule may use it,
-// so it is swapped with a fresh set rather than destroyed). Either way
-// the caller fills it.
-func (d *Dataplane) ensureIndex(s *service, have map[string]setHeader) error {
-	spec := s.indexSpec()
-	if _, ok := have[s.index]; !ok {
-		if err := d.sets.create(s.index, spec); err != nil {
-			return fmt.Errorf("ipset %q: create: %w", s.index, err)
+// ensureEmpty creates set name (an index or counting set), or empties it
+// into spec when a set of its name exists with another one (a rule may
+// use it, so it is swapped with a fresh set rather than destroyed). Either
+// way the caller fills it.
+func (d *Dataplane) ensureEmpty(name string, spec setSpec, have map[string]setHeader) error {
+	if _, ok := have[name]; !ok {
+		if err := d.sets.create(name, spec); err != nil {
+			return fmt.Errorf("ipset %q: create: %w", name, err)
 		}
 		return nil
 	}
-	d.log.WithField("set", s.index).Warn("the index set exists with other parameters; making it afresh (its clients are indexed again)")
-	tmp := tempSetName(s.index)
+	d.log.WithField("set", name).Warn("the set exists with other parameters; making it afresh (it is filled again)")
+	tmp := tempSetName(name)
 	if err := d.sets.destroy(tmp); err != nil {
-		return fmt.Errorf("ipset %q: destroy leftover %q: %w", s.index, tmp, err)
+		return fmt.Errorf("ipset %q: destroy leftover %q: %w", name, tmp, err)
 	}
 	if err := d.sets.create(tmp, spec); err != nil {
-		return fmt.Errorf("ipset %q: create %q: %w", s.index, tmp, err)
+		return fmt.Errorf("ipset %q: create %q: %w", name, tmp, err)
 	}
-	if err := d.sets.swap(s.index, tmp); err != nil {
+	if err := d.sets.swap(name, tmp); err != nil {
 		_ = d.sets.destroy(tmp)
-		return fmt.Errorf("ipset %q: swap with %q: %w", s.index, tmp, err)
+		return fmt.Errorf("ipset %q: swap with %q: %w", name, tmp, err)
 	}
 	if err := d.sets.destroy(tmp); err != nil {
-		d.log.WithFields(logrus.Fields{"set": tmp, "err": err}).Warn("cannot destroy the old index set")
+		d.log.WithFields(logrus.Fields{"set": tmp, "err": err}).Warn("cannot destroy the old copy of a set made afresh")
 	}
 	return nil
+}
+
+// syncCount makes the counting set of s exist and hold exactly the
+// addresses of its backends, and returns what it changed. Entries that
+// stay keep their counters: a backend whose address is unchanged keeps
+// its traffic across reloads; one whose address changed gets a new entry,
+// counting from zero. It lists the set every time (an entry a backend,
+// one dump), so a set flushed, edited or destroyed behind handoff's back
+// is refilled by the next Sync or canary check.
+func (d *Dataplane) syncCount(s *service, have map[string]setHeader) (changes []string, err error) {
+	h, ok := have[s.count]
+	if !ok || !h.is(s.countSpec()) {
+		changes = append(changes, setChange(s.count, ok))
+		if err := d.ensureEmpty(s.count, s.countSpec(), have); err != nil {
+			return changes, err
+		}
+	}
+	want := s.countEntries()
+	var extra []netip.AddrPort
+	err = d.sets.list(s.count, func(m member) error {
+		ap := netip.AddrPortFrom(m.ip.Unmap(), m.port)
+		if want[ap] {
+			delete(want, ap)
+		} else {
+			extra = append(extra, ap)
+		}
+		return nil
+	})
+	if err != nil {
+		return changes, fmt.Errorf("ipset %q: list: %w", s.count, err)
+	}
+	for _, ap := range extra {
+		if err := d.sets.delPort(s.count, ap); err != nil {
+			return changes, fmt.Errorf("ipset %q: del %s: %w", s.count, ap, err)
+		}
+	}
+	for _, ap := range slices.SortedFunc(maps.Keys(want), netip.AddrPort.Compare) {
+		if err := d.sets.addPort(s.count, ap); err != nil {
+			return changes, fmt.Errorf("ipset %q: add %s: %w", s.count, ap, err)
+		}
+	}
+	if n := len(extra) + len(want); n > 0 {
+		changes = append(changes, fmt.Sprintf("ipset %s: %d entries added, %d removed", s.count, len(want), len(extra)))
+	}
+	return changes, nil
 }
 
 // rebuildAll runs the rebuilds at once, as many as there are CPUs: each

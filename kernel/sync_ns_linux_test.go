@@ -136,7 +136,7 @@ func TestNSSyncReload1000(t *testing.T) {
 		sets := strings.Fields(ns.Run(t, "ipset", "list", "-n"))
 		var wantSets []string
 		for _, s := range to.Services {
-			wantSets = append(wantSets, indexSetName(s.Name, ipv4))
+			wantSets = append(wantSets, indexSetName(s.Name, ipv4), countSetName(s.Name, ipv4))
 			for _, b := range s.Backends {
 				wantSets = append(wantSets, dataplane.SetName(s.Name, b.Name, false))
 			}

@@ -6,6 +6,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"maps"
 	"net/netip"
 	"regexp"
 	"slices"
@@ -79,6 +81,7 @@ func TestRender(t *testing.T) {
 -A HANDOFF-OUTPUT -d 198.18.1.1/32 -p tcp -m tcp --dport 80 -m comment --comment "handoff web service" -j HO-SVC-web
 -A HANDOFF-CANARY -m comment --comment "handoff owns chain HO-SVC-web"
 -A HANDOFF-CANARY -m comment --comment "handoff owns set hoi-web"
+-A HANDOFF-CANARY -m comment --comment "handoff owns set hoc-web"
 -A HANDOFF-CANARY -m comment --comment "handoff owns set ho-web-be1"
 -A HANDOFF-CANARY -m comment --comment "handoff owns set ho-web-be2"
 -A HO-SVC-web -m mark --mark 0x0/0xfff00000 -m comment --comment "handoff web new clients" -j RETURN
@@ -87,7 +90,11 @@ func TestRender(t *testing.T) {
 -A HO-SVC-web -p tcp -m mark --mark 0x200000/0xfff00000 -m set --match-set ho-web-be2 src -m comment --comment "handoff web/be2 refresh" -j SET --add-set ho-web-be2 src --exist --timeout 1800
 -A HO-SVC-web -p tcp -m mark --mark 0x200000/0xfff00000 -m set --match-set ho-web-be2 src -m comment --comment "handoff web/be2 dnat" -j DNAT --to-destination 198.19.1.12:8080
 *filter
--A HANDOFF-FORWARD -p tcp -m conntrack --ctstate DNAT --ctproto tcp --ctorigdst 198.18.1.1/32 --ctorigdstport 80 -m comment --comment "handoff web forward" -j ACCEPT
+-A HANDOFF-FORWARD -p tcp -m conntrack --ctstate DNAT --ctproto tcp --ctorigdst 198.18.1.1/32 --ctorigdstport 80 -m comment --comment "handoff web forward" -j HO-SVC-web
+-A HANDOFF-CANARY -m comment --comment "handoff owns chain HO-SVC-web"
+-A HO-SVC-web -m set --match-set hoc-web dst,dst -m comment --comment "handoff web to backends" -j ACCEPT
+-A HO-SVC-web -m set --match-set hoc-web src,src -m comment --comment "handoff web from backends" -j ACCEPT
+-A HO-SVC-web -m comment --comment "handoff web other" -j ACCEPT
 `,
 	}, {
 		desc: "ipv6",
@@ -105,7 +112,11 @@ func TestRender(t *testing.T) {
 -A HO-SVC-web6 -p tcp -m mark --mark 0x100000/0xfff00000 -m set --match-set ho6-web6-a src -m comment --comment "handoff web6/a refresh" -j SET --add-set ho6-web6-a src --exist --timeout 3600
 -A HO-SVC-web6 -p tcp -m mark --mark 0x100000/0xfff00000 -m set --match-set ho6-web6-a src -m comment --comment "handoff web6/a dnat" -j DNAT --to-destination [2001:2:0:2::11]:8443
 *filter
--A HANDOFF-FORWARD -p tcp -m conntrack --ctstate DNAT --ctproto tcp --ctorigdst 2001:2:0:1::1/128 --ctorigdstport 443 -m comment --comment "handoff web6 forward" -j ACCEPT
+-A HANDOFF-FORWARD -p tcp -m conntrack --ctstate DNAT --ctproto tcp --ctorigdst 2001:2:0:1::1/128 --ctorigdstport 443 -m comment --comment "handoff web6 forward" -j HO-SVC-web6
+-A HANDOFF-CANARY -m comment --comment "handoff owns chain HO-SVC-web6"
+-A HO-SVC-web6 -m set --match-set hoc6-web6 dst,dst -m comment --comment "handoff web6 to backends" -j ACCEPT
+-A HO-SVC-web6 -m set --match-set hoc6-web6 src,src -m comment --comment "handoff web6 from backends" -j ACCEPT
+-A HO-SVC-web6 -m comment --comment "handoff web6 other" -j ACCEPT
 `,
 	}, {
 		desc: "unspecified VIP with snat",
@@ -121,12 +132,16 @@ func TestRender(t *testing.T) {
 -A HANDOFF-POSTROUTING -p tcp -m conntrack --ctstate DNAT --ctproto tcp --ctorigdstport 25 --ctreplsrc 198.19.1.11/32 --ctreplsrcport 2525 -m comment --comment "handoff any/m1 snat" -j MASQUERADE
 -A HANDOFF-CANARY -m comment --comment "handoff owns chain HO-SVC-any"
 -A HANDOFF-CANARY -m comment --comment "handoff owns set hoi-any"
+-A HANDOFF-CANARY -m comment --comment "handoff owns set hoc-any"
 -A HANDOFF-CANARY -m comment --comment "handoff owns set ho-any-m1"
 -A HO-SVC-any -m mark --mark 0x0/0xfff00000 -m comment --comment "handoff any new clients" -j RETURN
 -A HO-SVC-any -p tcp -m mark --mark 0x100000/0xfff00000 -m set --match-set ho-any-m1 src -m comment --comment "handoff any/m1 refresh" -j SET --add-set ho-any-m1 src --exist --timeout 90
 -A HO-SVC-any -p tcp -m mark --mark 0x100000/0xfff00000 -m set --match-set ho-any-m1 src -m comment --comment "handoff any/m1 dnat" -j DNAT --to-destination 198.19.1.11:2525
 *filter
--A HANDOFF-FORWARD -p tcp -m conntrack --ctstate DNAT --ctproto tcp --ctorigdstport 25 --ctreplsrc 198.19.1.11/32 --ctreplsrcport 2525 -m comment --comment "handoff any/m1 forward" -j ACCEPT
+-A HANDOFF-FORWARD -p tcp -m conntrack --ctstate DNAT --ctproto tcp --ctorigdstport 25 -m comment --comment "handoff any forward" -j HO-SVC-any
+-A HANDOFF-CANARY -m comment --comment "handoff owns chain HO-SVC-any"
+-A HO-SVC-any -m set --match-set hoc-any dst,dst -m comment --comment "handoff any to backends" -j ACCEPT
+-A HO-SVC-any -m set --match-set hoc-any src,src -m comment --comment "handoff any from backends" -j ACCEPT
 `,
 	}, {
 		desc: "snat, ttl 0 (no refresh rule)",
@@ -142,11 +157,16 @@ func TestRender(t *testing.T) {
 -A HANDOFF-POSTROUTING -p tcp -m conntrack --ctstate DNAT --ctproto tcp --ctorigdst 198.18.1.2/32 --ctorigdstport 5432 -m comment --comment "handoff db snat" -j MASQUERADE
 -A HANDOFF-CANARY -m comment --comment "handoff owns chain HO-SVC-db"
 -A HANDOFF-CANARY -m comment --comment "handoff owns set hoi-db"
+-A HANDOFF-CANARY -m comment --comment "handoff owns set hoc-db"
 -A HANDOFF-CANARY -m comment --comment "handoff owns set ho-db-p"
 -A HO-SVC-db -m mark --mark 0x0/0xfff00000 -m comment --comment "handoff db new clients" -j RETURN
 -A HO-SVC-db -p tcp -m mark --mark 0x100000/0xfff00000 -m set --match-set ho-db-p src -m comment --comment "handoff db/p dnat" -j DNAT --to-destination 198.19.1.13:5432
 *filter
--A HANDOFF-FORWARD -p tcp -m conntrack --ctstate DNAT --ctproto tcp --ctorigdst 198.18.1.2/32 --ctorigdstport 5432 -m comment --comment "handoff db forward" -j ACCEPT
+-A HANDOFF-FORWARD -p tcp -m conntrack --ctstate DNAT --ctproto tcp --ctorigdst 198.18.1.2/32 --ctorigdstport 5432 -m comment --comment "handoff db forward" -j HO-SVC-db
+-A HANDOFF-CANARY -m comment --comment "handoff owns chain HO-SVC-db"
+-A HO-SVC-db -m set --match-set hoc-db dst,dst -m comment --comment "handoff db to backends" -j ACCEPT
+-A HO-SVC-db -m set --match-set hoc-db src,src -m comment --comment "handoff db from backends" -j ACCEPT
+-A HO-SVC-db -m comment --comment "handoff db other" -j ACCEPT
 `,
 	}, {
 		desc: "ipv4-mapped listen address is IPv4",
@@ -161,12 +181,17 @@ func TestRender(t *testing.T) {
 -A HANDOFF-OUTPUT -d 198.18.1.3/32 -p tcp -m tcp --dport 80 -m comment --comment "handoff m service" -j HO-SVC-m
 -A HANDOFF-CANARY -m comment --comment "handoff owns chain HO-SVC-m"
 -A HANDOFF-CANARY -m comment --comment "handoff owns set hoi-m"
+-A HANDOFF-CANARY -m comment --comment "handoff owns set hoc-m"
 -A HANDOFF-CANARY -m comment --comment "handoff owns set ho-m-x"
 -A HO-SVC-m -m mark --mark 0x0/0xfff00000 -m comment --comment "handoff m new clients" -j RETURN
 -A HO-SVC-m -p tcp -m mark --mark 0x100000/0xfff00000 -m set --match-set ho-m-x src -m comment --comment "handoff m/x refresh" -j SET --add-set ho-m-x src --exist --timeout 1
 -A HO-SVC-m -p tcp -m mark --mark 0x100000/0xfff00000 -m set --match-set ho-m-x src -m comment --comment "handoff m/x dnat" -j DNAT --to-destination 198.19.1.11:80
 *filter
--A HANDOFF-FORWARD -p tcp -m conntrack --ctstate DNAT --ctproto tcp --ctorigdst 198.18.1.3/32 --ctorigdstport 80 -m comment --comment "handoff m forward" -j ACCEPT
+-A HANDOFF-FORWARD -p tcp -m conntrack --ctstate DNAT --ctproto tcp --ctorigdst 198.18.1.3/32 --ctorigdstport 80 -m comment --comment "handoff m forward" -j HO-SVC-m
+-A HANDOFF-CANARY -m comment --comment "handoff owns chain HO-SVC-m"
+-A HO-SVC-m -m set --match-set hoc-m dst,dst -m comment --comment "handoff m to backends" -j ACCEPT
+-A HO-SVC-m -m set --match-set hoc-m src,src -m comment --comment "handoff m from backends" -j ACCEPT
+-A HO-SVC-m -m comment --comment "handoff m other" -j ACCEPT
 `,
 	}} {
 		t.Run(c.desc, func(t *testing.T) {
@@ -310,7 +335,7 @@ func TestSyncRemovesServiceInOrder(t *testing.T) {
 	// The fake refuses to destroy a set a rule still uses and to delete a
 	// chain a rule still jumps to, so success means the order held; check
 	// it anyway.
-	want := []string{"restore ipv4 mangle", "restore ipv4 nat", "restore ipv4 filter", "destroy ho-api-x", "destroy hoi-api"}
+	want := []string{"restore ipv4 mangle", "restore ipv4 nat", "restore ipv4 filter", "destroy ho-api-x", "destroy hoc-api", "destroy hoi-api"}
 	if !slices.Equal(k.log, want) {
 		t.Errorf("operations %v, want %v", k.log, want)
 	}
@@ -762,37 +787,81 @@ func TestSyncLeavesForeignPrefixed(t *testing.T) {
 		t.Errorf("nat kept the removed service's chain:\n%s", nat)
 	}
 	names, _ := fakeSets{k}.names()
-	if !slices.Contains(names, "ho-foreign") || slices.Contains(names, "ho-api-x") || slices.Contains(names, "hoi-api") {
+	if !slices.Contains(names, "ho-foreign") || slices.Contains(names, "ho-api-x") || slices.Contains(names, "hoi-api") || slices.Contains(names, "hoc-api") {
 		t.Errorf("sets after removing api: %v", names)
 	}
 }
 
-func TestParseCounters(t *testing.T) {
-	in := `# Generated by iptables-save
+// savedNat is an iptables seam whose nat table is fixed text.
+type savedNat string
+
+func (s savedNat) save(_ context.Context, t table, counters bool) ([]byte, error) {
+	if t != natTable || !counters {
+		return nil, fmt.Errorf("save %q (counters %v), want nat with counters", t, counters)
+	}
+	return []byte(s), nil
+}
+
+func (savedNat) restore(context.Context, []byte) error { return fmt.Errorf("read only") }
+
+// TestCounters checks how counters reads a backend's counters: the
+// packets of its DNAT rule, and the bytes of the entry of its DNAT
+// rule's destination in its service's counting set. Backends sharing an
+// address share an entry, counted once, for the first by name; entries
+// of no backend and services without a set count nothing.
+func TestCounters(t *testing.T) {
+	nat4 := `# Generated by iptables-save
 *nat
 :PREROUTING ACCEPT [10:600]
 :HO-SVC-web - [0:0]
 [3:180] -A HO-SVC-web -p tcp -m set --match-set ho-web-be1 src -m comment --comment "handoff web/be1 refresh" -j SET --add-set ho-web-be1 src --exist --timeout 1800
 [3:180] -A HO-SVC-web -p tcp -m set --match-set ho-web-be1 src -m comment --comment "handoff web/be1 dnat" -j DNAT --to-destination 198.19.1.11:80
-[7:420] -A HO-SVC-web -p tcp -m set --match-set ho-web-be2 src -m comment --comment "handoff web/be2 dnat" -j DNAT --to-destination 198.19.1.12:80
+[7:420] -A HO-SVC-web -p tcp -m set --match-set ho-web-be3 src -m comment --comment "handoff web/be3 dnat" -j DNAT --to-destination 198.19.1.12:80
+[2:120] -A HO-SVC-web -p tcp -m set --match-set ho-web-be2 src -m comment --comment "handoff web/be2 dnat" -j DNAT --to-destination 198.19.1.12:80
+[4:240] -A HO-SVC-gone -p tcp -m set --match-set ho-gone-x src -m comment --comment "handoff gone/x dnat" -j DNAT --to-destination 198.19.1.11:80
 [9:9] -A PREROUTING -m comment --comment handoff -j ACCEPT
 COMMIT
 `
-	got := map[dataplane.BackendRef]Counter{}
-	parseCounters([]byte(in), got)
-	parseCounters([]byte(strings.ReplaceAll(in, "be2", "be3")), got)
-	want := map[dataplane.BackendRef]Counter{
-		{Service: "web", Backend: "be1"}: {Packets: 6, Bytes: 360},
-		{Service: "web", Backend: "be2"}: {Packets: 7, Bytes: 420},
-		{Service: "web", Backend: "be3"}: {Packets: 7, Bytes: 420},
-	}
-	if len(got) != len(want) {
-		t.Errorf("counters %v, want %v", got, want)
-	}
-	for k, v := range want {
-		if got[k] != v {
-			t.Errorf("counters[%v] = %v, want %v", k, got[k], v)
+	nat6 := `*nat
+[1:80] -A HO-SVC-web6 -p tcp -m set --match-set ho6-web6-a src -m comment --comment "handoff web6/a dnat" -j DNAT --to-destination [2001:2:0:2::11]:8080
+COMMIT
+`
+	k := newFakeKernel()
+	sets := fakeSets{k}
+	for set, es := range map[string]map[string]uint64{
+		"hoc-web":   {"198.19.1.11:80": 70000, "198.19.1.12:80": 3000, "198.19.1.99:80": 5},
+		"hoc6-web6": {"[2001:2:0:2::11]:8080": 900},
+	} {
+		fam := ipv4
+		if strings.HasPrefix(set, "hoc6-") {
+			fam = ipv6
 		}
+		if err := sets.create(set, setSpec{family: fam, counters: true}); err != nil {
+			t.Fatal(err)
+		}
+		for e, n := range es {
+			ap := netip.MustParseAddrPort(e)
+			if err := sets.addPort(set, ap); err != nil {
+				t.Fatal(err)
+			}
+			m := k.sets[set].ports[ap]
+			m.bytes, m.packets = n, n/100
+			k.sets[set].ports[ap] = m
+		}
+	}
+	got, err := counters(context.Background(), [2]iptables{savedNat(nat4), savedNat(nat6)}, sets, []family{ipv4, ipv6})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[dataplane.BackendRef]Counter{
+		{Service: "web", Backend: "be1"}: {Packets: 3, Bytes: 70000},
+		{Service: "web", Backend: "be2"}: {Packets: 2, Bytes: 3000},
+		{Service: "web", Backend: "be3"}: {Packets: 7},
+		{Service: "gone", Backend: "x"}:  {Packets: 4},
+		{Service: "web6", Backend: "a"}:  {Packets: 1, Bytes: 900},
+	}
+	if !maps.Equal(got, want) {
+		t.Errorf("counters %v, want %v", got, want)
 	}
 }
 
