@@ -213,7 +213,7 @@ func (l *loop) dispatch(n int) {
 
 // register adds fd to the loop's epoll set for h with events, and returns
 // its slot. It may be called from any goroutine.
-func (l *loop) register(fd int, h handler, events uint32) (int32, error) {
+func (l *loop) register(fd int, h handler, events uint32, slotp *int32) error {
 	l.mu.Lock()
 	var s int32
 	if n := len(l.free); n > 0 {
@@ -225,13 +225,16 @@ func (l *loop) register(fd int, h handler, events uint32) (int32, error) {
 	}
 	l.slots[s].h = h
 	gen := l.slots[s].gen
+	// Stored before fd is in the set, under l.mu: the loop may handle
+	// its first event, and read the slot, before register returns.
+	*slotp = s
 	l.mu.Unlock()
 	ev := unix.EpollEvent{Events: events, Fd: s, Pad: int32(gen)}
 	if err := rawEpollCtl(l.ep, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
 		l.unregister(s)
-		return 0, os.NewSyscallError("epoll_ctl", err)
+		return os.NewSyscallError("epoll_ctl", err)
 	}
-	return s, nil
+	return nil
 }
 
 // unregister frees slot s: events of its registration that are still on

@@ -97,14 +97,12 @@ func (l *loop) start(c *Conn, r *Route, fresh bool) {
 		return
 	}
 	s.backend.l, s.backend.fd, s.backend.remote, s.backend.s = l, fd, r.Backend, s
-	slot, err := l.register(fd, &s.backend, connEvents)
-	if err != nil {
+	if err := l.register(fd, &s.backend, connEvents, &s.backend.slot); err != nil {
 		rawClose(fd)
 		s.backend.l = nil
 		s.dialFailed(&net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(r.Backend), Err: err})
 		return
 	}
-	s.backend.slot = slot
 	s.backend.outArmed.Store(true)
 	if r.ConnectTimeout > 0 {
 		l.timers.set(&s.t, l.now+int64(r.ConnectTimeout))

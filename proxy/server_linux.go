@@ -100,12 +100,10 @@ func (s *Server) Serve(ln net.Listener, o ServeOptions) (*Acceptor, error) {
 	for _, l := range s.loops {
 		e := &listenEnd{a: a, l: l, o: o}
 		e.t.idx, e.t.owner = -1, e
-		slot, err := l.register(a.fd, e, listenEvents)
-		if err != nil {
+		if err := l.register(a.fd, e, listenEvents, &e.slot); err != nil {
 			a.Stop()
 			return nil, err
 		}
-		e.slot = slot
 		a.ends = append(a.ends, e)
 	}
 	return a, nil
@@ -168,13 +166,11 @@ func (e *listenEnd) event(l *loop, _ uint32) {
 		}
 		e.delay = 0
 		c := &Conn{l: l, fd: fd, remote: remote}
-		slot, err := l.register(fd, c, readEvents)
-		if err != nil {
+		if err := l.register(fd, c, readEvents, &c.slot); err != nil {
 			rawClose(fd)
 			e.backoff(err)
 			return
 		}
-		c.slot = slot
 		if r := e.o.Accept(c); r != nil {
 			l.start(c, r, true)
 		}
