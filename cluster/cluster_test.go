@@ -247,6 +247,22 @@ func TestMigrationAgrees(t *testing.T) {
 	waitFor(t, 3*time.Second, "60 pins on b", func() bool { return len(b.pins(t)) == 60 })
 
 	s.backends[1].stop(t) // be2
+	defer func() {
+		if !t.Failed() {
+			return
+		}
+		pa, pb := a.pins(t), b.pins(t)
+		for c, p := range pa {
+			if q, ok := pb[c]; !ok || q.Backend != p.Backend || p.Backend == "be2" {
+				t.Logf("client %s: a %+v, b %+v (%v)", c, p, q, ok)
+			}
+		}
+		for c, q := range pb {
+			if _, ok := pa[c]; !ok {
+				t.Logf("client %s: only on b: %+v", c, q)
+			}
+		}
+	}()
 	same := func() bool {
 		pa, pb := a.pins(t), b.pins(t)
 		if len(pa) != 60 || len(pb) != 60 {
