@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -314,6 +315,25 @@ func (e *Engine) ApplyUnpins(ctx context.Context, pins []dataplane.Pin) error {
 	return errors.Join(errs...)
 }
 
+// RemoveLeftovers removes the data-plane entries among pins that are left
+// over by a move (only Service, Backend and Client are read), as
+// ApplyUnpins does: those for which stale, called for each, still says so.
+// It calls stale while no reported change is between its data-plane write
+// and its report to the Replicator, so an entry a move or a new pin has
+// just written, and not yet reported, is never taken for a leftover of the
+// client's previous backend. stale must not call the engine.
+func (e *Engine) RemoveLeftovers(ctx context.Context, pins []dataplane.Pin, stale func(dataplane.Pin) bool) error {
+	e.reportMu.Lock()
+	defer e.reportMu.Unlock()
+	var gone []dataplane.Pin
+	for _, p := range pins {
+		if stale(p) {
+			gone = append(gone, p)
+		}
+	}
+	return e.ApplyUnpins(ctx, gone)
+}
+
 // PinReader returns the engine's data plane as a PinReader: a cluster
 // reads the pins the kernel refreshed through it.
 func (e *Engine) PinReader() PinReader { return e.raw }
@@ -331,11 +351,13 @@ func (e *Engine) Services() map[string]time.Duration {
 }
 
 // replicated is the engine's data plane when a Replicator is set: every
-// pin change that works is reported to it.
+// pin change that works is reported to it. mu (Engine.reportMu) is held
+// shared from each change to its report.
 type replicated struct {
 	Dataplane
 	r   Replicator
 	ttl func(service string) (time.Duration, bool)
+	mu  *sync.RWMutex
 }
 
 // lifetime is a pin's TTL as Replicator.Pinned reports it.
@@ -351,6 +373,8 @@ func (d replicated) lifetime(p dataplane.Pin) dataplane.Pin {
 }
 
 func (d replicated) Pin(ctx context.Context, p dataplane.Pin) error {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
 	if err := d.Dataplane.Pin(ctx, p); err != nil {
 		return err
 	}
@@ -362,6 +386,8 @@ func (d replicated) Pin(ctx context.Context, p dataplane.Pin) error {
 // batch failed in part redoes each pin with Pin (see relocate), which
 // reports it.
 func (d replicated) PinBatch(ctx context.Context, pins []dataplane.Pin) error {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
 	if err := d.Dataplane.PinBatch(ctx, pins); err != nil {
 		return err
 	}
@@ -374,6 +400,8 @@ func (d replicated) PinBatch(ctx context.Context, pins []dataplane.Pin) error {
 }
 
 func (d replicated) Unpin(ctx context.Context, service, backend string, client netip.Addr) error {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
 	if err := d.Dataplane.Unpin(ctx, service, backend, client); err != nil {
 		return err
 	}
@@ -382,6 +410,8 @@ func (d replicated) Unpin(ctx context.Context, service, backend string, client n
 }
 
 func (d replicated) Flush(ctx context.Context, service, backend string) error {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
 	if err := d.Dataplane.Flush(ctx, service, backend); err != nil {
 		return err
 	}

@@ -125,6 +125,10 @@ type Engine struct {
 	// guards fileCfg and rt.
 	reloadMu sync.Mutex
 	fileCfg  *config.Config // as loaded from the file; cfg adds registrations
+	// reportMu is held shared by every reported data-plane change from
+	// the change to its report (replicated), and alone by RemoveLeftovers,
+	// which thus never sees a change the Replicator has not learnt of.
+	reportMu sync.RWMutex
 	rt       runtimeState
 
 	mu       sync.Mutex
@@ -163,7 +167,7 @@ func New(o Options) (*Engine, error) {
 		e.log = logrus.NewEntry(logrus.StandardLogger())
 	}
 	if e.repl != nil {
-		e.dp = replicated{Dataplane: o.Dataplane, r: e.repl, ttl: e.clientTTL}
+		e.dp = replicated{Dataplane: o.Dataplane, r: e.repl, ttl: e.clientTTL, mu: &e.reportMu}
 	}
 	rt, err := loadRuntime(o.StateDir)
 	if err != nil {

@@ -56,6 +56,7 @@ type Engine interface {
 type Applier interface {
 	ApplyPins(ctx context.Context, pins []balancer.RemotePin) (balancer.Applied, error)
 	ApplyUnpins(ctx context.Context, pins []dataplane.Pin) error
+	RemoveLeftovers(ctx context.Context, pins []dataplane.Pin, stale func(dataplane.Pin) bool) error
 	ApplyRuntime(ctx context.Context, state func() (balancer.Runtime, bool)) error
 	Renew(service, backend string, ttl time.Duration) error
 }

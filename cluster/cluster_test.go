@@ -230,6 +230,12 @@ func TestPinsExpireAndStayAlive(t *testing.T) {
 // once, to the same backend on every host, and a host that sees the
 // backend down never pins a client to it, even one the other host pinned
 // there before it noticed.
+//
+// Health is local: each host notices the failure at its own next check,
+// up to an interval after the other, while the first host's moves reach
+// the second in milliseconds. The clients can thus agree on both hosts
+// before the second sees the backend down, and until it does, it rightly
+// takes a hand-made pin there; so the test waits for each host's own view.
 func TestMigrationAgrees(t *testing.T) {
 	_, s, a, b := startPair(t, 3)
 	for i := range 60 {
@@ -240,7 +246,23 @@ func TestMigrationAgrees(t *testing.T) {
 	}
 	waitFor(t, 3*time.Second, "60 pins on b", func() bool { return len(b.pins(t)) == 60 })
 
-	s.backends[1].stop() // be2
+	s.backends[1].stop(t) // be2
+	defer func() {
+		if !t.Failed() {
+			return
+		}
+		pa, pb := a.pins(t), b.pins(t)
+		for c, p := range pa {
+			if q, ok := pb[c]; !ok || q.Backend != p.Backend || p.Backend == "be2" {
+				t.Logf("client %s: a %+v, b %+v (%v)", c, p, q, ok)
+			}
+		}
+		for c, q := range pb {
+			if _, ok := pa[c]; !ok {
+				t.Logf("client %s: only on b: %+v", c, q)
+			}
+		}
+	}()
 	same := func() bool {
 		pa, pb := a.pins(t), b.pins(t)
 		if len(pa) != 60 || len(pb) != 60 {
@@ -252,6 +274,9 @@ func TestMigrationAgrees(t *testing.T) {
 			}
 		}
 		return true
+	}
+	for _, h := range []*host{a, b} {
+		waitFor(t, 5*time.Second, "be2 down on "+h.name, func() bool { return h.health(t, "be2") == "down" })
 	}
 	waitFor(t, 5*time.Second, "be2's clients moved to the same backends on both hosts", same)
 	// A hand-made pin to the down backend is refused (a conflict), on

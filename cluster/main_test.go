@@ -41,8 +41,14 @@ func startBackend(t *testing.T, name string) *backend {
 	return &backend{name: name, ln: ln}
 }
 
-// stop takes the backend down: it refuses new connections.
-func (b *backend) stop() { b.ln.Close() }
+// stop takes the backend down: it refuses new connections, and its port
+// stays held (holdPort), so the backend never seems to come back.
+func (b *backend) stop(t *testing.T) {
+	t.Helper()
+	addr := b.ln.Addr().(*net.TCPAddr).AddrPort()
+	b.ln.Close()
+	holdPort(t, addr)
+}
 
 // host is one handoff host of a test cluster: a real engine over the
 // userspace data plane, and its Node.
@@ -111,7 +117,11 @@ func (s spec) yaml(port int, cl string) string {
 	// Userspace: the backends listen on loopback, which kernel mode
 	// refuses (DNAT cannot reach it).
 	fmt.Fprintf(&b, "mode: userspace\nadmin: {listen: off}\nlog: {summary_interval: 0s}\nservices:\n  - name: web\n    listen: 127.0.0.1:%d\n    client_ttl: %s\n    first_connection: proxy\n    on_backend_down: %s\n", port, s.ttl, s.down)
-	fmt.Fprintf(&b, "    health: {check: tcp, interval: %s, timeout: 100ms, rise: 1, fall: 1}\n", s.interval)
+	// The backends the tests take down refuse connections, which fails a
+	// check at once: the timeout only decides when a live backend counts
+	// as dead, so it is the whole interval, and one check lost to a
+	// loaded machine (a loopback connect starved past it) is no failure.
+	fmt.Fprintf(&b, "    health: {check: tcp, interval: %s, timeout: %s, rise: 1, fall: 2}\n", s.interval, s.interval)
 	fmt.Fprintf(&b, "    balance: %s\n    backends:\n", s.balance)
 	for _, be := range s.backends {
 		fmt.Fprintf(&b, "      - {name: %s, address: %s}\n", be.name, be.ln.Addr())
@@ -120,7 +130,7 @@ func (s spec) yaml(port int, cl string) string {
 }
 
 func newSpec(t *testing.T, n int) spec {
-	s := spec{ttl: "1h", down: "rehash", balance: "maglev", interval: "100ms"}
+	s := spec{ttl: "1h", down: "rehash", balance: "maglev", interval: "250ms"}
 	for i := range n {
 		s.backends = append(s.backends, startBackend(t, fmt.Sprintf("be%d", i+1)))
 	}
@@ -211,6 +221,24 @@ func (h *host) pins(t *testing.T) map[string]dataplane.Pin {
 		t.Fatal(err)
 	}
 	return out
+}
+
+// health returns the host's view of backend's health: "up" or "down".
+func (h *host) health(t *testing.T, backend string) string {
+	t.Helper()
+	st, err := h.eng.Status(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, svc := range st.Services {
+		for _, be := range svc.Backends {
+			if svc.Name == "web" && be.Name == backend {
+				return be.Health
+			}
+		}
+	}
+	t.Fatalf("%s: no backend %s in service web", h.name, backend)
+	return ""
 }
 
 // logged counts the entries the host logged with message msg.

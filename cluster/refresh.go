@@ -94,7 +94,17 @@ func (n *Node) refresh(ctx context.Context, eng Engine) {
 		n.mu.Unlock()
 	}
 	if len(stale) > 0 {
-		if err := eng.ApplyUnpins(ctx, stale); err != nil && ctx.Err() == nil {
+		// A client's pin read in another backend than the Node knows may
+		// be a move or a new pin that the engine has written and not yet
+		// reported: that one is kept. RemoveLeftovers asks again once
+		// every such change is reported.
+		stillStale := func(p dataplane.Pin) bool {
+			n.mu.Lock()
+			defer n.mu.Unlock()
+			lp, have := n.local[pinKey{p.Service, p.Client}]
+			return have && lp.backend != p.Backend
+		}
+		if err := eng.RemoveLeftovers(ctx, stale, stillStale); err != nil && ctx.Err() == nil {
 			n.log.WithError(err).Warn("removing pins left in a backend's set by a move")
 		}
 	}
