@@ -181,24 +181,6 @@ func startHost(t *testing.T, etcd *etcdtest.Server, name string, s spec) *host {
 	return h
 }
 
-// health is the health ("up" or "down") of backend as the host sees it.
-func (h *host) health(t *testing.T, backend string) string {
-	t.Helper()
-	st, err := h.eng.Status(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, s := range st.Services {
-		for _, b := range s.Backends {
-			if b.Name == backend {
-				return b.Health
-			}
-		}
-	}
-	t.Fatalf("host %s has no backend %s", h.name, backend)
-	return ""
-}
-
 // pin returns the host's pin of client, if any.
 func (h *host) pin(t *testing.T, client string) (dataplane.Pin, bool) {
 	t.Helper()
