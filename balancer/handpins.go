@@ -84,21 +84,21 @@ func (e *Engine) reapplyHandPins(ctx context.Context) int {
 			continue
 		}
 		b := s.backend(hp.Backend)
-		if b == nil || b.down.Load() || b.draining.Load() {
+		if b == nil {
 			continue
 		}
 		client, err := s.checkClient(hp.Client)
 		if err != nil {
 			continue // the service changed family
 		}
-		_, ok, err := e.dp.Lookup(ctx, hp.Service, client)
-		if err != nil || ok {
-			continue
-		}
-		if err := e.dp.Pin(ctx, dataplane.Pin{Service: hp.Service, Backend: hp.Backend, Client: client, Key: ManualKey}); err != nil {
+		pinned, err := e.reapplyHandPin(ctx, s, b, client)
+		if err != nil {
 			if failed++; firstErr == nil {
 				firstErr = err
 			}
+			continue
+		}
+		if !pinned {
 			continue
 		}
 		b.pins.Add(1)
@@ -106,4 +106,22 @@ func (e *Engine) reapplyHandPins(ctx context.Context) int {
 		s.log.WithFields(logrus.Fields{"client": hp.Client, "backend": hp.Backend}).Info("made a pin made by hand again: its client had no pin (sets flushed or recreated, or the pin expired)")
 	}
 	return made
+}
+
+// reapplyHandPin makes the hand pin of client to b again when the client
+// has no pin and b is neither down nor draining. It holds migrateMu, as
+// PinClient does, so that a migration of b moves the pin or it waits.
+func (e *Engine) reapplyHandPin(ctx context.Context, s *service, b *backend, client netip.Addr) (pinned bool, err error) {
+	s.migrateMu.Lock()
+	defer s.migrateMu.Unlock()
+	if b.down.Load() || b.draining.Load() {
+		return false, nil
+	}
+	if _, ok, err := e.dp.Lookup(ctx, s.name, client); err != nil || ok {
+		return false, nil
+	}
+	if err := e.dp.Pin(ctx, dataplane.Pin{Service: s.name, Backend: b.name, Client: client, Key: ManualKey}); err != nil {
+		return false, err
+	}
+	return true, nil
 }

@@ -74,6 +74,15 @@ func (e *Engine) PinClient(ctx context.Context, service string, client netip.Add
 	}
 	e.reloadMu.Lock()
 	defer e.reloadMu.Unlock()
+	// A migration lists a backend's pins after marking it down or
+	// draining: under migrateMu this pin lands before that listing (and
+	// moves with the others) or sees the mark, and is refused. Checked
+	// again here: the check above ran unlocked.
+	s.migrateMu.Lock()
+	defer s.migrateMu.Unlock()
+	if b.down.Load() || b.draining.Load() {
+		return fmt.Errorf("%w: backend %q of service %q went down or started draining; pin its clients elsewhere", ErrConflict, backend, service)
+	}
 	st := e.rt.clone()
 	if !st.setHandPin(service, client, backend) {
 		return fmt.Errorf("%w: %d pins made by hand already; unpin some first", ErrConflict, maxHandPins)
