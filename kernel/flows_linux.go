@@ -44,10 +44,7 @@ func (s *nlSets) deleteFlows(fam family, match func(flow) bool) (int, error) {
 		return 0, err
 	}
 	defer unix.Close(del.fd)
-	af := uint8(unix.AF_INET)
-	if fam == ipv6 {
-		af = unix.AF_INET6
-	}
+	af := uint8(nlFamily(fam))
 	var n, failed int
 	var firstErr error
 	key := make([]byte, 0, 256) // reused: no allocation per entry
