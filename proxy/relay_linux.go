@@ -385,6 +385,11 @@ func (s *session) end(err error) {
 		if s.r.Source.IsValid() {
 			s.backend.LocalAddr() // asks the kernel: the port may not be Source's
 			local = s.backend.local
+			if err != nil {
+				// An orphan would hold the client's address: see
+				// timewait_linux.go.
+				rawLingerZero(s.backend.fd)
+			}
 		}
 		s.backend.closeFD()
 		if local.IsValid() {
