@@ -766,6 +766,59 @@ func TestCleanupWithFake(t *testing.T) {
 // TestSyncLeavesForeignPrefixed checks that a Sync removes the chains and
 // sets of a removed service, which its registry lists, but leaves the
 // chains and sets that merely share handoff's prefixes, with their jumps.
+// TestListChunks: the rebuild's listing hands over every member in chunks
+// of at most pinChunk; a consumer that stops ends the listing after at
+// most the chunks already ahead of it, with no error; a listing that
+// fails says why.
+func TestListChunks(t *testing.T) {
+	d, k := newFakeDataplane(Options{})
+	sets := fakeSets{k}
+	if err := sets.create("ho-big", setSpec{family: ipv4, timeout: 3600}); err != nil {
+		t.Fatal(err)
+	}
+	const n = 3*pinChunk + 5
+	for i := range n {
+		ip := netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)})
+		if err := sets.add("ho-big", ip, 0, 60, "k", false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	conv := func(m member) setAdd { return setAdd{ip: m.ip, comment: m.comment} }
+
+	seen := map[netip.Addr]bool{}
+	chunks, wait := d.listChunks("ho-big", conv)
+	for c := range chunks {
+		if len(c.es) == 0 || len(c.es) > pinChunk {
+			t.Errorf("a chunk of %d members", len(c.es))
+		}
+		for _, e := range c.es {
+			seen[e.ip] = true
+		}
+		c.done(false)
+	}
+	if err := wait(); err != nil || len(seen) != n {
+		t.Errorf("listed %d distinct members, %v; want %d, nil", len(seen), err, n)
+	}
+
+	got := 0
+	chunks, wait = d.listChunks("ho-big", conv)
+	for c := range chunks {
+		got++
+		c.done(true)
+	}
+	if err := wait(); err != nil || got > 3 {
+		t.Errorf("a stopped listing handed over %d chunks, %v; want at most 3, nil", got, err)
+	}
+
+	chunks, wait = d.listChunks("ho-none", conv)
+	for c := range chunks {
+		c.done(false)
+	}
+	if err := wait(); !errors.Is(err, errNoSet) {
+		t.Errorf("listing a missing set: %v, want errNoSet", err)
+	}
+}
+
 func TestSyncLeavesForeignPrefixed(t *testing.T) {
 	d, k := syncedFake(t, twoServices())
 	ctx := context.Background()
