@@ -23,6 +23,7 @@
 #   haproxy-splice    the same with option splice-request/splice-response
 #   baseline          another handoff binary (BASELINE=path) in userspace
 #                     mode, to compare a change side by side
+# handoff runs with its access log off, as HAProxy runs without logs.
 # HOLD=1 sets the lab up and waits (for profiling by hand) until killed.
 # Before each new-client run the service's pins are flushed (its index and
 # pin sets), so every address is new again. Before every run TIME_WAIT
@@ -127,7 +128,7 @@ backends() {
 {
 	cat <<YAML
 mode: kernel
-log: {level: warn}
+log: {level: warn, access: off}
 admin: {listen: 127.0.0.1:9911}
 state_dir: $work/state-k
 services:
@@ -155,7 +156,7 @@ YAML
 userspace_yaml() { # port admin-port state
 	cat <<YAML
 mode: userspace
-log: {level: warn}
+log: {level: warn, access: off}
 admin: {listen: 127.0.0.1:$2}
 state_dir: $work/$3
 services:

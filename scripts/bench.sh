@@ -6,14 +6,15 @@
 #   dnat            one plain iptables DNAT rule (the kernel path's floor)
 #   kernel          handoff kernel mode (client pinned; ipset + DNAT)
 #   userspace       handoff userspace mode (splice proxy)
-#   haproxy         HAProxy mode tcp
+#   haproxy         HAProxy mode tcp, at its default thread count (one per CPU)
 #   haproxy-splice  HAProxy mode tcp + option splice-request/splice-response
-#   nginx           nginx stream
+#   nginx           nginx stream, worker_processes auto
 #   bare            scripts/bareproxy: the minimal Go splice proxy (io.Copy
 #                   between the raw TCP conns) that issue 3's targets were
 #                   set against; the floor a Go proxy reaches
 #   baseline        another handoff binary (BASELINE=path) in userspace mode, to
 #                   compare a change side by side; add it to TARGETS
+# handoff runs with its access log off, as HAProxy and nginx run without logs.
 # Metrics: iperf3 throughput with 1 and 8 streams, and wrk new-connection rate
 # (HTTP with Connection: close). Targets alternate inside each round; each
 # figure is the median of ROUNDS rounds; ratios are vs direct and vs HAProxy.
@@ -86,7 +87,7 @@ addr() { [ "$1" = direct ] && echo $BE || echo $VIP; }
 
 cat >"$work/kernel.yaml" <<YAML
 mode: kernel
-log: {level: warn}
+log: {level: warn, access: off}
 admin: {listen: 127.0.0.1:9901}
 state_dir: $work/state-k
 services:
@@ -95,7 +96,7 @@ services:
 YAML
 cat >"$work/userspace.yaml" <<YAML
 mode: userspace
-log: {level: warn}
+log: {level: warn, access: off}
 admin: {listen: 127.0.0.1:9902}
 state_dir: $work/state-u
 services:
@@ -124,7 +125,6 @@ hap() { # name splice? http-port iperf-port
 	cat >"$work/$1.cfg" <<HAP
 global
     maxconn $MAXCONN
-    nbthread 1
 defaults
     mode tcp
     timeout connect 3s
@@ -146,7 +146,7 @@ hap haproxy-splice 1 83 5204
 mkdir -p "$work/ngx-lb"
 cat >"$work/ngx-lb/nginx.conf" <<NGX
 load_module /usr/lib/nginx/modules/ngx_stream_module.so;
-worker_processes 1; daemon off; pid $work/ngx-lb/pid; error_log $work/ngx-lb/err.log;
+worker_processes auto; daemon off; pid $work/ngx-lb/pid; error_log $work/ngx-lb/err.log;
 events { worker_connections 100000; }
 stream {
   server { listen $VIP:84 reuseport; proxy_pass $BE:80; }
