@@ -150,11 +150,15 @@ func TestUserspace(t *testing.T) {
 				t.Errorf("client %s: access log pin lines %v, want one to %s", c, pins, be)
 			}
 			// Its six greetings: the client sends nothing, the backend
-			// its greeting line.
+			// its greeting line. The access log is written in batches,
+			// at most 0.1 s apart.
 			n := 0
-			for _, l := range d.lines("proxied", "log", "access", "event", "connection", "service", "web-ipv4", "backend", be, "bytes_in", "0", "end", "closed") {
-				if strings.HasPrefix(l["client"], c.String()+":") && l["bytes_out"] != "0" && l["duration"] != "" {
-					n++
+			for deadline := time.Now().Add(2 * time.Second); n != 6 && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+				n = 0
+				for _, l := range d.lines("proxied", "log", "access", "event", "connection", "service", "web-ipv4", "backend", be, "bytes_in", "0", "end", "closed") {
+					if strings.HasPrefix(l["client"], c.String()+":") && l["bytes_out"] != "0" && l["duration"] != "" {
+						n++
+					}
 				}
 			}
 			if n != 6 {

@@ -65,6 +65,8 @@ func run(parent context.Context, path string, cfg *config.Config, mode config.Mo
 	}
 	ctx, stop := signal.NotifyContext(parent, os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	access, flushAccess := accessLog(cfg)
+	defer flushAccess() // deferred before the rest, so it runs after them
 
 	adminOpts := admin.Options{
 		Listen:        cfg.Admin.Listen,
@@ -123,7 +125,7 @@ func run(parent context.Context, path string, cfg *config.Config, mode config.Mo
 			return c, err
 		},
 		ObservePin: func(service string, took time.Duration) { srv.ObservePin(service, took) },
-		AccessLog:  accessLog(cfg),
+		AccessLog:  access,
 	}
 	var node *cluster.Node
 	if cfg.Cluster != nil {
@@ -352,13 +354,17 @@ func hasIPv6(cfg *config.Config) bool {
 }
 
 // accessLog is the access logger of cfg (log.access), in the format of
-// the process log and at info level whatever log.level says; nil when
-// log.access is off.
-func accessLog(cfg *config.Config) *logrus.Entry {
+// the process log and at info level whatever log.level says, written to
+// stderr in batches (batchWriter); nil when log.access is off. flush
+// writes what waits; run calls it on its way out.
+func accessLog(cfg *config.Config) (access *logrus.Entry, flush func()) {
 	if !cfg.Log.Access {
-		return nil
+		return nil, func() {}
 	}
-	return newLogger(config.LogInfo, cfg.Log.Format).WithField("log", "access")
+	w := newBatchWriter(os.Stderr)
+	access = newLogger(config.LogInfo, cfg.Log.Format).WithField("log", "access")
+	access.Logger.SetOutput(w)
+	return access, func() { w.Close() }
 }
 
 // newLogger builds the process logger; level and format were validated.
