@@ -686,6 +686,10 @@ rules:
 		for i := 0; i < len(args); i++ {
 			a := args[i]
 			next := func() string { i++; return args[i] }
+			// The next argument as a prefix holding a's address (a zero
+			// a is in none), or as a's port.
+			inPrefix := func(a netip.AddrPort) bool { return netip.MustParsePrefix(next()).Contains(a.Addr()) }
+			onPort := func(a netip.AddrPort) bool { return next() == strconv.Itoa(int(a.Port())) }
 			switch a {
 			case "-p":
 				if next() != "tcp" {
@@ -714,27 +718,27 @@ rules:
 					continue rules
 				}
 			case "--ctorigdst":
-				if p := netip.MustParsePrefix(next()); !w.orig.IsValid() || !p.Contains(w.orig.Addr()) {
+				if !inPrefix(w.orig) {
 					continue rules
 				}
 			case "--ctorigdstport":
-				if next() != strconv.Itoa(int(w.orig.Port())) {
+				if !onPort(w.orig) {
 					continue rules
 				}
 			case "--ctreplsrc":
-				if p := netip.MustParsePrefix(next()); !w.reply.IsValid() || !p.Contains(w.reply.Addr()) {
+				if !inPrefix(w.reply) {
 					continue rules
 				}
 			case "--ctreplsrcport":
-				if next() != strconv.Itoa(int(w.reply.Port())) {
+				if !onPort(w.reply) {
 					continue rules
 				}
 			case "-d":
-				if p := netip.MustParsePrefix(next()); !p.Contains(w.dst.Addr()) {
+				if !inPrefix(w.dst) {
 					continue rules
 				}
 			case "--dport":
-				if next() != strconv.Itoa(int(w.dst.Port())) {
+				if !onPort(w.dst) {
 					continue rules
 				}
 			case "--dst-type":
