@@ -97,6 +97,8 @@ type Node struct {
 	rtDirty bool                    // another host changed the runtime state since it was last applied
 	kick    chan struct{}           // a write is pending
 
+	boot    int64         // when the Node was made (Unix ns): names its pages
+	pageSeq atomic.Uint64 // the last page written
 	leases  leaseCache
 	health  health
 	stats   stats
@@ -110,16 +112,19 @@ type Node struct {
 type localPin struct {
 	backend   string
 	key       string
-	expires   int64 // as etcd has it (or will): Unix ms; 0: never
-	refreshed int64 // the expiry this host's data plane gave at the last refresh pass
+	expires   int64  // as etcd has it (or will): Unix ms; 0: never
+	refreshed int64  // the expiry this host's data plane gave at the last refresh pass
+	page      string // the page that holds etcd's value of it ("" for a key of its own)
 }
 
-// op is one pending etcd write: a put (value set) or a delete.
+// op is one pending etcd write: a put (value set) or a delete of a key,
+// or an entry of a page (entry set).
 type op struct {
 	value   []byte
 	del     bool
 	expires int64 // pins: Unix ms, for the lease; 0 = no lease
 	queued  time.Time
+	entry   *pageEntry // a pin that expires (or its tombstone): written into a page
 }
 
 // New builds a Node and its etcd client; it connects lazily, so a Node
@@ -139,6 +144,7 @@ func New(o Options) (*Node, error) {
 		held:    map[string]int64{},
 		runtime: map[string]runtimeValue{},
 		kick:    make(chan struct{}, 1),
+		boot:    time.Now().UnixNano(),
 	}
 	if n.log == nil {
 		n.log = logrus.NewEntry(logrus.StandardLogger())
@@ -242,11 +248,31 @@ func (n *Node) Pinned(pins []dataplane.Pin) {
 	n.kickLocked()
 }
 
-// queuePinLocked queues the put of a pin this host holds; mu is held.
+// queuePinLocked queues the put of a pin this host holds; mu is held. A
+// pin that expires goes into a page, one that never does into a key of
+// its own (a page would outlive its pins: it has no lease).
 func (n *Node) queuePinLocked(pk pinKey, lp localPin, now time.Time) {
-	b := pinValue{Backend: lp.backend, Key: lp.key, Expires: lp.expires, Node: n.cfg.Node, Written: now.UnixMilli()}.encode()
-	n.pending[n.k.pin(pk.service, pk.client)] = op{value: b, expires: lp.expires, queued: now}
+	v := pinValue{Backend: lp.backend, Key: lp.key, Expires: lp.expires, Node: n.cfg.Node, Written: now.UnixMilli()}
+	o := op{expires: lp.expires, queued: now}
+	if lp.expires != 0 {
+		o.entry = &pageEntry{pk: pk, v: v}
+	} else {
+		o.value = v.encode()
+	}
+	n.pending[n.k.pin(pk.service, pk.client)] = o
 	n.stats.queued.Add(1)
+}
+
+// queueUnpinLocked queues the removal of a pin from etcd; mu is held. A
+// pin that expires is removed by a tombstone in a page, under a lease as
+// long as the pin's; one that never expires by deleting its key.
+func (n *Node) queueUnpinLocked(pk pinKey, lp localPin, now time.Time) {
+	o := op{del: true, queued: now}
+	if lp.expires != 0 {
+		o.expires = lp.expires
+		o.entry = &pageEntry{pk: pk, del: true, v: pinValue{Expires: lp.expires, Node: n.cfg.Node, Written: now.UnixMilli()}}
+	}
+	n.pending[n.k.pin(pk.service, pk.client)] = o
 }
 
 // Unpinned implements balancer.Replicator: the pin is deleted from etcd
@@ -255,11 +281,12 @@ func (n *Node) Unpinned(service, backend string, client netip.Addr) {
 	pk := pinKey{service, client.Unmap()}
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if lp, ok := n.local[pk]; !ok || lp.backend != backend {
+	lp, ok := n.local[pk]
+	if !ok || lp.backend != backend {
 		return
 	}
 	delete(n.local, pk)
-	n.pending[n.k.pin(service, pk.client)] = op{del: true, queued: n.now()}
+	n.queueUnpinLocked(pk, lp, n.now())
 	n.kickLocked()
 }
 
@@ -272,7 +299,7 @@ func (n *Node) Flushed(service, backend string) {
 	for pk, lp := range n.local {
 		if pk.service == service && lp.backend == backend {
 			delete(n.local, pk)
-			n.pending[n.k.pin(service, pk.client)] = op{del: true, queued: now}
+			n.queueUnpinLocked(pk, lp, now)
 		}
 	}
 	n.kickLocked()

@@ -8,6 +8,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/handoff-lb/handoff/balancer"
+	"github.com/handoff-lb/handoff/cluster"
 	"github.com/handoff-lb/handoff/internal/etcdtest"
 )
 
@@ -16,7 +17,7 @@ import (
 // host removes it on the first; a client classified on one host goes to
 // the same backend through the other without being classified again.
 func TestPinsReplicate(t *testing.T) {
-	_, _, a, b := startPair(t, 3)
+	etcd, s, a, b := startPair(t, 3)
 
 	if err := a.eng.PinClient(ctx(t), "web", netip.MustParseAddr("198.18.0.7"), "be3"); err != nil {
 		t.Fatal(err)
@@ -45,6 +46,14 @@ func TestPinsReplicate(t *testing.T) {
 	}
 	if !st.Etcd.Reachable || st.Applied < 2 || len(st.Nodes) != 2 || st.Lag.Count == 0 {
 		t.Errorf("b's status = %+v, want etcd reachable, 2 pins applied, 2 nodes, lag measured", st)
+	}
+
+	// A host joining later has the live pin and not the unpinned one: the
+	// unpin's tombstone outranks the page that still holds the hand pin.
+	c := startHost(t, etcd, "c", s)
+	waitFor(t, 2*time.Second, "a's client on the joining host", func() bool { p, ok := c.pin(t, "127.0.0.1"); return ok && p.Backend == first })
+	if p, ok := c.pin(t, "198.18.0.7"); ok {
+		t.Errorf("the joining host has the unpinned client: %+v", p)
 	}
 }
 
@@ -169,9 +178,8 @@ func TestEtcdOutage(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cli.Close()
-	resp, err := cli.Get(ctx(t), "/t/test/pins/", clientv3.WithPrefix(), clientv3.WithCountOnly())
-	if err != nil || resp.Count != int64(len(want)) {
-		t.Errorf("etcd holds %d pins (err %v), want %d", resp.Count, err, len(want))
+	if n := len(etcdPins(t, cli)); n != len(want) {
+		t.Errorf("etcd holds %d pins, want %d", n, len(want))
 	}
 }
 
@@ -189,12 +197,9 @@ func TestPinsExpireAndStayAlive(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cli.Close()
-	count := func(key string) int64 {
-		resp, err := cli.Get(ctx(t), key, clientv3.WithCountOnly())
-		if err != nil {
-			t.Fatal(err)
-		}
-		return resp.Count
+	inEtcd := func(client string) bool {
+		_, ok := etcdPins(t, cli)["web/"+client]
+		return ok
 	}
 
 	// The idle client connects once (a hand-made pin would be made
@@ -202,7 +207,7 @@ func TestPinsExpireAndStayAlive(t *testing.T) {
 	a.askFrom(t, "127.0.0.9")
 	first := a.ask(t) // 127.0.0.1, kept alive below
 	waitFor(t, 2*time.Second, "both pins on b", func() bool { return len(b.pins(t)) == 2 })
-	if count("/t/test/pins/web/127.0.0.9") != 1 {
+	if !inEtcd("127.0.0.9") {
 		t.Fatal("the pin is not in etcd")
 	}
 	deadline := time.Now().Add(9 * time.Second)
@@ -212,13 +217,13 @@ func TestPinsExpireAndStayAlive(t *testing.T) {
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
-	if n := count("/t/test/pins/web/127.0.0.9"); n != 0 {
+	if inEtcd("127.0.0.9") {
 		t.Error("the idle client's pin is still in etcd 9s after a 4s TTL")
 	}
 	if _, ok := b.pin(t, "127.0.0.9"); ok {
 		t.Error("the idle client's pin is still on b")
 	}
-	if count("/t/test/pins/web/127.0.0.1") != 1 {
+	if !inEtcd("127.0.0.1") {
 		t.Error("the active client's pin expired in etcd")
 	}
 	if p, ok := b.pin(t, "127.0.0.1"); !ok || p.Backend != first {
@@ -305,4 +310,20 @@ func TestJoin(t *testing.T) {
 	a.stop() // its pins stay in etcd under their leases
 	c := startHost(t, etcd, "c", s)
 	waitFor(t, 3*time.Second, "the pins on the joining host", func() bool { return len(c.pins(t)) == n })
+}
+
+// etcdPins returns the pins etcd holds for the tests' cluster: "svc/client"
+// → backend, without tombstones.
+func etcdPins(t *testing.T, cli *clientv3.Client) map[string]string {
+	t.Helper()
+	m, err := cluster.EtcdPins(ctx(t), cli, "/t", "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, be := range m {
+		if be == "" {
+			delete(m, k)
+		}
+	}
+	return m
 }

@@ -277,7 +277,7 @@ func TestPerfCluster(t *testing.T) {
 	type sizes struct{ alone, lagRate, lagPins, joinPins, perHost, secs int }
 	sz := sizes{alone: 10000, lagRate: 500, lagPins: 1000, joinPins: 5000, perHost: 2500, secs: 2}
 	if testenv.Perf() {
-		sz = sizes{alone: 200000, lagRate: 5000, lagPins: 25000, joinPins: 100000, perHost: 25000, secs: 8}
+		sz = sizes{alone: 200000, lagRate: 5000, lagPins: 25000, joinPins: 100000, perHost: 30000, secs: 8}
 	}
 	etcdAlone(t, sz.alone)
 	etcd := etcdtest.Start(t, etcdtest.Options{})
@@ -319,7 +319,9 @@ func TestPerfCluster(t *testing.T) {
 
 	c.stop()
 
-	// 3. Throughput: a and b each publish 25,000 new pins/s for 8 s.
+	// 3. Throughput: a and b are offered 30,000 new pins/s each for 8 s
+	// (more than the 50,000/s target in all, so the generator does not cap
+	// the figure at the target).
 	stA0, _ := a.node.Status(context.Background())
 	stB0, _ := b.node.Status(context.Background())
 	perHost, secs := sz.perHost, sz.secs
@@ -350,10 +352,6 @@ func TestPerfCluster(t *testing.T) {
 		pins, gen.Round(time.Millisecond), float64(pins)/gen.Seconds(), drained.Round(time.Millisecond), float64(pins)/drained.Seconds(),
 		writes, txns, float64(writes)/drained.Seconds(), float64(txns)/drained.Seconds(), all.Round(time.Millisecond), float64(pins)/all.Seconds())
 	if rate := float64(pins) / drained.Seconds(); testenv.Perf() && rate < 50000 {
-		// Both hosts, their kernels and etcd share this machine's CPUs: the
-		// figure is where they run out, reported rather than failed (see
-		// README, Performance).
-		t.Logf("below the 50,000 pins/s target on this machine (%.0f/s)", rate)
+		t.Errorf("%.0f pins/s published, below the 50,000 pins/s target", rate)
 	}
-
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -176,15 +177,31 @@ func (n *Node) queued() int {
 	return len(n.pending)
 }
 
+// txnBytes bounds the size of a transaction: etcd refuses a request of
+// more than 1.5 MiB by default (--max-request-bytes).
+const txnBytes = 1 << 20
+
+// unit is one etcd operation of a write and the queued keys it carries:
+// one key, or the entries of a page.
+type unit struct {
+	op         clientv3.Op
+	keys       []string
+	size       int
+	page       string // the page's key, for a page
+	entries    []pageEntry
+	puts, dels int
+}
+
 // write applies batch in transactions; it returns the operations of the
-// transactions that failed, with the first error. Expired pins are
-// dropped: etcd would only delete them again.
+// transactions that failed, with the first error. Expired pins (and
+// tombstones of expired pins) are dropped: etcd would only delete them
+// again.
 func (n *Node) write(ctx context.Context, batch map[string]op) (map[string]op, error) {
 	now := n.now()
 	keys := make([]string, 0, len(batch))
 	var expired []string
 	for k, o := range batch {
-		if !o.del && o.expires != 0 && o.expires <= now.UnixMilli()+1000 {
+		if o.expires != 0 && o.expires <= now.UnixMilli()+1000 {
 			expired = append(expired, k) // expires before its lease could be granted
 			continue
 		}
@@ -192,29 +209,24 @@ func (n *Node) write(ctx context.Context, batch map[string]op) (map[string]op, e
 	}
 	n.written(expired, 0)
 	sort.Strings(keys)
-	ops := make([]clientv3.Op, len(keys))
-	puts := 0
-	for i, k := range keys {
-		o := batch[k]
-		if o.del {
-			ops[i] = clientv3.OpDelete(k)
-			continue
+	units, err := n.units(ctx, now, batch, keys)
+	if err != nil {
+		failed := make(map[string]op, len(keys))
+		for _, k := range keys {
+			failed[k] = batch[k]
 		}
-		puts++
-		var opts []clientv3.OpOption
-		if o.expires != 0 {
-			id, err := n.leases.get(ctx, n.cli, now, o.expires)
-			if err != nil {
-				failed := make(map[string]op, len(keys))
-				for _, k := range keys {
-					failed[k] = batch[k]
-				}
-				n.written(keys, 0)
-				return failed, err
-			}
-			opts = append(opts, clientv3.WithLease(id))
+		n.written(keys, 0)
+		return failed, err
+	}
+	var txns [][]unit
+	size := 0
+	for _, u := range units {
+		if last := len(txns) - 1; last < 0 || len(txns[last]) == txnOps || size+u.size > txnBytes {
+			txns = append(txns, nil)
+			size = 0
 		}
-		ops[i] = clientv3.OpPut(k, string(o.value), opts...)
+		txns[len(txns)-1] = append(txns[len(txns)-1], u)
+		size += u.size
 	}
 	var (
 		mu       sync.Mutex
@@ -223,31 +235,36 @@ func (n *Node) write(ctx context.Context, batch map[string]op) (map[string]op, e
 		wg       sync.WaitGroup
 		sem      = make(chan struct{}, txnParallel)
 	)
-	for start := 0; start < len(ops); start += txnOps {
-		end := min(start+txnOps, len(ops))
+	for _, txn := range txns {
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			tctx, cancel := context.WithTimeout(ctx, requestTimeout)
-			resp, err := n.cli.Txn(tctx).Then(ops[start:end]...).Commit()
-			cancel()
-			if err != nil {
-				n.written(keys[start:end], 0)
-			} else {
-				n.written(keys[start:end], resp.Header.Revision)
+			ops := make([]clientv3.Op, len(txn))
+			for i, u := range txn {
+				ops[i] = u.op
 			}
+			tctx, cancel := context.WithTimeout(ctx, requestTimeout)
+			resp, err := n.cli.Txn(tctx).Then(ops...).Commit()
+			cancel()
+			var rev int64
+			if err == nil {
+				rev = resp.Header.Revision
+			}
+			n.committed(txn, rev)
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
 				if firstErr == nil {
 					firstErr = err
 				}
-				for _, k := range keys[start:end] {
-					failed[k] = batch[k]
+				for _, u := range txn {
+					for _, k := range u.keys {
+						failed[k] = batch[k]
+					}
 				}
 				return
 			}
-			n.etcdRev.Store(max(n.etcdRev.Load(), resp.Header.Revision))
+			n.etcdRev.Store(max(n.etcdRev.Load(), rev))
 		})
 	}
 	wg.Wait()
@@ -257,11 +274,87 @@ func (n *Node) write(ctx context.Context, batch map[string]op) (map[string]op, e
 		}
 		return failed, firstErr
 	}
-	n.stats.published.Add(uint64(puts))
-	n.stats.removed.Add(uint64(len(ops) - puts))
-	n.stats.writes.Add(uint64(len(ops)))
-	n.stats.txns.Add(uint64((len(ops) + txnOps - 1) / txnOps))
+	for _, u := range units {
+		n.stats.published.Add(uint64(u.puts))
+		n.stats.removed.Add(uint64(u.dels))
+	}
+	n.stats.writes.Add(uint64(len(units)))
+	n.stats.txns.Add(uint64(len(txns)))
 	return nil, nil
+}
+
+// units turns the queued operations of keys into etcd operations: one for
+// each key of its own, and pages for the pins that expire, one page per
+// lease bucket and pageMax entries.
+func (n *Node) units(ctx context.Context, now time.Time, batch map[string]op, keys []string) ([]unit, error) {
+	var units []unit
+	var buckets []int64
+	paged := map[int64][]string{} // lease bucket → keys of its entries, sorted
+	for _, k := range keys {
+		o := batch[k]
+		if o.entry != nil {
+			b := bucketEnd(now, o.expires)
+			if _, ok := paged[b]; !ok {
+				buckets = append(buckets, b)
+			}
+			paged[b] = append(paged[b], k)
+			continue
+		}
+		u := unit{keys: []string{k}, size: len(k) + len(o.value)}
+		if o.del {
+			u.op, u.dels = clientv3.OpDelete(k), 1
+		} else {
+			u.op, u.puts = clientv3.OpPut(k, string(o.value)), 1
+		}
+		units = append(units, u)
+	}
+	slices.Sort(buckets)
+	for _, b := range buckets {
+		ks := paged[b]
+		id, err := n.leases.get(ctx, n.cli, now, batch[ks[0]].expires)
+		if err != nil {
+			return nil, err
+		}
+		for i := 0; i < len(ks); i += pageMax {
+			u := unit{keys: ks[i:min(i+pageMax, len(ks))]}
+			u.entries = make([]pageEntry, len(u.keys))
+			for j, k := range u.keys {
+				u.entries[j] = *batch[k].entry
+				if u.entries[j].del {
+					u.dels++
+				} else {
+					u.puts++
+				}
+			}
+			u.page = n.k.page(n.cfg.Node, n.boot, n.pageSeq.Add(1))
+			val := encodePage(u.entries)
+			u.op, u.size = clientv3.OpPut(u.page, string(val), clientv3.WithLease(id)), len(u.page)+len(val)
+			units = append(units, u)
+		}
+	}
+	return units, nil
+}
+
+// committed records the end of a transaction of units: written at rev, or
+// failed (rev 0). A pin written into a page that is still this host's
+// value of it is known to live in that page from now on.
+func (n *Node) committed(txn []unit, rev int64) {
+	for _, u := range txn {
+		n.written(u.keys, rev)
+	}
+	if rev == 0 {
+		return
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, u := range txn {
+		for _, e := range u.entries {
+			if lp, ok := n.local[e.pk]; ok && !e.del && lp.backend == e.v.Backend && lp.expires == e.v.Expires {
+				lp.page = u.page
+				n.local[e.pk] = lp
+			}
+		}
+	}
 }
 
 // leaseCache shares etcd leases between pins: a pin expiring at t goes

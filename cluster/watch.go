@@ -16,7 +16,8 @@ import (
 	"github.com/handoff-lb/handoff/dataplane"
 )
 
-// syncPage is how many keys one range request of a sync reads.
+// syncPage is how many keys (other than pin pages) one range request of a
+// sync reads.
 const syncPage = 20000
 
 // applyChunk bounds the pins handed to the engine at once.
@@ -50,55 +51,73 @@ func (n *Node) watchLoop(ctx context.Context, eng Engine) {
 	}
 }
 
-// event is one change of a key, from a sync (prev unknown) or a watch.
+// event is one change of a key, from a sync or a watch.
 type event struct {
-	rev   int64 // its modification revision (0 for a delete from a sync)
+	rev   int64 // its modification revision
 	key   string
-	value []byte
+	value []byte // a deleted key's last value, when the watch has it
 	del   bool
 }
 
+// pinEvent is one change of a client's pin: a write of its own key, an
+// entry of a page, or a page deleted by its lease.
+type pinEvent struct {
+	rev     int64
+	key     string // the client's own key (what the queue and held know it by)
+	pk      pinKey
+	v       pinValue
+	del     bool
+	page    string // the page of an entry; "" for the client's own key
+	expired bool   // the page was deleted: only a pin whose value it holds goes
+}
+
+// syncPages is how many pin pages one range request of a sync reads
+// (up to pageMax pins each).
+const syncPages = 64
+
 // sync reads every key of the cluster at one revision, in pages, applies
 // what differs from this host's state, publishes this host's runtime state
-// when the cluster has none yet, and returns the revision read.
+// when the cluster has none yet, and returns the revision read. A
+// client's value is the newest of its entries (pages and its own key),
+// which is etcd's last write of it.
 func (n *Node) sync(ctx context.Context, eng Engine) (int64, error) {
 	start := time.Now()
-	end := clientv3.GetPrefixRangeEnd(n.k.root)
-	from := n.k.root
-	var rev int64
+	rootEnd, pagesEnd := clientv3.GetPrefixRangeEnd(n.k.root), clientv3.GetPrefixRangeEnd(n.k.pages())
 	var evs []event
 	total := 0
 	seeded := false
-	n.nodes.Store(&[]NodeStatus{})
-	for {
-		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(syncPage)}
-		if rev != 0 {
-			opts = append(opts, clientv3.WithRev(rev))
-		}
-		gctx, cancel := context.WithTimeout(ctx, 4*requestTimeout)
-		resp, err := n.cli.Get(gctx, from, opts...)
-		cancel()
-		if err != nil {
-			return 0, fmt.Errorf("reading the cluster's state: %w", err)
-		}
-		if rev == 0 {
-			rev = resp.Header.Revision
-		}
-		for _, kv := range resp.Kvs {
-			k := string(kv.Key)
-			if k == n.k.seeded() {
+	last := newestPins{}
+	each := func(kvs []*mvccpb.KeyValue) {
+		for _, kv := range kvs {
+			ev := event{rev: kv.ModRevision, key: string(kv.Key), value: kv.Value}
+			if ev.key == n.k.seeded() {
 				seeded = true
 			}
-			evs = append(evs, event{key: k, value: kv.Value})
+			if !n.collectPins(ev, last) {
+				evs = append(evs, ev)
+			}
 		}
-		total += len(resp.Kvs)
+		total += len(kvs)
 		n.handle(ctx, eng, evs, true)
 		evs = evs[:0]
-		if !resp.More || len(resp.Kvs) == 0 {
-			break
-		}
-		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 	}
+	n.nodes.Store(&[]NodeStatus{})
+	rev, err := n.rangeAt(ctx, n.k.root, n.k.pages(), 0, syncPage, each)
+	if err == nil {
+		_, err = n.rangeAt(ctx, pagesEnd, rootEnd, rev, syncPage, each)
+	}
+	if err == nil {
+		_, err = n.rangeAt(ctx, n.k.pages(), pagesEnd, rev, syncPages, each)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("reading the cluster's state: %w", err)
+	}
+	pes := make([]pinEvent, 0, len(last))
+	for _, pe := range last {
+		pes = append(pes, pe)
+	}
+	clear(last)
+	n.handlePins(ctx, eng, pes, true)
 	n.etcdRev.Store(max(n.etcdRev.Load(), rev))
 	n.applied.Store(rev)
 	n.health.succeeded(n.queued())
@@ -109,8 +128,58 @@ func (n *Node) sync(ctx context.Context, eng Engine) (int64, error) {
 	} else {
 		n.applyRuntime(ctx, eng)
 	}
-	n.log.WithFields(logrus.Fields{"keys": total, "revision": rev, "took": time.Since(start).Round(time.Millisecond)}).Info("cluster state read and applied")
+	n.log.WithFields(logrus.Fields{"keys": total, "pins": len(pes), "revision": rev, "took": time.Since(start).Round(time.Millisecond)}).Info("cluster state read and applied")
 	return rev, nil
+}
+
+// newestPins holds the newest value of each client read so far.
+type newestPins map[pinKey]pinEvent
+
+// collectPins keeps in m the newer of its value and those ev holds, when
+// ev is a page or a client's own key, and reports whether it was.
+func (n *Node) collectPins(ev event, m newestPins) bool {
+	keep := func(pe pinEvent) {
+		if old, ok := m[pe.pk]; !ok || pe.rev >= old.rev {
+			m[pe.pk] = pe
+		}
+	}
+	switch {
+	case strings.HasPrefix(ev.key, n.k.pages()):
+		n.pageEntries(ev, keep)
+	case strings.HasPrefix(ev.key, n.k.pins()):
+		if pe, ok := n.keyEntry(ev); ok {
+			keep(pe)
+		}
+	default:
+		return false
+	}
+	return true
+}
+
+// rangeAt reads the keys from from up to end at revision rev (0: the
+// newest), limit keys a request, and hands each response's keys to fn. It
+// returns the revision read.
+func (n *Node) rangeAt(ctx context.Context, from, end string, rev, limit int64, fn func([]*mvccpb.KeyValue)) (int64, error) {
+	for {
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(limit)}
+		if rev != 0 {
+			opts = append(opts, clientv3.WithRev(rev))
+		}
+		gctx, cancel := context.WithTimeout(ctx, 4*requestTimeout)
+		resp, err := n.cli.Get(gctx, from, opts...)
+		cancel()
+		if err != nil {
+			return 0, err
+		}
+		if rev == 0 {
+			rev = resp.Header.Revision
+		}
+		fn(resp.Kvs)
+		if !resp.More || len(resp.Kvs) == 0 {
+			return rev, nil
+		}
+		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
 }
 
 // seed publishes this host's runtime state as the cluster's first, unless
@@ -153,7 +222,8 @@ func (n *Node) seed(ctx context.Context, eng Engine) error {
 func (n *Node) watch(ctx context.Context, eng Engine, rev int64) error {
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	wch := n.cli.Watch(wctx, n.k.root, clientv3.WithPrefix(), clientv3.WithRev(rev))
+	// A deleted page (its lease ended) is read from its previous value.
+	wch := n.cli.Watch(wctx, n.k.root, clientv3.WithPrefix(), clientv3.WithRev(rev), clientv3.WithPrevKV())
 	var evs []event
 	for resp := range wch {
 		if resp.CompactRevision != 0 {
@@ -165,6 +235,9 @@ func (n *Node) watch(ctx context.Context, eng Engine, rev int64) error {
 		evs = evs[:0]
 		for _, ev := range resp.Events {
 			e := event{rev: ev.Kv.ModRevision, key: string(ev.Kv.Key), value: ev.Kv.Value, del: ev.Type == mvccpb.DELETE}
+			if e.del && ev.PrevKv != nil {
+				e.value = ev.PrevKv.Value
+			}
 			evs = append(evs, e)
 		}
 		n.handle(ctx, eng, evs, false)
@@ -185,14 +258,19 @@ func (n *Node) watch(ctx context.Context, eng Engine, rev int64) error {
 	return errors.New("etcd watch closed")
 }
 
+// pinChanges is what a batch of pin events changes here.
+type pinChanges struct {
+	pins    []balancer.RemotePin
+	written []int64 // when each of pins was written
+	unpins  []dataplane.Pin
+}
+
 // handle applies a batch of changes, in order: pins through the engine in
 // one batch, runtime items once the batch is read. sync is set for the
-// events of a sync, which carry no previous values.
+// events of a sync.
 func (n *Node) handle(ctx context.Context, eng Engine, evs []event, sync bool) {
 	now := n.now()
-	var pins []balancer.RemotePin
-	var written []int64
-	var unpins []dataplane.Pin
+	var ch pinChanges
 	var renews []renew
 	var nodes []event
 
@@ -202,25 +280,14 @@ func (n *Node) handle(ctx context.Context, eng Engine, evs []event, sync bool) {
 			delete(n.held, ev.key) // this host's write came back
 		}
 		switch {
+		case strings.HasPrefix(ev.key, n.k.pages()):
+			if node, _ := n.k.pageNode(ev.key); node == n.cfg.Node && !ev.del {
+				continue // this host's own page: it holds these pins
+			}
+			n.pageEntries(ev, func(pe pinEvent) { n.pinEventLocked(pe, now, &ch) })
 		case strings.HasPrefix(ev.key, n.k.pins()):
-			pk, ok := n.k.parsePin(ev.key)
-			if !ok {
-				continue
-			}
-			if ev.del {
-				if u, ok := n.deletedLocked(ev, pk, now); ok {
-					unpins = append(unpins, u)
-				}
-				continue
-			}
-			v, err := decodePin(ev.value)
-			if err != nil {
-				n.log.WithError(err).WithField("key", ev.key).Warn("ignoring a pin that is not handoff's")
-				continue
-			}
-			if rp, ok := n.putLocked(ev.key, pk, v, now); ok {
-				pins = append(pins, rp)
-				written = append(written, v.Written)
+			if pe, ok := n.keyEntry(ev); ok {
+				n.pinEventLocked(pe, now, &ch)
 			}
 		case strings.HasPrefix(ev.key, n.k.nodes()):
 			nodes = append(nodes, ev)
@@ -257,27 +324,7 @@ func (n *Node) handle(ctx context.Context, eng Engine, evs []event, sync bool) {
 	n.mu.Unlock()
 
 	n.updateNodes(nodes)
-	for i := 0; i < len(pins); i += applyChunk {
-		chunk := pins[i:min(i+applyChunk, len(pins))]
-		res, err := eng.ApplyPins(ctx, chunk)
-		if err != nil && ctx.Err() == nil {
-			n.log.WithError(err).Warn("applying the cluster's pins")
-		}
-		n.stats.applied.Add(uint64(res.Pinned + res.Moved))
-		n.stats.unknown.Add(uint64(res.Unknown))
-	}
-	if !sync {
-		done := n.now()
-		for _, w := range written {
-			n.stats.lag.observe(done.Sub(time.UnixMilli(w)))
-		}
-	}
-	if len(unpins) > 0 {
-		if err := eng.ApplyUnpins(ctx, unpins); err != nil && ctx.Err() == nil {
-			n.log.WithError(err).Warn("removing pins the cluster removed")
-		}
-		n.stats.unpinned.Add(uint64(len(unpins)))
-	}
+	n.applyPins(ctx, eng, ch, sync)
 	for _, r := range renews {
 		if err := eng.Renew(r.service, r.backend, r.ttl); err != nil {
 			n.log.WithError(err).WithFields(logrus.Fields{"service": r.service, "backend": r.backend}).Debug("heartbeat from the cluster")
@@ -288,13 +335,115 @@ func (n *Node) handle(ctx context.Context, eng Engine, evs []event, sync bool) {
 	}
 }
 
+// handlePins applies pin events (a sync's newest value of each client).
+func (n *Node) handlePins(ctx context.Context, eng Engine, pes []pinEvent, sync bool) {
+	now := n.now()
+	var ch pinChanges
+	n.mu.Lock()
+	for _, pe := range pes {
+		n.pinEventLocked(pe, now, &ch)
+	}
+	n.mu.Unlock()
+	n.applyPins(ctx, eng, ch, sync)
+}
+
+// applyPins hands what pin events changed to the engine.
+func (n *Node) applyPins(ctx context.Context, eng Engine, ch pinChanges, sync bool) {
+	for i := 0; i < len(ch.pins); i += applyChunk {
+		chunk := ch.pins[i:min(i+applyChunk, len(ch.pins))]
+		res, err := eng.ApplyPins(ctx, chunk)
+		if err != nil && ctx.Err() == nil {
+			n.log.WithError(err).Warn("applying the cluster's pins")
+		}
+		n.stats.applied.Add(uint64(res.Pinned + res.Moved))
+		n.stats.unknown.Add(uint64(res.Unknown))
+	}
+	if !sync {
+		done := n.now()
+		for _, w := range ch.written {
+			n.stats.lag.observe(done.Sub(time.UnixMilli(w)))
+		}
+	}
+	if len(ch.unpins) > 0 {
+		if err := eng.ApplyUnpins(ctx, ch.unpins); err != nil && ctx.Err() == nil {
+			n.log.WithError(err).Warn("removing pins the cluster removed")
+		}
+		n.stats.unpinned.Add(uint64(len(ch.unpins)))
+	}
+}
+
+// keyEntry reads the write of a client's own key.
+func (n *Node) keyEntry(ev event) (pinEvent, bool) {
+	pk, ok := n.k.parsePin(ev.key)
+	if !ok {
+		return pinEvent{}, false
+	}
+	pe := pinEvent{rev: ev.rev, key: ev.key, pk: pk, del: ev.del}
+	if ev.del {
+		return pe, true
+	}
+	v, err := decodePin(ev.value)
+	if err != nil {
+		n.log.WithError(err).WithField("key", ev.key).Warn("ignoring a pin that is not handoff's")
+		return pinEvent{}, false
+	}
+	pe.v = v
+	return pe, true
+}
+
+// pageEntries hands the entries of a written page to fn, in order, or
+// those of a deleted page (from its last value) as expirations. A page
+// that cannot be read is logged and skipped.
+func (n *Node) pageEntries(ev event, fn func(pinEvent)) {
+	node, ok := n.k.pageNode(ev.key)
+	if !ok || ev.del && ev.value == nil {
+		return
+	}
+	err := decodePage(ev.value, node, func(e pageEntry) {
+		pe := pinEvent{rev: ev.rev, key: n.k.pin(e.pk.service, e.pk.client), pk: e.pk, v: e.v, del: e.del, page: ev.key}
+		if ev.del {
+			if e.del {
+				return
+			}
+			pe.del, pe.expired = true, true
+		}
+		fn(pe)
+	})
+	if err != nil {
+		n.log.WithError(err).WithField("key", ev.key).Warn("ignoring the rest of a pin page that is not handoff's")
+	}
+}
+
+// pinEventLocked applies one pin event to this host's view and records
+// what the engine must change; mu is held.
+func (n *Node) pinEventLocked(pe pinEvent, now time.Time, ch *pinChanges) {
+	if pe.page != "" {
+		if r := n.held[pe.key]; r != 0 && pe.rev >= r {
+			delete(n.held, pe.key) // this host's write of the client came back before
+		}
+	}
+	if pe.del {
+		if lp, ok := n.local[pe.pk]; pe.expired && (!ok || lp.page != pe.page) {
+			return // a newer value of the client lives elsewhere
+		}
+		if u, ok := n.deletedLocked(pe.key, pe.pk, now); ok {
+			ch.unpins = append(ch.unpins, u)
+		}
+		return
+	}
+	if rp, ok := n.putLocked(pe.key, pe.pk, pe.v, pe.page, now); ok {
+		ch.pins = append(ch.pins, rp)
+		ch.written = append(ch.written, pe.v.Written)
+	}
+}
+
 // putLocked decides whether a pin written to etcd must be applied here;
 // mu is held. This host applies etcd's history in revision order, so that
 // every host ends with etcd's last value: its own writes are skipped
 // while it still holds them, a write another host made after one of its
 // own is applied, and a write overtaken by one of its own still queued is
 // skipped (that one lands later).
-func (n *Node) putLocked(key string, pk pinKey, v pinValue, now time.Time) (balancer.RemotePin, bool) {
+func (n *Node) putLocked(key string, pk pinKey, v pinValue, page string, now time.Time) (balancer.RemotePin, bool) {
 	if v.Expires != 0 && v.Expires <= now.UnixMilli() {
 		return balancer.RemotePin{}, false
 	}
@@ -303,6 +452,8 @@ func (n *Node) putLocked(key string, pk pinKey, v pinValue, now time.Time) (bala
 	}
 	lp, have := n.local[pk]
 	if have && lp.backend == v.Backend && lp.key == v.Key {
+		lp.page = page // etcd's value of the client is in this page from now on
+		n.local[pk] = lp
 		if v.Node == n.cfg.Node || v.Expires != 0 && v.Expires <= lp.expires+1000 || v.Expires == 0 && lp.expires == 0 {
 			return balancer.RemotePin{}, false // already so here, for as long
 		}
@@ -314,7 +465,7 @@ func (n *Node) putLocked(key string, pk pinKey, v pinValue, now time.Time) (bala
 	if have {
 		rp.Prev = lp.backend
 	}
-	np := localPin{backend: v.Backend, key: v.Key, expires: v.Expires}
+	np := localPin{backend: v.Backend, key: v.Key, expires: v.Expires, page: page}
 	if have && lp.backend == v.Backend {
 		np.refreshed = lp.refreshed
 	}
@@ -329,9 +480,9 @@ func (n *Node) putLocked(key string, pk pinKey, v pinValue, now time.Time) (bala
 // kernel refreshed it (the client connects through this host) stays, and
 // is written again; one deleted before it expired (unpinned by hand,
 // migrated with reclassify) goes.
-func (n *Node) deletedLocked(ev event, pk pinKey, now time.Time) (dataplane.Pin, bool) {
+func (n *Node) deletedLocked(key string, pk pinKey, now time.Time) (dataplane.Pin, bool) {
 	lp, have := n.local[pk]
-	if !have || n.queuedLocked(ev.key) {
+	if !have || n.queuedLocked(key) {
 		return dataplane.Pin{}, false
 	}
 	if lp.expires != 0 && lp.expires <= now.UnixMilli()+1000 && lp.refreshed > lp.expires+refreshSlack.Milliseconds() {

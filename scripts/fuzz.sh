@@ -29,9 +29,9 @@ declare -A targets=(
 	[FuzzSNI]=./classifier [FuzzHTTPHost]=./classifier [FuzzPayload]=./classifier
 	[FuzzParse]=./config [FuzzWriteHeader]=./proxy [FuzzLoadAffinity]=./fallback
 	[FuzzLoadRuntime]=./balancer [FuzzAPIBodies]=./admin [FuzzAppendPin]=./admin
-	[FuzzParseQueued]=./kernel
+	[FuzzParseQueued]=./kernel [FuzzDecodePage]=./cluster
 )
-order=(FuzzSNI FuzzHTTPHost FuzzPayload FuzzParse FuzzWriteHeader FuzzLoadAffinity FuzzLoadRuntime FuzzAPIBodies FuzzAppendPin FuzzParseQueued)
+order=(FuzzSNI FuzzHTTPHost FuzzPayload FuzzParse FuzzWriteHeader FuzzLoadAffinity FuzzLoadRuntime FuzzAPIBodies FuzzAppendPin FuzzParseQueued FuzzDecodePage)
 if [ $# -gt 0 ]; then order=("$@"); fi
 
 cache=$(go env GOCACHE)/fuzz/github.com/handoff-lb/handoff
