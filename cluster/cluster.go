@@ -90,15 +90,19 @@ type Node struct {
 	// held are keys written by this host whose change the watch has not
 	// delivered yet: the revision of the write, 0 while it is in flight.
 	// Until then etcd's older values of those keys are not applied here.
-	held    map[string]int64
-	heldQ   []heldKey               // the held keys with a revision, in commit order
-	runtime map[string]runtimeValue // the runtime keys as last seen in etcd
-	rt      balancer.Runtime        // the engine's runtime state as last reported
-	rtDirty bool                    // another host changed the runtime state since it was last applied
-	kick    chan struct{}           // a write is pending
+	held  map[string]int64
+	heldQ []heldKey // the held keys with a revision, in commit order
+	// deferred are other hosts' writes of clients whose write by this host
+	// was in flight when the watch delivered them, by key.
+	deferred map[string]deferredEvent
+	runtime  map[string]runtimeValue // the runtime keys as last seen in etcd
+	rt       balancer.Runtime        // the engine's runtime state as last reported
+	rtDirty  bool                    // another host changed the runtime state since it was last applied
+	kick     chan struct{}           // a write is pending
 
-	boot    int64         // when the Node was made (Unix ns): names its pages
-	pageSeq atomic.Uint64 // the last page written
+	boot    int64                                    // when the Node was made (Unix ns): names its pages
+	pageSeq atomic.Uint64                            // the last page written
+	ttls    atomic.Pointer[map[string]time.Duration] // the services' client TTLs, as last read
 	leases  leaseCache
 	health  health
 	stats   stats
@@ -134,17 +138,18 @@ func New(o Options) (*Node, error) {
 		return nil, errors.New("cluster: Config is required")
 	}
 	n := &Node{
-		cfg:     *o.Config,
-		k:       newKeys(o.Config.Etcd.Prefix, o.Config.Name),
-		log:     o.Logger,
-		version: o.Version,
-		now:     o.Now,
-		local:   map[pinKey]localPin{},
-		pending: map[string]op{},
-		held:    map[string]int64{},
-		runtime: map[string]runtimeValue{},
-		kick:    make(chan struct{}, 1),
-		boot:    time.Now().UnixNano(),
+		cfg:      *o.Config,
+		k:        newKeys(o.Config.Etcd.Prefix, o.Config.Name),
+		log:      o.Logger,
+		version:  o.Version,
+		now:      o.Now,
+		local:    map[pinKey]localPin{},
+		pending:  map[string]op{},
+		held:     map[string]int64{},
+		deferred: map[string]deferredEvent{},
+		runtime:  map[string]runtimeValue{},
+		kick:     make(chan struct{}, 1),
+		boot:     time.Now().UnixNano(),
 	}
 	if n.log == nil {
 		n.log = logrus.NewEntry(logrus.StandardLogger())
@@ -222,6 +227,8 @@ func (n *Node) Run(ctx context.Context, eng Engine) error {
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
+	ttls := eng.Services()
+	n.ttls.Store(&ttls)
 	var wg sync.WaitGroup
 	wg.Go(func() { n.publishLoop(ctx, eng) })
 	wg.Go(func() { n.watchLoop(ctx, eng) })
@@ -264,13 +271,19 @@ func (n *Node) queuePinLocked(pk pinKey, lp localPin, now time.Time) {
 }
 
 // queueUnpinLocked queues the removal of a pin from etcd; mu is held. A
-// pin that expires is removed by a tombstone in a page, under a lease as
-// long as the pin's; one that never expires by deleting its key.
+// pin that expires is removed by a tombstone in a page. The tombstone
+// lives as long as any older entry of the client may: until the pin's
+// expiry, or one client TTL from now if that is later (another host may
+// have written a later expiry that this host has not applied yet). A pin
+// that never expires is removed by deleting its key.
 func (n *Node) queueUnpinLocked(pk pinKey, lp localPin, now time.Time) {
 	o := op{del: true, queued: now}
 	if lp.expires != 0 {
 		o.expires = lp.expires
-		o.entry = &pageEntry{pk: pk, del: true, v: pinValue{Expires: lp.expires, Node: n.cfg.Node, Written: now.UnixMilli()}}
+		if ttls := n.ttls.Load(); ttls != nil && (*ttls)[pk.service] > 0 {
+			o.expires = max(o.expires, now.Add((*ttls)[pk.service]).UnixMilli())
+		}
+		o.entry = &pageEntry{pk: pk, del: true, v: pinValue{Expires: o.expires, Node: n.cfg.Node, Written: now.UnixMilli()}}
 	}
 	n.pending[n.k.pin(pk.service, pk.client)] = o
 }

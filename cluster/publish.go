@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -51,10 +52,9 @@ func (n *Node) publishLoop(ctx context.Context, eng Engine) {
 				retry = 0
 				break
 			}
-			failed, err := n.write(ctx, batch)
+			err := n.write(ctx, batch)
 			n.recycle(batch)
 			if err != nil {
-				n.requeue(failed)
 				if ctx.Err() != nil {
 					return
 				}
@@ -118,11 +118,9 @@ func (n *Node) queuedLocked(key string) bool {
 	return ok
 }
 
-// written records the revision of a write of keys, or forgets them when
-// it failed.
-func (n *Node) written(keys []string, rev int64) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
+// writtenLocked records the revision of a write of keys, or forgets them
+// when it failed or was dropped; mu is held.
+func (n *Node) writtenLocked(keys []string, rev int64) {
 	n.inflight -= len(keys)
 	for _, k := range keys {
 		if rev == 0 {
@@ -158,15 +156,11 @@ func (n *Node) seenLocked(rev int64) {
 	}
 }
 
-// requeue puts back the operations of a failed write, except those a
-// newer operation on the same key replaced meanwhile.
-func (n *Node) requeue(ops map[string]op) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	for k, o := range ops {
-		if _, newer := n.pending[k]; !newer {
-			n.pending[k] = o
-		}
+// requeueLocked puts back the operation of key from a failed write,
+// unless a newer operation on the same key replaced it; mu is held.
+func (n *Node) requeueLocked(key string, o op) {
+	if _, newer := n.pending[key]; !newer {
+		n.pending[key] = o
 	}
 }
 
@@ -192,11 +186,11 @@ type unit struct {
 	puts, dels int
 }
 
-// write applies batch in transactions; it returns the operations of the
-// transactions that failed, with the first error. Expired pins (and
-// tombstones of expired pins) are dropped: etcd would only delete them
-// again.
-func (n *Node) write(ctx context.Context, batch map[string]op) (map[string]op, error) {
+// write applies batch in transactions and returns the first error; the
+// operations of a transaction that failed are queued again. Expired pins
+// (and tombstones of expired pins) are dropped: etcd would only delete
+// them again.
+func (n *Node) write(ctx context.Context, batch map[string]op) error {
 	now := n.now()
 	keys := make([]string, 0, len(batch))
 	var expired []string
@@ -207,16 +201,20 @@ func (n *Node) write(ctx context.Context, batch map[string]op) (map[string]op, e
 		}
 		keys = append(keys, k)
 	}
-	n.written(expired, 0)
+	n.mu.Lock()
+	n.writtenLocked(expired, 0)
+	for _, k := range expired {
+		if d, ok := n.deferred[k]; ok {
+			d.newer = true // nothing of this host's will be written over it
+			n.deferred[k] = d
+		}
+	}
+	n.mu.Unlock()
 	sort.Strings(keys)
 	units, err := n.units(ctx, now, batch, keys)
 	if err != nil {
-		failed := make(map[string]op, len(keys))
-		for _, k := range keys {
-			failed[k] = batch[k]
-		}
-		n.written(keys, 0)
-		return failed, err
+		n.committed([]unit{{keys: keys}}, batch, 0)
+		return err
 	}
 	var txns [][]unit
 	size := 0
@@ -230,7 +228,6 @@ func (n *Node) write(ctx context.Context, batch map[string]op) (map[string]op, e
 	}
 	var (
 		mu       sync.Mutex
-		failed   = map[string]op{}
 		firstErr error
 		wg       sync.WaitGroup
 		sem      = make(chan struct{}, txnParallel)
@@ -246,41 +243,28 @@ func (n *Node) write(ctx context.Context, batch map[string]op) (map[string]op, e
 			tctx, cancel := context.WithTimeout(ctx, requestTimeout)
 			resp, err := n.cli.Txn(tctx).Then(ops...).Commit()
 			cancel()
-			var rev int64
-			if err == nil {
-				rev = resp.Header.Revision
-			}
-			n.committed(txn, rev)
-			mu.Lock()
-			defer mu.Unlock()
 			if err != nil {
-				if firstErr == nil {
-					firstErr = err
-				}
-				for _, u := range txn {
-					for _, k := range u.keys {
-						failed[k] = batch[k]
-					}
-				}
+				n.committed(txn, batch, 0)
+				mu.Lock()
+				firstErr = cmp.Or(firstErr, err)
+				mu.Unlock()
 				return
 			}
-			n.etcdRev.Store(max(n.etcdRev.Load(), rev))
+			n.committed(txn, batch, resp.Header.Revision)
+			n.etcdRev.Store(max(n.etcdRev.Load(), resp.Header.Revision))
+			for _, u := range txn {
+				n.stats.published.Add(uint64(u.puts))
+				n.stats.removed.Add(uint64(u.dels))
+			}
+			n.stats.writes.Add(uint64(len(txn)))
+			n.stats.txns.Add(1)
 		})
 	}
 	wg.Wait()
-	if firstErr != nil {
-		if errors.Is(firstErr, rpctypes.ErrLeaseNotFound) {
-			n.leases.reset() // etcd lost a lease (restored from a backup): grant new ones
-		}
-		return failed, firstErr
+	if errors.Is(firstErr, rpctypes.ErrLeaseNotFound) {
+		n.leases.reset() // etcd lost a lease (restored from a backup): grant new ones
 	}
-	for _, u := range units {
-		n.stats.published.Add(uint64(u.puts))
-		n.stats.removed.Add(uint64(u.dels))
-	}
-	n.stats.writes.Add(uint64(len(units)))
-	n.stats.txns.Add(uint64(len(txns)))
-	return nil, nil
+	return firstErr
 }
 
 // units turns the queued operations of keys into etcd operations: one for
@@ -335,19 +319,33 @@ func (n *Node) units(ctx context.Context, now time.Time, batch map[string]op, ke
 	return units, nil
 }
 
-// committed records the end of a transaction of units: written at rev, or
-// failed (rev 0). A pin written into a page that is still this host's
-// value of it is known to live in that page from now on.
-func (n *Node) committed(txn []unit, rev int64) {
-	for _, u := range txn {
-		n.written(u.keys, rev)
-	}
-	if rev == 0 {
-		return
-	}
+// committed records the end of a transaction of units, under one lock so
+// that the watch never sees a key between two states. Written at rev:
+// the keys wait for the watch to deliver rev, and a pin written into a
+// page that is still this host's value of it lives in that page from now
+// on (an older page's deletion no longer concerns it). Failed (rev 0):
+// the operations are queued again, unless newer ones replaced them.
+func (n *Node) committed(txn []unit, batch map[string]op, rev int64) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	for _, u := range txn {
+		n.writtenLocked(u.keys, rev)
+		for _, k := range u.keys {
+			if d, ok := n.deferred[k]; ok {
+				if rev != 0 && d.pe.rev > rev {
+					d.newer = true // applied by the watch's next response
+					n.deferred[k] = d
+				} else {
+					delete(n.deferred, k) // this host's write is etcd's last, or will be
+				}
+			}
+			if rev == 0 {
+				n.requeueLocked(k, batch[k])
+			}
+		}
+		if rev == 0 {
+			continue
+		}
 		for _, e := range u.entries {
 			if lp, ok := n.local[e.pk]; ok && !e.del && lp.backend == e.v.Backend && lp.expires == e.v.Expires {
 				lp.page = u.page

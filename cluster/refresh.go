@@ -30,7 +30,9 @@ func (n *Node) refreshLoop(ctx context.Context, eng Engine) {
 // expire elsewhere.
 func (n *Node) refreshEvery(eng Engine) time.Duration {
 	every := n.cfg.RefreshInterval
-	for _, ttl := range eng.Services() {
+	ttls := eng.Services()
+	n.ttls.Store(&ttls)
+	for _, ttl := range ttls {
 		if ttl > 0 {
 			every = min(every, max(ttl/4, time.Second))
 		}
@@ -108,8 +110,29 @@ func (n *Node) refresh(ctx context.Context, eng Engine) {
 			n.log.WithError(err).Warn("removing pins left in a backend's set by a move")
 		}
 	}
+	swept := n.sweep(start)
 	n.stats.refreshed.Add(uint64(republished))
-	if republished+adopted+len(stale) > 0 {
-		n.log.WithFields(logrus.Fields{"refreshed": republished, "adopted": adopted, "stale_removed": len(stale), "took": time.Since(start).Round(time.Millisecond)}).Debug("pins refreshed in etcd")
+	if republished+adopted+len(stale)+swept > 0 {
+		n.log.WithFields(logrus.Fields{"refreshed": republished, "adopted": adopted, "stale_removed": len(stale), "forgotten": swept, "took": time.Since(start).Round(time.Millisecond)}).Debug("pins refreshed in etcd")
 	}
+}
+
+// sweep forgets the pins that expired everywhere before start: in this
+// host's data plane (the pass that read it would have seen one refreshed
+// there) and in etcd, where the deletion of their page did not reach this
+// host (etcd unreachable or its history compacted meanwhile) or where
+// they were never written (expired in the queue). It walks the whole
+// index under the lock: about 15 ms per million pins.
+func (n *Node) sweep(start time.Time) int {
+	cut := start.UnixMilli() - refreshSlack.Milliseconds()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	swept := 0
+	for pk, lp := range n.local {
+		if lp.expires != 0 && max(lp.expires, lp.refreshed) < cut && !n.queuedLocked(n.k.pin(pk.service, pk.client)) {
+			delete(n.local, pk)
+			swept++
+		}
+	}
+	return swept
 }

@@ -222,8 +222,10 @@ func (n *Node) seed(ctx context.Context, eng Engine) error {
 func (n *Node) watch(ctx context.Context, eng Engine, rev int64) error {
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	// A deleted page (its lease ended) is read from its previous value.
-	wch := n.cli.Watch(wctx, n.k.root, clientv3.WithPrefix(), clientv3.WithRev(rev), clientv3.WithPrevKV())
+	// A deleted page (its lease ended) is read from its previous value;
+	// a lease that ends deletes all its pages in one revision, so large
+	// responses come in fragments.
+	wch := n.cli.Watch(wctx, n.k.root, clientv3.WithPrefix(), clientv3.WithRev(rev), clientv3.WithPrevKV(), clientv3.WithFragment())
 	var evs []event
 	for resp := range wch {
 		if resp.CompactRevision != 0 {
@@ -320,6 +322,7 @@ func (n *Node) handle(ctx context.Context, eng Engine, evs []event, sync bool) {
 			}
 		}
 	}
+	n.redoLocked(now, &ch)
 	dirty := n.rtDirty
 	n.mu.Unlock()
 
@@ -372,6 +375,28 @@ func (n *Node) applyPins(ctx context.Context, eng Engine, ch pinChanges, sync bo
 	}
 }
 
+// deferredEvent is another host's write of a client that met this host's
+// write of it in flight.
+type deferredEvent struct {
+	pe    pinEvent
+	newer bool // this host's write committed at a lower revision: pe is etcd's last value
+}
+
+// redoLocked applies the deferred events that turned out newer than this
+// host's write; mu is held.
+func (n *Node) redoLocked(now time.Time, ch *pinChanges) {
+	for k, d := range n.deferred {
+		if !d.newer {
+			continue
+		}
+		delete(n.deferred, k)
+		if r := n.held[k]; r != 0 && r <= d.pe.rev {
+			delete(n.held, k)
+		}
+		n.pinEventLocked(d.pe, now, ch)
+	}
+}
+
 // keyEntry reads the write of a client's own key.
 func (n *Node) keyEntry(ev event) (pinEvent, bool) {
 	pk, ok := n.k.parsePin(ev.key)
@@ -415,13 +440,22 @@ func (n *Node) pageEntries(ev event, fn func(pinEvent)) {
 }
 
 // pinEventLocked applies one pin event to this host's view and records
-// what the engine must change; mu is held.
+// what the engine must change; mu is held. An event that meets a write
+// of this host's in flight (its revision not known yet) waits in
+// deferred: committed tells whether it is newer than that write.
 func (n *Node) pinEventLocked(pe pinEvent, now time.Time, ch *pinChanges) {
 	if pe.page != "" {
 		if r := n.held[pe.key]; r != 0 && pe.rev >= r {
 			delete(n.held, pe.key) // this host's write of the client came back before
 		}
 	}
+	if r, held := n.held[pe.key]; held && r == 0 {
+		if _, pending := n.pending[pe.key]; !pending {
+			n.deferred[pe.key] = deferredEvent{pe: pe}
+		}
+		return
+	}
+	delete(n.deferred, pe.key) // a newer event of the client than the one waiting
 	if pe.del {
 		if lp, ok := n.local[pe.pk]; pe.expired && (!ok || lp.page != pe.page) {
 			return // a newer value of the client lives elsewhere
@@ -485,7 +519,7 @@ func (n *Node) deletedLocked(key string, pk pinKey, now time.Time) (dataplane.Pi
 	if !have || n.queuedLocked(key) {
 		return dataplane.Pin{}, false
 	}
-	if lp.expires != 0 && lp.expires <= now.UnixMilli()+1000 && lp.refreshed > lp.expires+refreshSlack.Milliseconds() {
+	if lp.expires != 0 && lp.expires <= now.UnixMilli()+1000 && lp.refreshed > lp.expires+refreshSlack.Milliseconds() && lp.refreshed > now.UnixMilli()+1000 {
 		lp.expires = lp.refreshed
 		n.local[pk] = lp
 		n.queuePinLocked(pk, lp, now)
