@@ -122,7 +122,8 @@ func (n *Node) refresh(ctx context.Context, eng Engine) {
 // there) and in etcd, where the deletion of their page did not reach this
 // host (etcd unreachable or its history compacted meanwhile) or where
 // they were never written (expired in the queue). It walks the whole
-// index under the lock: about 15 ms per million pins.
+// index under the lock: 16 ms for 565,000 pins (about 30 ms per million)
+// on the 2-vCPU VM.
 func (n *Node) sweep(start time.Time) int {
 	cut := start.UnixMilli() - refreshSlack.Milliseconds()
 	n.mu.Lock()
