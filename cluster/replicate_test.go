@@ -213,3 +213,24 @@ func TestTombstoneLifetime(t *testing.T) {
 		t.Errorf("tombstone %+v (entry %+v), want one expiring in about an hour", o, o.entry)
 	}
 }
+
+// TestOwnKeyDeleted: the deletion of a client's own key (as an earlier
+// version wrote pins, under a lease) does not remove a pin whose newer
+// value lives in a page.
+func TestOwnKeyDeleted(t *testing.T) {
+	n, eng, ctx := bookNode(t), &applied{}, context.Background()
+	moved, kept := netip.MustParseAddr("198.18.0.6"), netip.MustParseAddr("198.18.0.7")
+	exp := time.Now().Add(time.Minute)
+	for _, c := range []netip.Addr{moved, kept} {
+		v := pinValue{Backend: "be1", Key: "k", Expires: exp.UnixMilli(), Node: "b", Written: time.Now().UnixMilli()}
+		n.handle(ctx, eng, []event{{rev: 10, key: n.k.pin("web", c), value: v.encode()}}, false)
+	}
+	n.handle(ctx, eng, []event{{rev: 20, key: n.k.page("b", 1, 1), value: pageOf("be2", exp, moved)}}, false)
+	n.handle(ctx, eng, []event{{rev: 30, key: n.k.pin("web", moved), del: true}, {rev: 30, key: n.k.pin("web", kept), del: true}}, false)
+	if lp, ok := n.local[pinKey{"web", moved}]; !ok || lp.backend != "be2" {
+		t.Errorf("the client moved into a page: %+v, %v; want it kept in be2", lp, ok)
+	}
+	if _, ok := n.local[pinKey{"web", kept}]; ok || len(eng.unpins) != 1 || eng.unpins[0].Client != kept {
+		t.Errorf("unpinned %+v; want only %s, whose value was its key", eng.unpins, kept)
+	}
+}

@@ -457,7 +457,10 @@ func (n *Node) pinEventLocked(pe pinEvent, now time.Time, ch *pinChanges) {
 	}
 	delete(n.deferred, pe.key) // a newer event of the client than the one waiting
 	if pe.del {
-		if lp, ok := n.local[pe.pk]; pe.expired && (!ok || lp.page != pe.page) {
+		// A page deleted by its lease, or a client's own key deleted (an
+		// unpin, or the lease of a key an earlier version wrote), concern
+		// the client only if they hold its newest value.
+		if lp, ok := n.local[pe.pk]; (pe.expired || pe.page == "") && ok && lp.page != pe.page {
 			return // a newer value of the client lives elsewhere
 		}
 		if u, ok := n.deletedLocked(pe.key, pe.pk, now); ok {
