@@ -124,11 +124,19 @@ type localPin struct {
 // op is one pending etcd write: a put (value set) or a delete of a key,
 // or an entry of a page (entry set).
 type op struct {
-	value   []byte
-	del     bool
-	expires int64 // pins: Unix ms, for the lease; 0 = no lease
-	queued  time.Time
-	entry   *pageEntry // a pin that expires (or its tombstone): written into a page
+	value  []byte
+	del    bool
+	queued time.Time
+	entry  *pageEntry // a pin that expires (or its tombstone): written into a page
+}
+
+// expires is when the pin of an entry expires (Unix ms, its lease's
+// bucket); 0 for a key of its own, which has no lease.
+func (o op) expires() int64 {
+	if o.entry == nil {
+		return 0
+	}
+	return o.entry.v.Expires
 }
 
 // New builds a Node and its etcd client; it connects lazily, so a Node
@@ -260,7 +268,7 @@ func (n *Node) Pinned(pins []dataplane.Pin) {
 // its own (a page would outlive its pins: it has no lease).
 func (n *Node) queuePinLocked(pk pinKey, lp localPin, now time.Time) {
 	v := pinValue{Backend: lp.backend, Key: lp.key, Expires: lp.expires, Node: n.cfg.Node, Written: now.UnixMilli()}
-	o := op{expires: lp.expires, queued: now}
+	o := op{queued: now}
 	if lp.expires != 0 {
 		o.entry = &pageEntry{pk: pk, v: v}
 	} else {
@@ -279,11 +287,11 @@ func (n *Node) queuePinLocked(pk pinKey, lp localPin, now time.Time) {
 func (n *Node) queueUnpinLocked(pk pinKey, lp localPin, now time.Time) {
 	o := op{del: true, queued: now}
 	if lp.expires != 0 {
-		o.expires = lp.expires
+		expires := lp.expires
 		if ttls := n.ttls.Load(); ttls != nil && (*ttls)[pk.service] > 0 {
-			o.expires = max(o.expires, now.Add((*ttls)[pk.service]).UnixMilli())
+			expires = max(expires, now.Add((*ttls)[pk.service]).UnixMilli())
 		}
-		o.entry = &pageEntry{pk: pk, del: true, v: pinValue{Expires: o.expires, Node: n.cfg.Node, Written: now.UnixMilli()}}
+		o.entry = &pageEntry{pk: pk, del: true, v: pinValue{Expires: expires, Node: n.cfg.Node, Written: now.UnixMilli()}}
 	}
 	n.pending[n.k.pin(pk.service, pk.client)] = o
 }

@@ -195,7 +195,7 @@ func (n *Node) write(ctx context.Context, batch map[string]op) error {
 	keys := make([]string, 0, len(batch))
 	var expired []string
 	for k, o := range batch {
-		if o.expires != 0 && o.expires <= now.UnixMilli()+1000 {
+		if exp := o.expires(); exp != 0 && exp <= now.UnixMilli()+1000 {
 			expired = append(expired, k) // expires before its lease could be granted
 			continue
 		}
@@ -277,7 +277,7 @@ func (n *Node) units(ctx context.Context, now time.Time, batch map[string]op, ke
 	for _, k := range keys {
 		o := batch[k]
 		if o.entry != nil {
-			b := bucketEnd(now, o.expires)
+			b := bucketEnd(now, o.expires())
 			if _, ok := paged[b]; !ok {
 				buckets = append(buckets, b)
 			}
@@ -295,7 +295,7 @@ func (n *Node) units(ctx context.Context, now time.Time, batch map[string]op, ke
 	slices.Sort(buckets)
 	for _, b := range buckets {
 		ks := paged[b]
-		id, err := n.leases.get(ctx, n.cli, now, batch[ks[0]].expires)
+		id, err := n.leases.get(ctx, n.cli, now, batch[ks[0]].expires())
 		if err != nil {
 			return nil, err
 		}

@@ -390,10 +390,7 @@ func (n *Node) redoLocked(now time.Time, ch *pinChanges) {
 			continue
 		}
 		delete(n.deferred, k)
-		if r := n.held[k]; r != 0 && r <= d.pe.rev {
-			delete(n.held, k)
-		}
-		n.pinEventLocked(d.pe, now, ch)
+		n.pinEventLocked(d.pe, now, ch) // releases k: this host's write is older
 	}
 }
 
@@ -444,10 +441,8 @@ func (n *Node) pageEntries(ev event, fn func(pinEvent)) {
 // of this host's in flight (its revision not known yet) waits in
 // deferred: committed tells whether it is newer than that write.
 func (n *Node) pinEventLocked(pe pinEvent, now time.Time, ch *pinChanges) {
-	if pe.page != "" {
-		if r := n.held[pe.key]; r != 0 && pe.rev >= r {
-			delete(n.held, pe.key) // this host's write of the client came back before
-		}
+	if r := n.held[pe.key]; r != 0 && pe.rev >= r {
+		delete(n.held, pe.key) // this host's write of the client came back before
 	}
 	if r, held := n.held[pe.key]; held && r == 0 {
 		if _, pending := n.pending[pe.key]; !pending {
