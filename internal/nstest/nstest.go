@@ -340,16 +340,3 @@ func ServeLoopback(t testing.TB, handle func(c net.Conn)) net.Listener {
 func AcceptClose(t testing.TB, ln net.Listener) {
 	Serve(t, ln, func(net.Conn) {})
 }
-
-// RefusedAddr returns a loopback IPv4 address where nothing listens: a
-// port the kernel handed out and that was closed again at once.
-func RefusedAddr(t testing.TB) netip.AddrPort {
-	t.Helper()
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := ln.Addr().(*net.TCPAddr).AddrPort()
-	ln.Close()
-	return a
-}
