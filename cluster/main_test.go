@@ -152,7 +152,7 @@ func startPair(t *testing.T, n int) (etcd *etcdtest.Server, s spec, a, b *host) 
 
 func startHost(t *testing.T, etcd *etcdtest.Server, name string, s spec) *host {
 	t.Helper()
-	h := &host{name: name, port: int(nstest.RefusedAddr(t).Port())}
+	h := &host{name: name, port: int(nstest.FreeAddr(t).Port())}
 	cfg, err := config.Parse(name+".yaml", []byte(s.yaml(h.port, clusterYAML(etcd.Endpoint, name))))
 	if err != nil {
 		t.Fatal(err)

@@ -19,7 +19,7 @@ import (
 // in userspace with the reason in auto mode, and is refused at once with
 // --mode kernel. None of them touches the kernel's tables.
 func TestProxyProtocolModes(t *testing.T) {
-	addr := nstest.RefusedAddr(t).String() // the daemon binds it; a race for it makes the test fail, not pass
+	addr := nstest.FreeAddr(t).String() // the daemon binds it; a race for it makes the test fail, not pass
 	cfg := writeWebConfig(t, t.TempDir(), "", addr, "198.19.1.11:9", "proxy_protocol: v2")
 
 	for _, tc := range []struct {

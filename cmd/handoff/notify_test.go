@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/handoff-lb/handoff/internal/nstest"
+	"github.com/handoff-lb/handoff/internal/testenv"
 )
 
 // TestSystemdNotify: started as a Type=notify service with a watchdog, the
@@ -24,10 +25,10 @@ func TestSystemdNotify(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	cfg := writeWebConfig(t, dir, "mode: userspace", nstest.RefusedAddr(t).String(), "127.0.0.1:9")
+	cfg := writeWebConfig(t, dir, "mode: userspace", nstest.FreeAddr(t).String(), "127.0.0.1:9")
 	cmd := exec.Command(binary(t), "run", "-c", cfg)
 	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock, "WATCHDOG_USEC=200000")
-	var stderr strings.Builder
+	var stderr testenv.Buffer // written by the child's copier while a failure reads it
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -340,3 +340,19 @@ func ServeLoopback(t testing.TB, handle func(c net.Conn)) net.Listener {
 func AcceptClose(t testing.TB, ln net.Listener) {
 	Serve(t, ln, func(net.Conn) {})
 }
+
+// FreeAddr returns a loopback IPv4 address for a daemon under test to bind:
+// a port the kernel handed out and that was closed again at once. Another
+// listener can take it first; the daemon then fails to start, so a race
+// fails a test, never passes it. For an address that must refuse
+// connections, use RefusedAddr.
+func FreeAddr(t testing.TB) netip.AddrPort {
+	t.Helper()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := ln.Addr().(*net.TCPAddr).AddrPort()
+	ln.Close()
+	return a
+}
