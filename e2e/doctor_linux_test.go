@@ -44,7 +44,7 @@ func TestDoctor(t *testing.T) {
 	if r.code != 1 || f.Severity != kernel.SeverityFatal || !strings.HasPrefix(f.Fix, "sysctl -w net.ipv4.ip_forward=1") {
 		t.Fatalf("forwarding off: exit %d, %+v\n%s", r.code, f, r.stderr)
 	}
-	for _, check := range []string{"module ip_set", "module xt_set", "module nf_conntrack", "module nfnetlink_queue", "conntrack table", "rp_filter", "iptables flavour"} {
+	for _, check := range []string{"module ip_set", "module xt_set", "module nf_conntrack", "module xt_connmark", "module xt_mark", "module xt_conntrack", "module xt_addrtype", "module xt_comment", "module nfnetlink_queue", "conntrack table", "rp_filter", "iptables flavour"} {
 		if _, ok := fs[check]; !ok {
 			t.Errorf("no %q finding", check)
 		}

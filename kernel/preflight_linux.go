@@ -118,16 +118,17 @@ func features(p prober, o PreflightOptions) []Finding {
 		{"xt_set", "the set match and SET target of the rules", "/proc/net/ip_tables_targets", "SET"},
 		{"nf_conntrack", "connection tracking", "/proc/sys/net/netfilter/nf_conntrack_max", ""},
 		{"nf_nat", "the DNAT target", "/proc/net/ip_tables_targets", "DNAT"},
+		{"xt_conntrack", "the new-connection match of the jumps", "/proc/net/ip_tables_matches", "conntrack"},
+		// Each xt_ module registers its match and its target together.
+		{"xt_connmark", "the connection-mark match of the reply jump, the CONNMARK target of transparent dials", "/proc/net/ip_tables_matches", "connmark"},
+		{"xt_mark", "the mark match of the dispatch tree, the MARK target", "/proc/net/ip_tables_matches", "mark"},
+		{"xt_addrtype", "the local-address match of the jumps", "/proc/net/ip_tables_matches", "addrtype"},
+		{"xt_comment", "the comments that name each rule", "/proc/net/ip_tables_matches", "comment"},
 	}
 	if o.HoldSYNs {
 		fts = append(fts,
 			feature{"nfnetlink_queue", "holding new clients' SYNs (classify: source)", "/proc/net/netfilter/nfnetlink_queue", ""},
 			feature{"xt_NFQUEUE", "the NFQUEUE target (classify: source)", "/proc/net/ip_tables_targets", "NFQUEUE"})
-	}
-	if o.Transparent {
-		fts = append(fts,
-			feature{"xt_connmark", "the CONNMARK target of transparent dials", "/proc/net/ip_tables_targets", "CONNMARK"},
-			feature{"xt_mark", "the MARK target of transparent dials' replies", "/proc/net/ip_tables_targets", "MARK"})
 	}
 	var out []Finding
 	for _, f := range fts {

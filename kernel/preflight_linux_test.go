@@ -38,6 +38,7 @@ func goodHost() fakeHost {
 			"/proc/sys/net/ipv6/conf/all/forwarding":   "0",
 			"/sys/module/ip_set/parameters/max_sets":   "256",
 			"/proc/net/ip_tables_targets":              "DNAT\nSNAT\nSET\nNFQUEUE\nCONNMARK\nMARK",
+			"/proc/net/ip_tables_matches":              "conntrack\nconntrack\ncomment\nconnmark\nmark\naddrtype\naddrtype\nset\ntcp",
 			"/proc/sys/net/netfilter/nf_conntrack_max": "262144",
 			"/proc/net/netfilter/nfnetlink_queue":      "",
 			"/proc/sys/net/ipv4/conf/all/rp_filter":    "0",
@@ -63,6 +64,14 @@ func TestPreflightChecks(t *testing.T) {
 		{"IPv6 forwarding off, unused", func(fakeHost, *PreflightOptions) {}, "ipv6 forwarding", SeverityOK, ""},
 		{"IPv6 forwarding off, used", func(_ fakeHost, o *PreflightOptions) { o.IPv6 = true }, "ipv6 forwarding", SeverityFatal, "sysctl -w net.ipv6.conf.all.forwarding=1"},
 		{"xt_set missing", func(h fakeHost, _ *PreflightOptions) { h.files["/proc/net/ip_tables_targets"] = "DNAT\nNFQUEUE" }, "module xt_set", SeverityWarn, "modprobe xt_set"},
+		{"xt_connmark missing", func(h fakeHost, o *PreflightOptions) {
+			h.files["/proc/net/ip_tables_matches"] = "conntrack\ncomment\nmark\naddrtype\nset"
+			o.HoldSYNs, o.Transparent = false, false // the reply jump needs it whatever the services
+		}, "module xt_connmark", SeverityWarn, "modprobe xt_connmark"},
+		{"xt_mark missing", func(h fakeHost, _ *PreflightOptions) {
+			h.files["/proc/net/ip_tables_matches"] = "conntrack\ncomment\nconnmark\naddrtype\nset"
+		}, "module xt_mark", SeverityWarn, "modprobe xt_mark"},
+		{"xt_comment present", func(fakeHost, *PreflightOptions) {}, "module xt_comment", SeverityOK, ""},
 		{"nfnetlink_queue missing", func(h fakeHost, _ *PreflightOptions) { delete(h.files, "/proc/net/netfilter/nfnetlink_queue") }, "module nfnetlink_queue", SeverityWarn, "modprobe nfnetlink_queue"},
 		{"conntrack below capacity", func(_ fakeHost, o *PreflightOptions) { o.PinCapacity = 1 << 21 }, "conntrack table", SeverityWarn, "sysctl -w net.netfilter.nf_conntrack_max=2097152"},
 		{"rp_filter strict with transparent dials", func(h fakeHost, _ *PreflightOptions) { h.files["/proc/sys/net/ipv4/conf/eth0/rp_filter"] = "1" }, "rp_filter", SeverityWarn, "sysctl -w net.ipv4.conf.all.rp_filter=2 net.ipv4.conf.eth0.rp_filter=2"},

@@ -43,19 +43,15 @@ func writeCLIReference(w *bytes.Buffer, root *cobra.Command) {
 	fmt.Fprintf(w, "`-c` defaults to `$HANDOFF_CONFIG`, then `/etc/handoff/handoff.yaml`. The\n")
 	fmt.Fprintf(w, "commands that talk to a running daemon find its admin API as\n")
 	fmt.Fprintf(w, "[the admin API reference](admin-api.md#how-the-cli-finds-the-daemon) says.\n\n")
-	var cmds []*cobra.Command
-	for _, c := range root.Commands() {
-		if c.IsAvailableCommand() {
-			cmds = append(cmds, c)
-		}
-	}
+	root.InitDefaultCompletionCmd() // as Execute adds it
+	cmds := commands(root)
 	fmt.Fprintf(w, "| command | does |\n|---|---|\n")
 	for _, c := range cmds {
-		fmt.Fprintf(w, "| [`%s`](#handoff-%s) | %s |\n", c.Name(), c.Name(), c.Short)
+		fmt.Fprintf(w, "| [`%s`](#%s) | %s |\n", name(c), anchor(c), c.Short)
 	}
 	for _, c := range cmds {
-		fmt.Fprintf(w, "\n## handoff %s\n\n", c.Name())
-		fmt.Fprintf(w, "```\nhandoff %s\n```\n\n", c.Use)
+		fmt.Fprintf(w, "\n## %s\n\n", c.CommandPath())
+		fmt.Fprintf(w, "```\n%s %s\n```\n\n", c.Parent().CommandPath(), c.Use)
 		desc := c.Long
 		if desc == "" {
 			desc = c.Short
@@ -65,4 +61,27 @@ func writeCLIReference(w *bytes.Buffer, root *cobra.Command) {
 			fmt.Fprintf(w, "\nFlags:\n\n```\n%s```\n", fl)
 		}
 	}
+}
+
+// commands lists c's available subcommands, depth first, each before its
+// own subcommands.
+func commands(c *cobra.Command) []*cobra.Command {
+	var out []*cobra.Command
+	for _, s := range c.Commands() {
+		if s.IsAvailableCommand() {
+			out = append(out, s)
+			out = append(out, commands(s)...)
+		}
+	}
+	return out
+}
+
+// name is c's path below the root: "cluster status".
+func name(c *cobra.Command) string {
+	return strings.TrimPrefix(c.CommandPath(), c.Root().Name()+" ")
+}
+
+// anchor is the Markdown anchor of c's heading.
+func anchor(c *cobra.Command) string {
+	return strings.ReplaceAll(c.CommandPath(), " ", "-")
 }
