@@ -14,6 +14,14 @@ import (
 // listener that asks, which then answers instead (a CI run saw that).
 func RefusedAddr(t testing.TB) netip.AddrPort {
 	t.Helper()
+	_, addr := boundSocket(t)
+	return addr
+}
+
+// boundSocket returns a TCP socket bound to a port of 127.0.0.1 the kernel
+// picks, and that address; t.Cleanup closes it.
+func boundSocket(t testing.TB) (int, netip.AddrPort) {
+	t.Helper()
 	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -27,5 +35,5 @@ func RefusedAddr(t testing.TB) netip.AddrPort {
 		t.Fatal(err)
 	}
 	in4 := sa.(*syscall.SockaddrInet4)
-	return netip.AddrPortFrom(netip.AddrFrom4(in4.Addr), uint16(in4.Port))
+	return fd, netip.AddrPortFrom(netip.AddrFrom4(in4.Addr), uint16(in4.Port))
 }
