@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/handoff-lb/handoff/internal/nstest"
 	"github.com/handoff-lb/handoff/internal/testenv"
 )
 
@@ -65,7 +66,7 @@ func Start(t testing.TB, o Options) *Server {
 	bin := Require(t)
 	if o.Host == "" {
 		o.Host = "127.0.0.1"
-		o.ClientPort, o.PeerPort = freePort(t), freePort(t)
+		o.ClientPort, o.PeerPort = int(nstest.FreeAddr(t).Port()), int(nstest.FreeAddr(t).Port())
 	}
 	if o.ClientPort == 0 {
 		o.ClientPort = 2379
@@ -84,15 +85,6 @@ func Start(t testing.TB, o Options) *Server {
 	})
 	s.Restart()
 	return s
-}
-
-func freePort(t testing.TB) int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 // Restart starts the server again on its data (after Stop) and waits until
